@@ -1,0 +1,29 @@
+/** Summary of a set of latency samples, in milliseconds. */
+export interface LatencySummary {
+  /** Number of samples. */
+  n: number;
+  /** Mean. */
+  mean: number;
+  /** Median. */
+  p50: number;
+  /** 90th percentile. */
+  p90: number;
+  /** 99th percentile. */
+  p99: number;
+  /** Largest sample. */
+  max: number;
+}
+
+/** Percentiles by the nearest-rank method over a copy of the samples. */
+export function summarize(samples: readonly number[]): LatencySummary {
+  const s = [...samples].sort((a, b) => a - b);
+  const at = (q: number): number => (s.length === 0 ? NaN : s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))]!);
+  const mean = s.length === 0 ? NaN : s.reduce((a, b) => a + b, 0) / s.length;
+  return { n: s.length, mean, p50: at(0.5), p90: at(0.9), p99: at(0.99), max: s.length ? s[s.length - 1]! : NaN };
+}
+
+/** Rounds for reports: 3 decimals below 10, 1 decimal above. */
+export function round(x: number): number {
+  if (!Number.isFinite(x)) return x;
+  return Math.abs(x) < 10 ? Math.round(x * 1000) / 1000 : Math.round(x * 10) / 10;
+}

@@ -1,0 +1,77 @@
+import type { UpstreamOptions } from "../upstream/ollama-node.js";
+
+/** One Ollama node the gateway routes to. */
+export interface NodeConfig {
+  /** Unique name used in logs, metrics and errors. @default "node-<n>" or the URL's host:port */
+  name: string;
+  /** Base URL of the node's Ollama API. */
+  url: string;
+  /** Parallel requests per loaded model on this node (its OLLAMA_NUM_PARALLEL). @default 1 */
+  parallel: number;
+  /** Models the node keeps loaded at once (its OLLAMA_MAX_LOADED_MODELS). @default 3 */
+  maxLoadedModels: number;
+  /** Relative share of traffic among equally good nodes. @default 1 */
+  weight: number;
+}
+
+/** Everything the gateway can be configured with; `loadConfig` fills the defaults. */
+export interface GatewayConfig {
+  /** Interface to listen on. Env HOST. @default "0.0.0.0" */
+  host: string;
+  /** Port serving gRPC, gRPC-Web and Connect. Env PORT. @default 50051 */
+  port: number;
+  /** The Ollama fleet. Env OLLAMA_URL or OLLAMA_URLS. @default one node at http://127.0.0.1:11434 */
+  nodes: NodeConfig[];
+  /** pino level. Env LOG_LEVEL. @default "info" */
+  logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+  /** Largest request or response message, per message. Env MAX_MESSAGE_BYTES. @default 4 MiB */
+  maxMessageBytes: number;
+  /**
+   * Upper bound for any RPC's deadline; RPCs without a deadline get it too,
+   * so nothing runs forever. Env MAX_DEADLINE_MS. @default 1800000 (30 min)
+   */
+  maxDeadlineMs: number;
+  /** RPCs (all methods) handled at once before RESOURCE_EXHAUSTED. Env MAX_CONCURRENT_RPCS. @default 2048 */
+  maxConcurrentRpcs: number;
+  /** On SIGTERM, how long running streams may finish before being cancelled. Env SHUTDOWN_GRACE_MS. @default 10000 */
+  shutdownGraceMs: number;
+  /** How often each node is probed with `HEAD /`. Env HEALTH_PROBE_INTERVAL_MS. @default 2000 */
+  probeIntervalMs: number;
+  /** Timeout of one probe. Env HEALTH_PROBE_TIMEOUT_MS. @default 1000 */
+  probeTimeoutMs: number;
+  /**
+   * HTTP/1.1 keep-alive idle timeout; above common sidecar idle timeouts to
+   * avoid the reuse-while-closing race. Env HTTP1_KEEP_ALIVE_TIMEOUT_MS. @default 65000
+   */
+  http1KeepAliveTimeoutMs: number;
+  /** HTTP/2 streams per connection. Env HTTP2_MAX_CONCURRENT_STREAMS. @default 1000 */
+  http2MaxConcurrentStreams: number;
+  /** Connections to Ollama nodes. */
+  upstream: UpstreamOptions;
+}
+
+/** Default values, in one place so docs, tests and `loadConfig` agree. */
+export const DEFAULTS = {
+  host: "0.0.0.0",
+  port: 50051,
+  ollamaUrl: "http://127.0.0.1:11434",
+  logLevel: "info",
+  maxMessageBytes: 4 * 1024 * 1024,
+  maxDeadlineMs: 30 * 60 * 1000,
+  maxConcurrentRpcs: 2048,
+  shutdownGraceMs: 10_000,
+  probeIntervalMs: 2_000,
+  probeTimeoutMs: 1_000,
+  http1KeepAliveTimeoutMs: 65_000,
+  http2MaxConcurrentStreams: 1000,
+  nodeParallel: 1,
+  nodeMaxLoadedModels: 3,
+  nodeWeight: 1,
+  upstream: {
+    connections: 64,
+    connectTimeoutMs: 5_000,
+    idleTimeoutMs: 10 * 60 * 1000,
+    maxLineBytes: 8 * 1024 * 1024,
+    maxResponseBytes: 64 * 1024 * 1024,
+  },
+} as const satisfies Record<string, unknown>;

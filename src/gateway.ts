@@ -1,0 +1,134 @@
+import { randomBytes } from "node:crypto";
+import { Code, ConnectError, createContextValues } from "@connectrpc/connect";
+import type { ConnectRouter } from "@connectrpc/connect";
+import { compressionGzip, connectNodeAdapter } from "@connectrpc/connect-node";
+import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "./gen/grpc/health/v1/health_pb.js";
+import { InferenceService } from "./gen/ollama/gateway/v1/inference_pb.js";
+import type { GatewayConfig } from "./config/config.js";
+import type { Logger } from "./observability/logger.js";
+import { loggingInterceptor } from "./observability/logging-interceptor.js";
+import { kRpcInfo } from "./observability/rpc-info.js";
+import { createNodePicker } from "./routing/node-picker.js";
+import { createInferenceService } from "./services/inference-service.js";
+import { concurrencyInterceptor } from "./transport/concurrency-interceptor.js";
+import { listenDualProtocol } from "./transport/dual-protocol-server.js";
+import { createHealthService } from "./transport/health-service.js";
+import type { HealthService } from "./transport/health-service.js";
+import { registerReflection } from "./transport/reflection-service.js";
+import { createNodeHealth } from "./upstream/node-health.js";
+import type { NodeHealth } from "./upstream/node-health.js";
+import { createOllamaNode } from "./upstream/ollama-node.js";
+
+/** A running gateway. */
+export interface Gateway {
+  /** The bound port. */
+  readonly port: number;
+  /** `http://127.0.0.1:<port>` (or the configured host), for clients and tests. */
+  readonly url: string;
+  /** The gRPC health status table. */
+  readonly health: HealthService;
+  /** Which Ollama nodes answer. */
+  readonly nodeHealth: NodeHealth;
+  /**
+   * Graceful shutdown: health NOT_SERVING, stop accepting, GOAWAY, let
+   * running calls finish for `config.shutdownGraceMs`, then cancel the rest
+   * with UNAVAILABLE and close the upstream pools. Safe to call twice.
+   */
+  close(): Promise<void>;
+}
+
+// Services whose health follows the Ollama fleet: they can serve only while
+// at least one node answers.
+const FLEET_SERVICES = [InferenceService.typeName];
+
+// Never counted against the RPC cap: probes and tooling must still answer
+// when the gateway is saturated.
+const CAP_EXEMPT = new Set(["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]);
+
+/** Builds every layer from the config and starts listening. */
+export async function startGateway(config: GatewayConfig, log: Logger): Promise<Gateway> {
+  const nodes = config.nodes.map((n) => createOllamaNode(n, config.upstream));
+  const nodeHealth = createNodeHealth(nodes, { intervalMs: config.probeIntervalMs, timeoutMs: config.probeTimeoutMs });
+  const health = createHealthService({ serverStatus: ServingStatus.NOT_SERVING, services: FLEET_SERVICES });
+  let closing = false;
+  const applyFleetHealth = (): void => {
+    if (closing) return;
+    const status = nodeHealth.anyHealthy() ? ServingStatus.SERVING : ServingStatus.NOT_SERVING;
+    health.setStatus("", status);
+    for (const s of FLEET_SERVICES) health.setStatus(s, status);
+  };
+  nodeHealth.onChange((node, healthy) => {
+    log[healthy ? "info" : "warn"]({ node }, healthy ? "ollama node is reachable" : "ollama node is unreachable");
+    applyFleetHealth();
+  });
+
+  const picker = createNodePicker(nodes, nodeHealth);
+  const inference = createInferenceService({ picker, health: nodeHealth, maxDeadlineMs: config.maxDeadlineMs });
+  const routes = (router: ConnectRouter): void => {
+    router.service(InferenceService, inference);
+    router.service(Health, health.implementation);
+    registerReflection(router, [InferenceService, Health]);
+  };
+
+  const shutdown = new AbortController();
+  const idPrefix = randomBytes(4).toString("hex");
+  let idCounter = 0;
+  const handler = connectNodeAdapter({
+    routes,
+    interceptors: [loggingInterceptor(log), concurrencyInterceptor(config.maxConcurrentRpcs, CAP_EXEMPT)],
+    readMaxBytes: config.maxMessageBytes,
+    writeMaxBytes: config.maxMessageBytes,
+    acceptCompression: [compressionGzip],
+    shutdownSignal: shutdown.signal,
+    contextValues: (req) => {
+      const given = req.headers["x-request-id"];
+      const requestId =
+        typeof given === "string" && given.length > 0 && given.length <= 128 && /^[\x21-\x7e]+$/.test(given)
+          ? given
+          : `${idPrefix}-${(++idCounter).toString(36)}`;
+      return createContextValues().set(kRpcInfo, {
+        requestId,
+        peer: req.socket.remoteAddress ?? "",
+        model: "",
+        node: "",
+        messages: 0,
+      });
+    },
+  });
+
+  const server = await listenDualProtocol(handler, {
+    host: config.host,
+    port: config.port,
+    maxConcurrentStreams: config.http2MaxConcurrentStreams,
+    keepAliveTimeoutMs: config.http1KeepAliveTimeoutMs,
+  });
+  nodeHealth.start();
+  await nodeHealth.probeAll();
+  applyFleetHealth();
+
+  const host = config.host === "0.0.0.0" || config.host === "::" ? "127.0.0.1" : config.host;
+  let closed: Promise<void> | undefined;
+  return {
+    port: server.port,
+    url: `http://${host.includes(":") ? `[${host}]` : host}:${server.port}`,
+    health,
+    nodeHealth,
+    close() {
+      closed ??= (async () => {
+        closing = true;
+        health.setAll(ServingStatus.NOT_SERVING);
+        health.close();
+        server.stopAccepting();
+        const clean = await server.drained(config.shutdownGraceMs);
+        if (!clean) {
+          log.warn({ graceMs: config.shutdownGraceMs }, "grace period over: cancelling the remaining calls");
+          shutdown.abort(new ConnectError("server shutting down", Code.Unavailable));
+          if (!(await server.drained(1_000))) server.destroy();
+        }
+        nodeHealth.stop();
+        await Promise.all(nodes.map((n) => n.close()));
+      })();
+      return closed;
+    },
+  };
+}

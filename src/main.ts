@@ -1,0 +1,42 @@
+import { ConfigError, loadConfig, redactConfig } from "./config/load-config.js";
+import { startGateway } from "./gateway.js";
+import { createLogger, flushLogger } from "./observability/logger.js";
+
+// Entry point: config from the environment, then serve until SIGTERM/SIGINT.
+async function main(): Promise<void> {
+  let config;
+  try {
+    config = loadConfig();
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      process.stderr.write(`ollama-grpc-gateway: ${e.message}\n`);
+      process.exit(2);
+    }
+    throw e;
+  }
+  const log = createLogger(config.logLevel);
+  log.info({ config: redactConfig(config) }, "effective configuration");
+  const gateway = await startGateway(config, log);
+  log.info({ port: gateway.port, url: gateway.url }, "gateway listening");
+
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, "shutting down");
+    gateway
+      .close()
+      .then(() => log.info("stopped"))
+      .catch((e: unknown) => log.error({ err: e }, "error during shutdown"))
+      .finally(() => {
+        void flushLogger(log).then(() => process.exit(0));
+      });
+  };
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`ollama-grpc-gateway: failed to start: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,27 @@
+import { pino } from "pino";
+import type { DestinationStream, Logger } from "pino";
+
+/** The gateway's logger type (pino), re-exported so other files need not know the library. */
+export type { Logger };
+
+/**
+ * A JSON logger, on stdout unless a destination is given (tests capture
+ * lines). Buffered asynchronous writes keep logging off the request path;
+ * `flushLogger` drains them on shutdown.
+ */
+export function createLogger(level: string, destination?: DestinationStream): Logger {
+  return pino(
+    {
+      level,
+      base: { service: "ollama-grpc-gateway" },
+      timestamp: pino.stdTimeFunctions.isoTime,
+      formatters: { level: (label) => ({ level: label }) },
+    },
+    destination ?? pino.destination({ dest: 1, sync: false, minLength: 4096 }),
+  );
+}
+
+/** Writes out buffered log lines (call before exiting). */
+export function flushLogger(log: Logger): Promise<void> {
+  return new Promise((resolve) => log.flush(() => resolve()));
+}

@@ -1,0 +1,33 @@
+import { createContextKey } from "@connectrpc/connect";
+import type { HandlerContext } from "@connectrpc/connect";
+
+/**
+ * Facts about one RPC that handlers fill in and the logging interceptor
+ * reports in the RPC's single log line. Mutable on purpose: it is created
+ * per request by the adapter, written by the handler, read once at the end.
+ */
+export interface RpcInfo {
+  /** From the `x-request-id` header, or generated. Echoed in the response headers. */
+  requestId: string;
+  /** Client address as seen on the socket (the sidecar's, in a mesh). */
+  peer: string;
+  /** Model named in the request, when there is one. */
+  model: string;
+  /** Node that served the request, when one was chosen. */
+  node: string;
+  /** Messages sent to the client (streams). */
+  messages: number;
+}
+
+/** Context key under which each request's RpcInfo lives. */
+export const kRpcInfo = createContextKey<RpcInfo | undefined>(undefined, { description: "rpc info" });
+
+/** The RpcInfo of a handler's request (a throwaway one outside the adapter, e.g. in unit tests). */
+export function rpcInfo(ctx: HandlerContext): RpcInfo {
+  let info = ctx.values.get(kRpcInfo);
+  if (info === undefined) {
+    info = { requestId: "", peer: "", model: "", node: "", messages: 0 };
+    ctx.values.set(kRpcInfo, info);
+  }
+  return info;
+}

@@ -1,0 +1,129 @@
+import { Code } from "@connectrpc/connect";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { InferenceService } from "../gen/ollama/gateway/v1/inference_pb.js";
+import type { EmbedResponseSchema } from "../gen/ollama/gateway/v1/inference_pb.js";
+import { gatewayError } from "../errors/gateway-error.js";
+import { isUnreachable, toConnectError } from "../errors/to-connect-error.js";
+import { rpcInfo } from "../observability/rpc-info.js";
+import type { NodePicker } from "../routing/node-picker.js";
+import { rpcSignal } from "../transport/rpc-signal.js";
+import type { NodeHealth } from "../upstream/node-health.js";
+import type { OllamaNode } from "../upstream/ollama-node.js";
+import { chatBody, embedBody, generateBody } from "./ollama-request.js";
+import type { OllamaBody } from "./ollama-request.js";
+import { chatChunk, generateChunk, usage } from "./ollama-response.js";
+import type { OllamaChunk, UsageContext } from "./ollama-response.js";
+import { validateChat, validateEmbed, validateGenerate } from "./validate-request.js";
+
+/** What the inference handlers need from the rest of the gateway. */
+export interface InferenceDeps {
+  /** Chooses the node for each request. */
+  picker: NodePicker;
+  /** Told about connection failures and successes (passive health). */
+  health: NodeHealth;
+  /** Upper bound of any RPC's deadline, in ms. */
+  maxDeadlineMs: number;
+}
+
+/**
+ * Generate, Chat and Embed: validate, choose a node, call Ollama with the
+ * RPC's signal, translate each chunk as it arrives. Nothing is buffered: the
+ * handlers are lazy generators, so a slow client slows the upstream read
+ * (connect-node waits for each write to drain before pulling the next item).
+ */
+export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof InferenceService> {
+  async function* relay<T extends { done?: boolean }>(
+    path: string,
+    body: OllamaBody,
+    model: string,
+    ctx: HandlerContext,
+    translate: (chunk: OllamaChunk, usage: UsageContext) => T,
+  ): AsyncGenerator<T> {
+    const node = deps.picker.pick();
+    const info = rpcInfo(ctx);
+    info.model = model;
+    info.node = node.name;
+    const signal = rpcSignal(ctx, deps.maxDeadlineMs);
+    const usageCtx: UsageContext = { node: node.name, queueMs: 0 };
+    try {
+      for await (const chunk of node.stream(path, body, signal)) {
+        const message = translate(chunk, usageCtx);
+        info.messages++;
+        yield message;
+        if (message.done === true) {
+          deps.health.reportSuccess(node.name);
+          return;
+        }
+      }
+      // Ollama ends a stream without a final chunk when its repeat detector
+      // fires; the client must still be able to tell the answer was cut.
+      throw gatewayError(Code.Internal, "UPSTREAM_PROTOCOL_ERROR", "the Ollama stream ended before its final message", {
+        metadata: { model, node: node.name },
+      });
+    } catch (e) {
+      throw fail(e, node, model, signal);
+    }
+  }
+
+  function fail(e: unknown, node: OllamaNode, model: string, signal: AbortSignal): Error {
+    if (!signal.aborted && isUnreachable(e)) deps.health.reportFailure(node.name);
+    return toConnectError(e, signal, { model, node: node.name });
+  }
+
+  return {
+    generate(req, ctx) {
+      validateGenerate(req);
+      return relay("/api/generate", generateBody(req), req.model, ctx, generateChunk);
+    },
+
+    chat(req, ctx) {
+      validateChat(req);
+      return relay("/api/chat", chatBody(req), req.model, ctx, chatChunk);
+    },
+
+    async embed(req, ctx) {
+      validateEmbed(req);
+      const node = deps.picker.pick();
+      const info = rpcInfo(ctx);
+      info.model = req.model;
+      info.node = node.name;
+      const signal = rpcSignal(ctx, deps.maxDeadlineMs);
+      let raw: unknown;
+      try {
+        raw = await node.call("POST", "/api/embed", embedBody(req), signal);
+      } catch (e) {
+        throw fail(e, node, req.model, signal);
+      }
+      deps.health.reportSuccess(node.name);
+      return embedResponse(raw, req.inputs.length, { node: node.name, queueMs: 0 }, req.model);
+    },
+  };
+}
+
+/** Checks Ollama's /api/embed answer and converts it; a wrong shape is an upstream protocol error. */
+function embedResponse(
+  raw: unknown,
+  expected: number,
+  ctx: UsageContext,
+  model: string,
+): MessageInitShape<typeof EmbedResponseSchema> {
+  const obj = (typeof raw === "object" && raw !== null ? raw : {}) as OllamaChunk;
+  const vectors = obj["embeddings"];
+  const valid =
+    Array.isArray(vectors) &&
+    vectors.length === expected &&
+    vectors.every((v) => Array.isArray(v) && v.every((x) => typeof x === "number"));
+  if (!valid) {
+    throw gatewayError(
+      Code.Internal,
+      "UPSTREAM_PROTOCOL_ERROR",
+      `the Ollama node answered with ${Array.isArray(vectors) ? vectors.length : "no"} embeddings for ${expected} inputs`,
+      { metadata: { model, node: ctx.node } },
+    );
+  }
+  return {
+    embeddings: (vectors as number[][]).map((values) => ({ values })),
+    usage: usage(obj, ctx),
+  };
+}

@@ -1,0 +1,32 @@
+/**
+ * Errors the simulator turns into Ollama-shaped HTTP answers.
+ */
+
+/** Ollama's exact queue-full text (note the two spaces after the period). */
+export const SERVER_BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded";
+
+/**
+ * An error with the HTTP status Ollama would answer with; handlers throw it and the router
+ * renders it as `{"error": message}` so every route reports errors the same way.
+ */
+export class ApiError extends Error {
+  override readonly name = "ApiError";
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** True for the rejection reason of an aborted signal or any DOM-style AbortError. */
+export function isAbortError(error: unknown): boolean {
+  return error instanceof Error && (error.name === "AbortError" || error.name === "TimeoutError");
+}
+
+/** Builds the AbortError used when a client goes away, so callers can tell it from real failures. */
+export function abortError(message = "request canceled"): Error {
+  const error = new Error(message);
+  error.name = "AbortError";
+  return error;
+}

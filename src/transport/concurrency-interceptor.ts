@@ -1,0 +1,60 @@
+import { Code } from "@connectrpc/connect";
+import type { Interceptor } from "@connectrpc/connect";
+import { gatewayError } from "../errors/gateway-error.js";
+
+/** Current number of RPCs being handled, for status and tests. */
+export interface ConcurrencyGauge {
+  /** RPCs in progress. */
+  readonly active: number;
+}
+
+/**
+ * Caps the RPCs handled at once. Past the cap a call fails at once with
+ * RESOURCE_EXHAUSTED and a RetryInfo instead of queueing without bound in
+ * memory. A call counts until its last message was sent, it failed, or its
+ * signal fired (connect-node aborts every RPC's signal when it ends, which
+ * also covers a stream the client abandoned before reading anything).
+ */
+export function concurrencyInterceptor(max: number, exempt: ReadonlySet<string>): Interceptor & ConcurrencyGauge {
+  let active = 0;
+  const interceptor: Interceptor = (next) => async (req) => {
+    if (exempt.has(req.service.typeName)) return next(req);
+    if (active >= max) {
+      throw gatewayError(Code.ResourceExhausted, "QUEUE_FULL", `the gateway is handling its maximum of ${max} calls`, {
+        retryAfterMs: 250,
+      });
+    }
+    active++;
+    let released = false;
+    const release = (): void => {
+      if (released) return;
+      released = true;
+      active--;
+      req.signal.removeEventListener("abort", release);
+    };
+    req.signal.addEventListener("abort", release, { once: true });
+    let res;
+    try {
+      res = await next(req);
+    } catch (e) {
+      release();
+      throw e;
+    }
+    if (!res.stream) {
+      release();
+      return res;
+    }
+    const inner = res.message;
+    return {
+      ...res,
+      message: (async function* () {
+        try {
+          yield* inner;
+        } finally {
+          release();
+        }
+      })(),
+    };
+  };
+  return Object.defineProperty(interceptor, "active", { get: () => active }) as Interceptor & ConcurrencyGauge;
+}

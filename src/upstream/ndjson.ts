@@ -1,0 +1,68 @@
+/**
+ * Splits an NDJSON byte stream into parsed objects.
+ *
+ * Works on raw Buffers: splits on byte 0x0A (which never occurs inside a
+ * multi-byte UTF-8 sequence, so no decoder state is needed). An unfinished
+ * line is kept as a list of chunks and joined once, when its end arrives, so
+ * a long line costs linear time. A line longer than `maxLineBytes`, or one
+ * that is not a JSON object, throws `NdjsonError` instead of growing memory
+ * without bound. Blank lines are skipped. A last line without `\n` is parsed
+ * at the end, which also covers Ollama's single-object (non-stream) answers.
+ */
+export async function* parseNdjson(
+  body: AsyncIterable<Buffer>,
+  maxLineBytes: number,
+): AsyncGenerator<Record<string, unknown>, void, undefined> {
+  let pending: Buffer[] = [];
+  let pendingBytes = 0;
+  for await (const chunk of body) {
+    let start = 0;
+    let nl = chunk.indexOf(0x0a);
+    while (nl !== -1) {
+      if (pendingBytes > 0) {
+        pending.push(chunk.subarray(start, nl));
+        const line = Buffer.concat(pending, pendingBytes + nl - start);
+        pending = [];
+        pendingBytes = 0;
+        if (line.length > maxLineBytes) throw tooLong(maxLineBytes);
+        if (line.length > 0) yield parseLine(line, 0, line.length);
+      } else if (nl > start) {
+        if (nl - start > maxLineBytes) throw tooLong(maxLineBytes);
+        yield parseLine(chunk, start, nl);
+      }
+      start = nl + 1;
+      nl = chunk.indexOf(0x0a, start);
+    }
+    if (start < chunk.length) {
+      pending.push(start === 0 ? chunk : chunk.subarray(start));
+      pendingBytes += chunk.length - start;
+      if (pendingBytes > maxLineBytes) throw tooLong(maxLineBytes);
+    }
+  }
+  if (pendingBytes > 0) {
+    const line = Buffer.concat(pending, pendingBytes);
+    if (line.toString("utf8").trim() !== "") yield parseLine(line, 0, line.length);
+  }
+}
+
+function parseLine(buf: Buffer, start: number, end: number): Record<string, unknown> {
+  let value: unknown;
+  try {
+    value = JSON.parse(buf.toString("utf8", start, end));
+  } catch {
+    throw new NdjsonError("a line is not valid JSON");
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new NdjsonError("a line is not a JSON object");
+  }
+  return value as Record<string, unknown>;
+}
+
+function tooLong(max: number): NdjsonError {
+  return new NdjsonError(`a line is longer than ${max} bytes`);
+}
+
+/** The upstream sent bytes that are not NDJSON objects within the limits. */
+export class NdjsonError extends Error {
+  override readonly name = "NdjsonError";
+}

@@ -1,0 +1,245 @@
+// The simulator's scheduler behaves like Ollama's: per-model parallel slots with unbounded
+// waiters, a bounded pending-load queue (503 when full), one load at a time, eviction, reloads
+// on runner-option changes, keep-alive semantics, and prompt cancellation on disconnect.
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { SERVER_BUSY_MESSAGE, startSimulator, type SimulatorOptions } from "../src/simulator/index.js";
+import type { Simulator } from "../src/simulator/index.js";
+import { delay, eventually, json, ndjson, post, send, streamLines } from "./helpers/sim-http.js";
+
+/** Starts a simulator for one test and always closes it. */
+async function withSim(options: SimulatorOptions, body: (sim: Simulator) => Promise<void>): Promise<void> {
+  const sim = await startSimulator(options);
+  try {
+    await body(sim);
+  } finally {
+    await sim.close();
+  }
+}
+
+const generate = (sim: Simulator, body: Record<string, unknown>) =>
+  post(`${sim.url}/api/generate`, { stream: false, prompt: "hello", ...body });
+
+describe("the simulator's scheduler", () => {
+  describe("parallel slots", () => {
+    it("makes a second request wait while NUM_PARALLEL=1 is busy, never running two at once", () =>
+      withSim({ tokenMs: 10, numParallel: 1 }, async (sim) => {
+        const body = { model: "llama3.2", options: { num_predict: 10 } };
+        const started = performance.now();
+        const [a, b] = await Promise.all([generate(sim, body), generate(sim, body)]);
+        const elapsed = performance.now() - started;
+        assert.equal(a.status, 200);
+        assert.equal(b.status, 200);
+        assert.equal(sim.stats.maxInFlight["llama3.2:latest"], 1);
+        assert.ok(elapsed >= 170, `two 10-token answers ran one after the other (${elapsed.toFixed(0)} ms)`);
+        const totals = [json(a), json(b)].map((r) => Number(r.total_duration) / 1e6).sort((x, y) => x - y);
+        assert.ok((totals[1] ?? 0) >= 170, `the waiter's total_duration includes the wait: ${totals.join(", ")} ms`);
+        assert.equal(sim.stats.inFlight["llama3.2:latest"], 0);
+      }));
+
+    it("runs up to NUM_PARALLEL generations of one model at once and queues the rest without a 503", () =>
+      withSim({ tokenMs: 5, numParallel: 2, maxQueue: 1 }, async (sim) => {
+        const results = await Promise.all(
+          Array.from({ length: 6 }, () => generate(sim, { model: "llama3.2", options: { num_predict: 8 } })),
+        );
+        assert.deepEqual(results.map((r) => r.status), [200, 200, 200, 200, 200, 200]);
+        assert.equal(sim.stats.maxInFlight["llama3.2:latest"], 2);
+        assert.equal(sim.stats.loads["llama3.2:latest"], 1, "Ollama never loads the same model twice");
+      }));
+
+    it("gives embedding models a single slot whatever NUM_PARALLEL says", () =>
+      withSim({ numParallel: 4, firstTokenMs: 20 }, async (sim) => {
+        await Promise.all([1, 2, 3].map((i) => post(`${sim.url}/api/embed`, { model: "all-minilm", input: `text ${i}` })));
+        assert.equal(sim.stats.maxInFlight["all-minilm:latest"], 1);
+      }));
+  });
+
+  describe("the pending-load queue", () => {
+    it("answers 503 with Ollama's exact text when more loads are pending than OLLAMA_MAX_QUEUE", () =>
+      withSim({ loadMs: 300, maxQueue: 1 }, async (sim) => {
+        const results = await Promise.all([
+          post(`${sim.url}/api/generate`, { model: "llama3.2" }),
+          post(`${sim.url}/api/chat`, { model: "qwen3", messages: [] }),
+          post(`${sim.url}/api/generate`, { model: "llava" }),
+          post(`${sim.url}/api/embed`, { model: "nomic-embed-text", input: "x" }),
+        ]);
+        const busy = results.filter((r) => r.status === 503);
+        assert.equal(busy.length, 2, results.map((r) => `${r.status} ${r.text}`).join("\n"));
+        for (const res of busy) {
+          assert.deepEqual(json(res), { error: SERVER_BUSY_MESSAGE });
+          assert.equal(res.headers["content-type"], "application/json; charset=utf-8");
+        }
+        assert.equal(SERVER_BUSY_MESSAGE, "server busy, please try again.  maximum pending requests exceeded");
+        assert.equal(sim.stats.busyRejections, 2);
+        assert.equal(sim.stats.maxPendingLoads, 1);
+      }));
+
+    it("lets requests for a model that is already loading attach without using the queue", () =>
+      withSim({ loadMs: 150, maxQueue: 1 }, async (sim) => {
+        const results = await Promise.all(Array.from({ length: 5 }, () => post(`${sim.url}/api/generate`, { model: "llama3.2" })));
+        assert.deepEqual(results.map((r) => r.status), [200, 200, 200, 200, 200]);
+        assert.equal(sim.stats.loadsTotal, 1);
+      }));
+
+    it("loads one model at a time and reports the wait in load_duration", () =>
+      withSim({ loadMs: 100 }, async (sim) => {
+        const [a, b] = await Promise.all([
+          generate(sim, { model: "llama3.2", options: { num_predict: 1 } }),
+          generate(sim, { model: "qwen3", think: false, options: { num_predict: 1 } }),
+        ]);
+        const loads = [json(a), json(b)].map((r) => Number(r.load_duration) / 1e6).sort((x, y) => x - y);
+        assert.ok((loads[0] ?? 0) >= 95, `first load took the load time: ${loads}`);
+        assert.ok((loads[1] ?? 0) >= 190, `second load waited for the first: ${loads}`);
+      }));
+  });
+
+  describe("eviction and reloads", () => {
+    it("evicts the idle model when MAX_LOADED_MODELS is reached", () =>
+      withSim({ maxLoadedModels: 1 }, async (sim) => {
+        const unloads: string[] = [];
+        sim.events.on("unload", (e) => unloads.push(`${e.model}:${e.reason}`));
+        await generate(sim, { model: "llama3.2" });
+        await generate(sim, { model: "qwen3" });
+        assert.deepEqual(sim.loaded().map((r) => r.name), ["qwen3:latest"]);
+        assert.deepEqual(unloads, ["llama3.2:latest:evicted"]);
+        assert.equal(sim.stats.evictions, 1);
+      }));
+
+    it("waits for the victim's in-flight generation before evicting it", () =>
+      withSim({ maxLoadedModels: 1, tokenMs: 15 }, async (sim) => {
+        let llamaDone = 0;
+        let qwenLoad = 0;
+        sim.events.on("load", (e) => {
+          if (e.model === "qwen3:latest") qwenLoad = performance.now();
+        });
+        const slow = generate(sim, { model: "llama3.2", options: { num_predict: 12 } }).then((r) => {
+          llamaDone = performance.now();
+          return r;
+        });
+        await delay(40);
+        const other = generate(sim, { model: "qwen3", think: false, options: { num_predict: 1 } });
+        const [a, b] = await Promise.all([slow, other]);
+        assert.equal(a.status, 200);
+        assert.equal(b.status, 200);
+        assert.equal(json(a).eval_count, 12, "the victim finished its answer");
+        assert.ok(qwenLoad > 0 && qwenLoad + 5 >= llamaDone - 20, "qwen3 loaded only after llama3.2 went idle");
+      }));
+
+    it("picks the idle model with the soonest expiry as the victim", () =>
+      withSim({ maxLoadedModels: 2 }, async (sim) => {
+        await generate(sim, { model: "llama3.2", keep_alive: "1h" });
+        await generate(sim, { model: "qwen3", keep_alive: "2m" });
+        await generate(sim, { model: "llava" });
+        assert.deepEqual(sim.loaded().map((r) => r.name).sort(), ["llama3.2:latest", "llava:latest"]);
+      }));
+
+    it("reloads a model when num_ctx changes, and reuses it when it does not", () =>
+      withSim({}, async (sim) => {
+        await generate(sim, { model: "llama3.2", options: { num_ctx: 2048 } });
+        await generate(sim, { model: "llama3.2", options: { num_ctx: 2048 } });
+        assert.equal(sim.stats.loads["llama3.2:latest"], 1);
+        await generate(sim, { model: "llama3.2", options: { num_ctx: 8192 } });
+        assert.equal(sim.stats.loads["llama3.2:latest"], 2);
+        assert.equal(sim.stats.reloads, 1);
+        const ps = json<{ models: Array<{ context_length: number }> }>(await send("GET", `${sim.url}/api/ps`));
+        assert.equal(ps.models[0]?.context_length, 8192);
+        await generate(sim, { model: "llama3.2", options: { temperature: 0.1 } });
+        assert.equal(sim.stats.loads["llama3.2:latest"], 3, "the default num_ctx (4096) differs from 8192 too");
+      }));
+  });
+
+  describe("keep-alive", () => {
+    it("unloads right after the request when keep_alive is 0", () =>
+      withSim({}, async (sim) => {
+        const res = await generate(sim, { model: "llama3.2", keep_alive: 0 });
+        assert.equal(json(res).done, true);
+        assert.deepEqual(sim.loaded(), []);
+        assert.equal(sim.stats.unloads["llama3.2:latest"], 1);
+      }));
+
+    it("starts the keep-alive timer only when the last request ends", () =>
+      withSim({ tokenMs: 20 }, async (sim) => {
+        let unloadedAt = 0;
+        sim.events.on("unload", () => {
+          unloadedAt = performance.now();
+        });
+        const res = await generate(sim, { model: "llama3.2", keep_alive: "150ms", options: { num_predict: 12 } });
+        const endedAt = performance.now();
+        assert.equal(res.status, 200);
+        assert.equal(sim.loaded().length, 1, "still loaded right after a 240 ms answer");
+        assert.ok(await eventually(() => unloadedAt > 0, 1000), "unloaded eventually");
+        assert.ok(unloadedAt - endedAt >= 120, `unloaded ${(unloadedAt - endedAt).toFixed(0)} ms after the end`);
+      }));
+
+    it("keeps a model forever for a negative keep_alive and lets the last keep_alive win", () =>
+      withSim({}, async (sim) => {
+        await generate(sim, { model: "llama3.2", keep_alive: -1 });
+        assert.ok(new Date(sim.loaded()[0]?.expiresAt ?? 0).getUTCFullYear() > 2200);
+        await generate(sim, { model: "llama3.2", keep_alive: "1h30m" });
+        const inNinety = Date.now() + 90 * 60_000;
+        assert.ok(Math.abs((sim.loaded()[0]?.expiresAt ?? 0) - inNinety) < 5000);
+        await generate(sim, { model: "llama3.2" });
+        assert.ok(Math.abs((sim.loaded()[0]?.expiresAt ?? 0) - (Date.now() + 90 * 60_000)) < 5000, "absent keep_alive keeps 1h30m");
+      }));
+
+    it("uses the configured default keep-alive for fresh loads", () =>
+      withSim({ keepAliveMs: 100 }, async (sim) => {
+        await generate(sim, { model: "llama3.2" });
+        assert.equal(sim.loaded().length, 1);
+        assert.ok(await eventually(() => sim.loaded().length === 0, 1000));
+      }));
+  });
+
+  describe("client disconnects", () => {
+    it("stops generating within 100 ms, frees the slot and counts tokens only until the cut", () =>
+      withSim({ tokenMs: 200, numParallel: 1 }, async (sim) => {
+        const controller = new AbortController();
+        const disconnected = sim.events.next("disconnect");
+        const lines: string[] = [];
+        let abortedAt = 0;
+        await assert.rejects(async () => {
+          for await (const line of streamLines(`${sim.url}/api/chat`, {
+            model: "llama3.2",
+            messages: [{ role: "user", content: "a long answer please" }],
+            options: { num_predict: 1000 },
+          }, controller.signal)) {
+            lines.push(line);
+            if (lines.length === 2) {
+              abortedAt = performance.now();
+              controller.abort();
+            }
+          }
+        });
+        const event = await disconnected;
+        assert.equal(event.path, "/api/chat");
+        assert.equal(event.model, "llama3.2");
+        assert.ok(event.at - abortedAt < 100, `noticed after ${(event.at - abortedAt).toFixed(1)} ms`);
+        assert.equal(sim.stats.disconnects, 1);
+        assert.ok(
+          await eventually(() => sim.stats.inFlight["llama3.2:latest"] === 0 && sim.loaded()[0]?.refCount === 0, 50),
+          "slot and runner reference freed at once, not after the next token's delay",
+        );
+        assert.equal(sim.stats.tokensEmitted, 2, "tokens counted until the cut");
+        await delay(250);
+        assert.equal(sim.stats.tokensEmitted, 2, "no tokens after the cut");
+        const next = ndjson(await post(`${sim.url}/api/chat`, { model: "llama3.2", messages: [{ role: "user", content: "x" }], options: { num_predict: 1 } }));
+        assert.equal(next.at(-1)?.done, true, "the freed slot serves the next request");
+      }));
+
+    it("drops a request that disconnects while waiting for a slot", () =>
+      withSim({ tokenMs: 20, numParallel: 1 }, async (sim) => {
+        const first = generate(sim, { model: "llama3.2", options: { num_predict: 10 } });
+        await delay(30);
+        const controller = new AbortController();
+        const waiting = post(`${sim.url}/api/generate`, { model: "llama3.2", prompt: "x", options: { num_predict: 10 } }, { signal: controller.signal });
+        await delay(20);
+        assert.equal(sim.loaded()[0]?.refCount, 2, "the second request is attached, waiting for the slot");
+        controller.abort();
+        await assert.rejects(waiting);
+        assert.ok(await eventually(() => sim.loaded()[0]?.refCount === 1, 50), "the waiter let go at once");
+        assert.equal((await first).status, 200);
+        assert.ok(await eventually(() => sim.stats.disconnects === 1));
+        assert.equal(sim.stats.tokensEmitted, 10, "the waiter never generated");
+      }));
+  });
+});
