@@ -6,7 +6,8 @@ export type { Logger };
 
 /**
  * A JSON logger, on stdout unless a destination is given (tests capture
- * lines). Buffered asynchronous writes keep logging off the request path;
+ * lines). Asynchronous writes (batched while one is in flight) keep logging
+ * off the request path without delaying lines on a quiet gateway;
  * `flushLogger` drains them on shutdown.
  */
 export function createLogger(level: string, destination?: DestinationStream): Logger {
@@ -17,7 +18,7 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
       timestamp: pino.stdTimeFunctions.isoTime,
       formatters: { level: (label) => ({ level: label }) },
     },
-    destination ?? pino.destination({ dest: 1, sync: false, minLength: 4096 }),
+    destination ?? pino.destination({ dest: 1, sync: false }),
   );
 }
 

@@ -210,6 +210,9 @@ export function createHealthService(options: HealthServiceOptions = {}): HealthS
       // status (DEADLINE_EXCEEDED, UNAVAILABLE) rather than a misleading OK.
       const reason: unknown = ctx.signal.reason;
       if (ctx.signal.aborted && reason instanceof ConnectError) throw reason;
+      // Closed by close(): a watcher must still learn the last status (the
+      // NOT_SERVING set just before a shutdown) before its stream ends.
+      if (!ctx.signal.aborted && w.latest !== sent) yield { status: w.latest };
     } finally {
       ctx.signal.removeEventListener("abort", onAbort);
       removeWatcher(w);
