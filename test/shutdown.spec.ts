@@ -25,6 +25,8 @@ describe("graceful shutdown", () => {
 
       let count = 0;
       let done = false;
+      let closed: Promise<void> | undefined;
+      const closing = (): Promise<void> => (closed ??= gw.close());
       const stream = (async () => {
         for await (const m of client.generate({ model: "llama3.2", prompt: "long", options: { numPredict: 40 } })) {
           count++;
@@ -32,8 +34,6 @@ describe("graceful shutdown", () => {
           if (count === 2) void closing();
         }
       })();
-      let closed: Promise<void> | undefined;
-      const closing = (): Promise<void> => (closed ??= gw.close());
       await stream;
       assert.equal(done, true, "the running stream got its final message");
       assert.equal(count, 41);
