@@ -1,15 +1,24 @@
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { Code, ConnectError, createContextValues } from "@connectrpc/connect";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { compressionGzip, connectNodeAdapter } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "./gen/grpc/health/v1/health_pb.js";
+import { GatewayService } from "./gen/ollama/gateway/v1/gateway_pb.js";
 import { InferenceService } from "./gen/ollama/gateway/v1/inference_pb.js";
+import { ModelService } from "./gen/ollama/gateway/v1/model_pb.js";
+import { createCache } from "./cache/cache.js";
+import type { Cache } from "./cache/cache.js";
 import type { GatewayConfig } from "./config/config.js";
 import type { Logger } from "./observability/logger.js";
 import { loggingInterceptor } from "./observability/logging-interceptor.js";
 import { kRpcInfo } from "./observability/rpc-info.js";
+import { createFleetMetadata } from "./routing/fleet-metadata.js";
 import { createNodePicker } from "./routing/node-picker.js";
+import { createEmbeddingCache } from "./services/embedding-cache.js";
+import { createGatewayService } from "./services/gateway-service.js";
 import { createInferenceService } from "./services/inference-service.js";
+import { createModelService } from "./services/model-service.js";
 import { concurrencyInterceptor } from "./transport/concurrency-interceptor.js";
 import { listenDualProtocol } from "./transport/dual-protocol-server.js";
 import { createHealthService } from "./transport/health-service.js";
@@ -29,6 +38,8 @@ export interface Gateway {
   readonly health: HealthService;
   /** Which Ollama nodes answer. */
   readonly nodeHealth: NodeHealth;
+  /** The metadata and embedding cache. */
+  readonly cache: Cache;
   /**
    * Graceful shutdown: health NOT_SERVING, stop accepting, GOAWAY, let
    * running calls finish for `config.shutdownGraceMs`, then cancel the rest
@@ -39,17 +50,47 @@ export interface Gateway {
 
 // Services whose health follows the Ollama fleet: they can serve only while
 // at least one node answers.
-const FLEET_SERVICES = [InferenceService.typeName];
+const FLEET_SERVICES = [InferenceService.typeName, ModelService.typeName];
+
+/** The gateway's version, from package.json (one level above src/ and dist/). */
+const VERSION = ((): string => {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version?: unknown };
+    return typeof pkg.version === "string" ? pkg.version : "unknown";
+  } catch {
+    return "unknown";
+  }
+})();
 
 // Never counted against the RPC cap: probes and tooling must still answer
 // when the gateway is saturated.
-const CAP_EXEMPT = new Set(["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]);
+const CAP_EXEMPT = new Set([
+  "grpc.health.v1.Health",
+  "grpc.reflection.v1.ServerReflection",
+  "grpc.reflection.v1alpha.ServerReflection",
+  "ollama.gateway.v1.GatewayService",
+]);
 
 /** Builds every layer from the config and starts listening. */
 export async function startGateway(config: GatewayConfig, log: Logger): Promise<Gateway> {
+  const startedAtMs = Date.now();
   const nodes = config.nodes.map((n) => createOllamaNode(n, config.upstream));
+  const cache = createCache({
+    redisUrl: config.cache.redisUrl,
+    namespace: "ogw:v1:",
+    memory: { maxEntries: config.cache.memoryMaxEntries, maxBytes: config.cache.memoryMaxBytes },
+    commandTimeoutMs: config.cache.redisCommandTimeoutMs,
+    log,
+  });
+  const metadata = createFleetMetadata(nodes, cache, {
+    tagsMs: config.cache.tagsTtlMs,
+    psMs: config.cache.psTtlMs,
+    showMs: config.cache.showTtlMs,
+    upstreamTimeoutMs: 10_000,
+  });
   const nodeHealth = createNodeHealth(nodes, { intervalMs: config.probeIntervalMs, timeoutMs: config.probeTimeoutMs });
   const health = createHealthService({ serverStatus: ServingStatus.NOT_SERVING, services: FLEET_SERVICES });
+  health.setStatus(GatewayService.typeName, ServingStatus.SERVING);
   let closing = false;
   const applyFleetHealth = (): void => {
     if (closing) return;
@@ -63,11 +104,31 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   });
 
   const picker = createNodePicker(nodes, nodeHealth);
-  const inference = createInferenceService({ picker, health: nodeHealth, maxDeadlineMs: config.maxDeadlineMs });
+  const inference = createInferenceService({
+    picker,
+    health: nodeHealth,
+    maxDeadlineMs: config.maxDeadlineMs,
+    metadata,
+    embeddings: config.cache.embeddings ? createEmbeddingCache(cache, config.cache.embeddingsTtlMs) : undefined,
+  });
+  const models = createModelService({ nodes, metadata, health: nodeHealth, maxDeadlineMs: config.maxDeadlineMs });
+  const limiter = concurrencyInterceptor(config.maxConcurrentRpcs, CAP_EXEMPT);
+  const status = createGatewayService({
+    version: VERSION,
+    startedAtMs,
+    nodes,
+    health: nodeHealth,
+    metadata,
+    cache,
+    embeddingsCached: config.cache.embeddings,
+    activeCalls: () => limiter.active,
+  });
   const routes = (router: ConnectRouter): void => {
     router.service(InferenceService, inference);
+    router.service(ModelService, models);
+    router.service(GatewayService, status);
     router.service(Health, health.implementation);
-    registerReflection(router, [InferenceService, Health]);
+    registerReflection(router, [InferenceService, ModelService, GatewayService, Health]);
   };
 
   const shutdown = new AbortController();
@@ -75,7 +136,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   let idCounter = 0;
   const handler = connectNodeAdapter({
     routes,
-    interceptors: [loggingInterceptor(log), concurrencyInterceptor(config.maxConcurrentRpcs, CAP_EXEMPT)],
+    interceptors: [loggingInterceptor(log), limiter],
     readMaxBytes: config.maxMessageBytes,
     writeMaxBytes: config.maxMessageBytes,
     acceptCompression: [compressionGzip],
@@ -113,6 +174,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     url: `http://${host.includes(":") ? `[${host}]` : host}:${server.port}`,
     health,
     nodeHealth,
+    cache,
     close() {
       closed ??= (async () => {
         closing = true;
@@ -126,7 +188,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
           if (!(await server.drained(1_000))) server.destroy();
         }
         nodeHealth.stop();
-        await Promise.all(nodes.map((n) => n.close()));
+        await Promise.all([...nodes.map((n) => n.close()), cache.close()]);
       })();
       return closed;
     },

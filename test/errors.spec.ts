@@ -224,7 +224,7 @@ describe("errors reach clients with the right code and details", () => {
   it("ends with a non-OK status when the upstream stream stops before its final message", async () => {
     // A stream that just ends is what Ollama's repeat detector produces.
     const cut = http.createServer((req, res) => {
-      if (req.method === "HEAD") return void res.end();
+      if (req.url === "/api/version") return void res.end(JSON.stringify({ version: "0.12.6" }));
       res.writeHead(200, { "content-type": "application/x-ndjson" });
       res.write(JSON.stringify({ model: "m", created_at: new Date().toISOString(), response: "a", done: false }) + "\n");
       res.end();

@@ -7,7 +7,7 @@ async function collect(chunks: string[] | Buffer[], max = 1024): Promise<unknown
     for (const c of chunks) yield Buffer.isBuffer(c) ? c : Buffer.from(c);
   }
   const out: unknown[] = [];
-  for await (const o of parseNdjson(body(), max)) out.push(o);
+  for await (const batch of parseNdjson(body(), max)) out.push(...batch);
   return out;
 }
 
@@ -30,6 +30,16 @@ describe("NDJSON parsing", () => {
 
   it("skips blank lines", async () => {
     assert.deepEqual(await collect(['\n{"a":1}\n\n\n{"b":2}\n']), [{ a: 1 }, { b: 2 }]);
+  });
+
+  it("hands over everything that arrived together as one batch, so a slow reader can coalesce", async () => {
+    async function* body(): AsyncGenerator<Buffer> {
+      yield Buffer.from('{"a":1}\n{"b":2}\n{"c"');
+      yield Buffer.from(':3}\n');
+    }
+    const batches: unknown[] = [];
+    for await (const batch of parseNdjson(body(), 1024)) batches.push(batch);
+    assert.deepEqual(batches, [[{ a: 1 }, { b: 2 }], [{ c: 3 }]]);
   });
 
   it("rejects a line that is not JSON", async () => {

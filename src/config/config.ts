@@ -35,7 +35,7 @@ export interface GatewayConfig {
   maxConcurrentRpcs: number;
   /** On SIGTERM, how long running streams may finish before being cancelled. Env SHUTDOWN_GRACE_MS. @default 10000 */
   shutdownGraceMs: number;
-  /** How often each node is probed with `HEAD /`. Env HEALTH_PROBE_INTERVAL_MS. @default 2000 */
+  /** How often each node is probed with `GET /api/version`. Env HEALTH_PROBE_INTERVAL_MS. @default 2000 */
   probeIntervalMs: number;
   /** Timeout of one probe. Env HEALTH_PROBE_TIMEOUT_MS. @default 1000 */
   probeTimeoutMs: number;
@@ -48,6 +48,34 @@ export interface GatewayConfig {
   http2MaxConcurrentStreams: number;
   /** Connections to Ollama nodes. */
   upstream: UpstreamOptions;
+  /** The metadata and embedding cache. */
+  cache: CacheConfig;
+}
+
+/** Where cached metadata and embeddings live, and for how long. */
+export interface CacheConfig {
+  /**
+   * Redis shared by all gateway replicas: redis://, rediss://,
+   * redis+sentinel://h1:26379,h2:26379/master, redis+cluster://h1:6379,h2:6379.
+   * Unset = in-process memory only. Env REDIS_URL.
+   */
+  redisUrl: string | undefined;
+  /** Longest a Redis command may take before the gateway answers without it. Env REDIS_COMMAND_TIMEOUT_MS. @default 250 */
+  redisCommandTimeoutMs: number;
+  /** Entries in the in-process tier. Env CACHE_MEMORY_MAX_ENTRIES. @default 50000 */
+  memoryMaxEntries: number;
+  /** Bytes in the in-process tier. Env CACHE_MEMORY_MAX_BYTES. @default 256 MiB */
+  memoryMaxBytes: number;
+  /** Installed models per node. Env CACHE_TAGS_TTL_MS. @default 30000 */
+  tagsTtlMs: number;
+  /** Loaded models per node. Env CACHE_PS_TTL_MS. @default 2000 */
+  psTtlMs: number;
+  /** Model descriptions, by digest (a digest never changes). Env CACHE_SHOW_TTL_MS. @default 86400000 */
+  showTtlMs: number;
+  /** Cache Embed results. Env EMBED_CACHE (on|off). @default true */
+  embeddings: boolean;
+  /** How long a cached vector lives. Env EMBED_CACHE_TTL_MS. @default 604800000 (7 days) */
+  embeddingsTtlMs: number;
 }
 
 /** Default values, in one place so docs, tests and `loadConfig` agree. */
@@ -67,6 +95,16 @@ export const DEFAULTS = {
   nodeParallel: 1,
   nodeMaxLoadedModels: 3,
   nodeWeight: 1,
+  cache: {
+    redisCommandTimeoutMs: 250,
+    memoryMaxEntries: 50_000,
+    memoryMaxBytes: 256 * 1024 * 1024,
+    tagsTtlMs: 30_000,
+    psTtlMs: 2_000,
+    showTtlMs: 24 * 3600 * 1000,
+    embeddings: true,
+    embeddingsTtlMs: 7 * 24 * 3600 * 1000,
+  },
   upstream: {
     connections: 64,
     connectTimeoutMs: 5_000,

@@ -29,6 +29,15 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     return n;
   };
 
+  const onOff = (key: string, fallback: boolean): boolean => {
+    const raw = env[key]?.trim().toLowerCase();
+    if (raw === undefined || raw === "") return fallback;
+    if (["on", "true", "1", "yes"].includes(raw)) return true;
+    if (["off", "false", "0", "no"].includes(raw)) return false;
+    problems.push(`${key}=${JSON.stringify(raw)} must be on or off`);
+    return fallback;
+  };
+
   const logLevel = (env["LOG_LEVEL"]?.trim() || DEFAULTS.logLevel) as GatewayConfig["logLevel"];
   if (!LOG_LEVELS.includes(logLevel)) {
     problems.push(`LOG_LEVEL=${JSON.stringify(logLevel)} must be one of ${LOG_LEVELS.join(", ")}`);
@@ -51,6 +60,17 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     probeTimeoutMs: int("HEALTH_PROBE_TIMEOUT_MS", DEFAULTS.probeTimeoutMs, 10, 60 * 1000),
     http1KeepAliveTimeoutMs: int("HTTP1_KEEP_ALIVE_TIMEOUT_MS", DEFAULTS.http1KeepAliveTimeoutMs, 1000, 3600 * 1000),
     http2MaxConcurrentStreams: int("HTTP2_MAX_CONCURRENT_STREAMS", DEFAULTS.http2MaxConcurrentStreams, 1, 1_000_000),
+    cache: {
+      redisUrl: env["REDIS_URL"]?.trim() || undefined,
+      redisCommandTimeoutMs: int("REDIS_COMMAND_TIMEOUT_MS", DEFAULTS.cache.redisCommandTimeoutMs, 10, 60_000),
+      memoryMaxEntries: int("CACHE_MEMORY_MAX_ENTRIES", DEFAULTS.cache.memoryMaxEntries, 100, 100_000_000),
+      memoryMaxBytes: int("CACHE_MEMORY_MAX_BYTES", DEFAULTS.cache.memoryMaxBytes, 1024 * 1024, 64 * 1024 * 1024 * 1024),
+      tagsTtlMs: int("CACHE_TAGS_TTL_MS", DEFAULTS.cache.tagsTtlMs, 100, 24 * 3600 * 1000),
+      psTtlMs: int("CACHE_PS_TTL_MS", DEFAULTS.cache.psTtlMs, 100, 3600 * 1000),
+      showTtlMs: int("CACHE_SHOW_TTL_MS", DEFAULTS.cache.showTtlMs, 1000, 365 * 24 * 3600 * 1000),
+      embeddings: onOff("EMBED_CACHE", DEFAULTS.cache.embeddings),
+      embeddingsTtlMs: int("EMBED_CACHE_TTL_MS", DEFAULTS.cache.embeddingsTtlMs, 1000, 365 * 24 * 3600 * 1000),
+    },
     upstream: {
       connections: int("UPSTREAM_CONNECTIONS", DEFAULTS.upstream.connections, 1, 10_000),
       connectTimeoutMs: int("UPSTREAM_CONNECT_TIMEOUT_MS", DEFAULTS.upstream.connectTimeoutMs, 10, 120_000),
@@ -59,6 +79,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       maxResponseBytes: int("UPSTREAM_MAX_RESPONSE_BYTES", DEFAULTS.upstream.maxResponseBytes, 1024, 4 * 1024 * 1024 * 1024),
     },
   };
+  if (config.cache.redisUrl !== undefined && !/^(rediss?|redis\+sentinel|redis\+cluster):\/\//.test(config.cache.redisUrl)) {
+    problems.push("REDIS_URL must start with redis://, rediss://, redis+sentinel:// or redis+cluster://");
+  }
   if (config.probeTimeoutMs > config.probeIntervalMs) {
     problems.push(
       `HEALTH_PROBE_TIMEOUT_MS (${config.probeTimeoutMs}) must not exceed HEALTH_PROBE_INTERVAL_MS (${config.probeIntervalMs})`,
@@ -127,11 +150,16 @@ function parseNodes(
 
 /** The config as it is safe to log: credentials in URLs masked. */
 export function redactConfig(config: GatewayConfig): GatewayConfig {
-  return { ...config, nodes: config.nodes.map((n) => ({ ...n, url: redactUrl(n.url) })) };
+  return {
+    ...config,
+    nodes: config.nodes.map((n) => ({ ...n, url: redactUrl(n.url) })),
+    cache: { ...config.cache, redisUrl: config.cache.redisUrl && redactUrl(config.cache.redisUrl) },
+  };
 }
 
-/** Masks a URL's password (and user) so it can be logged. */
+/** Masks a URL's password so it can be logged (also in multi-host Redis URLs). */
 export function redactUrl(raw: string): string {
+  if (raw.includes(",")) return raw.replace(/\/\/([^@/]*):[^@/]*@/, "//$1:***@");
   try {
     const u = new URL(raw);
     if (u.password) u.password = "***";

@@ -2,15 +2,20 @@ import { Code } from "@connectrpc/connect";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { InferenceService } from "../gen/ollama/gateway/v1/inference_pb.js";
-import type { EmbedResponseSchema } from "../gen/ollama/gateway/v1/inference_pb.js";
+import type { EmbedRequest } from "../gen/ollama/gateway/v1/inference_pb.js";
+import type { UsageSchema } from "../gen/ollama/gateway/v1/types_pb.js";
 import { gatewayError } from "../errors/gateway-error.js";
 import { isUnreachable, toConnectError } from "../errors/to-connect-error.js";
 import { rpcInfo } from "../observability/rpc-info.js";
+import type { FleetMetadata } from "../routing/fleet-metadata.js";
 import type { NodePicker } from "../routing/node-picker.js";
 import { rpcSignal } from "../transport/rpc-signal.js";
 import type { NodeHealth } from "../upstream/node-health.js";
+import { canonicalModelName } from "../upstream/model-name.js";
 import type { OllamaNode } from "../upstream/ollama-node.js";
-import { chatBody, embedBody, generateBody } from "./ollama-request.js";
+import { coalesceChunks } from "./coalesce-chunks.js";
+import type { EmbeddingCache, EmbeddingKey } from "./embedding-cache.js";
+import { chatBody, embedBody, generateBody, optionsJson } from "./ollama-request.js";
 import type { OllamaBody } from "./ollama-request.js";
 import { chatChunk, generateChunk, usage } from "./ollama-response.js";
 import type { OllamaChunk, UsageContext } from "./ollama-response.js";
@@ -24,6 +29,10 @@ export interface InferenceDeps {
   health: NodeHealth;
   /** Upper bound of any RPC's deadline, in ms. */
   maxDeadlineMs: number;
+  /** Embedding cache; undefined = Embed always goes upstream. */
+  embeddings?: EmbeddingCache;
+  /** Model digests per node, needed to key the embedding cache. */
+  metadata?: FleetMetadata;
 }
 
 /**
@@ -47,13 +56,15 @@ export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof 
     const signal = rpcSignal(ctx, deps.maxDeadlineMs);
     const usageCtx: UsageContext = { node: node.name, queueMs: 0 };
     try {
-      for await (const chunk of node.stream(path, body, signal)) {
-        const message = translate(chunk, usageCtx);
-        info.messages++;
-        yield message;
-        if (message.done === true) {
-          deps.health.reportSuccess(node.name);
-          return;
+      for await (const batch of node.stream(path, body, signal)) {
+        for (const chunk of coalesceChunks(batch)) {
+          const message = translate(chunk, usageCtx);
+          info.messages++;
+          yield message;
+          if (message.done === true) {
+            deps.health.reportSuccess(node.name);
+            return;
+          }
         }
       }
       // Ollama ends a stream without a final chunk when its repeat detector
@@ -89,25 +100,60 @@ export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof 
       info.model = req.model;
       info.node = node.name;
       const signal = rpcSignal(ctx, deps.maxDeadlineMs);
-      let raw: unknown;
-      try {
-        raw = await node.call("POST", "/api/embed", embedBody(req), signal);
-      } catch (e) {
-        throw fail(e, node, req.model, signal);
+      const usageCtx: UsageContext = { node: node.name, queueMs: 0 };
+
+      const key = deps.embeddings && req.inputs.length > 0 ? await embeddingKey(node, req, signal) : undefined;
+      const cached = key ? await deps.embeddings!.lookup(key, req.inputs) : [];
+      // Only inputs not in the cache go upstream, each distinct text once.
+      const missing = [...new Set(req.inputs.filter((_, i) => cached[i] === undefined))];
+      let fresh: number[][] = [];
+      let usageInit: MessageInitShape<typeof UsageSchema> = { node: node.name };
+      if (missing.length > 0 || req.inputs.length === 0) {
+        let raw: unknown;
+        try {
+          raw = await node.call("POST", "/api/embed", embedBody(req, missing), signal);
+        } catch (e) {
+          throw fail(e, node, req.model, signal);
+        }
+        deps.health.reportSuccess(node.name);
+        fresh = embedVectors(raw, missing.length, usageCtx, req.model);
+        usageInit = usage(raw as OllamaChunk, usageCtx);
+        if (key) await deps.embeddings!.store(key, missing, fresh);
       }
-      deps.health.reportSuccess(node.name);
-      return embedResponse(raw, req.inputs.length, { node: node.name, queueMs: 0 }, req.model);
+      const position = new Map(missing.map((text, i) => [text, i]));
+      return {
+        embeddings: req.inputs.map((text, i) => {
+          const hit = cached[i];
+          return { values: hit ? Array.from(hit) : fresh[position.get(text)!]! };
+        }),
+        usage: usageInit,
+        cachedInputs: req.inputs.length - req.inputs.filter((_, i) => cached[i] === undefined).length,
+      };
     },
   };
+
+  /** The cache key of this request's vectors, or undefined when the model's digest is unknown (no caching). */
+  async function embeddingKey(node: OllamaNode, req: EmbedRequest, signal: AbortSignal): Promise<EmbeddingKey | undefined> {
+    if (!deps.metadata) return undefined;
+    try {
+      const wanted = canonicalModelName(req.model);
+      const tag = (await deps.metadata.tags(node, signal)).find((t) => canonicalModelName(t.name) === wanted);
+      if (!tag || tag.digest === "") return undefined;
+      const options = optionsJson(req.options);
+      return {
+        digest: tag.digest,
+        dimensions: req.dimensions,
+        truncate: req.truncate ?? true,
+        options: options === undefined ? "" : JSON.stringify(options),
+      };
+    } catch {
+      return undefined; // metadata unavailable: serve without the cache
+    }
+  }
 }
 
-/** Checks Ollama's /api/embed answer and converts it; a wrong shape is an upstream protocol error. */
-function embedResponse(
-  raw: unknown,
-  expected: number,
-  ctx: UsageContext,
-  model: string,
-): MessageInitShape<typeof EmbedResponseSchema> {
+/** Checks Ollama's /api/embed answer and returns its vectors; a wrong shape is an upstream protocol error. */
+function embedVectors(raw: unknown, expected: number, ctx: UsageContext, model: string): number[][] {
   const obj = (typeof raw === "object" && raw !== null ? raw : {}) as OllamaChunk;
   const vectors = obj["embeddings"];
   const valid =
@@ -122,8 +168,5 @@ function embedResponse(
       { metadata: { model, node: ctx.node } },
     );
   }
-  return {
-    embeddings: (vectors as number[][]).map((values) => ({ values })),
-    usage: usage(obj, ctx),
-  };
+  return vectors as number[][];
 }

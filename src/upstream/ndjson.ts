@@ -1,5 +1,9 @@
 /**
- * Splits an NDJSON byte stream into parsed objects.
+ * Splits an NDJSON byte stream into parsed objects, one array per chunk
+ * read: the objects that had arrived by the time the reader asked. When the
+ * reader keeps up, that is one object per array; when it falls behind (a
+ * slow client), the array holds everything buffered meanwhile, so the caller
+ * can coalesce it into one message instead of queueing many tiny ones.
  *
  * Works on raw Buffers: splits on byte 0x0A (which never occurs inside a
  * multi-byte UTF-8 sequence, so no decoder state is needed). An unfinished
@@ -12,10 +16,11 @@
 export async function* parseNdjson(
   body: AsyncIterable<Buffer>,
   maxLineBytes: number,
-): AsyncGenerator<Record<string, unknown>, void, undefined> {
+): AsyncGenerator<Record<string, unknown>[], void, undefined> {
   let pending: Buffer[] = [];
   let pendingBytes = 0;
   for await (const chunk of body) {
+    const batch: Record<string, unknown>[] = [];
     let start = 0;
     let nl = chunk.indexOf(0x0a);
     while (nl !== -1) {
@@ -25,10 +30,10 @@ export async function* parseNdjson(
         pending = [];
         pendingBytes = 0;
         if (line.length > maxLineBytes) throw tooLong(maxLineBytes);
-        if (line.length > 0) yield parseLine(line, 0, line.length);
+        if (line.length > 0) batch.push(parseLine(line, 0, line.length));
       } else if (nl > start) {
         if (nl - start > maxLineBytes) throw tooLong(maxLineBytes);
-        yield parseLine(chunk, start, nl);
+        batch.push(parseLine(chunk, start, nl));
       }
       start = nl + 1;
       nl = chunk.indexOf(0x0a, start);
@@ -38,10 +43,11 @@ export async function* parseNdjson(
       pendingBytes += chunk.length - start;
       if (pendingBytes > maxLineBytes) throw tooLong(maxLineBytes);
     }
+    if (batch.length > 0) yield batch;
   }
   if (pendingBytes > 0) {
     const line = Buffer.concat(pending, pendingBytes);
-    if (line.toString("utf8").trim() !== "") yield parseLine(line, 0, line.length);
+    if (line.toString("utf8").trim() !== "") yield [parseLine(line, 0, line.length)];
   }
 }
 

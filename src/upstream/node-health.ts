@@ -2,7 +2,7 @@ import type { OllamaNode } from "./ollama-node.js";
 
 /** Probe settings. */
 export interface NodeHealthOptions {
-  /** How often each node gets `HEAD /`. */
+  /** How often each node gets `GET /api/version`. */
   intervalMs: number;
   /** Timeout of one probe. */
   timeoutMs: number;
@@ -12,8 +12,8 @@ export interface NodeHealthOptions {
 export type HealthListener = (node: string, healthy: boolean) => void;
 
 /**
- * Whether each Ollama node answers, from active probes (`HEAD /` on an
- * interval, the endpoint Ollama's own CLI uses) and passive reports from real
+ * Whether each Ollama node answers, from active probes (`GET /api/version`
+ * on an interval: cheap, and it tells the version) and passive reports from real
  * traffic (a refused connection marks a node down at once, without waiting
  * for the next probe). Nodes start unhealthy until their first answer, so
  * the gateway never reports SERVING before it has reached Ollama.
@@ -23,6 +23,8 @@ export interface NodeHealth {
   isHealthy(node: string): boolean;
   /** True when at least one node is healthy. */
   anyHealthy(): boolean;
+  /** Ollama's version on the node, from its last successful probe. */
+  version(node: string): string | undefined;
   /** Traffic to the node succeeded. */
   reportSuccess(node: string): void;
   /** Traffic to the node failed at the connection level. */
@@ -40,6 +42,7 @@ export interface NodeHealth {
 /** Creates the health tracker for a set of nodes. */
 export function createNodeHealth(nodes: readonly OllamaNode[], options: NodeHealthOptions): NodeHealth {
   const healthy = new Map<string, boolean>(nodes.map((n) => [n.name, false]));
+  const versions = new Map<string, string>();
   const listeners = new Set<HealthListener>();
   const stopper = new AbortController();
   let timer: NodeJS.Timeout | undefined;
@@ -54,7 +57,9 @@ export function createNodeHealth(nodes: readonly OllamaNode[], options: NodeHeal
   async function probe(node: OllamaNode): Promise<void> {
     const signal = AbortSignal.any([stopper.signal, AbortSignal.timeout(options.timeoutMs)]);
     try {
-      await node.call("HEAD", "/", undefined, signal);
+      const answer = await node.call("GET", "/api/version", undefined, signal);
+      const v = (answer as { version?: unknown } | undefined)?.version;
+      if (typeof v === "string") versions.set(node.name, v.slice(0, 64));
       set(node.name, true);
     } catch {
       if (!stopper.signal.aborted) set(node.name, false);
@@ -75,6 +80,7 @@ export function createNodeHealth(nodes: readonly OllamaNode[], options: NodeHeal
       for (const v of healthy.values()) if (v) return true;
       return false;
     },
+    version: (node) => versions.get(node),
     reportSuccess: (node) => set(node, true),
     reportFailure: (node) => set(node, false),
     onChange(listener) {

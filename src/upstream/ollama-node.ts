@@ -35,11 +35,12 @@ export interface OllamaNode {
   /** Base URL, e.g. http://127.0.0.1:11434. */
   readonly url: string;
   /**
-   * POSTs `body` and yields each NDJSON object as it arrives. A non-2xx
-   * status throws UpstreamError("http"); an `{"error": ...}` line throws
+   * POSTs `body` and yields the NDJSON objects as they arrive, in batches of
+   * what had arrived by each read (see parseNdjson). A non-2xx status throws
+   * UpstreamError("http"); an `{"error": ...}` line throws
    * UpstreamError("stream") after the objects before it were yielded.
    */
-  stream(path: string, body: unknown, signal: AbortSignal): AsyncGenerator<Record<string, unknown>, void, undefined>;
+  stream(path: string, body: unknown, signal: AbortSignal): AsyncGenerator<Record<string, unknown>[], void, undefined>;
   /** A request with a single JSON answer; resolves undefined for an empty body. */
   call(method: UpstreamMethod, path: string, body: unknown, signal: AbortSignal): Promise<unknown>;
   /** Closes the pool; in-flight requests are destroyed. */
@@ -96,12 +97,14 @@ export function createOllamaNode(address: NodeAddress, options: UpstreamOptions)
     async *stream(path, body, signal) {
       const res = await send("POST", path, body, signal);
       try {
-        for await (const obj of parseNdjson(res.body, options.maxLineBytes)) {
-          const error = obj["error"];
-          if (error !== undefined) {
+        for await (const batch of parseNdjson(res.body, options.maxLineBytes)) {
+          const failed = batch.findIndex((obj) => obj["error"] !== undefined);
+          if (failed !== -1) {
+            if (failed > 0) yield batch.slice(0, failed);
+            const error = batch[failed]!["error"];
             throw new UpstreamError("stream", typeof error === "string" ? error : JSON.stringify(error), name);
           }
-          yield obj;
+          yield batch;
         }
       } catch (e) {
         if (e instanceof Error && e.name === "NdjsonError") {

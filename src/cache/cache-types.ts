@@ -1,0 +1,112 @@
+/**
+ * The cache contract shared by the model-metadata code (tags, show, ps) and the embedding cache.
+ * Keys are built by callers (without the namespace); values are opaque Buffers.
+ */
+
+/** The part of a pino logger the cache uses, so tests and callers can pass any pino-compatible logger. */
+export interface CacheLogger {
+  info(obj: Record<string, unknown>, msg: string): void;
+  warn(obj: Record<string, unknown>, msg: string): void;
+}
+
+/** How the cache is built; every field except `log` has a default that suits one gateway. */
+export interface CacheOptions {
+  /**
+   * ioredis connection spec; undefined = memory only. Accepts `redis://`, `rediss://`,
+   * `redis+sentinel://[[user]:password@]h1:26379,h2:26379/<masterName>[/<db>][?sentinelPassword=…]`
+   * and `redis+cluster://[[user]:password@]h1:6379,h2:6379`.
+   * @default undefined
+   */
+  redisUrl?: string;
+  /** Prefix of every Redis key and of the invalidation channel — namespaced and versioned keys. @default "ogw:v1:" */
+  namespace?: string;
+  /** Bounds of the in-process tier. @default { maxEntries: 50_000, maxBytes: 256 MiB } */
+  memory?: { maxEntries?: number; maxBytes?: number };
+  /** Upper bound of any single Redis command, ms; a Redis that hangs must not hang RPCs. @default 250 */
+  commandTimeoutMs?: number;
+  /** Largest single value stored; larger values are not cached at all. @default 8 MiB */
+  maxValueBytes?: number;
+  /** Reconnect backoff while Redis is unreachable (doubles from min to max, retries forever). @default { minDelayMs: 100, maxDelayMs: 2000 } */
+  reconnect?: { minDelayMs?: number; maxDelayMs?: number };
+  /**
+   * Kinds (first key segment) whose keys are content-addressed — a key's value never changes,
+   * e.g. "show" by model digest, "emb" — and so survive the memory flush done when Redis comes
+   * back (every other entry is dropped, as invalidations may have been missed meanwhile).
+   * @default [] (the whole memory tier is flushed)
+   */
+  keepOnReconnect?: readonly string[];
+  /** pino-compatible logger: `{ info(obj, msg), warn(obj, msg) }`. */
+  log: CacheLogger;
+}
+
+/** What to invalidate: exact keys and/or key prefixes (both without the namespace). */
+export interface InvalidationRequest {
+  keys?: readonly string[];
+  prefixes?: readonly string[];
+}
+
+/** An invalidation as delivered to `onInvalidate` listeners. */
+export interface Invalidation {
+  keys: string[];
+  prefixes: string[];
+}
+
+/** Counters for one kind of key (e.g. "show", "tags", "emb"). */
+export interface KindStats {
+  /** get() answered with a value (from either tier). */
+  hits: number;
+  /** The part of `hits` answered by the in-process tier. */
+  memoryHits: number;
+  /** get() answered undefined. */
+  misses: number;
+  /** Redis commands for this kind that failed or timed out (callers were answered from memory). */
+  errors: number;
+}
+
+/** A snapshot for metrics and GetStatus. */
+export interface CacheStats {
+  backend: "memory" | "redis";
+  /** Redis reachable (always true for memory). */
+  healthy: boolean;
+  /** Per kind: the first key segment (up to ':'), at most 64 kinds, the rest counted as "other". */
+  kinds: Record<string, KindStats>;
+  /** Redis commands that failed or timed out, all kinds (including invalidation work). */
+  redisErrors: number;
+  memoryEntries: number;
+  memoryBytes: number;
+  /** Memory entries dropped to stay within maxEntries/maxBytes. */
+  evictions: number;
+  /** set() calls whose value exceeded maxValueBytes and was not stored. */
+  oversizeSkipped: number;
+  /** Invalidation messages received from other replicas. */
+  invalidationsReceived: number;
+  /** Invalidations waiting to be replayed in Redis once it is reachable again. */
+  pendingInvalidations: number;
+}
+
+/** A two-tier (memory, then Redis) cache of opaque Buffers that never fails its callers because of Redis. */
+export interface Cache {
+  readonly backend: "memory" | "redis";
+  /** Redis reachable and the invalidation channel subscribed (always true for memory). */
+  healthy(): boolean;
+  /** The value, or undefined on a miss. The Buffer may be shared with the cache: do not mutate it. */
+  get(key: string): Promise<Buffer | undefined>;
+  /** Like get for many keys (fetched from Redis in one pipelined batch); order preserved. */
+  getMany(keys: readonly string[]): Promise<(Buffer | undefined)[]>;
+  /** Stores in both tiers with a TTL (ms, > 0). The value is copied. */
+  set(key: string, value: Buffer, ttlMs: number): Promise<void>;
+  /** set() for many entries in one pipelined batch. */
+  setMany(entries: readonly { key: string; value: Buffer; ttlMs: number }[]): Promise<void>;
+  /**
+   * Deletes keys (exact) and keys under prefixes, here, in Redis, and — via Redis pub/sub — in
+   * the memory tier of every other replica at once. Resolves once Redis has been cleaned and the
+   * message has gone round (each step bounded); never rejects because of Redis.
+   */
+  invalidate(what: InvalidationRequest): Promise<void>;
+  /** Subscribe to invalidations arriving from any replica (including this one); returns the unsubscribe. */
+  onInvalidate(listener: (what: Invalidation) => void): () => void;
+  /** Hit/miss/error counters per kind, plus memory-tier entries/bytes and backend state. */
+  stats(): CacheStats;
+  /** Closes the Redis connections and empties memory; later calls act as a memory-only cache. */
+  close(): Promise<void>;
+}

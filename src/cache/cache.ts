@@ -1,0 +1,19 @@
+/**
+ * The cache layer's public entry (design §6): a bounded in-process LRU, in front of a shared Redis
+ * when one is configured, with cross-replica invalidation and single-flight loading. Import from here.
+ */
+export type {
+  Cache,
+  CacheLogger,
+  CacheOptions,
+  CacheStats,
+  Invalidation,
+  InvalidationRequest,
+  KindStats,
+} from "./cache-types.js";
+export { createCache } from "./create-cache.js";
+export { createSingleFlight, singleFlight } from "./single-flight.js";
+export type { SingleFlight } from "./single-flight.js";
+export { maskRedisUrl, parseRedisUrl } from "./redis-target.js";
+export type { RedisAddress, RedisAuth, RedisTarget } from "./redis-target.js";
+export { kindOf } from "./kind-stats.js";

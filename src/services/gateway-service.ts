@@ -1,0 +1,78 @@
+import type { ServiceImpl } from "@connectrpc/connect";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { GatewayService } from "../gen/ollama/gateway/v1/gateway_pb.js";
+import type { Cache } from "../cache/cache.js";
+import { redactUrl } from "../config/load-config.js";
+import type { FleetMetadata } from "../routing/fleet-metadata.js";
+import type { NodeHealth } from "../upstream/node-health.js";
+import type { OllamaNode } from "../upstream/ollama-node.js";
+
+/** What GetStatus reports on. */
+export interface GatewayServiceDeps {
+  /** The gateway's version (package.json). */
+  version: string;
+  /** When the process started (ms since the epoch). */
+  startedAtMs: number;
+  /** Every configured node. */
+  nodes: readonly OllamaNode[];
+  /** Which nodes answer. */
+  health: NodeHealth;
+  /** Cached fleet view, for loaded models. */
+  metadata: FleetMetadata;
+  /** The cache, for its counters. */
+  cache: Cache;
+  /** Whether Embed results are cached. */
+  embeddingsCached: boolean;
+  /** Calls in progress. */
+  activeCalls: () => number;
+}
+
+// GetStatus must answer quickly even when a node hangs: each node's loaded
+// models are looked up with this bound, and left empty past it.
+const PS_LOOKUP_MS = 500;
+
+/** GatewayService: the gateway's own view of itself and the fleet. */
+export function createGatewayService(deps: GatewayServiceDeps): ServiceImpl<typeof GatewayService> {
+  return {
+    async getStatus(_req, ctx) {
+      const now = Date.now();
+      const uptimeMs = now - deps.startedAtMs;
+      const nodes = await Promise.all(
+        deps.nodes.map(async (node) => {
+          const healthy = deps.health.isHealthy(node.name);
+          let loaded: string[] = [];
+          if (healthy) {
+            const signal = AbortSignal.any([ctx.signal, AbortSignal.timeout(PS_LOOKUP_MS)]);
+            loaded = (await deps.metadata.ps(node, signal).catch(() => [])).map((r) => r.name).sort();
+          }
+          return {
+            name: node.name,
+            url: redactUrl(node.url),
+            healthy,
+            ollamaVersion: deps.health.version(node.name) ?? "",
+            loadedModels: loaded,
+          };
+        }),
+      );
+      const stats = deps.cache.stats();
+      return {
+        version: deps.version,
+        uptime: { seconds: BigInt(Math.floor(uptimeMs / 1000)), nanos: (uptimeMs % 1000) * 1e6 },
+        startedAt: timestampFromMs(deps.startedAtMs),
+        nodes,
+        activeCalls: deps.activeCalls(),
+        cache: {
+          backend: stats.backend,
+          healthy: stats.healthy,
+          counters: Object.entries(stats.kinds)
+            .map(([kind, c]) => ({ kind, hits: BigInt(c.hits), misses: BigInt(c.misses) }))
+            .sort((a, b) => (a.kind < b.kind ? -1 : 1)),
+          memoryEntries: BigInt(stats.memoryEntries),
+          memoryBytes: BigInt(stats.memoryBytes),
+          redisErrors: BigInt(stats.redisErrors),
+          embeddingsEnabled: deps.embeddingsCached,
+        },
+      };
+    },
+  };
+}
