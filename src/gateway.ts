@@ -110,6 +110,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     maxDeadlineMs: config.maxDeadlineMs,
     metadata,
     embeddings: config.cache.embeddings ? createEmbeddingCache(cache, config.cache.embeddingsTtlMs) : undefined,
+    embedBatchWindowMs: config.embedBatchWindowMs,
   });
   const models = createModelService({ nodes, metadata, health: nodeHealth, maxDeadlineMs: config.maxDeadlineMs });
   const limiter = concurrencyInterceptor(config.maxConcurrentRpcs, CAP_EXEMPT);

@@ -46,6 +46,11 @@ export interface GatewayConfig {
   http1KeepAliveTimeoutMs: number;
   /** HTTP/2 streams per connection. Env HTTP2_MAX_CONCURRENT_STREAMS. @default 1000 */
   http2MaxConcurrentStreams: number;
+  /**
+   * Concurrent Embed calls for one model and node arriving within this many
+   * ms are sent to Ollama as one request; 0 = off. Env EMBED_BATCH_WINDOW_MS. @default 2
+   */
+  embedBatchWindowMs: number;
   /** Connections to Ollama nodes. */
   upstream: UpstreamOptions;
   /** The metadata and embedding cache. */
@@ -92,6 +97,7 @@ export const DEFAULTS = {
   probeTimeoutMs: 1_000,
   http1KeepAliveTimeoutMs: 65_000,
   http2MaxConcurrentStreams: 1000,
+  embedBatchWindowMs: 2,
   nodeParallel: 1,
   nodeMaxLoadedModels: 3,
   nodeWeight: 1,

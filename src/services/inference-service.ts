@@ -15,6 +15,8 @@ import { canonicalModelName } from "../upstream/model-name.js";
 import type { OllamaNode } from "../upstream/ollama-node.js";
 import { coalesceChunks } from "./coalesce-chunks.js";
 import type { EmbeddingCache, EmbeddingKey } from "./embedding-cache.js";
+import { createEmbedBatcher } from "./embed-batcher.js";
+import type { EmbedShare } from "./embed-batcher.js";
 import { chatBody, embedBody, generateBody, optionsJson } from "./ollama-request.js";
 import type { OllamaBody } from "./ollama-request.js";
 import { chatChunk, generateChunk, usage } from "./ollama-response.js";
@@ -33,6 +35,8 @@ export interface InferenceDeps {
   embeddings?: EmbeddingCache;
   /** Model digests per node, needed to key the embedding cache. */
   metadata?: FleetMetadata;
+  /** Embed micro-batching window in ms; 0 = off. */
+  embedBatchWindowMs?: number;
 }
 
 /**
@@ -42,6 +46,8 @@ export interface InferenceDeps {
  * (connect-node waits for each write to drain before pulling the next item).
  */
 export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof InferenceService> {
+  const batcher = createEmbedBatcher({ windowMs: deps.embedBatchWindowMs ?? 0, maxInputs: 256 });
+
   async function* relay<T extends { done?: boolean }>(
     path: string,
     body: OllamaBody,
@@ -109,15 +115,15 @@ export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof 
       let fresh: number[][] = [];
       let usageInit: MessageInitShape<typeof UsageSchema> = { node: node.name };
       if (missing.length > 0 || req.inputs.length === 0) {
-        let raw: unknown;
+        let share: EmbedShare;
         try {
-          raw = await node.call("POST", "/api/embed", embedBody(req, missing), signal);
+          share = await batcher.embed(node, embedBody(req, []), missing, signal);
         } catch (e) {
           throw fail(e, node, req.model, signal);
         }
         deps.health.reportSuccess(node.name);
-        fresh = embedVectors(raw, missing.length, usageCtx, req.model);
-        usageInit = usage(raw as OllamaChunk, usageCtx);
+        fresh = embedVectors(share.vectors, missing.length, usageCtx, req.model);
+        usageInit = usage(share.raw, usageCtx);
         if (key) await deps.embeddings!.store(key, missing, fresh);
       }
       const position = new Map(missing.map((text, i) => [text, i]));
@@ -152,10 +158,8 @@ export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof 
   }
 }
 
-/** Checks Ollama's /api/embed answer and returns its vectors; a wrong shape is an upstream protocol error. */
-function embedVectors(raw: unknown, expected: number, ctx: UsageContext, model: string): number[][] {
-  const obj = (typeof raw === "object" && raw !== null ? raw : {}) as OllamaChunk;
-  const vectors = obj["embeddings"];
+/** Checks the vectors of Ollama's /api/embed answer; a wrong shape is an upstream protocol error. */
+function embedVectors(vectors: unknown, expected: number, ctx: UsageContext, model: string): number[][] {
   const valid =
     Array.isArray(vectors) &&
     vectors.length === expected &&

@@ -1,0 +1,162 @@
+import type { OllamaBody } from "./ollama-request.js";
+import type { OllamaNode } from "../upstream/ollama-node.js";
+import { isUpstreamError } from "../upstream/upstream-error.js";
+
+/** Micro-batching settings. */
+export interface EmbedBatcherOptions {
+  /** How long the first request of a batch waits for company, ms; 0 = no batching. */
+  windowMs: number;
+  /** A batch is sent at once when it reaches this many inputs. @default 256 */
+  maxInputs: number;
+}
+
+/** One caller's share of a batched /api/embed answer. */
+export interface EmbedShare {
+  /** The caller's vectors, in its input order. */
+  vectors: unknown[];
+  /** The batch's answer with `prompt_eval_count` scaled to this caller's share of the text. */
+  raw: Record<string, unknown>;
+}
+
+/**
+ * Merges concurrent Embed calls that would send the same request options to
+ * the same node into one upstream /api/embed, then splits the vectors back
+ * in order. Ollama loads embedding models with one slot, so one request of
+ * 64 inputs costs far less than 64 queued requests.
+ *
+ * A call goes out at once when no call with the same key is in flight, so a
+ * lone request never waits; calls that arrive while one is in flight wait
+ * up to `windowMs` to be sent together.
+ *
+ * A caller that cancels leaves its batch at once without cancelling the
+ * others; the upstream call is aborted only when every caller in it is gone. When a batch
+ * with several callers is rejected by Ollama (400, e.g. one input too long),
+ * each caller is retried alone so the error reaches only the caller it
+ * belongs to. Other failures (node down, busy) reach every caller.
+ */
+export interface EmbedBatcher {
+  /** Embeds `inputs` with `body`'s options (its `input` is replaced) on `node`. */
+  embed(node: OllamaNode, body: OllamaBody, inputs: readonly string[], signal: AbortSignal): Promise<EmbedShare>;
+}
+
+interface Member {
+  inputs: readonly string[];
+  signal: AbortSignal;
+  resolve(share: EmbedShare): void;
+  reject(e: unknown): void;
+  /** Stops listening for the member leaving a waiting batch. */
+  detach?: () => void;
+}
+
+interface Batch {
+  key: string;
+  node: OllamaNode;
+  body: OllamaBody;
+  members: Member[];
+  inputs: number;
+  timer: NodeJS.Timeout | undefined;
+}
+
+/** Creates a batcher; with `windowMs` 0 every call goes straight upstream. */
+export function createEmbedBatcher(options: EmbedBatcherOptions): EmbedBatcher {
+  const open = new Map<string, Batch>();
+  const inFlight = new Map<string, number>();
+
+  async function tracked(key: string, node: OllamaNode, body: OllamaBody, members: Member[]): Promise<void> {
+    inFlight.set(key, (inFlight.get(key) ?? 0) + 1);
+    try {
+      await run(node, body, members);
+    } finally {
+      const n = (inFlight.get(key) ?? 1) - 1;
+      if (n === 0) inFlight.delete(key);
+      else inFlight.set(key, n);
+    }
+  }
+
+  function send(batch: Batch): void {
+    if (open.get(batch.key) === batch) open.delete(batch.key);
+    if (batch.timer) clearTimeout(batch.timer);
+    for (const m of batch.members) m.detach?.();
+    void tracked(batch.key, batch.node, batch.body, batch.members);
+  }
+
+  async function run(node: OllamaNode, body: OllamaBody, members: Member[]): Promise<void> {
+    const live = members.filter((m) => !m.signal.aborted);
+    for (const m of members) if (m.signal.aborted) m.reject(m.signal.reason);
+    if (live.length === 0) return;
+    // Distinct texts once; each member maps its inputs onto them.
+    const texts = [...new Set(live.flatMap((m) => m.inputs))];
+    const controller = new AbortController();
+    let remaining = live.length;
+    const onAbort = (): void => {
+      if (--remaining === 0) controller.abort(live[0]!.signal.reason);
+    };
+    for (const m of live) m.signal.addEventListener("abort", onAbort, { once: true });
+    try {
+      const raw = await node.call("POST", "/api/embed", { ...body, input: texts }, controller.signal);
+      const obj = (typeof raw === "object" && raw !== null ? raw : {}) as Record<string, unknown>;
+      const vectors = obj["embeddings"];
+      if (!Array.isArray(vectors) || vectors.length !== texts.length) {
+        // Let the caller's shape check report it.
+        for (const m of live) m.resolve({ vectors: Array.isArray(vectors) ? vectors : [], raw: obj });
+        return;
+      }
+      const index = new Map(texts.map((t, i) => [t, i]));
+      const totalChars = texts.reduce((n, t) => n + t.length, 0) || 1;
+      const tokens = typeof obj["prompt_eval_count"] === "number" ? obj["prompt_eval_count"] : 0;
+      for (const m of live) {
+        const chars = m.inputs.reduce((n, t) => n + t.length, 0);
+        m.resolve({
+          vectors: m.inputs.map((t) => vectors[index.get(t)!]),
+          raw: { ...obj, embeddings: undefined, prompt_eval_count: Math.round((tokens * chars) / totalChars) },
+        });
+      }
+    } catch (e) {
+      if (live.length > 1 && isUpstreamError(e) && e.kind === "http" && e.status === 400) {
+        // One bad input must not fail its neighbours: retry each caller alone.
+        await Promise.all(live.map((m) => run(node, body, [m])));
+      } else {
+        for (const m of live) m.reject(e);
+      }
+    } finally {
+      for (const m of live) m.signal.removeEventListener("abort", onAbort);
+    }
+  }
+
+  return {
+    embed(node, body, inputs, signal) {
+      return new Promise<EmbedShare>((resolve, reject) => {
+        const member: Member = { inputs, signal, resolve, reject };
+        if (options.windowMs <= 0) return void run(node, body, [member]);
+        const key = `${node.name}\u0000${JSON.stringify(body)}`;
+        if (!inFlight.has(key) && !open.has(key)) return void tracked(key, node, body, [member]);
+        let batch = open.get(key);
+        if (batch === undefined) {
+          const created: Batch = { key, node, body, members: [], inputs: 0, timer: undefined };
+          created.timer = setTimeout(() => send(created), options.windowMs);
+          open.set(key, created);
+          batch = created;
+        }
+        const b = batch;
+        b.members.push(member);
+        b.inputs += inputs.length;
+        // A caller that leaves while the batch waits is answered at once and
+        // its inputs are not sent.
+        const onAbort = (): void => {
+          const i = b.members.indexOf(member);
+          if (i === -1 || open.get(key) !== b) return;
+          b.members.splice(i, 1);
+          b.inputs -= inputs.length;
+          reject(signal.reason);
+          if (b.members.length === 0) {
+            if (b.timer) clearTimeout(b.timer);
+            open.delete(key);
+          }
+        };
+        signal.addEventListener("abort", onAbort, { once: true });
+        member.detach = () => signal.removeEventListener("abort", onAbort);
+        if (b.inputs >= options.maxInputs) send(b);
+      });
+    },
+  };
+}
