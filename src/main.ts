@@ -1,3 +1,5 @@
+import cluster from "node:cluster";
+import { runPrimary } from "./cluster-primary.js";
 import { ConfigError, loadConfig, redactConfig } from "./config/load-config.js";
 import { startGateway } from "./gateway.js";
 import { createLogger, flushLogger } from "./observability/logger.js";
@@ -15,7 +17,16 @@ async function main(): Promise<void> {
     throw e;
   }
   const log = createLogger(config.logLevel);
-  log.info({ config: redactConfig(config) }, "effective configuration");
+  if (config.workers > 1 && cluster.isPrimary) {
+    log.info({ config: redactConfig(config) }, "effective configuration");
+    runPrimary(config.workers, log);
+    return;
+  }
+  if (cluster.isPrimary) log.info({ config: redactConfig(config) }, "effective configuration");
+  else {
+    // Each worker takes its share of the process-wide call limit.
+    config.maxConcurrentRpcs = Math.max(1, Math.ceil(config.maxConcurrentRpcs / config.workers));
+  }
   const gateway = await startGateway(config, log);
   log.info({ port: gateway.port, url: gateway.url }, "gateway listening");
 

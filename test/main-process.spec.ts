@@ -1,7 +1,21 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { createServer } from "node:net";
+import type { AddressInfo } from "node:net";
+import { createClient } from "@connectrpc/connect";
+import { InferenceService } from "../src/gen/ollama/gateway/v1/inference_pb.js";
 import { startSimulator } from "../src/simulator/simulator.js";
+import { TRANSPORTS } from "./helpers/transports.js";
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer().listen(0, "127.0.0.1", () => {
+      const port = (s.address() as AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
 
 interface Exit {
   code: number | null;
@@ -63,6 +77,35 @@ describe("the gateway process (npm start)", () => {
       ]);
       assert.ok(!r.stdout.includes("hunter2"), "the password is not logged");
       assert.ok(r.stdout.includes("***"));
+    } finally {
+      await sim.close();
+    }
+  });
+
+  it("with WORKERS=2 serves from two processes on one port and stops them all on SIGTERM", async () => {
+    const sim = await startSimulator();
+    const port = await freePort();
+    try {
+      let started = false;
+      let listening = 0;
+      const r = await runMain({ OLLAMA_URL: sim.url, WORKERS: "2", PORT: String(port) }, (out, kill) => {
+        listening = out.split("\n").filter((l) => l.includes('"gateway listening"')).length;
+        if (listening === 2 && !started) {
+          started = true;
+          void (async () => {
+            const client = createClient(InferenceService, TRANSPORTS[2]!.make(`http://127.0.0.1:${port}`));
+            // New HTTP/1.1 connections each time, so the cluster can spread them.
+            await Promise.all(Array.from({ length: 20 }, (_, i) => client.embed({ model: "all-minilm", inputs: [`w${i}`] })));
+            kill();
+          })();
+        }
+      });
+      assert.equal(r.code, 0, r.stderr);
+      const lines = r.stdout.trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>);
+      const servedBy = new Set(lines.filter((l) => l["msg"] === "rpc").map((l) => l["pid"]));
+      assert.equal(servedBy.size, 2, `calls served by ${[...servedBy].join(", ")}`);
+      assert.equal(lines.filter((l) => l["msg"] === "stopped").length, 2);
+      assert.ok(lines.some((l) => l["msg"] === "all workers stopped"));
     } finally {
       await sim.close();
     }

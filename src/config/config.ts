@@ -22,6 +22,11 @@ export interface GatewayConfig {
   port: number;
   /** The Ollama fleet. Env OLLAMA_URL or OLLAMA_URLS. @default one node at http://127.0.0.1:11434 */
   nodes: NodeConfig[];
+  /**
+   * Gateway processes sharing the port (node:cluster), to use every core;
+   * 1 = a single process. Env WORKERS. @default 1
+   */
+  workers: number;
   /** pino level. Env LOG_LEVEL. @default "info" */
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
   /** Largest request or response message, per message. Env MAX_MESSAGE_BYTES. @default 4 MiB */
@@ -89,6 +94,7 @@ export const DEFAULTS = {
   port: 50051,
   ollamaUrl: "http://127.0.0.1:11434",
   logLevel: "info",
+  workers: 1,
   maxMessageBytes: 4 * 1024 * 1024,
   maxDeadlineMs: 30 * 60 * 1000,
   maxConcurrentRpcs: 2048,

@@ -51,6 +51,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     host: env["HOST"]?.trim() || DEFAULTS.host,
     port: int("PORT", DEFAULTS.port, 0, 65535),
     nodes,
+    workers: int("WORKERS", DEFAULTS.workers, 1, 256),
     logLevel,
     maxMessageBytes: int("MAX_MESSAGE_BYTES", DEFAULTS.maxMessageBytes, 1024, 1024 * 1024 * 1024),
     maxDeadlineMs: int("MAX_DEADLINE_MS", DEFAULTS.maxDeadlineMs, 1000, 7 * 24 * 3600 * 1000),

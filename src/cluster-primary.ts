@@ -1,0 +1,43 @@
+import cluster from "node:cluster";
+import type { Worker } from "node:cluster";
+import type { Logger } from "./observability/logger.js";
+
+/**
+ * Multi-core mode (WORKERS > 1): this process forks that many gateway
+ * workers sharing one listening port (node:cluster hands connections out in
+ * turn), restarts a worker that dies, and on SIGTERM/SIGINT passes the
+ * signal on and exits once every worker has finished its graceful shutdown.
+ */
+export function runPrimary(workers: number, log: Logger): void {
+  let stopping = false;
+  const restarts: number[] = [];
+  const fork = (): Worker => cluster.fork({ GATEWAY_WORKER: "1" });
+  for (let i = 0; i < workers; i++) fork();
+  cluster.on("exit", (worker, code, signal) => {
+    if (stopping) {
+      if (Object.keys(cluster.workers ?? {}).length === 0) {
+        log.info("all workers stopped");
+        log.flush(() => process.exit(0));
+      }
+      return;
+    }
+    // A crash loop must not fork forever: at most 10 restarts a minute.
+    const now = Date.now();
+    while (restarts.length > 0 && restarts[0]! < now - 60_000) restarts.shift();
+    if (restarts.length >= 10) {
+      log.fatal({ code, signal }, "workers keep dying; giving up");
+      process.exit(1);
+    }
+    restarts.push(now);
+    log.error({ pid: worker.process.pid, code, signal }, "worker died; starting another");
+    fork();
+  });
+  const stop = (sig: NodeJS.Signals): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal: sig, workers }, "shutting down workers");
+    for (const w of Object.values(cluster.workers ?? {})) w?.process.kill(sig);
+  };
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+}
