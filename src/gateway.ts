@@ -80,6 +80,9 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     namespace: "ogw:v1:",
     memory: { maxEntries: config.cache.memoryMaxEntries, maxBytes: config.cache.memoryMaxBytes },
     commandTimeoutMs: config.cache.redisCommandTimeoutMs,
+    // Keyed by content digest, so never stale: no need to drop them after a
+    // Redis outage (tags and ps are, and get refetched).
+    keepOnReconnect: ["show", "emb"],
     log,
   });
   const metadata = createFleetMetadata(nodes, cache, {

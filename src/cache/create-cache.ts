@@ -165,15 +165,21 @@ export function createCache(options: CacheOptions): Cache {
     return publish(keys, prefixes);
   };
 
+  /** Carries out remembered invalidations while Redis stays healthy (including ones added meanwhile). */
   const replayPending = async (): Promise<void> => {
-    if (replaying || (pending.keys.size === 0 && pending.prefixes.size === 0)) return;
+    if (replaying) return;
     replaying = true;
     try {
-      const keys = [...pending.keys];
-      const prefixes = [...pending.prefixes];
-      pending.keys.clear();
-      pending.prefixes.clear();
-      if (!(await invalidateInRedis(keys, prefixes))) addPending(keys, prefixes);
+      while ((pending.keys.size > 0 || pending.prefixes.size > 0) && link?.healthy() === true) {
+        const keys = [...pending.keys];
+        const prefixes = [...pending.prefixes];
+        pending.keys.clear();
+        pending.prefixes.clear();
+        if (!(await invalidateInRedis(keys, prefixes))) {
+          addPending(keys, prefixes);
+          break;
+        }
+      }
     } finally {
       replaying = false;
     }

@@ -88,7 +88,10 @@ function createClients(o: RedisLinkOptions): { main: Client; sub: Client } {
     password: target.password,
     connectTimeout: hangMs,
     keepAlive: 10_000,
-    maxRetriesPerRequest: 1,
+    // Commands in flight when a connection drops fail at once and are never re-sent after the
+    // reconnect: their callers have moved on, and a late SET could overwrite a newer invalidation.
+    maxRetriesPerRequest: 0,
+    autoResendUnfulfilledCommands: false,
     connectionName: "ogw-cache",
   } satisfies RedisOptions;
 
@@ -140,6 +143,7 @@ export function createRedisLink(o: RedisLinkOptions): RedisLink {
     if (up && state !== "up") {
       const again = state === "down";
       state = "up";
+      lastError = undefined;
       o.log.info({ redis: o.label }, again ? "redis available again" : "redis connected");
       o.onUp();
     } else if (!up && (state === "up" || (state === "starting" && failure))) {
@@ -239,7 +243,7 @@ export function createRedisLink(o: RedisLinkOptions): RedisLink {
       if (state === "closed" || main.status !== "ready") {
         return Promise.resolve({ ok: false, error: NOT_READY });
       }
-      return op(main).then((value) => ({ ok: true as const, value }), (error: unknown) => ({ ok: false as const, error }));
+      return withTimeout(() => op(main), o.commandTimeoutMs);
     },
     scanNodes: () => (main instanceof Cluster ? main.nodes("master") : [main]),
     lastError: () => lastError,

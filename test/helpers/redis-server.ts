@@ -114,9 +114,11 @@ async function stopChild(child: ChildProcess | undefined): Promise<void> {
 
 /**
  * Starts the Debian `redis-server` on a free loopback port (or `options.port`), without
- * persistence, and waits until it answers PING. Throws (never skips) when the binary is missing.
+ * persistence, plus any extra `options.args` (relative file names land in the server's own
+ * temporary directory), and waits until it answers PING. Throws (never skips) when the binary
+ * is missing.
  */
-export async function startRedis(options: { port?: number } = {}): Promise<RedisServer> {
+export async function startRedis(options: { port?: number; args?: readonly string[] } = {}): Promise<RedisServer> {
   requireBinary();
   const dir = mkdtempSync(join(tmpdir(), "ogw-redis-"));
   let port = 0;
@@ -124,6 +126,7 @@ export async function startRedis(options: { port?: number } = {}): Promise<Redis
   const launch = async (): Promise<void> => {
     const args = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
     args.push("--dir", dir, "--loglevel", "warning");
+    args.push(...(options.args ?? []));
     mkdirSync(dir, { recursive: true }); // stop() removes it
     const s = spawnRedis(args);
     child = s.child;
