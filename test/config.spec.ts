@@ -41,6 +41,14 @@ describe("configuration from the environment", () => {
     );
   });
 
+  it("refuses a REDIS_URL ioredis could not use, without printing its password", () => {
+    assert.throws(
+      () => loadConfig({ REDIS_URL: "memcached://:pw123@x:11211" }),
+      (e: unknown) => e instanceof ConfigError && /REDIS_URL/.test(e.message) && !e.message.includes("pw123"),
+    );
+    assert.equal(loadConfig({ REDIS_URL: "redis+sentinel://s1:26379,s2:26379/mymaster" }).cache.redisUrl, "redis+sentinel://s1:26379,s2:26379/mymaster");
+  });
+
   it("refuses two nodes with the same name", () => {
     assert.throws(() => loadConfig({ OLLAMA_URLS: "http://a:1,http://a:1" }), /used twice/);
   });

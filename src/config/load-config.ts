@@ -1,3 +1,4 @@
+import { parseRedisUrl } from "../cache/redis-target.js";
 import { DEFAULTS } from "./config.js";
 import type { GatewayConfig, NodeConfig } from "./config.js";
 
@@ -81,8 +82,12 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       maxResponseBytes: int("UPSTREAM_MAX_RESPONSE_BYTES", DEFAULTS.upstream.maxResponseBytes, 1024, 4 * 1024 * 1024 * 1024),
     },
   };
-  if (config.cache.redisUrl !== undefined && !/^(rediss?|redis\+sentinel|redis\+cluster):\/\//.test(config.cache.redisUrl)) {
-    problems.push("REDIS_URL must start with redis://, rediss://, redis+sentinel:// or redis+cluster://");
+  if (config.cache.redisUrl !== undefined) {
+    try {
+      parseRedisUrl(config.cache.redisUrl);
+    } catch (e) {
+      problems.push(`REDIS_URL: ${e instanceof Error ? e.message : String(e)}`);
+    }
   }
   if (config.probeTimeoutMs > config.probeIntervalMs) {
     problems.push(

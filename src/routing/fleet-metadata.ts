@@ -52,6 +52,20 @@ export interface FleetMetadata {
 /** Creates the metadata view over these nodes. */
 export function createFleetMetadata(nodes: readonly OllamaNode[], cache: Cache, ttl: MetadataTtls): FleetMetadata {
   const flight = createSingleFlight();
+  // Generations of invalidated keys: a load that was already running when its
+  // key was invalidated must neither write its (stale) answer back nor be
+  // joined by callers that arrive after the invalidation.
+  const generations = new Map<string, number>();
+  let everything = 0;
+  cache.onInvalidate(({ keys, prefixes }) => {
+    if (prefixes.length > 0 || generations.size > 10_000) {
+      everything++;
+      generations.clear();
+    }
+    for (const k of keys) generations.set(k, (generations.get(k) ?? 0) + 1);
+  });
+  const parsed = new WeakMap<Buffer, unknown>();
+  const generation = (key: string): string => `${everything}.${generations.get(key) ?? 0}`;
 
   async function cached<T>(
     key: string,
@@ -62,11 +76,21 @@ export function createFleetMetadata(nodes: readonly OllamaNode[], cache: Cache, 
   ): Promise<T> {
     if (!fresh) {
       const hit = await cache.get(key);
-      if (hit !== undefined) return JSON.parse(hit.toString("utf8")) as T;
+      if (hit !== undefined) {
+        // The memory tier hands out the same Buffer until the entry changes,
+        // so the parse is done once per entry, not once per request.
+        let value = parsed.get(hit);
+        if (value === undefined) {
+          value = JSON.parse(hit.toString("utf8")) as unknown;
+          parsed.set(hit, value);
+        }
+        return value as T;
+      }
     }
-    const shared = flight(fresh ? `fresh:${key}` : key, async () => {
+    const started = generation(key);
+    const shared = flight(`${fresh ? "fresh:" : ""}${key}#${started}`, async () => {
       const value = await load(AbortSignal.timeout(ttl.upstreamTimeoutMs));
-      await cache.set(key, Buffer.from(JSON.stringify(value)), ttlMs);
+      if (generation(key) === started) await cache.set(key, Buffer.from(JSON.stringify(value)), ttlMs);
       return value;
     }) as Promise<T>;
     return untilAborted(shared, signal);
