@@ -14,7 +14,11 @@ import type { Logger } from "./observability/logger.js";
 import { loggingInterceptor } from "./observability/logging-interceptor.js";
 import { kRpcInfo } from "./observability/rpc-info.js";
 import { createFleetMetadata } from "./routing/fleet-metadata.js";
-import { createNodePicker } from "./routing/node-picker.js";
+import { createAffinityTable } from "./routing/affinity.js";
+import { createFleetState } from "./routing/fleet-state.js";
+import { DEFAULT_RETRY_POLICY } from "./routing/retry-policy.js";
+import { createScheduler, LOCAL_GATE } from "./routing/scheduler.js";
+import type { Scheduler } from "./routing/scheduler.js";
 import { createEmbeddingCache } from "./services/embedding-cache.js";
 import { createGatewayService } from "./services/gateway-service.js";
 import { createInferenceService } from "./services/inference-service.js";
@@ -40,6 +44,8 @@ export interface Gateway {
   readonly nodeHealth: NodeHealth;
   /** The metadata and embedding cache. */
   readonly cache: Cache;
+  /** Admission queue and node choice. */
+  readonly scheduler: Scheduler;
   /**
    * Graceful shutdown: health NOT_SERVING, stop accepting, GOAWAY, let
    * running calls finish for `config.shutdownGraceMs`, then cancel the rest
@@ -91,7 +97,12 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     showMs: config.cache.showTtlMs,
     upstreamTimeoutMs: 10_000,
   });
-  const nodeHealth = createNodeHealth(nodes, { intervalMs: config.probeIntervalMs, timeoutMs: config.probeTimeoutMs });
+  const nodeHealth = createNodeHealth(nodes, {
+    intervalMs: config.probeIntervalMs,
+    timeoutMs: config.probeTimeoutMs,
+    failureThreshold: config.routing.circuitFailureThreshold,
+    openMs: config.routing.circuitOpenMs,
+  });
   const health = createHealthService({ serverStatus: ServingStatus.NOT_SERVING, services: FLEET_SERVICES });
   health.setStatus(GatewayService.typeName, ServingStatus.SERVING);
   let closing = false;
@@ -106,9 +117,20 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     applyFleetHealth();
   });
 
-  const picker = createNodePicker(nodes, nodeHealth);
+  const fleet = createFleetState(nodes.map((node, i) => ({ node, config: config.nodes[i]! })));
+  const scheduler = createScheduler({
+    fleet,
+    metadata,
+    health: nodeHealth,
+    affinity: createAffinityTable(),
+    gate: LOCAL_GATE,
+    admission: { maxQueuedPerModel: config.routing.maxQueuedPerModel, maxQueuedTotal: config.routing.maxQueuedTotal },
+    syncMs: config.cache.psTtlMs,
+  });
   const inference = createInferenceService({
-    picker,
+    scheduler,
+    retry: { ...DEFAULT_RETRY_POLICY, maxAttempts: config.routing.retryMaxAttempts },
+    numCtx: config.routing.numCtx,
     health: nodeHealth,
     maxDeadlineMs: config.maxDeadlineMs,
     metadata,
@@ -170,6 +192,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   nodeHealth.start();
   await nodeHealth.probeAll();
   applyFleetHealth();
+  scheduler.start();
 
   const host = config.host === "0.0.0.0" || config.host === "::" ? "127.0.0.1" : config.host;
   let closed: Promise<void> | undefined;
@@ -179,6 +202,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     health,
     nodeHealth,
     cache,
+    scheduler,
     close() {
       closed ??= (async () => {
         closing = true;
@@ -191,6 +215,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
           shutdown.abort(new ConnectError("server shutting down", Code.Unavailable));
           if (!(await server.drained(1_000))) server.destroy();
         }
+        scheduler.stop();
         nodeHealth.stop();
         await Promise.all([...nodes.map((n) => n.close()), cache.close()]);
       })();

@@ -5,8 +5,7 @@ import type { Client } from "@connectrpc/connect";
 import { Ollama } from "ollama";
 import { InferenceService } from "../src/gen/ollama/gateway/v1/inference_pb.js";
 import { createEmbedBatcher } from "../src/services/embed-batcher.js";
-import type { EmbedShare } from "../src/services/embed-batcher.js";
-import type { OllamaNode } from "../src/upstream/ollama-node.js";
+import type { EmbedAnswer, EmbedShare } from "../src/services/embed-batcher.js";
 import { startSimulator } from "../src/simulator/simulator.js";
 import type { Simulator } from "../src/simulator/simulator.js";
 import { startTestGateway } from "./helpers/test-gateway.js";
@@ -82,36 +81,36 @@ describe("Embed micro-batching", () => {
 });
 
 describe("the Embed batcher with a controllable node", () => {
-  /** A node whose /api/embed answers only when the test says so; records what it was sent. */
-  function fakeNode() {
+  /** A batcher whose upstream answers only when the test says so; records what it was sent. */
+  function fakeUpstream(windowMs: number) {
     const sent: { input: string[]; signal: AbortSignal; answer: () => void }[] = [];
-    const node: OllamaNode = {
-      name: "fake",
-      url: "http://fake",
-      stream: () => {
-        throw new Error("not used");
-      },
-      call: (_method, _path, body, signal) =>
-        new Promise((resolve, reject) => {
-          const input = (body as { input: string[] }).input;
+    const batcher = createEmbedBatcher({
+      windowMs,
+      maxInputs: 256,
+      isRejection: () => false,
+      send: (body, signal) =>
+        new Promise<EmbedAnswer>((resolve, reject) => {
+          const input = body["input"] as string[];
           signal.addEventListener("abort", () => reject(signal.reason as Error), { once: true });
-          sent.push({ input, signal, answer: () => resolve({ embeddings: input.map((t) => [t.length]), prompt_eval_count: input.length }) });
+          sent.push({
+            input,
+            signal,
+            answer: () => resolve({ raw: { embeddings: input.map((t) => [t.length]), prompt_eval_count: input.length }, node: "fake", queueMs: 0 }),
+          });
         }),
-      close: async () => undefined,
-    };
-    return { node, sent };
+    });
+    return { batcher, sent };
   }
   const tick = (): Promise<void> => new Promise((r) => setTimeout(r, 1));
 
   it("lets a caller leave a waiting batch without failing the others", async () => {
-    const { node, sent } = fakeNode();
-    const batcher = createEmbedBatcher({ windowMs: 20, maxInputs: 256 });
-    const first = batcher.embed(node, { model: "m" }, ["a"], new AbortController().signal);
+    const { batcher, sent } = fakeUpstream(20);
+    const first = batcher.embed({ model: "m" }, ["a"], new AbortController().signal);
     const leaving = new AbortController();
     const joined = [
-      batcher.embed(node, { model: "m" }, ["bb"], new AbortController().signal),
-      batcher.embed(node, { model: "m" }, ["ccc"], leaving.signal),
-      batcher.embed(node, { model: "m" }, ["dddd"], new AbortController().signal),
+      batcher.embed({ model: "m" }, ["bb"], new AbortController().signal),
+      batcher.embed({ model: "m" }, ["ccc"], leaving.signal),
+      batcher.embed({ model: "m" }, ["dddd"], new AbortController().signal),
     ];
     const settled = Promise.allSettled([first, ...joined]);
     await tick();
@@ -130,13 +129,12 @@ describe("the Embed batcher with a controllable node", () => {
   });
 
   it("aborts the upstream request only when every caller in the batch has gone", async () => {
-    const { node, sent } = fakeNode();
-    const batcher = createEmbedBatcher({ windowMs: 1, maxInputs: 256 });
-    const blocker = batcher.embed(node, { model: "m" }, ["x"], new AbortController().signal);
+    const { batcher, sent } = fakeUpstream(1);
+    const blocker = batcher.embed({ model: "m" }, ["x"], new AbortController().signal);
     const c1 = new AbortController();
     const c2 = new AbortController();
-    const p1 = batcher.embed(node, { model: "m" }, ["y"], c1.signal);
-    const p2 = batcher.embed(node, { model: "m" }, ["z"], c2.signal);
+    const p1 = batcher.embed({ model: "m" }, ["y"], c1.signal);
+    const p2 = batcher.embed({ model: "m" }, ["z"], c2.signal);
     const settled = Promise.allSettled([p1, p2]);
     await new Promise((r) => setTimeout(r, 10));
     assert.equal(sent.length, 2);

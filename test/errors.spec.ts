@@ -225,6 +225,8 @@ describe("errors reach clients with the right code and details", () => {
     // A stream that just ends is what Ollama's repeat detector produces.
     const cut = http.createServer((req, res) => {
       if (req.url === "/api/version") return void res.end(JSON.stringify({ version: "0.12.6" }));
+      if (req.url === "/api/tags") return void res.end(JSON.stringify({ models: [{ name: "m:latest", digest: "ab".repeat(32) }] }));
+      if (req.url === "/api/ps") return void res.end(JSON.stringify({ models: [] }));
       res.writeHead(200, { "content-type": "application/x-ndjson" });
       res.write(JSON.stringify({ model: "m", created_at: new Date().toISOString(), response: "a", done: false }) + "\n");
       res.end();

@@ -15,14 +15,20 @@ describe("graceful shutdown", () => {
       const client = createClient(InferenceService, TRANSPORTS[0]!.make(gw.url));
       const watcher = createClient(Health, TRANSPORTS[0]!.make(gw.url));
       const statuses: ServingStatus[] = [];
+      let watchStarted: () => void = () => undefined;
+      const started = new Promise<void>((r) => (watchStarted = r));
       const watching = (async () => {
         try {
-          for await (const s of watcher.watch({ service: "" })) statuses.push(s.status);
+          for await (const s of watcher.watch({ service: "" })) {
+            statuses.push(s.status);
+            watchStarted();
+          }
         } catch {
           // the watch ends when the server shuts down
         }
       })();
 
+      await started;
       let count = 0;
       let done = false;
       let closed: Promise<void> | undefined;

@@ -60,6 +60,28 @@ export interface GatewayConfig {
   upstream: UpstreamOptions;
   /** The metadata and embedding cache. */
   cache: CacheConfig;
+  /** Admission queue, node choice and failure handling. */
+  routing: RoutingConfig;
+}
+
+/** How requests wait for, and are spread over, the fleet. */
+export interface RoutingConfig {
+  /** Requests waiting for one model. Env QUEUE_MAX_PER_MODEL. @default 256 */
+  maxQueuedPerModel: number;
+  /** Requests waiting in all. Env QUEUE_MAX_TOTAL. @default 2048 */
+  maxQueuedTotal: number;
+  /** Consecutive failures that open a node's circuit. Env CIRCUIT_FAILURE_THRESHOLD. @default 5 */
+  circuitFailureThreshold: number;
+  /** How long an open circuit stays open before a trial request. Env CIRCUIT_OPEN_MS. @default 5000 */
+  circuitOpenMs: number;
+  /** Tries per request before its first message (first one included). Env RETRY_MAX_ATTEMPTS. @default 3 */
+  retryMaxAttempts: number;
+  /**
+   * num_ctx forced per model (canonical name, or `*` for any), so clients
+   * asking for different context sizes cannot make Ollama reload the model.
+   * Env MODEL_NUM_CTX, e.g. `llama3.2:latest=8192,*=4096`; or `modelNumCtx` in the config file. @default none
+   */
+  numCtx: Map<string, number>;
 }
 
 /** Where cached metadata and embeddings live, and for how long. */
@@ -116,6 +138,13 @@ export const DEFAULTS = {
     showTtlMs: 24 * 3600 * 1000,
     embeddings: true,
     embeddingsTtlMs: 7 * 24 * 3600 * 1000,
+  },
+  routing: {
+    maxQueuedPerModel: 256,
+    maxQueuedTotal: 2048,
+    circuitFailureThreshold: 5,
+    circuitOpenMs: 5_000,
+    retryMaxAttempts: 3,
   },
   upstream: {
     connections: 64,

@@ -1,4 +1,6 @@
+import { readFileSync } from "node:fs";
 import { parseRedisUrl } from "../cache/redis-target.js";
+import { canonicalModelName } from "../upstream/model-name.js";
 import { DEFAULTS } from "./config.js";
 import type { GatewayConfig, NodeConfig } from "./config.js";
 
@@ -46,7 +48,26 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
 
   const parallel = int("OLLAMA_NUM_PARALLEL", DEFAULTS.nodeParallel, 1, 1024);
   const maxLoadedModels = int("OLLAMA_MAX_LOADED_MODELS", DEFAULTS.nodeMaxLoadedModels, 1, 1024);
-  const nodes = parseNodes(env, problems, { parallel, maxLoadedModels });
+  const file = readConfigFile(env["GATEWAY_CONFIG_FILE"], problems);
+  const nodes = [...fileNodes(file, problems, { parallel, maxLoadedModels })];
+  if (nodes.length === 0 || env["OLLAMA_URL"] || env["OLLAMA_URLS"]) {
+    for (const n of parseNodes(env, problems, { parallel, maxLoadedModels })) {
+      if (nodes.some((m) => m.name === n.name)) problems.push(`node name ${JSON.stringify(n.name)} is used twice`);
+      else nodes.push(n);
+    }
+  }
+  const numCtx = new Map<string, number>();
+  for (const [model, value] of Object.entries(fileNumCtx(file, problems))) numCtx.set(model === "*" ? "*" : canonicalModelName(model), value);
+  for (const part of (env["MODEL_NUM_CTX"] ?? "").split(",")) {
+    if (!part.trim()) continue;
+    const [model, raw] = part.split("=").map((x) => x.trim());
+    const value = Number(raw);
+    if (!model || !Number.isInteger(value) || value < 256 || value > 10_000_000) {
+      problems.push(`MODEL_NUM_CTX entry ${JSON.stringify(part.trim())} must be model=tokens (256 or more)`);
+    } else {
+      numCtx.set(model === "*" ? "*" : canonicalModelName(model), value);
+    }
+  }
 
   const config: GatewayConfig = {
     host: env["HOST"]?.trim() || DEFAULTS.host,
@@ -73,6 +94,14 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       showTtlMs: int("CACHE_SHOW_TTL_MS", DEFAULTS.cache.showTtlMs, 1000, 365 * 24 * 3600 * 1000),
       embeddings: onOff("EMBED_CACHE", DEFAULTS.cache.embeddings),
       embeddingsTtlMs: int("EMBED_CACHE_TTL_MS", DEFAULTS.cache.embeddingsTtlMs, 1000, 365 * 24 * 3600 * 1000),
+    },
+    routing: {
+      maxQueuedPerModel: int("QUEUE_MAX_PER_MODEL", DEFAULTS.routing.maxQueuedPerModel, 0, 1_000_000),
+      maxQueuedTotal: int("QUEUE_MAX_TOTAL", DEFAULTS.routing.maxQueuedTotal, 0, 10_000_000),
+      circuitFailureThreshold: int("CIRCUIT_FAILURE_THRESHOLD", DEFAULTS.routing.circuitFailureThreshold, 1, 1000),
+      circuitOpenMs: int("CIRCUIT_OPEN_MS", DEFAULTS.routing.circuitOpenMs, 100, 3600 * 1000),
+      retryMaxAttempts: int("RETRY_MAX_ATTEMPTS", DEFAULTS.routing.retryMaxAttempts, 1, 10),
+      numCtx,
     },
     upstream: {
       connections: int("UPSTREAM_CONNECTIONS", DEFAULTS.upstream.connections, 1, 10_000),
@@ -155,10 +184,86 @@ function parseNodes(
   return nodes;
 }
 
-/** The config as it is safe to log: credentials in URLs masked. */
-export function redactConfig(config: GatewayConfig): GatewayConfig {
+/** The parts of GATEWAY_CONFIG_FILE the gateway reads. */
+interface ConfigFile {
+  nodes?: unknown;
+  modelNumCtx?: unknown;
+}
+
+function readConfigFile(path: string | undefined, problems: string[]): ConfigFile {
+  if (!path?.trim()) return {};
+  try {
+    const parsed: unknown = JSON.parse(readFileSync(path.trim(), "utf8"));
+    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+      problems.push(`GATEWAY_CONFIG_FILE ${path} must hold a JSON object`);
+      return {};
+    }
+    return parsed as ConfigFile;
+  } catch (e) {
+    problems.push(`GATEWAY_CONFIG_FILE ${path} cannot be read: ${e instanceof Error ? e.message : String(e)}`);
+    return {};
+  }
+}
+
+/**
+ * Nodes from the config file: `{"nodes":[{"name":"gpu1","url":"http://h:11434",
+ * "parallel":2,"maxLoadedModels":2,"weight":1}]}`; name optional, limits default to the env's.
+ */
+function fileNodes(file: ConfigFile, problems: string[], defaults: { parallel: number; maxLoadedModels: number }): NodeConfig[] {
+  if (file.nodes === undefined) return [];
+  if (!Array.isArray(file.nodes)) {
+    problems.push("config file: nodes must be an array");
+    return [];
+  }
+  const out: NodeConfig[] = [];
+  file.nodes.forEach((raw: unknown, i) => {
+    const n = (typeof raw === "object" && raw !== null ? raw : {}) as Record<string, unknown>;
+    const url = typeof n["url"] === "string" ? n["url"] : "";
+    const parsed = parseNodes({ OLLAMA_URLS: typeof n["name"] === "string" ? `${n["name"]}=${url}` : url }, problems, defaults)[0];
+    if (parsed === undefined) return;
+    const num = (key: string, fallback: number, min: number, max: number): number => {
+      const v = n[key];
+      if (v === undefined) return fallback;
+      if (typeof v !== "number" || !Number.isFinite(v) || v < min || v > max || (key !== "weight" && !Number.isInteger(v))) {
+        problems.push(`config file: nodes[${i}].${key} must be a number from ${min} to ${max}`);
+        return fallback;
+      }
+      return v;
+    };
+    if (out.some((m) => m.name === parsed.name)) {
+      problems.push(`config file: node name ${JSON.stringify(parsed.name)} is used twice`);
+      return;
+    }
+    out.push({
+      ...parsed,
+      parallel: num("parallel", defaults.parallel, 1, 1024),
+      maxLoadedModels: num("maxLoadedModels", defaults.maxLoadedModels, 1, 1024),
+      weight: num("weight", 1, 0.01, 1000),
+    });
+  });
+  return out;
+}
+
+function fileNumCtx(file: ConfigFile, problems: string[]): Record<string, number> {
+  if (file.modelNumCtx === undefined) return {};
+  const m = file.modelNumCtx;
+  if (typeof m !== "object" || m === null || Array.isArray(m)) {
+    problems.push("config file: modelNumCtx must be an object of model to tokens");
+    return {};
+  }
+  const out: Record<string, number> = {};
+  for (const [k, v] of Object.entries(m)) {
+    if (typeof v !== "number" || !Number.isInteger(v) || v < 256) problems.push(`config file: modelNumCtx.${k} must be a whole number of 256 or more`);
+    else out[k] = v;
+  }
+  return out;
+}
+
+/** The config as it is safe to log: credentials in URLs masked, maps as objects. */
+export function redactConfig(config: GatewayConfig): Record<string, unknown> {
   return {
     ...config,
+    routing: { ...config.routing, numCtx: Object.fromEntries(config.routing.numCtx) },
     nodes: config.nodes.map((n) => ({ ...n, url: redactUrl(n.url) })),
     cache: { ...config.cache, redisUrl: config.cache.redisUrl && redactUrl(config.cache.redisUrl) },
   };

@@ -1,6 +1,4 @@
 import type { OllamaBody } from "./ollama-request.js";
-import type { OllamaNode } from "../upstream/ollama-node.js";
-import { isUpstreamError } from "../upstream/upstream-error.js";
 
 /** Micro-batching settings. */
 export interface EmbedBatcherOptions {
@@ -8,6 +6,23 @@ export interface EmbedBatcherOptions {
   windowMs: number;
   /** A batch is sent at once when it reaches this many inputs. @default 256 */
   maxInputs: number;
+  /**
+   * Sends one /api/embed body (choosing the node, holding its slot) and
+   * returns Ollama's answer and what it cost.
+   */
+  send(body: OllamaBody, signal: AbortSignal): Promise<EmbedAnswer>;
+  /** True for errors that belong to the inputs (Ollama rejected the request), not to the node. */
+  isRejection(e: unknown): boolean;
+}
+
+/** Ollama's answer to one /api/embed, with where it was served. */
+export interface EmbedAnswer {
+  /** The parsed body. */
+  raw: unknown;
+  /** The node that served it. */
+  node: string;
+  /** Time the batch waited for a slot, ms. */
+  queueMs: number;
 }
 
 /** One caller's share of a batched /api/embed answer. */
@@ -16,11 +31,15 @@ export interface EmbedShare {
   vectors: unknown[];
   /** The batch's answer with `prompt_eval_count` scaled to this caller's share of the text. */
   raw: Record<string, unknown>;
+  /** The node that served the batch. */
+  node: string;
+  /** Time the batch waited for a slot, ms. */
+  queueMs: number;
 }
 
 /**
- * Merges concurrent Embed calls that would send the same request options to
- * the same node into one upstream /api/embed, then splits the vectors back
+ * Merges concurrent Embed calls that would send the same request options
+ * into one upstream /api/embed (one slot on one node), then splits the vectors back
  * in order. Ollama loads embedding models with one slot, so one request of
  * 64 inputs costs far less than 64 queued requests.
  *
@@ -35,8 +54,8 @@ export interface EmbedShare {
  * belongs to. Other failures (node down, busy) reach every caller.
  */
 export interface EmbedBatcher {
-  /** Embeds `inputs` with `body`'s options (its `input` is replaced) on `node`. */
-  embed(node: OllamaNode, body: OllamaBody, inputs: readonly string[], signal: AbortSignal): Promise<EmbedShare>;
+  /** Embeds `inputs` with `body`'s options (its `input` is replaced). */
+  embed(body: OllamaBody, inputs: readonly string[], signal: AbortSignal): Promise<EmbedShare>;
 }
 
 interface Member {
@@ -50,7 +69,6 @@ interface Member {
 
 interface Batch {
   key: string;
-  node: OllamaNode;
   body: OllamaBody;
   members: Member[];
   inputs: number;
@@ -62,10 +80,10 @@ export function createEmbedBatcher(options: EmbedBatcherOptions): EmbedBatcher {
   const open = new Map<string, Batch>();
   const inFlight = new Map<string, number>();
 
-  async function tracked(key: string, node: OllamaNode, body: OllamaBody, members: Member[]): Promise<void> {
+  async function tracked(key: string, body: OllamaBody, members: Member[]): Promise<void> {
     inFlight.set(key, (inFlight.get(key) ?? 0) + 1);
     try {
-      await run(node, body, members);
+      await run(body, members);
     } finally {
       const n = (inFlight.get(key) ?? 1) - 1;
       if (n === 0) inFlight.delete(key);
@@ -77,10 +95,10 @@ export function createEmbedBatcher(options: EmbedBatcherOptions): EmbedBatcher {
     if (open.get(batch.key) === batch) open.delete(batch.key);
     if (batch.timer) clearTimeout(batch.timer);
     for (const m of batch.members) m.detach?.();
-    void tracked(batch.key, batch.node, batch.body, batch.members);
+    void tracked(batch.key, batch.body, batch.members);
   }
 
-  async function run(node: OllamaNode, body: OllamaBody, members: Member[]): Promise<void> {
+  async function run(body: OllamaBody, members: Member[]): Promise<void> {
     const live = members.filter((m) => !m.signal.aborted);
     for (const m of members) if (m.signal.aborted) m.reject(m.signal.reason);
     if (live.length === 0) return;
@@ -93,12 +111,13 @@ export function createEmbedBatcher(options: EmbedBatcherOptions): EmbedBatcher {
     };
     for (const m of live) m.signal.addEventListener("abort", onAbort, { once: true });
     try {
-      const raw = await node.call("POST", "/api/embed", { ...body, input: texts }, controller.signal);
+      const answer = await options.send({ ...body, input: texts }, controller.signal);
+      const raw = answer.raw;
       const obj = (typeof raw === "object" && raw !== null ? raw : {}) as Record<string, unknown>;
       const vectors = obj["embeddings"];
       if (!Array.isArray(vectors) || vectors.length !== texts.length) {
         // Let the caller's shape check report it.
-        for (const m of live) m.resolve({ vectors: Array.isArray(vectors) ? vectors : [], raw: obj });
+        for (const m of live) m.resolve({ vectors: Array.isArray(vectors) ? vectors : [], raw: obj, node: answer.node, queueMs: answer.queueMs });
         return;
       }
       const index = new Map(texts.map((t, i) => [t, i]));
@@ -109,12 +128,14 @@ export function createEmbedBatcher(options: EmbedBatcherOptions): EmbedBatcher {
         m.resolve({
           vectors: m.inputs.map((t) => vectors[index.get(t)!]),
           raw: { ...obj, embeddings: undefined, prompt_eval_count: Math.round((tokens * chars) / totalChars) },
+          node: answer.node,
+          queueMs: answer.queueMs,
         });
       }
     } catch (e) {
-      if (live.length > 1 && isUpstreamError(e) && e.kind === "http" && e.status === 400) {
+      if (live.length > 1 && options.isRejection(e)) {
         // One bad input must not fail its neighbours: retry each caller alone.
-        await Promise.all(live.map((m) => run(node, body, [m])));
+        await Promise.all(live.map((m) => run(body, [m])));
       } else {
         for (const m of live) m.reject(e);
       }
@@ -124,15 +145,15 @@ export function createEmbedBatcher(options: EmbedBatcherOptions): EmbedBatcher {
   }
 
   return {
-    embed(node, body, inputs, signal) {
+    embed(body, inputs, signal) {
       return new Promise<EmbedShare>((resolve, reject) => {
         const member: Member = { inputs, signal, resolve, reject };
-        if (options.windowMs <= 0) return void run(node, body, [member]);
-        const key = `${node.name}\u0000${JSON.stringify(body)}`;
-        if (!inFlight.has(key) && !open.has(key)) return void tracked(key, node, body, [member]);
+        if (options.windowMs <= 0) return void run(body, [member]);
+        const key = JSON.stringify(body);
+        if (!inFlight.has(key) && !open.has(key)) return void tracked(key, body, [member]);
         let batch = open.get(key);
         if (batch === undefined) {
-          const created: Batch = { key, node, body, members: [], inputs: 0, timer: undefined };
+          const created: Batch = { key, body, members: [], inputs: 0, timer: undefined };
           created.timer = setTimeout(() => send(created), options.windowMs);
           open.set(key, created);
           batch = created;

@@ -1,22 +1,26 @@
-import { Code } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { InferenceService } from "../gen/ollama/gateway/v1/inference_pb.js";
 import type { EmbedRequest } from "../gen/ollama/gateway/v1/inference_pb.js";
+import { Role } from "../gen/ollama/gateway/v1/types_pb.js";
 import type { UsageSchema } from "../gen/ollama/gateway/v1/types_pb.js";
 import { gatewayError } from "../errors/gateway-error.js";
-import { isUnreachable, toConnectError } from "../errors/to-connect-error.js";
+import { isNodeDown, toConnectError } from "../errors/to-connect-error.js";
 import { rpcInfo } from "../observability/rpc-info.js";
+import { affinityKey } from "../routing/affinity.js";
 import type { FleetMetadata } from "../routing/fleet-metadata.js";
-import type { NodePicker } from "../routing/node-picker.js";
+import { backoffMs, DEFAULT_RETRY_POLICY, isRetryable, sleep } from "../routing/retry-policy.js";
+import type { RetryPolicy } from "../routing/retry-policy.js";
+import type { Dispatch, Scheduler } from "../routing/scheduler.js";
 import { rpcSignal } from "../transport/rpc-signal.js";
-import type { NodeHealth } from "../upstream/node-health.js";
 import { canonicalModelName } from "../upstream/model-name.js";
-import type { OllamaNode } from "../upstream/ollama-node.js";
+import type { NodeHealth } from "../upstream/node-health.js";
+import { isUpstreamError } from "../upstream/upstream-error.js";
 import { coalesceChunks } from "./coalesce-chunks.js";
-import type { EmbeddingCache, EmbeddingKey } from "./embedding-cache.js";
 import { createEmbedBatcher } from "./embed-batcher.js";
 import type { EmbedShare } from "./embed-batcher.js";
+import type { EmbeddingCache, EmbeddingKey } from "./embedding-cache.js";
 import { chatBody, embedBody, generateBody, optionsJson } from "./ollama-request.js";
 import type { OllamaBody } from "./ollama-request.js";
 import { chatChunk, generateChunk, usage } from "./ollama-response.js";
@@ -25,103 +29,196 @@ import { validateChat, validateEmbed, validateGenerate } from "./validate-reques
 
 /** What the inference handlers need from the rest of the gateway. */
 export interface InferenceDeps {
-  /** Chooses the node for each request. */
-  picker: NodePicker;
-  /** Told about connection failures and successes (passive health). */
+  /** Admission and node choice. */
+  scheduler: Scheduler;
+  /** Told about failures and successes (passive health, circuit breakers). */
   health: NodeHealth;
   /** Upper bound of any RPC's deadline, in ms. */
   maxDeadlineMs: number;
+  /** Model digests, needed to key the embedding cache. */
+  metadata: FleetMetadata;
   /** Embedding cache; undefined = Embed always goes upstream. */
   embeddings?: EmbeddingCache;
-  /** Model digests per node, needed to key the embedding cache. */
-  metadata?: FleetMetadata;
   /** Embed micro-batching window in ms; 0 = off. */
   embedBatchWindowMs?: number;
+  /** Retries before the first message. @default DEFAULT_RETRY_POLICY */
+  retry?: RetryPolicy;
+  /** Per-model num_ctx forced on every request (`*` = any model), so mixed clients cannot make Ollama reload. */
+  numCtx?: ReadonlyMap<string, number>;
 }
 
 /**
- * Generate, Chat and Embed: validate, choose a node, call Ollama with the
- * RPC's signal, translate each chunk as it arrives. Nothing is buffered: the
- * handlers are lazy generators, so a slow client slows the upstream read
- * (connect-node waits for each write to drain before pulling the next item).
+ * Generate, Chat and Embed: validate, wait for a slot on a node (the
+ * scheduler), call Ollama with the RPC's signal, translate each chunk as it
+ * arrives. Nothing is buffered: the handlers are lazy generators, so a slow
+ * client slows the upstream read. A call that fails before its first message
+ * (node down, busy) is retried on another node with backoff, within the
+ * deadline; once tokens were sent it is never replayed.
  */
 export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof InferenceService> {
-  const batcher = createEmbedBatcher({ windowMs: deps.embedBatchWindowMs ?? 0, maxInputs: 256 });
+  const policy = deps.retry ?? DEFAULT_RETRY_POLICY;
+
+  /** Reports the outcome to the node's circuit breaker and converts the error. */
+  function fail(e: unknown, node: string, model: string, signal: AbortSignal): ConnectError {
+    const err = toConnectError(e, signal, { model, node });
+    if (!signal.aborted) {
+      if (isNodeDown(e)) deps.health.reportFailure(node, "unreachable");
+      else if (err.code === Code.Unavailable || err.code === Code.Internal) deps.health.reportFailure(node, "error");
+    }
+    return err;
+  }
+
+  function normalise(body: OllamaBody, model: string): OllamaBody {
+    const forced = deps.numCtx?.get(canonicalModelName(model)) ?? deps.numCtx?.get("*");
+    if (forced === undefined) return body;
+    const options = typeof body["options"] === "object" && body["options"] !== null && !Array.isArray(body["options"]) ? body["options"] : {};
+    return { ...body, options: { ...options, num_ctx: forced } };
+  }
+
+  function admission(ctx: HandlerContext, model: string, affinity: string | undefined, signal: AbortSignal, exclude: ReadonlySet<string>) {
+    const raw = Number(ctx.requestHeader.get("x-priority") ?? "0");
+    return deps.scheduler.acquire({
+      model,
+      priority: Number.isFinite(raw) ? Math.max(-100, Math.min(100, Math.trunc(raw))) : 0,
+      affinity,
+      exclude,
+      signal,
+      remainingMs: ctx.timeoutMs() ?? deps.maxDeadlineMs,
+    });
+  }
 
   async function* relay<T extends { done?: boolean }>(
     path: string,
     body: OllamaBody,
     model: string,
+    affinity: string | undefined,
     ctx: HandlerContext,
     translate: (chunk: OllamaChunk, usage: UsageContext) => T,
   ): AsyncGenerator<T> {
-    const node = deps.picker.pick();
     const info = rpcInfo(ctx);
     info.model = model;
-    info.node = node.name;
     const signal = rpcSignal(ctx, deps.maxDeadlineMs);
-    const usageCtx: UsageContext = { node: node.name, queueMs: 0 };
-    try {
-      for await (const batch of node.stream(path, body, signal)) {
-        for (const chunk of coalesceChunks(batch)) {
-          const message = translate(chunk, usageCtx);
-          info.messages++;
-          yield message;
-          if (message.done === true) {
-            deps.health.reportSuccess(node.name);
-            return;
+    const tried = new Set<string>();
+    let lastError: ConnectError | undefined;
+    let wait = 0;
+    for (let attempt = 1; ; attempt++) {
+      let dispatch: Dispatch;
+      try {
+        dispatch = await admission(ctx, model, affinity, signal, tried);
+      } catch (e) {
+        // Every node that has the model failed this request: say why.
+        if (lastError && !signal.aborted) throw lastError;
+        throw toConnectError(e, signal, { model });
+      }
+      const node = dispatch.node.name;
+      info.node = node;
+      const usageCtx: UsageContext = { node, queueMs: dispatch.queueMs };
+      let sent = false;
+      try {
+        for await (const batch of dispatch.node.stream(path, body, signal)) {
+          for (const chunk of coalesceChunks(batch)) {
+            const message = translate(chunk, usageCtx);
+            info.messages++;
+            sent = true;
+            yield message;
+            if (message.done === true) {
+              deps.health.reportSuccess(node);
+              return;
+            }
           }
         }
+        // Ollama ends a stream without a final chunk when its repeat detector
+        // fires; the client must still be able to tell the answer was cut.
+        throw gatewayError(Code.Internal, "UPSTREAM_PROTOCOL_ERROR", "the Ollama stream ended before its final message", {
+          metadata: { model, node },
+        });
+      } catch (e) {
+        const err = fail(e, node, model, signal);
+        wait = backoffMs(attempt + 1, policy);
+        const remaining = ctx.timeoutMs() ?? deps.maxDeadlineMs;
+        if (sent || signal.aborted || !isRetryable(err) || attempt >= policy.maxAttempts || remaining <= wait) throw err;
+        tried.add(node);
+        lastError = err;
+      } finally {
+        dispatch.release();
       }
-      // Ollama ends a stream without a final chunk when its repeat detector
-      // fires; the client must still be able to tell the answer was cut.
-      throw gatewayError(Code.Internal, "UPSTREAM_PROTOCOL_ERROR", "the Ollama stream ended before its final message", {
-        metadata: { model, node: node.name },
+      await sleep(wait, signal).catch((e: unknown) => {
+        throw toConnectError(e, signal, { model });
       });
-    } catch (e) {
-      throw fail(e, node, model, signal);
     }
   }
 
-  function fail(e: unknown, node: OllamaNode, model: string, signal: AbortSignal): Error {
-    if (!signal.aborted && isUnreachable(e)) deps.health.reportFailure(node.name);
-    return toConnectError(e, signal, { model, node: node.name });
-  }
+  const batcher = createEmbedBatcher({
+    windowMs: deps.embedBatchWindowMs ?? 0,
+    maxInputs: 256,
+    isRejection: (e) => isUpstreamError(e) && e.kind === "http" && e.status === 400,
+    async send(body, signal) {
+      const model = String(body["model"]);
+      const tried = new Set<string>();
+      for (let attempt = 1; ; attempt++) {
+        const dispatch = await deps.scheduler.acquire({ model, priority: 0, signal, remainingMs: deps.maxDeadlineMs, exclude: tried });
+        const node = dispatch.node.name;
+        try {
+          const raw = await dispatch.node.call("POST", "/api/embed", body, signal);
+          deps.health.reportSuccess(node);
+          return { raw, node, queueMs: dispatch.queueMs };
+        } catch (e) {
+          const err = fail(e, node, model, signal);
+          if (signal.aborted || !isRetryable(err) || attempt >= policy.maxAttempts) {
+            // Keep Ollama's own error for rejections, so the batcher can attribute them.
+            throw isUpstreamError(e) ? e : err;
+          }
+          tried.add(node);
+        } finally {
+          dispatch.release();
+        }
+        await sleep(backoffMs(attempt + 1, policy), signal);
+      }
+    },
+  });
 
   return {
     generate(req, ctx) {
       validateGenerate(req);
-      return relay("/api/generate", generateBody(req), req.model, ctx, generateChunk);
+      const session = req.sessionKey || ctx.requestHeader.get("x-session-id") || undefined;
+      const affinity = affinityKey(canonicalModelName(req.model), session, req.system + "\u0000" + req.prompt);
+      return relay("/api/generate", normalise(generateBody(req), req.model), req.model, affinity, ctx, generateChunk);
     },
 
     chat(req, ctx) {
       validateChat(req);
-      return relay("/api/chat", chatBody(req), req.model, ctx, chatChunk);
+      const session = req.sessionKey || ctx.requestHeader.get("x-session-id") || undefined;
+      // The first messages identify a conversation as it grows.
+      const prefix = req.messages
+        .filter((m) => m.role !== Role.ASSISTANT)
+        .slice(0, 2)
+        .map((m) => m.content)
+        .join("\u0000");
+      const affinity = affinityKey(canonicalModelName(req.model), session, prefix);
+      return relay("/api/chat", normalise(chatBody(req), req.model), req.model, affinity, ctx, chatChunk);
     },
 
     async embed(req, ctx) {
       validateEmbed(req);
-      const node = deps.picker.pick();
       const info = rpcInfo(ctx);
       info.model = req.model;
-      info.node = node.name;
       const signal = rpcSignal(ctx, deps.maxDeadlineMs);
-      const usageCtx: UsageContext = { node: node.name, queueMs: 0 };
 
-      const key = deps.embeddings && req.inputs.length > 0 ? await embeddingKey(node, req, signal) : undefined;
+      const key = deps.embeddings && req.inputs.length > 0 ? await embeddingKey(req, signal) : undefined;
       const cached = key ? await deps.embeddings!.lookup(key, req.inputs) : [];
       // Only inputs not in the cache go upstream, each distinct text once.
       const missing = [...new Set(req.inputs.filter((_, i) => cached[i] === undefined))];
       let fresh: number[][] = [];
-      let usageInit: MessageInitShape<typeof UsageSchema> = { node: node.name };
+      let usageInit: MessageInitShape<typeof UsageSchema> = {};
       if (missing.length > 0 || req.inputs.length === 0) {
         let share: EmbedShare;
         try {
-          share = await batcher.embed(node, embedBody(req, []), missing, signal);
+          share = await batcher.embed(normalise(embedBody(req, []), req.model), missing, signal);
         } catch (e) {
-          throw fail(e, node, req.model, signal);
+          throw toConnectError(e, signal, { model: req.model });
         }
-        deps.health.reportSuccess(node.name);
+        info.node = share.node;
+        const usageCtx: UsageContext = { node: share.node, queueMs: share.queueMs };
         fresh = embedVectors(share.vectors, missing.length, usageCtx, req.model);
         usageInit = usage(share.raw, usageCtx);
         if (key) await deps.embeddings!.store(key, missing, fresh);
@@ -138,16 +235,19 @@ export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof 
     },
   };
 
-  /** The cache key of this request's vectors, or undefined when the model's digest is unknown (no caching). */
-  async function embeddingKey(node: OllamaNode, req: EmbedRequest, signal: AbortSignal): Promise<EmbeddingKey | undefined> {
-    if (!deps.metadata) return undefined;
+  /**
+   * The cache key of this request's vectors, or undefined (no caching) when
+   * the model's digest is unknown or differs between nodes.
+   */
+  async function embeddingKey(req: EmbedRequest, signal: AbortSignal): Promise<EmbeddingKey | undefined> {
     try {
-      const wanted = canonicalModelName(req.model);
-      const tag = (await deps.metadata.tags(node, signal)).find((t) => canonicalModelName(t.name) === wanted);
-      if (!tag || tag.digest === "") return undefined;
+      const where = await deps.metadata.locate(req.model, signal);
+      const digests = new Set(where.located.map((l) => l.tag.digest));
+      const [digest] = digests;
+      if (digests.size !== 1 || !digest) return undefined;
       const options = optionsJson(req.options);
       return {
-        digest: tag.digest,
+        digest,
         dimensions: req.dimensions,
         truncate: req.truncate ?? true,
         options: options === undefined ? "" : JSON.stringify(options),

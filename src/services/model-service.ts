@@ -8,7 +8,7 @@ import { ModelService } from "../gen/ollama/gateway/v1/model_pb.js";
 import type { ModelDetailsSchema, ModelSchema, PullModelResponseSchema } from "../gen/ollama/gateway/v1/model_pb.js";
 import { gatewayError, invalidArgument } from "../errors/gateway-error.js";
 import type { FieldViolation } from "../errors/gateway-error.js";
-import { isUnreachable, toConnectError } from "../errors/to-connect-error.js";
+import { isNodeDown, toConnectError } from "../errors/to-connect-error.js";
 import { rpcInfo } from "../observability/rpc-info.js";
 import type { FleetMetadata } from "../routing/fleet-metadata.js";
 import { rpcSignal } from "../transport/rpc-signal.js";
@@ -66,7 +66,7 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
   }
 
   function fail(e: unknown, node: OllamaNode | undefined, signal: AbortSignal, facts: Record<string, string>): Error {
-    if (node && !signal.aborted && isUnreachable(e)) deps.health.reportFailure(node.name);
+    if (node && !signal.aborted && isNodeDown(e)) deps.health.reportFailure(node.name, "unreachable");
     return toConnectError(e, signal, node ? { ...facts, node: node.name } : facts);
   }
 
@@ -96,7 +96,7 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
             tags = await deps.metadata.tags(node, signal);
           } catch (e) {
             if (signal.aborted) throw fail(e, node, signal, {});
-            if (isUnreachable(e)) deps.health.reportFailure(node.name);
+            if (isNodeDown(e)) deps.health.reportFailure(node.name, "unreachable");
             unavailable.push(node.name);
             return;
           }

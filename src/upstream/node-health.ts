@@ -1,35 +1,57 @@
 import type { OllamaNode } from "./ollama-node.js";
 
-/** Probe settings. */
+/** Probe and circuit-breaker settings. */
 export interface NodeHealthOptions {
   /** How often each node gets `GET /api/version`. */
   intervalMs: number;
   /** Timeout of one probe. */
   timeoutMs: number;
+  /** Consecutive request failures (5xx, timeouts) that open a node's circuit. @default 5 */
+  failureThreshold?: number;
+  /** How long an open circuit stays open before a trial request may pass (half-open). @default 5000 */
+  openMs?: number;
 }
+
+/** A node's circuit: closed (routable), open (not routable), half-open (routable on trial). */
+export type CircuitState = "closed" | "open" | "half-open";
 
 /** Called whenever a node's health flips. */
 export type HealthListener = (node: string, healthy: boolean) => void;
 
 /**
- * Whether each Ollama node answers, from active probes (`GET /api/version`
- * on an interval: cheap, and it tells the version) and passive reports from real
- * traffic (a refused connection marks a node down at once, without waiting
- * for the next probe). Nodes start unhealthy until their first answer, so
- * the gateway never reports SERVING before it has reached Ollama.
+ * Whether each Ollama node can be routed to: a circuit breaker per node, fed
+ * by active probes (`GET /api/version` on an interval: cheap, and it tells
+ * the version) and by real traffic.
+ *
+ * - A refused or reset connection, or a failed probe, opens the circuit at
+ *   once: the node is down, no need to count.
+ * - Other failures (Ollama 5xx, stalls) open it after `failureThreshold` in a
+ *   row; any success resets the count.
+ * - After `openMs`, or as soon as a probe answers, an open circuit turns
+ *   half-open: requests may go there again, the first success closes it and
+ *   the first failure opens it again.
+ *
+ * "Healthy" everywhere (health service, GetStatus) means routable: closed or
+ * half-open. Nodes start open until their first probe answers, so the
+ * gateway never reports SERVING before it has reached Ollama.
  */
 export interface NodeHealth {
-  /** True when the node answered its last probe or request. */
+  /** True when requests may be routed to the node (circuit closed or half-open). */
   isHealthy(node: string): boolean;
+  /** The node's circuit state. */
+  state(node: string): CircuitState;
   /** True when at least one node is healthy. */
   anyHealthy(): boolean;
   /** Ollama's version on the node, from its last successful probe. */
   version(node: string): string | undefined;
   /** Traffic to the node succeeded. */
   reportSuccess(node: string): void;
-  /** Traffic to the node failed at the connection level. */
-  reportFailure(node: string): void;
-  /** Subscribes to flips; returns the unsubscribe function. */
+  /**
+   * Traffic to the node failed: `unreachable` for connection-level failures
+   * (open at once), otherwise an error that counts towards the threshold.
+   */
+  reportFailure(node: string, kind?: "unreachable" | "error"): void;
+  /** Subscribes to flips of `isHealthy`; returns the unsubscribe function. */
   onChange(listener: HealthListener): () => void;
   /** Probes every node now and resolves when all probes finished. */
   probeAll(): Promise<void>;
@@ -39,19 +61,44 @@ export interface NodeHealth {
   stop(): void;
 }
 
+interface Circuit {
+  state: CircuitState;
+  failures: number;
+  openedAt: number;
+}
+
 /** Creates the health tracker for a set of nodes. */
 export function createNodeHealth(nodes: readonly OllamaNode[], options: NodeHealthOptions): NodeHealth {
-  const healthy = new Map<string, boolean>(nodes.map((n) => [n.name, false]));
+  const threshold = options.failureThreshold ?? 5;
+  const openMs = options.openMs ?? 5_000;
+  const circuits = new Map<string, Circuit>(nodes.map((n) => [n.name, { state: "open", failures: 0, openedAt: 0 }]));
   const versions = new Map<string, string>();
   const listeners = new Set<HealthListener>();
   const stopper = new AbortController();
   let timer: NodeJS.Timeout | undefined;
   let probing: Promise<void> | undefined;
 
-  function set(node: string, value: boolean): void {
-    if (!healthy.has(node) || healthy.get(node) === value) return;
-    healthy.set(node, value);
-    for (const l of listeners) l(node, value);
+  function routable(c: Circuit): boolean {
+    if (c.state === "open" && c.openedAt > 0 && Date.now() - c.openedAt >= openMs) c.state = "half-open";
+    return c.state !== "open";
+  }
+
+  function move(node: string, next: CircuitState): void {
+    const c = circuits.get(node);
+    if (c === undefined) return;
+    const before = routable(c);
+    if (next === "open") c.openedAt = Date.now();
+    if (next !== "open") c.failures = 0;
+    c.state = next;
+    const after = routable(c);
+    if (before !== after) for (const l of listeners) l(node, after);
+  }
+
+  function success(node: string): void {
+    const c = circuits.get(node);
+    if (c === undefined) return;
+    c.failures = 0;
+    if (c.state !== "closed") move(node, "closed");
   }
 
   async function probe(node: OllamaNode): Promise<void> {
@@ -60,9 +107,11 @@ export function createNodeHealth(nodes: readonly OllamaNode[], options: NodeHeal
       const answer = await node.call("GET", "/api/version", undefined, signal);
       const v = (answer as { version?: unknown } | undefined)?.version;
       if (typeof v === "string") versions.set(node.name, v.slice(0, 64));
-      set(node.name, true);
+      const c = circuits.get(node.name)!;
+      // The node answers again: let traffic try it (a real success closes it).
+      if (c.state === "open") move(node.name, c.openedAt === 0 ? "closed" : "half-open");
     } catch {
-      if (!stopper.signal.aborted) set(node.name, false);
+      if (!stopper.signal.aborted) move(node.name, "open");
     }
   }
 
@@ -75,14 +124,29 @@ export function createNodeHealth(nodes: readonly OllamaNode[], options: NodeHeal
   }
 
   return {
-    isHealthy: (node) => healthy.get(node) === true,
+    isHealthy: (node) => {
+      const c = circuits.get(node);
+      return c !== undefined && routable(c);
+    },
+    state: (node) => {
+      const c = circuits.get(node);
+      if (c === undefined) return "open";
+      routable(c);
+      return c.state;
+    },
     anyHealthy: () => {
-      for (const v of healthy.values()) if (v) return true;
+      for (const c of circuits.values()) if (routable(c)) return true;
       return false;
     },
     version: (node) => versions.get(node),
-    reportSuccess: (node) => set(node, true),
-    reportFailure: (node) => set(node, false),
+    reportSuccess: success,
+    reportFailure(node, kind = "unreachable") {
+      const c = circuits.get(node);
+      if (c === undefined) return;
+      if (kind === "unreachable" || c.state === "half-open") return move(node, "open");
+      c.failures++;
+      if (c.failures >= threshold) move(node, "open");
+    },
     onChange(listener) {
       listeners.add(listener);
       return () => listeners.delete(listener);

@@ -1,0 +1,57 @@
+import { Code } from "@connectrpc/connect";
+import type { ConnectError } from "@connectrpc/connect";
+import { errorReason } from "../errors/gateway-error.js";
+
+/** When and how often a failed upstream call is tried again. */
+export interface RetryPolicy {
+  /** Tries in all, the first included. @default 3 */
+  maxAttempts: number;
+  /** Backoff before the second try, ms. @default 50 */
+  initialBackoffMs: number;
+  /** Upper bound of one backoff, ms. @default 1000 */
+  maxBackoffMs: number;
+  /** Growth of the backoff per try. @default 2 */
+  multiplier: number;
+}
+
+/** The defaults documented on RetryPolicy. */
+export const DEFAULT_RETRY_POLICY: RetryPolicy = { maxAttempts: 3, initialBackoffMs: 50, maxBackoffMs: 1000, multiplier: 2 };
+
+// Failures that say nothing about the request itself: another node (or the
+// same one a moment later) may well succeed.
+const RETRYABLE_REASONS = new Set(["UPSTREAM_UNAVAILABLE", "UPSTREAM_BUSY", "UPSTREAM_TIMEOUT", "UPSTREAM_ERROR"]);
+
+/**
+ * Whether an error may be retried. Only UNAVAILABLE failures of the upstream
+ * qualify (node down, busy, runner died), and the caller must only retry
+ * before any message reached the client: a stream that already sent tokens
+ * is never replayed.
+ */
+export function isRetryable(err: ConnectError): boolean {
+  return err.code === Code.Unavailable && RETRYABLE_REASONS.has(errorReason(err) ?? "");
+}
+
+/**
+ * Backoff before try number `attempt` (2 = the first retry): exponential with
+ * full jitter, so replicas retrying at once do not hit a node together.
+ */
+export function backoffMs(attempt: number, policy: RetryPolicy, random: () => number = Math.random): number {
+  const cap = Math.min(policy.maxBackoffMs, policy.initialBackoffMs * policy.multiplier ** Math.max(0, attempt - 2));
+  return Math.round(random() * cap);
+}
+
+/** Waits `ms`, or rejects with the signal's reason when it aborts first. */
+export function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.reject(signal.reason as Error);
+  return new Promise((resolve, reject) => {
+    const onAbort = (): void => {
+      clearTimeout(t);
+      reject(signal.reason as Error);
+    };
+    const t = setTimeout(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+}
