@@ -148,6 +148,9 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     cache,
     embeddingsCached: config.cache.embeddings,
     activeCalls: () => limiter.active,
+    fleet,
+    scheduler,
+    slotsShared: () => false,
   });
   const routes = (router: ConnectRouter): void => {
     router.service(InferenceService, inference);

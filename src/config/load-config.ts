@@ -118,11 +118,6 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       problems.push(`REDIS_URL: ${e instanceof Error ? e.message : String(e)}`);
     }
   }
-  if (config.probeTimeoutMs > config.probeIntervalMs) {
-    problems.push(
-      `HEALTH_PROBE_TIMEOUT_MS (${config.probeTimeoutMs}) must not exceed HEALTH_PROBE_INTERVAL_MS (${config.probeIntervalMs})`,
-    );
-  }
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
 }

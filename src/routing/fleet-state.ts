@@ -7,6 +7,8 @@ export interface ModelOnNode {
   inFlight: number;
   /** Last time a request for it started or ended there (ms). */
   lastUsed: number;
+  /** Embedding-only models get one slot (Ollama forces that); known once a request ran. */
+  embeddingOnly: boolean;
 }
 
 /** One node with its limits and the models the gateway believes are loaded there. */
@@ -34,7 +36,7 @@ export interface FleetState {
   /** Slots a model gets on a node: the node's parallel setting, 1 for embedding-only models (Ollama forces that). */
   slots(state: NodeState, embeddingOnly: boolean): number;
   /** Records a request starting on a node. */
-  begin(state: NodeState, model: string): void;
+  begin(state: NodeState, model: string, embeddingOnly: boolean): void;
   /** Records a request ending on a node. */
   end(state: NodeState, model: string): void;
   /** Replaces what is loaded on a node with what its /api/ps says (keeping models with requests running). */
@@ -49,10 +51,10 @@ export function createFleetState(nodes: readonly { node: OllamaNode; config: Nod
     nodes: states,
     get: (node) => byName.get(node),
     slots: (state, embeddingOnly) => (embeddingOnly ? 1 : state.config.parallel),
-    begin(state, model) {
+    begin(state, model, embeddingOnly) {
       let m = state.models.get(model);
       if (m === undefined) {
-        m = { inFlight: 0, lastUsed: 0 };
+        m = { inFlight: 0, lastUsed: 0, embeddingOnly };
         state.models.set(model, m);
         // Ollama evicts to stay within its limit: mirror it by forgetting the
         // least recently used idle model.
@@ -70,6 +72,7 @@ export function createFleetState(nodes: readonly { node: OllamaNode; config: Nod
       }
       m.inFlight++;
       m.lastUsed = Date.now();
+      m.embeddingOnly = embeddingOnly;
     },
     end(state, model) {
       const m = state.models.get(model);
@@ -82,7 +85,7 @@ export function createFleetState(nodes: readonly { node: OllamaNode; config: Nod
       if (state === undefined) return;
       const now = Date.now();
       const seen = new Set(loaded);
-      for (const name of seen) if (!state.models.has(name)) state.models.set(name, { inFlight: 0, lastUsed: 0 });
+      for (const name of seen) if (!state.models.has(name)) state.models.set(name, { inFlight: 0, lastUsed: 0, embeddingOnly: false });
       for (const [name, m] of state.models) {
         // A model used in the last few seconds may not show in ps yet (still loading).
         if (!seen.has(name) && m.inFlight === 0 && now - m.lastUsed > 5_000) state.models.delete(name);

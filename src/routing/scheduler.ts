@@ -171,8 +171,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     return pick(evictable);
   }
 
+  /** A request that holds its reserved slot. */
   function dispatch(w: Waiter, state: NodeState, slot: { release(): Promise<void> }): Dispatch {
-    fleet.begin(state, w.model);
     const started = Date.now();
     if (w.affinity) deps.affinity.set(w.affinity, state.node.name);
     let released = false;
@@ -196,8 +196,11 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   async function place(w: Waiter): Promise<boolean> {
     const state = choose(w);
     if (state === undefined) return false;
-    const slot = await deps.gate.tryAcquire(state.node.name, w.model, fleet.slots(state, w.embeddingOnly));
+    // Reserve before the first await, so concurrent placements see the slot taken.
+    fleet.begin(state, w.model, w.embeddingOnly);
+    const slot = await deps.gate.tryAcquire(state.node.name, w.model, fleet.slots(state, w.embeddingOnly)).catch(() => undefined);
     if (slot === undefined) {
+      fleet.end(state, w.model);
       // Another replica holds the slots: look again shortly.
       retryTimer ??= setTimeout(() => {
         retryTimer = undefined;
@@ -206,6 +209,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       return false;
     }
     if (w.signal.aborted) {
+      fleet.end(state, w.model);
       await slot.release().catch(() => undefined);
       w.cleanup();
       w.reject(w.signal.reason);

@@ -4,6 +4,8 @@ import { GatewayService } from "../gen/ollama/gateway/v1/gateway_pb.js";
 import type { Cache } from "../cache/cache.js";
 import { redactUrl } from "../config/load-config.js";
 import type { FleetMetadata } from "../routing/fleet-metadata.js";
+import type { FleetState } from "../routing/fleet-state.js";
+import type { Scheduler } from "../routing/scheduler.js";
 import type { NodeHealth } from "../upstream/node-health.js";
 import type { OllamaNode } from "../upstream/ollama-node.js";
 
@@ -25,6 +27,12 @@ export interface GatewayServiceDeps {
   embeddingsCached: boolean;
   /** Calls in progress. */
   activeCalls: () => number;
+  /** The gateway's live view of loaded models and running requests. */
+  fleet: FleetState;
+  /** The admission queue. */
+  scheduler: Scheduler;
+  /** Whether slot accounting is shared through Redis right now. */
+  slotsShared: () => boolean;
 }
 
 // GetStatus must answer quickly even when a node hangs: each node's loaded
@@ -45,12 +53,23 @@ export function createGatewayService(deps: GatewayServiceDeps): ServiceImpl<type
             const signal = AbortSignal.any([ctx.signal, AbortSignal.timeout(PS_LOOKUP_MS)]);
             loaded = (await deps.metadata.ps(node, signal).catch(() => [])).map((r) => r.name).sort();
           }
+          const state = deps.fleet.get(node.name);
+          const models = state
+            ? [...state.models]
+                .map(([model, m]) => ({ model, inFlight: m.inFlight, slots: deps.fleet.slots(state, m.embeddingOnly) }))
+                .sort((a, b) => (a.model < b.model ? -1 : 1))
+            : [];
           return {
             name: node.name,
             url: redactUrl(node.url),
             healthy,
             ollamaVersion: deps.health.version(node.name) ?? "",
             loadedModels: loaded,
+            circuitState: deps.health.state(node.name),
+            inFlight: models.reduce((n, m) => n + m.inFlight, 0),
+            parallel: state?.config.parallel ?? 0,
+            maxLoadedModels: state?.config.maxLoadedModels ?? 0,
+            models,
           };
         }),
       );
@@ -61,6 +80,8 @@ export function createGatewayService(deps: GatewayServiceDeps): ServiceImpl<type
         startedAt: timestampFromMs(deps.startedAtMs),
         nodes,
         activeCalls: deps.activeCalls(),
+        queues: deps.scheduler.queues(),
+        slotsShared: deps.slotsShared(),
         cache: {
           backend: stats.backend,
           healthy: stats.healthy,

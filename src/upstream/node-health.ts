@@ -1,3 +1,4 @@
+import { isNodeDown } from "../errors/to-connect-error.js";
 import type { OllamaNode } from "./ollama-node.js";
 
 /** Probe and circuit-breaker settings. */
@@ -23,10 +24,10 @@ export type HealthListener = (node: string, healthy: boolean) => void;
  * by active probes (`GET /api/version` on an interval: cheap, and it tells
  * the version) and by real traffic.
  *
- * - A refused or reset connection, or a failed probe, opens the circuit at
- *   once: the node is down, no need to count.
- * - Other failures (Ollama 5xx, stalls) open it after `failureThreshold` in a
- *   row; any success resets the count.
+ * - A refused connection (nothing listening, in traffic or in a probe) opens
+ *   the circuit at once: the node is down, no need to count.
+ * - Other failures (Ollama 5xx, broken streams, slow probes) open it after
+ *   `failureThreshold` in a row; any success resets the count.
  * - After `openMs`, or as soon as a probe answers, an open circuit turns
  *   half-open: requests may go there again, the first success closes it and
  *   the first failure opens it again.
@@ -101,6 +102,14 @@ export function createNodeHealth(nodes: readonly OllamaNode[], options: NodeHeal
     if (c.state !== "closed") move(node, "closed");
   }
 
+  function failure(node: string): void {
+    const c = circuits.get(node);
+    if (c === undefined) return;
+    if (c.state === "half-open") return move(node, "open");
+    c.failures++;
+    if (c.failures >= threshold) move(node, "open");
+  }
+
   async function probe(node: OllamaNode): Promise<void> {
     const signal = AbortSignal.any([stopper.signal, AbortSignal.timeout(options.timeoutMs)]);
     try {
@@ -110,8 +119,13 @@ export function createNodeHealth(nodes: readonly OllamaNode[], options: NodeHeal
       const c = circuits.get(node.name)!;
       // The node answers again: let traffic try it (a real success closes it).
       if (c.state === "open") move(node.name, c.openedAt === 0 ? "closed" : "half-open");
-    } catch {
-      if (!stopper.signal.aborted) move(node.name, "open");
+    } catch (e) {
+      if (stopper.signal.aborted) return;
+      // Nothing listening: down now. A slow or odd answer only counts
+      // towards the threshold, so one late probe on a busy machine does
+      // not take a working node out of service.
+      if (isNodeDown(e) || circuits.get(node.name)!.openedAt === 0) move(node.name, "open");
+      else failure(node.name);
     }
   }
 
@@ -141,11 +155,8 @@ export function createNodeHealth(nodes: readonly OllamaNode[], options: NodeHeal
     version: (node) => versions.get(node),
     reportSuccess: success,
     reportFailure(node, kind = "unreachable") {
-      const c = circuits.get(node);
-      if (c === undefined) return;
-      if (kind === "unreachable" || c.state === "half-open") return move(node, "open");
-      c.failures++;
-      if (c.failures >= threshold) move(node, "open");
+      if (kind === "unreachable") move(node, "open");
+      else failure(node);
     },
     onChange(listener) {
       listeners.add(listener);

@@ -20,7 +20,8 @@ export async function startTestGateway(env: Record<string, string>): Promise<Tes
     HOST: "127.0.0.1",
     PORT: "0",
     HEALTH_PROBE_INTERVAL_MS: "100",
-    HEALTH_PROBE_TIMEOUT_MS: "100",
+    // Generous: a probe that is merely slow on a loaded test machine must not flap health.
+    HEALTH_PROBE_TIMEOUT_MS: "2000",
     SHUTDOWN_GRACE_MS: "2000",
     ...env,
   });

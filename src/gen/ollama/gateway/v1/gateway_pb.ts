@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ollama/gateway/v1/gateway.proto.
  */
 export const file_ollama_gateway_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("Ch9vbGxhbWEvZ2F0ZXdheS92MS9nYXRld2F5LnByb3RvEhFvbGxhbWEuZ2F0ZXdheS52MSISChBHZXRTdGF0dXNSZXF1ZXN0IvIBChFHZXRTdGF0dXNSZXNwb25zZRIPCgd2ZXJzaW9uGAEgASgJEikKBnVwdGltZRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgpzdGFydGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgVub2RlcxgEIAMoCzIdLm9sbGFtYS5nYXRld2F5LnYxLk5vZGVTdGF0dXMSLQoFY2FjaGUYBSABKAsyHi5vbGxhbWEuZ2F0ZXdheS52MS5DYWNoZVN0YXR1cxIUCgxhY3RpdmVfY2FsbHMYBiABKAUiZwoKTm9kZVN0YXR1cxIMCgRuYW1lGAEgASgJEgsKA3VybBgCIAEoCRIPCgdoZWFsdGh5GAMgASgIEhYKDm9sbGFtYV92ZXJzaW9uGAQgASgJEhUKDWxvYWRlZF9tb2RlbHMYBSADKAkiOwoNQ2FjaGVDb3VudGVycxIMCgRraW5kGAEgASgJEgwKBGhpdHMYAiABKAMSDgoGbWlzc2VzGAMgASgDIsMBCgtDYWNoZVN0YXR1cxIPCgdiYWNrZW5kGAEgASgJEg8KB2hlYWx0aHkYAiABKAgSMgoIY291bnRlcnMYAyADKAsyIC5vbGxhbWEuZ2F0ZXdheS52MS5DYWNoZUNvdW50ZXJzEhYKDm1lbW9yeV9lbnRyaWVzGAQgASgDEhQKDG1lbW9yeV9ieXRlcxgFIAEoAxIUCgxyZWRpc19lcnJvcnMYBiABKAMSGgoSZW1iZWRkaW5nc19lbmFibGVkGAcgASgIMmgKDkdhdGV3YXlTZXJ2aWNlElYKCUdldFN0YXR1cxIjLm9sbGFtYS5nYXRld2F5LnYxLkdldFN0YXR1c1JlcXVlc3QaJC5vbGxhbWEuZ2F0ZXdheS52MS5HZXRTdGF0dXNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch9vbGxhbWEvZ2F0ZXdheS92MS9nYXRld2F5LnByb3RvEhFvbGxhbWEuZ2F0ZXdheS52MSISChBHZXRTdGF0dXNSZXF1ZXN0IrgCChFHZXRTdGF0dXNSZXNwb25zZRIPCgd2ZXJzaW9uGAEgASgJEikKBnVwdGltZRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgpzdGFydGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgVub2RlcxgEIAMoCzIdLm9sbGFtYS5nYXRld2F5LnYxLk5vZGVTdGF0dXMSLQoFY2FjaGUYBSABKAsyHi5vbGxhbWEuZ2F0ZXdheS52MS5DYWNoZVN0YXR1cxIUCgxhY3RpdmVfY2FsbHMYBiABKAUSLgoGcXVldWVzGAcgAygLMh4ub2xsYW1hLmdhdGV3YXkudjEuUXVldWVTdGF0dXMSFAoMc2xvdHNfc2hhcmVkGAggASgIIisKC1F1ZXVlU3RhdHVzEg0KBW1vZGVsGAEgASgJEg0KBWRlcHRoGAIgASgFIkIKD05vZGVNb2RlbFN0YXR1cxINCgVtb2RlbBgBIAEoCRIRCglpbl9mbGlnaHQYAiABKAUSDQoFc2xvdHMYAyABKAUi8gEKCk5vZGVTdGF0dXMSDAoEbmFtZRgBIAEoCRILCgN1cmwYAiABKAkSDwoHaGVhbHRoeRgDIAEoCBIWCg5vbGxhbWFfdmVyc2lvbhgEIAEoCRIVCg1sb2FkZWRfbW9kZWxzGAUgAygJEhUKDWNpcmN1aXRfc3RhdGUYBiABKAkSEQoJaW5fZmxpZ2h0GAcgASgFEhAKCHBhcmFsbGVsGAggASgFEhkKEW1heF9sb2FkZWRfbW9kZWxzGAkgASgFEjIKBm1vZGVscxgKIAMoCzIiLm9sbGFtYS5nYXRld2F5LnYxLk5vZGVNb2RlbFN0YXR1cyI7Cg1DYWNoZUNvdW50ZXJzEgwKBGtpbmQYASABKAkSDAoEaGl0cxgCIAEoAxIOCgZtaXNzZXMYAyABKAMiwwEKC0NhY2hlU3RhdHVzEg8KB2JhY2tlbmQYASABKAkSDwoHaGVhbHRoeRgCIAEoCBIyCghjb3VudGVycxgDIAMoCzIgLm9sbGFtYS5nYXRld2F5LnYxLkNhY2hlQ291bnRlcnMSFgoObWVtb3J5X2VudHJpZXMYBCABKAMSFAoMbWVtb3J5X2J5dGVzGAUgASgDEhQKDHJlZGlzX2Vycm9ycxgGIAEoAxIaChJlbWJlZGRpbmdzX2VuYWJsZWQYByABKAgyaAoOR2F0ZXdheVNlcnZpY2USVgoJR2V0U3RhdHVzEiMub2xsYW1hLmdhdGV3YXkudjEuR2V0U3RhdHVzUmVxdWVzdBokLm9sbGFtYS5nYXRld2F5LnYxLkdldFN0YXR1c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Request for GetStatus.
@@ -76,6 +76,20 @@ export type GetStatusResponse = Message<"ollama.gateway.v1.GetStatusResponse"> &
    * @generated from field: int32 active_calls = 6;
    */
   activeCalls: number;
+
+  /**
+   * Requests waiting in the admission queue, per model.
+   *
+   * @generated from field: repeated ollama.gateway.v1.QueueStatus queues = 7;
+   */
+  queues: QueueStatus[];
+
+  /**
+   * True when slot accounting is shared with other replicas through Redis.
+   *
+   * @generated from field: bool slots_shared = 8;
+   */
+  slotsShared: boolean;
 };
 
 /**
@@ -84,6 +98,70 @@ export type GetStatusResponse = Message<"ollama.gateway.v1.GetStatusResponse"> &
  */
 export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
   messageDesc(file_ollama_gateway_v1_gateway, 1);
+
+/**
+ * Requests waiting for one model.
+ *
+ * @generated from message ollama.gateway.v1.QueueStatus
+ */
+export type QueueStatus = Message<"ollama.gateway.v1.QueueStatus"> & {
+  /**
+   * Canonical model name, e.g. "llama3.2:latest".
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * Requests waiting.
+   *
+   * @generated from field: int32 depth = 2;
+   */
+  depth: number;
+};
+
+/**
+ * Describes the message ollama.gateway.v1.QueueStatus.
+ * Use `create(QueueStatusSchema)` to create a new message.
+ */
+export const QueueStatusSchema: GenMessage<QueueStatus> = /*@__PURE__*/
+  messageDesc(file_ollama_gateway_v1_gateway, 2);
+
+/**
+ * One model the gateway believes is loaded on a node.
+ *
+ * @generated from message ollama.gateway.v1.NodeModelStatus
+ */
+export type NodeModelStatus = Message<"ollama.gateway.v1.NodeModelStatus"> & {
+  /**
+   * Canonical model name.
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * Requests this gateway has running on it.
+   *
+   * @generated from field: int32 in_flight = 2;
+   */
+  inFlight: number;
+
+  /**
+   * Requests it may run at once there (the node's parallel setting; 1 for
+   * embedding models).
+   *
+   * @generated from field: int32 slots = 3;
+   */
+  slots: number;
+};
+
+/**
+ * Describes the message ollama.gateway.v1.NodeModelStatus.
+ * Use `create(NodeModelStatusSchema)` to create a new message.
+ */
+export const NodeModelStatusSchema: GenMessage<NodeModelStatus> = /*@__PURE__*/
+  messageDesc(file_ollama_gateway_v1_gateway, 3);
 
 /**
  * One Ollama node as the gateway sees it.
@@ -125,6 +203,42 @@ export type NodeStatus = Message<"ollama.gateway.v1.NodeStatus"> & {
    * @generated from field: repeated string loaded_models = 5;
    */
   loadedModels: string[];
+
+  /**
+   * Circuit breaker state: "closed" (routable), "half-open" (routable on
+   * trial) or "open" (not routable).
+   *
+   * @generated from field: string circuit_state = 6;
+   */
+  circuitState: string;
+
+  /**
+   * Requests this gateway has running on the node.
+   *
+   * @generated from field: int32 in_flight = 7;
+   */
+  inFlight: number;
+
+  /**
+   * Parallel requests per loaded model on the node.
+   *
+   * @generated from field: int32 parallel = 8;
+   */
+  parallel: number;
+
+  /**
+   * Models the node keeps loaded at once.
+   *
+   * @generated from field: int32 max_loaded_models = 9;
+   */
+  maxLoadedModels: number;
+
+  /**
+   * Per loaded model: requests running and slots.
+   *
+   * @generated from field: repeated ollama.gateway.v1.NodeModelStatus models = 10;
+   */
+  models: NodeModelStatus[];
 };
 
 /**
@@ -132,7 +246,7 @@ export type NodeStatus = Message<"ollama.gateway.v1.NodeStatus"> & {
  * Use `create(NodeStatusSchema)` to create a new message.
  */
 export const NodeStatusSchema: GenMessage<NodeStatus> = /*@__PURE__*/
-  messageDesc(file_ollama_gateway_v1_gateway, 2);
+  messageDesc(file_ollama_gateway_v1_gateway, 4);
 
 /**
  * Hits and misses of one kind of cached data.
@@ -168,7 +282,7 @@ export type CacheCounters = Message<"ollama.gateway.v1.CacheCounters"> & {
  * Use `create(CacheCountersSchema)` to create a new message.
  */
 export const CacheCountersSchema: GenMessage<CacheCounters> = /*@__PURE__*/
-  messageDesc(file_ollama_gateway_v1_gateway, 3);
+  messageDesc(file_ollama_gateway_v1_gateway, 5);
 
 /**
  * The cache's backend and counters.
@@ -231,7 +345,7 @@ export type CacheStatus = Message<"ollama.gateway.v1.CacheStatus"> & {
  * Use `create(CacheStatusSchema)` to create a new message.
  */
 export const CacheStatusSchema: GenMessage<CacheStatus> = /*@__PURE__*/
-  messageDesc(file_ollama_gateway_v1_gateway, 4);
+  messageDesc(file_ollama_gateway_v1_gateway, 6);
 
 /**
  * The gateway's own view of itself and of the fleet behind it.
