@@ -18,6 +18,7 @@ import { createAffinityTable } from "./routing/affinity.js";
 import { createFleetState } from "./routing/fleet-state.js";
 import { DEFAULT_RETRY_POLICY } from "./routing/retry-policy.js";
 import { createScheduler, LOCAL_GATE } from "./routing/scheduler.js";
+import { createSlotLeases } from "./routing/slot-leases.js";
 import type { Scheduler } from "./routing/scheduler.js";
 import { createEmbeddingCache } from "./services/embedding-cache.js";
 import { createGatewayService } from "./services/gateway-service.js";
@@ -117,13 +118,23 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     applyFleetHealth();
   });
 
+  // With Redis, replicas share slot accounting: together they never run
+  // more on a node than its slots, and a crashed replica's leases expire.
+  const leases = config.cache.redisUrl
+    ? createSlotLeases({
+        redisUrl: config.cache.redisUrl,
+        namespace: "ogw:v1:",
+        commandTimeoutMs: config.cache.redisCommandTimeoutMs,
+        log,
+      })
+    : undefined;
   const fleet = createFleetState(nodes.map((node, i) => ({ node, config: config.nodes[i]! })));
   const scheduler = createScheduler({
     fleet,
     metadata,
     health: nodeHealth,
     affinity: createAffinityTable(),
-    gate: LOCAL_GATE,
+    gate: leases ?? LOCAL_GATE,
     admission: { maxQueuedPerModel: config.routing.maxQueuedPerModel, maxQueuedTotal: config.routing.maxQueuedTotal },
     syncMs: config.cache.psTtlMs,
   });
@@ -150,7 +161,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     activeCalls: () => limiter.active,
     fleet,
     scheduler,
-    slotsShared: () => false,
+    slotsShared: () => leases?.shared() ?? false,
   });
   const routes = (router: ConnectRouter): void => {
     router.service(InferenceService, inference);
@@ -220,7 +231,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
         }
         scheduler.stop();
         nodeHealth.stop();
-        await Promise.all([...nodes.map((n) => n.close()), cache.close()]);
+        await Promise.all([...nodes.map((n) => n.close()), cache.close(), leases?.close()]);
       })();
       return closed;
     },
