@@ -112,8 +112,10 @@ describe("two gateway replicas sharing one Redis", () => {
     assert.deepEqual(failures, []);
     assert.ok(calls > 50, `${calls} calls`);
     for (const g of [a, b]) {
-      const warnings = g.logs.lines.filter((l) => l["level"] === "warn" && /redis/i.test(String(l["msg"])));
-      assert.equal(warnings.length, 1, JSON.stringify(warnings));
+      // One warning per component that uses Redis (cache, slot leases), not one per failed command.
+      const warnings = g.logs.lines.filter((l) => l["level"] === "warn" && /redis/i.test(String(l["msg"]))).map((l) => String(l["msg"]));
+      assert.equal(warnings.length, new Set(warnings).size, JSON.stringify(warnings));
+      assert.ok(warnings.length >= 1 && warnings.length <= 2, JSON.stringify(warnings));
     }
   });
 });

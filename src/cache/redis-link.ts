@@ -1,5 +1,5 @@
+import { createSharedRedisClient } from "./redis-client.js";
 import { Cluster, Redis } from "ioredis";
-import type { ClusterOptions, RedisOptions } from "ioredis";
 import type { CacheLogger } from "./cache-types.js";
 import type { RedisTarget } from "./redis-target.js";
 import { TimeoutError, withTimeout } from "./with-timeout.js";
@@ -76,55 +76,19 @@ function errorMessage(err: unknown): string {
 }
 
 function createClients(o: RedisLinkOptions): { main: Client; sub: Client } {
-  const { target } = o;
-  const { minDelayMs, maxDelayMs } = o.reconnect;
-  const retry = (times: number): number => Math.min(minDelayMs * 2 ** Math.min(Math.max(times - 1, 0), 20), maxDelayMs);
-  // ioredis' own `socketTimeout` is not used: in 5.11 its timer outlives the socket it was armed
-  // for and destroys the *reconnected* one (redis/ioredis#2147). The link's heartbeat detects
-  // hung connections instead; commands themselves are bounded by commandTimeoutMs.
-  const hangMs = hangTimeoutMs(o.commandTimeoutMs);
-  const perConnection = {
-    username: target.username,
-    password: target.password,
-    connectTimeout: hangMs,
-    keepAlive: 10_000,
-    // Commands in flight when a connection drops fail at once and are never re-sent after the
-    // reconnect: their callers have moved on, and a late SET could overwrite a newer invalidation.
-    maxRetriesPerRequest: 0,
-    autoResendUnfulfilledCommands: false,
+  // No ioredis `socketTimeout` (redis/ioredis#2147): the link's heartbeat detects hung
+  // connections instead; commands themselves are bounded by commandTimeoutMs. Commands in flight
+  // when a connection drops fail at once and are never re-sent after the reconnect: their callers
+  // have moved on, and a late SET could overwrite a newer invalidation.
+  const main = createSharedRedisClient({
+    target: o.target,
     connectionName: "ogw-cache",
-  } satisfies RedisOptions;
-
-  if (target.mode === "cluster") {
-    const options: ClusterOptions = {
-      enableOfflineQueue: false,
-      enableAutoPipelining: true,
-      clusterRetryStrategy: retry,
-      slotsRefreshTimeout: hangMs,
-      redisOptions: perConnection,
-    };
-    const main = new Cluster(target.nodes, options);
-    return { main, sub: main.duplicate([], { ...options, enableAutoPipelining: false }) };
+    connectTimeoutMs: hangTimeoutMs(o.commandTimeoutMs),
+    reconnect: o.reconnect,
+  });
+  if (main instanceof Cluster) {
+    return { main, sub: main.duplicate([], { enableAutoPipelining: false }) };
   }
-  const common: RedisOptions = {
-    ...perConnection,
-    db: target.db,
-    enableOfflineQueue: false,
-    enableAutoPipelining: true,
-    retryStrategy: retry,
-  };
-  const options: RedisOptions =
-    target.mode === "sentinel"
-      ? {
-          ...common,
-          sentinels: target.sentinels,
-          name: target.name,
-          sentinelUsername: target.sentinelUsername,
-          sentinelPassword: target.sentinelPassword,
-          sentinelRetryStrategy: retry,
-        }
-      : { ...common, host: target.host, port: target.port, ...(target.tls ? { tls: {} } : {}) };
-  const main = new Redis(options);
   // The subscriber resubscribes itself on every "ready", so ioredis' own resubscription is off.
   const sub = main.duplicate({ autoResubscribe: false, enableAutoPipelining: false, connectionName: "ogw-cache-sub" });
   return { main, sub };
