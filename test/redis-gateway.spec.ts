@@ -103,14 +103,17 @@ describe("two gateway replicas sharing one Redis", () => {
     await new Promise((r) => setTimeout(r, 300));
     await redis.stop();
     assert.ok(await waitFor(async () => (await status.getStatus({})).cache?.healthy === false, 3000), "GetStatus shows Redis down");
+    const downAt = calls;
     await new Promise((r) => setTimeout(r, 500));
+    const callsWhileDown = calls - downAt;
     await redis.restart();
     assert.ok(await waitFor(async () => (await status.getStatus({})).cache?.healthy === true, 5000), "GetStatus shows Redis back");
     await new Promise((r) => setTimeout(r, 300));
     stop = true;
     await Promise.all(traffic);
     assert.deepEqual(failures, []);
-    assert.ok(calls > 50, `${calls} calls`);
+    assert.ok(callsWhileDown > 0, "calls kept succeeding while Redis was down");
+    assert.ok(calls > 20, `${calls} calls`);
     for (const g of [a, b]) {
       // One warning per component that uses Redis (cache, slot leases), not one per failed command.
       const warnings = g.logs.lines.filter((l) => l["level"] === "warn" && /redis/i.test(String(l["msg"]))).map((l) => String(l["msg"]));
