@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import { setMaxListeners } from "node:events";
 import { readFileSync } from "node:fs";
 import { Code, ConnectError, createContextValues } from "@connectrpc/connect";
 import type { ConnectRouter } from "@connectrpc/connect";
@@ -172,6 +173,10 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   };
 
   const shutdown = new AbortController();
+  // connect-node links every running call's signal to this one: one listener
+  // per call, removed when the call ends, so the count is bounded by the
+  // concurrent-call limit (plus health watchers), not a leak.
+  setMaxListeners(0, shutdown.signal);
   const idPrefix = randomBytes(4).toString("hex");
   let idCounter = 0;
   const handler = connectNodeAdapter({
