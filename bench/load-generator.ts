@@ -1,147 +1,244 @@
-// A load generator process: runs one job against the gateway (gRPC client)
-// or straight against the simulator (HTTP + NDJSON, the baseline), and
-// prints one JSON result line. Run as a child of bench/main.ts so that its
-// CPU is not the gateway's.
+// A load generator process, started by bench/main.ts (never inside the
+// gateway): it receives jobs over IPC, runs each against the gateway (connect
+// gRPC client over HTTP/2) or straight against the simulator (undici over
+// HTTP/1.1, NDJSON parsed line by line, the baseline), and sends back one
+// LoadResult per job. Both sides parse every message they receive.
+import { monitorEventLoopDelay } from "node:perf_hooks";
 import { createClient } from "@connectrpc/connect";
 import type { Client } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { Pool } from "undici";
 import { InferenceService } from "../src/gen/ollama/gateway/v1/inference_pb.js";
+import type { KindResult, LoadJob, LoadResult, ReplyMessage, RequestKind, RunMessage } from "./load-protocol.js";
 
-/** What one load generator process does. */
-export interface LoadJob {
-  /** Which side to load. */
-  target: "gateway" | "direct";
-  /** Base URL of that side. */
-  url: string;
-  /** Generate (streamed) or Embed. */
-  kind: "generate" | "embed";
-  /** Requests in flight at once. */
-  concurrency: number;
-  /** Requests to time (after warm-up). */
-  requests: number;
-  /** Untimed requests first. */
-  warmup: number;
-  /** Model name. */
-  model: string;
-  /** Tokens per Generate. */
-  numPredict: number;
-}
-
-/** What it prints. */
-export interface LoadResult {
-  /** End-to-end latency per request, ms. */
-  latencies: number[];
-  /** Time to the first token per Generate, ms. */
-  ttft: number[];
-  /** Tokens received. */
+/** What one call reports besides its latency. */
+interface CallOutcome {
+  ttft: number;
   tokens: number;
-  /** Failed requests. */
-  errors: number;
-  /** First error message, if any. */
-  firstError?: string;
-  /** Wall time of the timed part, ms. */
-  elapsedMs: number;
+  messages: number;
 }
 
-type OneCall = () => Promise<{ ttft: number; tokens: number }>;
-
-function gatewayCall(job: LoadJob, client: Client<typeof InferenceService>): OneCall {
-  if (job.kind === "embed") {
-    return async () => {
-      const res = await client.embed({ model: job.model, inputs: ["the quick brown fox"] });
-      if (res.embeddings.length !== 1) throw new Error("bad embed");
-      return { ttft: 0, tokens: 0 };
-    };
+/** Follows how many streams are between their first token and their end. */
+class StreamTracker {
+  streaming = 0;
+  peak = 0;
+  lastFirstTokenAt: number | undefined;
+  firstFinishAt: number | undefined;
+  firstToken(): void {
+    this.streaming++;
+    if (this.streaming > this.peak) this.peak = this.streaming;
+    this.lastFirstTokenAt = performance.timeOrigin + performance.now();
   }
-  return async () => {
-    const t0 = performance.now();
-    let ttft = 0;
-    let tokens = 0;
-    for await (const m of client.generate({ model: job.model, prompt: "benchmark prompt", options: { numPredict: job.numPredict } })) {
-      if (m.text !== "") {
-        if (tokens === 0) ttft = performance.now() - t0;
-        tokens++;
+  finish(hadFirstToken: boolean): void {
+    if (!hadFirstToken) return;
+    this.streaming--;
+    this.firstFinishAt ??= performance.timeOrigin + performance.now();
+  }
+}
+
+/** One target: how to send a request of each kind, and how to let go of connections. */
+interface Side {
+  call(kind: RequestKind, seq: number, numPredict: number): Promise<CallOutcome>;
+  close(): Promise<void>;
+}
+
+const PROMPT = "benchmark prompt";
+
+/** The Embed text for request number `seq`. */
+function inputText(job: LoadJob, seq: number): string {
+  if (job.inputs === "same") return "the quick brown fox";
+  const n = job.inputs === "cycle" ? seq % Math.max(1, job.inputCycle) : seq;
+  return `bench ${job.inputSalt} text ${n} about a quick brown fox`;
+}
+
+function gatewaySide(job: LoadJob, tracker: StreamTracker): Side {
+  const managers = Array.from({ length: Math.max(1, job.connections) }, () => new Http2SessionManager(job.url));
+  const clients: Client<typeof InferenceService>[] = managers.map((sessionManager) =>
+    createClient(InferenceService, createGrpcTransport({ baseUrl: job.url, sessionManager })),
+  );
+  let next = 0;
+  return {
+    async call(kind, seq, numPredict) {
+      const client = clients[next++ % clients.length]!;
+      const opts = { timeoutMs: job.callTimeoutMs };
+      if (kind === "embed") {
+        const res = await client.embed({ model: job.embedModel, inputs: [inputText(job, seq)] }, opts);
+        if (res.embeddings.length !== 1 || res.embeddings[0]!.values.length === 0) throw new Error("Embed: expected one vector");
+        return { ttft: 0, tokens: 0, messages: 1 };
       }
-    }
-    return { ttft, tokens };
+      const t0 = performance.now();
+      let ttft = -1;
+      let tokens = 0;
+      let messages = 0;
+      let done = false;
+      try {
+        for await (const m of client.generate({ model: job.model, prompt: PROMPT, options: { numPredict } }, opts)) {
+          messages++;
+          if (ttft < 0 && m.text !== "") {
+            ttft = performance.now() - t0;
+            tracker.firstToken();
+          }
+          if (m.done) {
+            done = true;
+            tokens = m.usage?.completionTokens ?? 0;
+          }
+        }
+      } finally {
+        tracker.finish(ttft >= 0);
+      }
+      if (!done) throw new Error("Generate: stream ended without its final message");
+      return { ttft, tokens, messages };
+    },
+    close() {
+      for (const m of managers) m.abort();
+      return Promise.resolve();
+    },
   };
 }
 
-function directCall(job: LoadJob, pool: Pool): OneCall {
-  const path = job.kind === "embed" ? "/api/embed" : "/api/generate";
-  const body =
-    job.kind === "embed"
-      ? JSON.stringify({ model: job.model, input: ["the quick brown fox"] })
-      : JSON.stringify({ model: job.model, prompt: "benchmark prompt", options: { num_predict: job.numPredict }, stream: true });
-  return async () => {
-    const t0 = performance.now();
-    const res = await pool.request({ method: "POST", path, body, headers: { "content-type": "application/json" } });
-    if (res.statusCode !== 200) {
-      await res.body.dump();
-      throw new Error(`HTTP ${res.statusCode}`);
+/** Parses an NDJSON body as it arrives: splits on 0x0A in the raw bytes, JSON.parse per line. */
+async function* ndjson(body: AsyncIterable<Buffer>): AsyncGenerator<Record<string, unknown>> {
+  let rest: Buffer | undefined;
+  for await (const raw of body) {
+    const chunk: Buffer = rest ? Buffer.concat([rest, raw]) : raw;
+    rest = undefined;
+    let start = 0;
+    for (let nl = chunk.indexOf(0x0a); nl !== -1; nl = chunk.indexOf(0x0a, start)) {
+      if (nl > start) yield JSON.parse(chunk.toString("utf8", start, nl)) as Record<string, unknown>;
+      start = nl + 1;
     }
-    let ttft = 0;
-    let tokens = 0;
-    let rest = "";
-    for await (const chunk of res.body) {
-      const text = rest + (chunk as Buffer).toString("utf8");
-      const lines = text.split("\n");
-      rest = lines.pop() ?? "";
-      for (const line of lines) {
-        if (line === "") continue;
-        const obj = JSON.parse(line) as { response?: string; embeddings?: unknown[] };
-        if (obj.response) {
-          if (tokens === 0) ttft = performance.now() - t0;
-          tokens++;
-        }
+    if (start < chunk.length) rest = chunk.subarray(start);
+  }
+  if (rest && rest.toString("utf8").trim() !== "") yield JSON.parse(rest.toString("utf8")) as Record<string, unknown>;
+}
+
+function directSide(job: LoadJob, tracker: StreamTracker): Side {
+  const pool = new Pool(job.url, { connections: Math.max(1, job.concurrency), pipelining: 1 });
+  const headers = { "content-type": "application/json" };
+  return {
+    async call(kind, seq, numPredict) {
+      const signal = AbortSignal.timeout(job.callTimeoutMs);
+      if (kind === "embed") {
+        const body = JSON.stringify({ model: job.embedModel, input: [inputText(job, seq)] });
+        const res = await pool.request({ method: "POST", path: "/api/embed", body, headers, signal });
+        const text = await res.body.text();
+        if (res.statusCode !== 200) throw new Error(`HTTP ${res.statusCode}: ${text.slice(0, 200)}`);
+        const obj = JSON.parse(text) as { embeddings?: unknown[][] };
+        if (obj.embeddings?.length !== 1 || obj.embeddings[0]!.length === 0) throw new Error("embed: expected one vector");
+        return { ttft: 0, tokens: 0, messages: 1 };
       }
-    }
-    if (rest.trim() !== "") JSON.parse(rest);
-    return { ttft, tokens };
+      const t0 = performance.now();
+      const body = JSON.stringify({ model: job.model, prompt: PROMPT, options: { num_predict: numPredict }, stream: true });
+      const res = await pool.request({ method: "POST", path: "/api/generate", body, headers, signal });
+      if (res.statusCode !== 200) {
+        const text = await res.body.text();
+        throw new Error(`HTTP ${res.statusCode}: ${text.slice(0, 200)}`);
+      }
+      let ttft = -1;
+      let tokens = 0;
+      let messages = 0;
+      let done = false;
+      try {
+        for await (const obj of ndjson(res.body as AsyncIterable<Buffer>)) {
+          messages++;
+          if (typeof obj["error"] === "string") throw new Error(`stream error: ${obj["error"]}`);
+          if (ttft < 0 && typeof obj["response"] === "string" && obj["response"] !== "") {
+            ttft = performance.now() - t0;
+            tracker.firstToken();
+          }
+          if (obj["done"] === true) {
+            done = true;
+            tokens = typeof obj["eval_count"] === "number" ? obj["eval_count"] : 0;
+          }
+        }
+      } finally {
+        tracker.finish(ttft >= 0);
+        if (!res.body.destroyed) res.body.destroy();
+      }
+      if (!done) throw new Error("generate: stream ended without its final line");
+      return { ttft, tokens, messages };
+    },
+    close: () => pool.close(),
   };
+}
+
+function kindOf(job: LoadJob, seq: number): RequestKind {
+  if (job.mix === "mixed") return seq % 2 === 0 ? "generate" : "embed";
+  return job.mix;
+}
+
+function emptyKind(): KindResult {
+  return { requests: 0, latencies: [], ttft: [], tokens: 0, messages: 0 };
 }
 
 async function run(job: LoadJob): Promise<LoadResult> {
-  const pool = job.target === "direct" ? new Pool(job.url, { connections: job.concurrency, pipelining: 1 }) : undefined;
-  const call =
-    pool !== undefined
-      ? directCall(job, pool)
-      : gatewayCall(job, createClient(InferenceService, createGrpcTransport({ baseUrl: job.url })));
-  const result: LoadResult = { latencies: [], ttft: [], tokens: 0, errors: 0, elapsedMs: 0 };
-
-  // Warm-up runs one at a time first, so connections and the JIT are ready.
-  for (let i = 0; i < job.warmup; i++) await call().catch(() => undefined);
-  let started = 0;
-  async function worker(): Promise<void> {
-    while (started < job.requests) {
-      started++;
-      const t0 = performance.now();
-      try {
-        const r = await call();
-        result.latencies.push(performance.now() - t0);
-        if (job.kind === "generate") result.ttft.push(r.ttft);
-        result.tokens += r.tokens;
-      } catch (e) {
-        result.errors++;
-        result.firstError ??= e instanceof Error ? e.message : String(e);
+  const tracker = new StreamTracker();
+  const side = job.target === "gateway" ? gatewaySide(job, tracker) : directSide(job, tracker);
+  const result: LoadResult = {
+    kinds: {},
+    errors: 0,
+    elapsedMs: 0,
+    peakStreaming: 0,
+    cpuMs: 0,
+    loopDelay: { p50: 0, p99: 0, max: 0 },
+  };
+  try {
+    const loop = monitorEventLoopDelay({ resolution: 5 });
+    const cpu0 = process.cpuUsage();
+    const t0 = performance.now();
+    const deadline = t0 + job.durationMs;
+    let started = 0;
+    const worker = async (): Promise<void> => {
+      while (started < job.requests && performance.now() < deadline) {
+        const seq = started++;
+        const kind = kindOf(job, seq);
+        const t = performance.now();
+        try {
+          const r = await side.call(kind, seq, job.numPredict);
+          const k = (result.kinds[kind] ??= emptyKind());
+          k.requests++;
+          k.latencies.push(performance.now() - t);
+          if (kind === "generate") k.ttft.push(r.ttft);
+          k.tokens += r.tokens;
+          k.messages += r.messages;
+        } catch (e) {
+          result.errors++;
+          result.firstError ??= `${kind}: ${e instanceof Error ? e.message : String(e)}`;
+        }
       }
-    }
+    };
+    loop.enable();
+    await Promise.all(Array.from({ length: job.concurrency }, worker));
+    loop.disable();
+    result.elapsedMs = performance.now() - t0;
+    const cpu = process.cpuUsage(cpu0);
+    result.cpuMs = (cpu.user + cpu.system) / 1000;
+    result.loopDelay = { p50: loop.percentile(50) / 1e6, p99: loop.percentile(99) / 1e6, max: loop.max / 1e6 };
+    result.peakStreaming = tracker.peak;
+    result.lastFirstTokenAt = tracker.lastFirstTokenAt;
+    result.firstFinishAt = tracker.firstFinishAt;
+    return result;
+  } finally {
+    await side.close();
   }
-  const t0 = performance.now();
-  await Promise.all(Array.from({ length: job.concurrency }, worker));
-  result.elapsedMs = performance.now() - t0;
-  await pool?.close();
-  return result;
 }
 
-const job = JSON.parse(process.argv[2] ?? "{}") as LoadJob;
-run(job)
-  .then((r) => {
-    process.stdout.write(JSON.stringify(r) + "\n");
-    process.exit(0);
-  })
-  .catch((e: unknown) => {
-    process.stderr.write(`load generator failed: ${e instanceof Error ? e.stack : String(e)}\n`);
-    process.exit(1);
-  });
+function reply(msg: ReplyMessage): void {
+  process.send?.(msg);
+}
+
+if (process.send === undefined) {
+  process.stderr.write("bench/load-generator.ts is started by bench/main.ts (it needs an IPC channel)\n");
+  process.exit(2);
+}
+// The parent went away: nothing left to report to.
+process.on("disconnect", () => process.exit(0));
+process.on("message", (raw: unknown) => {
+  const msg = raw as RunMessage;
+  if (msg.type !== "run") return;
+  void run(msg.job).then(
+    (result) => reply({ type: "result", result }),
+    (e: unknown) => reply({ type: "failed", message: `${msg.job.label}: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}` }),
+  );
+});
+reply({ type: "ready" });

@@ -1,146 +1,158 @@
 // `npm run bench`: what the gateway adds, measured against a baseline in the
 // same run (the same load sent straight to the simulator over HTTP). The
-// simulator, the gateway and each load generator are separate processes.
+// simulator, the gateway and the load generators are separate processes.
 // `npm run bench -- --smoke` runs every scenario briefly so CI keeps the
-// harness working; it asserts nothing about speed.
+// harness working; it asserts nothing about speed. `--help` lists options.
+import { execFileSync } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
-import type { LoadJob, LoadResult } from "./load-generator.js";
-import { runLoad, startGatewayProcess, startSimulatorProcess } from "./processes.js";
-import { round, summarize } from "./stats.js";
+import { parseBenchArgs, USAGE } from "./cli.js";
+import type { BenchOptions, ScenarioId } from "./cli.js";
+import { BenchContext } from "./context.js";
+import type { RunSummary } from "./measure.js";
+import { killAllChildren, prepareRuntime } from "./processes.js";
+import { checkTargets, derivedNotes, renderMarkdown } from "./report.js";
+import type { MachineFacts, ScenarioResults } from "./report.js";
+import { scenarioA, scenarioB, scenarioC, scenarioD, scenarioE } from "./scenarios.js";
+import { round } from "./stats.js";
 
-const smoke = process.argv.includes("--smoke");
-const outDir = "bench-results";
-mkdirSync(outDir, { recursive: true });
-const stamp = new Date().toISOString().replace(/[:.]/g, "-");
-
-/** One row of the report: the same job straight to the simulator and through the gateway. */
-interface Comparison {
-  scenario: string;
-  concurrency: number;
-  direct: ReturnType<typeof describe>;
-  gateway: ReturnType<typeof describe>;
-  addedP50Ms: number;
-  addedP99Ms: number;
-  throughputRatio: number;
-  addedTtftP50Ms?: number;
-  tokensPerSecondRatio?: number;
-}
-
-function describe(r: LoadResult) {
-  const lat = summarize(r.latencies);
-  const ttft = summarize(r.ttft);
-  return {
-    requests: lat.n,
-    errors: r.errors,
-    firstError: r.firstError,
-    rps: round((lat.n / r.elapsedMs) * 1000),
-    tokensPerSecond: round((r.tokens / r.elapsedMs) * 1000),
-    latencyMs: { p50: round(lat.p50), p90: round(lat.p90), p99: round(lat.p99), max: round(lat.max) },
-    ttftMs: r.ttft.length > 0 ? { p50: round(ttft.p50), p99: round(ttft.p99) } : undefined,
-  };
-}
-
-async function compare(
-  scenario: string,
-  job: Omit<LoadJob, "target" | "url">,
-  simUrl: string,
-  gatewayUrl: string,
-): Promise<Comparison> {
-  // Alternate direct and gateway runs so drift on a shared machine hits both.
-  const direct = await runLoad({ ...job, target: "direct", url: simUrl });
-  const gateway = await runLoad({ ...job, target: "gateway", url: gatewayUrl });
-  const d = describe(direct);
-  const g = describe(gateway);
-  const row: Comparison = {
-    scenario,
-    concurrency: job.concurrency,
-    direct: d,
-    gateway: g,
-    addedP50Ms: round(g.latencyMs.p50 - d.latencyMs.p50),
-    addedP99Ms: round(g.latencyMs.p99 - d.latencyMs.p99),
-    throughputRatio: round(g.rps / d.rps),
-  };
-  if (d.ttftMs && g.ttftMs) row.addedTtftP50Ms = round(g.ttftMs.p50 - d.ttftMs.p50);
-  if (d.tokensPerSecond > 0) row.tokensPerSecondRatio = round(g.tokensPerSecond / d.tokensPerSecond);
-  process.stdout.write(`  ${scenario} c=${job.concurrency}: added p50 ${row.addedP50Ms} ms, p99 ${row.addedP99Ms} ms, throughput x${row.throughputRatio}\n`);
-  return row;
-}
-
-async function main(): Promise<void> {
-  const sim = await startSimulatorProcess(["--load-ms", "0", "--num-parallel", "64", "--max-loaded-models", "4"]);
-  const gateway = await startGatewayProcess({ OLLAMA_URL: sim.url, LOG_LEVEL: "info" }, join(outDir, `gateway-${stamp}.log`));
-  const rows: Comparison[] = [];
+function git(args: string[]): string {
   try {
-    const n = (full: number, quick: number): number => (smoke ? quick : full);
-    process.stdout.write(`bench${smoke ? " (smoke)" : ""}: simulator ${sim.url}, gateway ${gateway.url}\n`);
-    for (const concurrency of smoke ? [1] : [1, 16, 64]) {
-      rows.push(
-        await compare(
-          "generate-1-token",
-          { kind: "generate", model: "llama3.2", numPredict: 1, concurrency, requests: n(2000, 20), warmup: n(200, 5) },
-          sim.url,
-          gateway.url,
-        ),
-      );
-    }
-    for (const concurrency of smoke ? [1] : [1, 16, 64]) {
-      rows.push(
-        await compare(
-          "embed-1-input",
-          { kind: "embed", model: "all-minilm", numPredict: 0, concurrency, requests: n(2000, 20), warmup: n(200, 5) },
-          sim.url,
-          gateway.url,
-        ),
-      );
-    }
-    rows.push(
-      await compare(
-        "stream-200-tokens",
-        { kind: "generate", model: "llama3.2", numPredict: 200, concurrency: 1, requests: n(200, 3), warmup: n(20, 1) },
-        sim.url,
-        gateway.url,
-      ),
-    );
-  } finally {
-    await gateway.stop();
-    await sim.stop();
+    return execFileSync("git", args, { encoding: "utf8", timeout: 5000, stdio: ["ignore", "pipe", "ignore"] }).trim();
+  } catch {
+    return "";
   }
+}
 
-  const machine = {
+/** Every run of the results, for the failure check. */
+function allRuns(r: ScenarioResults): RunSummary[] {
+  return [
+    ...(r.a ?? []).flatMap((x) => [x.direct, x.nullServer, x.gateway]),
+    ...(r.b ?? []).flatMap((x) => [x.direct, x.gateway]),
+    ...(r.c ? [r.c.direct, r.c.gateway] : []),
+    ...(r.d ? [r.d.direct, r.d.batchOff, r.d.batchOn] : []),
+    ...(r.e ? [r.e.gateway] : []),
+  ];
+}
+
+/** Gateway settings inherited from the environment (they change what is measured). */
+function inheritedGatewayEnv(): string[] {
+  return Object.keys(process.env)
+    .filter((k) => /^(OLLAMA_|REDIS_|CACHE_|EMBED_|UPSTREAM_|HTTP[12]_|MAX_|HEALTH_PROBE_|SHUTDOWN_|WORKERS$|LOG_LEVEL$)/.test(k))
+    .sort();
+}
+
+async function run(opts: BenchOptions): Promise<number> {
+  const t0 = performance.now();
+  const startedAt = new Date();
+  const stamp = startedAt.toISOString().replace(/[:.]/g, "-");
+  const logDir = join(opts.outDir, `logs-${stamp}`);
+  mkdirSync(logDir, { recursive: true });
+  if (opts.cpuProfDir) mkdirSync(opts.cpuProfDir, { recursive: true });
+
+  const runtime = prepareRuntime(opts.runtime);
+  const ctx = new BenchContext(opts, runtime, logDir, stamp);
+  if (runtime.note) ctx.notes.push(runtime.note);
+  const inherited = inheritedGatewayEnv();
+  if (inherited.length > 0) ctx.notes.push(`Gateway settings inherited from the environment: ${inherited.join(", ")}.`);
+  if (opts.workers !== undefined) ctx.notes.push(`WORKERS=${opts.workers} was passed to every gateway; RSS and CPU include its Node child processes.`);
+
+  const machine: MachineFacts = {
     node: process.version,
     cpus: os.cpus().length,
     cpuModel: os.cpus()[0]?.model,
     memoryGiB: round(os.totalmem() / 2 ** 30),
     platform: `${os.platform()} ${os.release()}`,
-    date: new Date().toISOString(),
-    smoke,
+    loadAverageAtStart: os.loadavg(),
+    startedAt: startedAt.toISOString(),
+    gitCommit: git(["rev-parse", "HEAD"]) || "unknown",
+    gitDirtyFiles: git(["status", "--porcelain"]).split("\n").filter((l) => l.trim() !== "").length,
+    runtime: runtime.kind === "compiled" ? "compiled JavaScript (tsc → .bench/dist, like npm start)" : "TypeScript through tsx",
+    command: ["npm run bench", ...(opts.argv.length > 0 ? ["--", ...opts.argv] : [])].join(" "),
+    smoke: opts.smoke,
   };
-  const md = [
-    `# Benchmark ${machine.date}${smoke ? " (smoke run: numbers are meaningless)" : ""}`,
-    "",
-    `Machine: ${machine.cpus} × ${machine.cpuModel}, ${machine.memoryGiB} GiB, Node ${machine.node}. Load generator, simulator and gateway are separate processes on this machine.`,
-    "",
-    "| scenario | c | direct p50 / p99 ms | gateway p50 / p99 ms | added p50 / p99 ms | direct rps | gateway rps | ratio | added TTFT p50 ms | errors (d/g) |",
-    "|---|---|---|---|---|---|---|---|---|---|",
-    ...rows.map(
-      (r) =>
-        `| ${r.scenario} | ${r.concurrency} | ${r.direct.latencyMs.p50} / ${r.direct.latencyMs.p99} | ${r.gateway.latencyMs.p50} / ${r.gateway.latencyMs.p99} | ${r.addedP50Ms} / ${r.addedP99Ms} | ${r.direct.rps} | ${r.gateway.rps} | ${r.throughputRatio} | ${r.addedTtftP50Ms ?? ""} | ${r.direct.errors}/${r.gateway.errors} |`,
-    ),
-    "",
-  ].join("\n");
-  writeFileSync(join(outDir, `bench-${stamp}.json`), JSON.stringify({ machine, rows }, null, 2));
-  writeFileSync(join(outDir, `bench-${stamp}.md`), md);
-  process.stdout.write("\n" + md + `\nWritten to ${outDir}/bench-${stamp}.{md,json}\n`);
-  const failed = rows.some((r) => r.direct.errors > 0 || r.gateway.errors > 0);
-  if (failed) {
-    process.stderr.write("some requests failed (see the errors column)\n");
-    process.exitCode = 1;
+  process.stdout.write(
+    `bench${opts.smoke ? " (smoke)" : ""}: scenarios ${opts.scenarios.join(",")}; gateway as ${runtime.kind}; logs in ${logDir}\n`,
+  );
+
+  const results: ScenarioResults = {};
+  const runners: Record<ScenarioId, () => Promise<void>> = {
+    a: async () => void (results.a = await scenarioA(ctx)),
+    b: async () => void (results.b = await scenarioB(ctx)),
+    c: async () => void (results.c = await scenarioC(ctx)),
+    d: async () => void (results.d = await scenarioD(ctx)),
+    e: async () => void (results.e = await scenarioE(ctx)),
+  };
+  let broken: unknown;
+  try {
+    for (const id of opts.scenarios) {
+      process.stdout.write(`scenario ${id}\n`);
+      await runners[id]();
+    }
+  } catch (e) {
+    broken = e;
+  } finally {
+    await ctx.close();
   }
+
+  machine.loadAverageAtEnd = os.loadavg();
+  machine.durationSeconds = Math.round((performance.now() - t0) / 1000);
+  const targets = checkTargets(results, opts.smoke);
+  const notes = [...ctx.notes, ...derivedNotes(results)];
+  if (broken !== undefined) notes.unshift(`THE RUN BROKE OFF: ${broken instanceof Error ? broken.message : String(broken)}`);
+  const md = renderMarkdown(machine, results, targets, notes, ctx.gateways);
+  const base = join(opts.outDir, `bench-${stamp}`);
+  writeFileSync(`${base}.json`, JSON.stringify({ machine, options: { ...opts }, targets, notes, gateways: ctx.gateways, results }, null, 2) + "\n");
+  writeFileSync(`${base}.md`, md);
+  process.stdout.write(`\n${md}\nWritten to ${base}.md and ${base}.json (${machine.durationSeconds} s)\n`);
+
+  if (broken !== undefined) {
+    process.stderr.write(`bench: the harness failed: ${broken instanceof Error ? (broken.stack ?? broken.message) : String(broken)}\n`);
+    return 1;
+  }
+  const failed = allRuns(results).filter((s) => s.errors > 0);
+  if (failed.length > 0) {
+    process.stderr.write(`bench: requests failed: ${failed.map((s) => `${s.label}: ${s.errors} (${s.firstError ?? ""})`).join("; ")}\n`);
+    return 1;
+  }
+  return 0;
 }
 
-main().catch((e: unknown) => {
-  process.stderr.write(`bench failed: ${e instanceof Error ? e.stack : String(e)}\n`);
+let opts: BenchOptions | undefined;
+try {
+  opts = parseBenchArgs(process.argv.slice(2));
+} catch (e) {
+  process.stderr.write(`bench: ${e instanceof Error ? e.message : String(e)}\n\n${USAGE}`);
+  process.exit(2);
+}
+if (opts === undefined) {
+  process.stdout.write(USAGE);
+  process.exit(0);
+}
+
+// However the run ends, no simulator, gateway or load generator outlives it.
+process.on("exit", killAllChildren);
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.on(signal, () => {
+    process.stderr.write(`bench: ${signal}, stopping\n`);
+    killAllChildren();
+    process.exit(130);
+  });
+}
+// A hard ceiling, in case something hangs despite every per-call and per-job limit.
+const ceilingMs = (opts.smoke ? 120 : 1800) * 1000 + (opts.scenarios.includes("e") ? opts.soakSeconds * 1000 : 0);
+setTimeout(() => {
+  process.stderr.write(`bench: still running after ${Math.round(ceilingMs / 1000)} s; giving up\n`);
+  killAllChildren();
   process.exit(1);
-});
+}, ceilingMs).unref();
+
+void run(opts).then(
+  (code) => process.exit(code),
+  (e: unknown) => {
+    process.stderr.write(`bench failed: ${e instanceof Error ? e.stack : String(e)}\n`);
+    killAllChildren();
+    process.exit(1);
+  },
+);

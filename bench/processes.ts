@@ -1,24 +1,54 @@
-import { spawn } from "node:child_process";
+// The processes a benchmark run starts: the simulator, gateways and load
+// generators. Every child is registered so that any way out of the run
+// (normal end, error, Ctrl-C) stops all of them.
+import { spawn, spawnSync } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
+import { closeSync, existsSync, openSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import type { AddressInfo } from "node:net";
-import { openSync, closeSync } from "node:fs";
+import { join } from "node:path";
 import { createClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus } from "../src/gen/grpc/health/v1/health_pb.js";
-import type { LoadJob, LoadResult } from "./load-generator.js";
+import type { LoadJob, LoadResult, ReplyMessage } from "./load-protocol.js";
 
 /** A child process the bench started, with its address. */
 export interface Started {
   /** Base URL. */
   url: string;
-  /** The process (for pid-based measurements). */
+  /** The process id (for /proc measurements). */
+  pid: number;
+  /** The process. */
   child: ChildProcess;
-  /** Stops it (SIGTERM, then SIGKILL after 5 s). */
-  stop(): Promise<void>;
+  /** Stops it (SIGTERM, then SIGKILL after `graceMs`). */
+  stop(graceMs?: number): Promise<void>;
+}
+
+/** How the gateway and simulator are run: compiled JavaScript (like `npm start`) or through tsx. */
+export interface Runtime {
+  /** "compiled" = `tsc` output in `.bench/dist`; "tsx" = the TypeScript sources via tsx. */
+  kind: "compiled" | "tsx";
+  /** Why, when it is not what was asked for, or what the build said. */
+  note?: string;
 }
 
 const TSX = ["--import", "tsx"];
+const DIST = ".bench/dist";
+const children = new Set<ChildProcess>();
+
+/** Kills every child still running (SIGKILL); used on the way out. */
+export function killAllChildren(): void {
+  for (const c of children) {
+    if (c.exitCode === null && c.signalCode === null && c.pid !== undefined) c.kill("SIGKILL");
+  }
+  children.clear();
+}
+
+function track(child: ChildProcess): ChildProcess {
+  children.add(child);
+  child.once("exit", () => children.delete(child));
+  return child;
+}
 
 /** A port that was free a moment ago. */
 export function freePort(): Promise<number> {
@@ -32,11 +62,11 @@ export function freePort(): Promise<number> {
   });
 }
 
-function stopper(child: ChildProcess): () => Promise<void> {
-  return () =>
+function stopper(child: ChildProcess): (graceMs?: number) => Promise<void> {
+  return (graceMs = 5000) =>
     new Promise((resolve) => {
       if (child.exitCode !== null || child.signalCode !== null) return resolve();
-      const kill = setTimeout(() => child.kill("SIGKILL"), 5000);
+      const kill = setTimeout(() => child.kill("SIGKILL"), graceMs);
       child.once("exit", () => {
         clearTimeout(kill);
         resolve();
@@ -45,65 +75,231 @@ function stopper(child: ChildProcess): () => Promise<void> {
     });
 }
 
-/** Starts the Ollama simulator as its own process. */
-export async function startSimulatorProcess(args: string[]): Promise<Started> {
-  const port = await freePort();
-  const child = spawn(process.execPath, [...TSX, "src/simulator/main.ts", "--port", String(port), ...args], {
-    stdio: ["ignore", "pipe", "inherit"],
+/**
+ * Compiles src/ to `.bench/dist` with the project's tsc (the gateway is
+ * measured as it is deployed: `npm start` runs compiled JavaScript; tsx
+ * alone adds about 40 MB of RSS). Falls back to tsx when nothing was
+ * emitted. Type errors elsewhere in a tree being edited do not stop emit.
+ */
+export function prepareRuntime(wanted: Runtime["kind"]): Runtime {
+  if (wanted === "tsx") return { kind: "tsx" };
+  rmSync(DIST, { recursive: true, force: true });
+  const tsc = join("node_modules", ".bin", "tsc");
+  const r = spawnSync(tsc, ["-p", "tsconfig.build.json", "--outDir", DIST, "--sourceMap", "false"], {
+    encoding: "utf8",
+    timeout: 120_000,
   });
-  await new Promise<void>((resolve, reject) => {
+  const emitted = existsSync(join(DIST, "main.js")) && existsSync(join(DIST, "simulator", "main.js"));
+  if (!emitted) {
+    return { kind: "tsx", note: `tsc emitted nothing (exit ${r.status ?? r.signal}); ran the sources through tsx instead` };
+  }
+  if (r.status !== 0) {
+    const first = (r.stdout + r.stderr).split("\n").find((l) => l.includes("error")) ?? "";
+    return { kind: "compiled", note: `tsc reported type errors (first: ${first.trim().slice(0, 160)}); its output was used anyway` };
+  }
+  return { kind: "compiled" };
+}
+
+function entry(runtime: Runtime, src: string, extraNodeArgs: readonly string[] = []): string[] {
+  if (runtime.kind === "compiled") return [...extraNodeArgs, join(DIST, src.replace(/^src\//, "").replace(/\.ts$/, ".js"))];
+  return [...extraNodeArgs, ...TSX, src];
+}
+
+/** Spawns `node args` and waits for "listening on <url>" on its stdout. */
+async function startListening(what: string, args: readonly string[]): Promise<Started> {
+  const child = track(spawn(process.execPath, args, { stdio: ["ignore", "pipe", "inherit"] }));
+  const url = await new Promise<string>((resolve, reject) => {
     let out = "";
-    child.stdout!.on("data", (d: Buffer) => {
+    const timer = setTimeout(() => reject(new Error(`${what} did not start within 30 s: ${out}`)), 30_000);
+    const onData = (d: Buffer): void => {
       out += d.toString();
-      if (out.includes("listening on")) resolve();
-    });
-    child.once("exit", (code) => reject(new Error(`simulator exited with ${code}: ${out}`)));
+      const m = /listening on (http:\/\/[\d.]+:\d+)/.exec(out);
+      if (m) {
+        clearTimeout(timer);
+        child.stdout!.off("data", onData);
+        child.off("exit", onExit);
+        resolve(m[1]!);
+      }
+    };
+    const onExit = (code: number | null): void => {
+      clearTimeout(timer);
+      reject(new Error(`${what} exited with ${code}: ${out}`));
+    };
+    child.stdout!.on("data", onData);
+    child.once("exit", onExit);
   });
   child.stdout!.resume();
-  return { url: `http://127.0.0.1:${port}`, child, stop: stopper(child) };
+  return { url, pid: child.pid!, child, stop: stopper(child) };
 }
 
-/** Starts the gateway as its own process (logs to `logFile`) and waits until it is SERVING. */
-export async function startGatewayProcess(env: Record<string, string>, logFile: string): Promise<Started> {
+/** Starts the Ollama simulator as its own process. */
+export async function startSimulatorProcess(runtime: Runtime, args: readonly string[]): Promise<Started> {
+  const port = await freePort();
+  return startListening("simulator", [...entry(runtime, "src/simulator/main.ts"), "--port", String(port), ...args]);
+}
+
+/** Starts bench/null-server.ts (the gRPC stack without the gateway) as its own process. */
+export function startNullServerProcess(): Promise<Started> {
+  return startListening("null gRPC server", [...TSX, "bench/null-server.ts", "0"]);
+}
+
+/** Starts the gateway as its own process (output to `logFile`) and waits until it is SERVING. */
+export async function startGatewayProcess(
+  runtime: Runtime,
+  env: Record<string, string>,
+  logFile: string,
+  extraNodeArgs: readonly string[] = [],
+): Promise<Started> {
   const port = await freePort();
   const fd = openSync(logFile, "a");
-  const child = spawn(process.execPath, [...TSX, "src/main.ts"], {
-    stdio: ["ignore", fd, fd],
-    env: { ...process.env, HOST: "127.0.0.1", PORT: String(port), ...env },
-  });
+  const child = track(
+    spawn(process.execPath, entry(runtime, "src/main.ts", extraNodeArgs), {
+      stdio: ["ignore", fd, fd],
+      env: { ...process.env, HOST: "127.0.0.1", PORT: String(port), ...env },
+    }),
+  );
   closeSync(fd);
-  const url = `http://127.0.0.1:${port}`;
-  const health = createClient(Health, createGrpcTransport({ baseUrl: url }));
-  const until = Date.now() + 30_000;
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`gateway exited with ${child.exitCode}; see ${logFile}`);
-    try {
-      const r = await health.check({ service: "" }, { timeoutMs: 500 });
-      if (r.status === HealthCheckResponse_ServingStatus.SERVING) break;
-    } catch {
-      // not listening yet
+  const started: Started = { url: `http://127.0.0.1:${port}`, pid: child.pid!, child, stop: stopper(child) };
+  const session = new Http2SessionManager(started.url);
+  const health = createClient(Health, createGrpcTransport({ baseUrl: started.url, sessionManager: session }));
+  try {
+    const until = Date.now() + 30_000;
+    for (;;) {
+      if (child.exitCode !== null) throw new Error(`gateway exited with ${child.exitCode}; see ${logFile}`);
+      try {
+        const r = await health.check({ service: "" }, { timeoutMs: 500 });
+        if (r.status === HealthCheckResponse_ServingStatus.SERVING) break;
+      } catch {
+        // not listening yet
+      }
+      if (Date.now() > until) throw new Error(`gateway did not become SERVING within 30 s; see ${logFile}`);
+      await new Promise((r) => setTimeout(r, 50));
     }
-    if (Date.now() > until) throw new Error(`gateway did not become SERVING; see ${logFile}`);
-    await new Promise((r) => setTimeout(r, 100));
+  } catch (e) {
+    await started.stop(1000);
+    throw e;
+  } finally {
+    // Do not leave the health connection open: it would count in the gateway's descriptors.
+    session.abort();
   }
-  return { url, child, stop: stopper(child) };
+  return started;
 }
 
-/** Runs one load job in a fresh load-generator process and returns its result. */
-export function runLoad(job: LoadJob): Promise<LoadResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...TSX, "bench/load-generator.ts", JSON.stringify(job)], {
-      stdio: ["ignore", "pipe", "inherit"],
+/** A load-generator process that runs jobs one after another. */
+class LoadGenerator {
+  private readonly child: ChildProcess;
+  private readonly ready: Promise<void>;
+  busy = false;
+
+  constructor() {
+    this.child = track(
+      spawn(process.execPath, [...TSX, "bench/load-generator.ts"], { stdio: ["ignore", "inherit", "inherit", "ipc"] }),
+    );
+    this.ready = this.next(30_000, "start").then(() => undefined);
+    // Seen by run(); this handler only keeps an early failure from being "unhandled".
+    void this.ready.catch(() => undefined);
+  }
+
+  get pid(): number {
+    return this.child.pid ?? -1;
+  }
+
+  get alive(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** Resolves when the process can take a job. */
+  whenReady(): Promise<void> {
+    return this.ready;
+  }
+
+  async run(job: LoadJob, timeoutMs: number): Promise<LoadResult> {
+    await this.ready;
+    const reply = this.next(timeoutMs, job.label);
+    this.child.send({ type: "run", job });
+    const msg = await reply;
+    if (msg.type === "result") return msg.result;
+    throw new Error(msg.type === "failed" ? msg.message : `unexpected message from the load generator: ${msg.type}`);
+  }
+
+  kill(): void {
+    if (this.alive) this.child.kill("SIGKILL");
+  }
+
+  private next(timeoutMs: number, what: string): Promise<ReplyMessage> {
+    return new Promise((resolve, reject) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.child.off("message", onMessage);
+        this.child.off("exit", onExit);
+      };
+      const onMessage = (m: unknown): void => {
+        done();
+        resolve(m as ReplyMessage);
+      };
+      const onExit = (code: number | null): void => {
+        done();
+        reject(new Error(`load generator (${what}) exited with ${code}`));
+      };
+      const timer = setTimeout(() => {
+        done();
+        this.kill();
+        reject(new Error(`load generator (${what}) gave no answer within ${Math.round(timeoutMs / 1000)} s; killed it`));
+      }, timeoutMs);
+      this.child.on("message", onMessage);
+      this.child.once("exit", onExit);
     });
-    let out = "";
-    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
-    child.once("exit", (code) => {
-      if (code !== 0) return reject(new Error(`load generator exited with ${code}`));
-      try {
-        resolve(JSON.parse(out.trim().split("\n").at(-1) ?? "") as LoadResult);
-      } catch (e) {
-        reject(e instanceof Error ? e : new Error(String(e)));
+  }
+}
+
+/**
+ * Load-generator processes, kept between jobs (each costs about a second to
+ * start). A job split over n processes gets n idle ones.
+ */
+export class LoadGeneratorPool {
+  private readonly all: LoadGenerator[] = [];
+
+  /** Makes sure `n` idle processes are started and ready (so starting one is not timed as part of a job). */
+  async prepare(n: number): Promise<void> {
+    while (this.all.filter((g) => !g.busy && g.alive).length < n) this.all.push(new LoadGenerator());
+    await Promise.all(this.all.filter((g) => !g.busy && g.alive).map((g) => g.whenReady()));
+  }
+
+  /** Runs the jobs at the same time, each in its own process; results in job order. */
+  async run(jobs: readonly LoadJob[]): Promise<{ results: LoadResult[]; pids: number[] }> {
+    const gens: LoadGenerator[] = [];
+    for (let i = 0; i < jobs.length; i++) {
+      let g = this.all.find((x) => !x.busy && x.alive && !gens.includes(x));
+      if (!g) {
+        g = new LoadGenerator();
+        this.all.push(g);
       }
-    });
-  });
+      g.busy = true;
+      gens.push(g);
+    }
+    try {
+      // Start the jobs together: a process still starting (about a second)
+      // would otherwise begin its share after the others finished theirs.
+      await Promise.all(gens.map((g) => g.whenReady()));
+      const results = await Promise.all(
+        jobs.map((job, i) => gens[i]!.run(job, job.durationMs + job.callTimeoutMs + 30_000)),
+      );
+      return { results, pids: gens.map((g) => g.pid) };
+    } finally {
+      for (const g of gens) g.busy = false;
+    }
+  }
+
+  /** Stops every load generator. */
+  close(): void {
+    for (const g of this.all) g.kill();
+    this.all.length = 0;
+  }
+}
+
+/** GET or POST a simulator admin route (/_sim/...). */
+export async function simAdmin(simUrl: string, method: "GET" | "POST", path: string): Promise<unknown> {
+  const res = await fetch(simUrl + path, { method, signal: AbortSignal.timeout(5000) });
+  if (!res.ok) throw new Error(`${method} ${path}: HTTP ${res.status}`);
+  return (await res.json()) as unknown;
 }

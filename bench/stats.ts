@@ -27,3 +27,23 @@ export function round(x: number): number {
   if (!Number.isFinite(x)) return x;
   return Math.abs(x) < 10 ? Math.round(x * 1000) / 1000 : Math.round(x * 10) / 10;
 }
+
+/** Least-squares slope of `y` over `x` (units of y per unit of x); NaN for fewer than two distinct x. */
+export function slope(points: readonly { x: number; y: number }[]): number {
+  const n = points.length;
+  if (n < 2) return NaN;
+  const mx = points.reduce((a, p) => a + p.x, 0) / n;
+  const my = points.reduce((a, p) => a + p.y, 0) / n;
+  let num = 0;
+  let den = 0;
+  for (const p of points) {
+    num += (p.x - mx) * (p.y - my);
+    den += (p.x - mx) ** 2;
+  }
+  return den === 0 ? NaN : num / den;
+}
+
+/** Value as a ratio to `base`, NaN when `base` is not positive. */
+export function ratio(value: number, base: number): number {
+  return base > 0 ? value / base : NaN;
+}

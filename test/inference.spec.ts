@@ -1,6 +1,7 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { createClient } from "@connectrpc/connect";
+import { compressionGzip, createGrpcTransport } from "@connectrpc/connect-node";
 import { InferenceService } from "../src/gen/ollama/gateway/v1/inference_pb.js";
 import type { ChatResponse, GenerateResponse } from "../src/gen/ollama/gateway/v1/inference_pb.js";
 import { DoneReason, Role, ThinkMode } from "../src/gen/ollama/gateway/v1/types_pb.js";
@@ -126,6 +127,12 @@ describe("inference through the gateway", () => {
       });
     });
   }
+
+  it("accepts gzip-compressed requests", async () => {
+    const transport = createGrpcTransport({ baseUrl: gw.url, sendCompression: compressionGzip, compressMinBytes: 0 });
+    const res = await createClient(InferenceService, transport).embed({ model: "all-minilm", inputs: ["compressed ".repeat(200)] });
+    assert.equal(res.embeddings[0]!.values.length, 384);
+  });
 
   it("cuts embeddings to the requested dimensions", async () => {
     const client = createClient(InferenceService, TRANSPORTS[0]!.make(gw.url));

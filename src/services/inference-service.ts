@@ -114,8 +114,17 @@ export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof 
       info.node = node;
       const usageCtx: UsageContext = { node, queueMs: dispatch.queueMs };
       let sent = false;
+      let finished = false;
+      let after = 0;
       try {
         for await (const batch of dispatch.node.stream(path, body, signal)) {
+          // After the final chunk, read on to the end of the response (it
+          // comes at once) so the connection goes back to the pool instead of
+          // being torn down; a node that keeps talking is cut off.
+          if (finished) {
+            if (++after > 4) break;
+            continue;
+          }
           for (const chunk of coalesceChunks(batch)) {
             const message = translate(chunk, usageCtx);
             info.messages++;
@@ -123,10 +132,12 @@ export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof 
             yield message;
             if (message.done === true) {
               deps.health.reportSuccess(node);
-              return;
+              finished = true;
+              break;
             }
           }
         }
+        if (finished) return;
         // Ollama ends a stream without a final chunk when its repeat detector
         // fires; the client must still be able to tell the answer was cut.
         throw gatewayError(Code.Internal, "UPSTREAM_PROTOCOL_ERROR", "the Ollama stream ended before its final message", {

@@ -66,7 +66,9 @@ export function listenDualProtocol(handler: NodeHandlerFn, options: ListenOption
     if (!accepting) res.setHeader("connection", "close");
   });
 
-  const tcp = net.createServer((socket) => {
+  // No Nagle: token messages are small and must leave at once (http.Server
+  // does this for its own sockets; ours come from a plain net.Server).
+  const tcp = net.createServer({ noDelay: true }, (socket) => {
     // A connection that never says which protocol it speaks is dropped.
     const sniffTimer = setTimeout(() => socket.destroy(), 10_000);
     sockets.add(socket);

@@ -1,0 +1,130 @@
+// Command-line options of `npm run bench`.
+import { parseArgs } from "node:util";
+
+/** The scenarios of issue #5, by letter. */
+export const SCENARIOS = ["a", "b", "c", "d", "e"] as const;
+/** One scenario letter. */
+export type ScenarioId = (typeof SCENARIOS)[number];
+
+const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+
+/** Everything `npm run bench -- ...` can be told. */
+export interface BenchOptions {
+  /** Tiny counts, every scenario once; for CI. Numbers are meaningless. */
+  smoke: boolean;
+  /** Scenarios to run, in a..e order. */
+  scenarios: ScenarioId[];
+  /** Length of the soak (e). */
+  soakSeconds: number;
+  /** Passed to every gateway as WORKERS (undefined = not set). */
+  workers: number | undefined;
+  /** Gateway LOG_LEVEL. */
+  logLevel: string;
+  /** Run the gateway compiled (like `npm start`) or through tsx. */
+  runtime: "compiled" | "tsx";
+  /** Extra Node options for every gateway (e.g. "--max-semi-space-size=32"). */
+  gatewayNodeOptions: string[];
+  /** Directory for the gateway's --cpu-prof output (undefined = no profiling). */
+  cpuProfDir: string | undefined;
+  /** Concurrent streams of scenario (c). */
+  streams: number;
+  /** Simulator delay between tokens in scenario (c), ms. */
+  streamTokenMs: number;
+  /** Load-generator processes holding the streams of scenario (c). */
+  streamLoadgens: number;
+  /** Where reports and gateway logs go. */
+  outDir: string;
+  /** The arguments as given, for the report. */
+  argv: string[];
+}
+
+/** `--help` text. */
+export const USAGE = `Usage: npm run bench -- [options]
+
+Benchmarks the gateway against the Ollama simulator, each scenario with a
+baseline measured in the same run (the same load sent straight to the
+simulator over HTTP). Writes bench-results/bench-<time>.{md,json}.
+
+  --smoke                 every scenario briefly (CI; well under 60 s; asserts no speed)
+  --scenario a,b,...      run a subset (default all):
+                            a  Generate 1 token / Embed 1 input at concurrency 1, 16, 64
+                            b  streaming relay: 64 streams of 2,000 tokens, no upstream delay
+                            c  1,000 slow streams (50 ms/token): gateway RSS and CPU
+                            d  Embed at concurrency 64, micro-batching off vs on
+                            e  soak: mixed load, gateway RSS and descriptors over time
+  --soak-seconds N        length of the soak (default 300; 5 with --smoke)
+  --workers N             passed to the gateway as WORKERS
+  --log-level L           gateway LOG_LEVEL (default info)
+  --runtime R             compiled (default: tsc output in .bench/dist, like npm start) or tsx
+  --cpu-prof DIR          run every gateway with --cpu-prof --cpu-prof-dir DIR
+  --gateway-node-options="OPTS"
+                          extra node options for every gateway (note the =), e.g.
+                          --gateway-node-options="--max-semi-space-size=32"
+  --streams N             concurrent streams of scenario c (default 1000)
+  --stream-token-ms N     simulator delay between tokens in scenario c (default 50)
+  --stream-loadgens N     load-generator processes for scenario c (default 2)
+  --out DIR               output directory (default bench-results)
+  -h, --help              this text
+`;
+
+function int(name: string, raw: string | undefined, fallback: number, min: number, max: number): number {
+  if (raw === undefined) return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be a whole number from ${min} to ${max}`);
+  return n;
+}
+
+/** Parses the arguments; throws with a readable message on bad input. Returns undefined for --help. */
+export function parseBenchArgs(argv: string[]): BenchOptions | undefined {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      smoke: { type: "boolean" },
+      scenario: { type: "string" },
+      "soak-seconds": { type: "string" },
+      workers: { type: "string" },
+      "log-level": { type: "string" },
+      runtime: { type: "string" },
+      "cpu-prof": { type: "string" },
+      "gateway-node-options": { type: "string" },
+      streams: { type: "string" },
+      "stream-token-ms": { type: "string" },
+      "stream-loadgens": { type: "string" },
+      out: { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+    strict: true,
+    allowPositionals: false,
+  });
+  if (values.help) return undefined;
+  const smoke = values.smoke ?? false;
+
+  let scenarios: ScenarioId[] = [...SCENARIOS];
+  if (values.scenario !== undefined) {
+    const wanted = values.scenario.split(",").map((s) => s.trim().toLowerCase()).filter((s) => s !== "");
+    const bad = wanted.filter((s) => !(SCENARIOS as readonly string[]).includes(s));
+    if (bad.length > 0 || wanted.length === 0) throw new Error(`--scenario takes letters from ${SCENARIOS.join(",")}; got ${values.scenario}`);
+    scenarios = SCENARIOS.filter((s) => wanted.includes(s));
+  }
+
+  const logLevel = values["log-level"] ?? "info";
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) throw new Error(`--log-level must be one of ${LOG_LEVELS.join(", ")}`);
+  const runtime = values.runtime ?? "compiled";
+  if (runtime !== "compiled" && runtime !== "tsx") throw new Error("--runtime must be compiled or tsx");
+
+  return {
+    smoke,
+    scenarios,
+    soakSeconds: int("soak-seconds", values["soak-seconds"], smoke ? 5 : 300, 1, 3600),
+    workers: values.workers === undefined ? undefined : int("workers", values.workers, 1, 1, 256),
+    logLevel,
+    runtime,
+    cpuProfDir: values["cpu-prof"],
+    gatewayNodeOptions: (values["gateway-node-options"] ?? "").split(/\s+/).filter((o) => o !== ""),
+    streams: int("streams", values.streams, 1000, 1, 5000),
+    streamTokenMs: int("stream-token-ms", values["stream-token-ms"], 50, 1, 10_000),
+    streamLoadgens: int("stream-loadgens", values["stream-loadgens"], 2, 1, 16),
+    outDir: values.out ?? "bench-results",
+    argv,
+  };
+}
