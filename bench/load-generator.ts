@@ -9,6 +9,7 @@ import type { Client } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { Pool } from "undici";
 import { InferenceService } from "../src/gen/ollama/gateway/v1/inference_pb.js";
+import { ndjson } from "./ndjson-lines.js";
 import type { KindResult, LoadJob, LoadResult, ReplyMessage, RequestKind, RunMessage } from "./load-protocol.js";
 
 /** What one call reports besides its latency. */
@@ -94,22 +95,6 @@ function gatewaySide(job: LoadJob, tracker: StreamTracker): Side {
       return Promise.resolve();
     },
   };
-}
-
-/** Parses an NDJSON body as it arrives: splits on 0x0A in the raw bytes, JSON.parse per line. */
-async function* ndjson(body: AsyncIterable<Buffer>): AsyncGenerator<Record<string, unknown>> {
-  let rest: Buffer | undefined;
-  for await (const raw of body) {
-    const chunk: Buffer = rest ? Buffer.concat([rest, raw]) : raw;
-    rest = undefined;
-    let start = 0;
-    for (let nl = chunk.indexOf(0x0a); nl !== -1; nl = chunk.indexOf(0x0a, start)) {
-      if (nl > start) yield JSON.parse(chunk.toString("utf8", start, nl)) as Record<string, unknown>;
-      start = nl + 1;
-    }
-    if (start < chunk.length) rest = chunk.subarray(start);
-  }
-  if (rest && rest.toString("utf8").trim() !== "") yield JSON.parse(rest.toString("utf8")) as Record<string, unknown>;
 }
 
 function directSide(job: LoadJob, tracker: StreamTracker): Side {

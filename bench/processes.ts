@@ -227,31 +227,40 @@ class LoadGenerator {
   }
 
   private next(timeoutMs: number, what: string): Promise<ReplyMessage> {
-    return new Promise((resolve, reject) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        this.child.off("message", onMessage);
-        this.child.off("exit", onExit);
-      };
-      const onMessage = (m: unknown): void => {
-        done();
-        resolve(m as ReplyMessage);
-      };
-      const onExit = (code: number | null): void => {
-        done();
-        reject(new Error(`load generator (${what}) exited with ${code}`));
-      };
-      const timer = setTimeout(() => {
-        done();
-        this.kill();
-        reject(new Error(`load generator (${what}) gave no answer within ${Math.round(timeoutMs / 1000)} s; killed it`));
-      }, timeoutMs);
-      this.child.on("message", onMessage);
-      this.child.once("exit", onExit);
-    });
+    return nextChildMessage<ReplyMessage>(this.child, timeoutMs, `load generator (${what})`, () => this.kill());
   }
 }
 
+
+/**
+ * The next IPC message from a child process, as `T`; rejects when the child exits first or
+ * stays silent for `timeoutMs` (then `kill` is called), so a stuck load generator cannot
+ * hang a benchmark run.
+ */
+export function nextChildMessage<T>(child: ChildProcess, timeoutMs: number, what: string, kill: () => void): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const done = (): void => {
+      clearTimeout(timer);
+      child.off("message", onMessage);
+      child.off("exit", onExit);
+    };
+    const onMessage = (m: unknown): void => {
+      done();
+      resolve(m as T);
+    };
+    const onExit = (code: number | null): void => {
+      done();
+      reject(new Error(`${what} exited with ${code}`));
+    };
+    const timer = setTimeout(() => {
+      done();
+      kill();
+      reject(new Error(`${what} gave no answer within ${Math.round(timeoutMs / 1000)} s; killed it`));
+    }, timeoutMs);
+    child.on("message", onMessage);
+    child.once("exit", onExit);
+  });
+}
 /**
  * Load-generator processes, kept between jobs (each costs about a second to
  * start). A job split over n processes gets n idle ones.

@@ -51,6 +51,7 @@ describe("cache on a Redis Cluster", { timeout: 20_000 }, () => {
     assert.ok((await raw.pttl("ogw:v1:tags:n7")) > 0);
 
     await a.invalidate({ keys: ["tags:n1", "tags:n2"], prefixes: ["tags:n3"] }); // n3, n30…n39
+    await waitFor("B hears the invalidation", () => b.stats().invalidationsReceived >= 1, 1000);
     const after = await b.getMany(keys);
     const gone = keys.filter((_, i) => after[i] === undefined);
     assert.deepEqual(gone.sort(), ["tags:n1", "tags:n2", "tags:n3", ...Array.from({ length: 10 }, (_, i) => `tags:n3${i}`)].sort());

@@ -108,6 +108,8 @@ describe("cache with a shared Redis", { timeout: 20_000 }, () => {
     b.onInvalidate((w) => seenByB.push(w));
 
     await a.invalidate({ prefixes: ["tags:"] });
+    // B hears it through its own subscriber, a moment after A's echo: within milliseconds, not the TTL.
+    await waitFor("B hears the invalidation", () => b.stats().invalidationsReceived === 1, 1000);
 
     assert.deepEqual(await b.getMany(["tags:n1", "tags:n2"]), [undefined, undefined], "gone from B right away, not after the TTL");
     assert.equal((await b.get("show:d1"))?.toString(), "show:d1", "other prefixes untouched");
@@ -128,6 +130,7 @@ describe("cache with a shared Redis", { timeout: 20_000 }, () => {
     await b.getMany(["ps:n1", "ps:n2"]);
     await c.getMany(["ps:n1", "ps:n2"]);
     await a.invalidate({ keys: ["ps:n1"] });
+    await waitFor("B and C hear the invalidation", () => b.stats().invalidationsReceived === 1 && c.stats().invalidationsReceived === 1, 1000);
     assert.equal(await b.get("ps:n1"), undefined);
     assert.equal(await c.get("ps:n1"), undefined);
     assert.equal((await c.get("ps:n2"))?.toString(), "2");

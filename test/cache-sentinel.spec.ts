@@ -43,6 +43,8 @@ describe("cache through Redis Sentinel", { timeout: 15_000 }, () => {
       assert.equal(await raw.get("ogw:v1:tags:n1"), "via-sentinel", "stored on the master, database 1");
       assert.equal((await b.get("tags:n1"))?.toString(), "via-sentinel");
       await a.invalidate({ prefixes: ["tags:"] });
+      // B hears it through its own subscriber, a moment after A's echo: within milliseconds, not a TTL.
+      await waitFor("B hears the invalidation", () => b.stats().invalidationsReceived === 1, 1000);
       assert.equal(await b.get("tags:n1"), undefined);
       assert.equal(await raw.exists("ogw:v1:tags:n1"), 0);
     } finally {

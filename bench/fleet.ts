@@ -1,0 +1,546 @@
+// `npm run bench:fleet` (node --import tsx bench/fleet.ts): issue #4. A mixed
+// workload over 3 models on 4 simulated Ollama nodes with realistic load
+// times and token rates, sent in the same run (a) through the gateway and
+// (b) round-robin straight to the nodes, as a naive proxy would. The
+// simulators are restarted for each side so both start cold. Reports
+// throughput, latency, failures by kind and the model loads counted by the
+// simulators, and checks the targets (≥ 3× throughput, ≤ 1/5 p99, no
+// gateway request failing by timeout) without asserting them: the exit
+// status is non-zero only when the harness breaks (1) or for bad arguments (2).
+import { execFileSync, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import { join } from "node:path";
+import type { FleetJob, FleetLoadResult, FleetReplyMessage, FleetRequest, FleetTarget, WorkloadSpec } from "./fleet-protocol.js";
+import { buildSchedule } from "./fleet-protocol.js";
+import { checkTargets, digestGatewayLog, renderFleetMarkdown, summarizeSide } from "./fleet-report.js";
+import type { FleetRunInfo, GatewayLogDigest, ResidencySample, SideRun, SideSummary, SimAtEnd, SimCounters } from "./fleet-report.js";
+import { killAllChildren, nextChildMessage, prepareRuntime, simAdmin, startGatewayProcess, startSimulatorProcess } from "./processes.js";
+import type { Runtime, Started } from "./processes.js";
+import { round } from "./stats.js";
+
+/** Options of a fleet benchmark run. */
+interface FleetOptions {
+  /** Short run with tiny load times: checks the harness, not the gateway. */
+  smoke: boolean;
+  /** Arrival window per side, seconds. */
+  durationS: number;
+  /** Mean arrival rate, requests/s (Poisson). */
+  rate: number;
+  /** Deadline of every request, ms. */
+  deadlineMs: number;
+  /** Seed of the schedule. */
+  seed: number;
+  /** Simulated nodes. */
+  nodes: number;
+  /** Simulator model load time, ms. */
+  loadMs: number;
+  /** Simulator prompt evaluation before the first token, ms. */
+  firstTokenMs: number;
+  /** Simulator delay between tokens, ms. */
+  tokenMs: number;
+  /** Parallel slots per loaded model on each node. */
+  numParallel: number;
+  /** Models resident at once on each node. */
+  maxLoadedModels: number;
+  /** Models and their weights. */
+  mix: { model: string; weight: number }[];
+  /** Smallest num_predict. */
+  minTokens: number;
+  /** Largest num_predict. */
+  maxTokens: number;
+  /** Sides to run, in this order. */
+  sides: FleetTarget[];
+  /** Gateway and simulators as compiled JavaScript or through tsx. */
+  runtime: Runtime["kind"];
+  /** Gateway LOG_LEVEL. */
+  logLevel: string;
+  /** Output directory. */
+  outDir: string;
+  /** The arguments as given. */
+  argv: string[];
+}
+
+const USAGE = `Usage: node --import tsx bench/fleet.ts [options]   (npm run bench:fleet -- [options])
+
+The gateway vs round-robin over the same simulated fleet (issue #4).
+
+  --smoke                  ~30 s harness check: 6 s per side, 200 ms loads, 5 ms tokens
+  --duration-s N           arrival window per side (default 75; smoke 6)
+  --rate R                 mean arrivals per second, Poisson (default 7; smoke 24)
+  --deadline-ms N          deadline of every request (default 30000; smoke 1500)
+  --seed N                 schedule seed (default 42)
+  --nodes N                simulated nodes (default 4)
+  --load-ms N              model load time (default 2000; smoke 200)
+  --first-token-ms N       prompt evaluation time (default 50; smoke 10)
+  --token-ms N             time per token (default 20 = 50 tokens/s; smoke 5)
+  --num-parallel N         slots per loaded model (default 2)
+  --max-loaded-models N    models resident per node (default 1)
+  --mix m=w,m=w            models and weights (default llama3.2=50,qwen3=30,llava=20)
+  --tokens A-B             num_predict, uniform (default 20-50)
+  --sides a,b              gateway,round-robin (default both, in that order)
+  --runtime compiled|tsx   how the gateway and simulators run (default compiled)
+  --log-level L            gateway LOG_LEVEL (default info: one line per call)
+  --out DIR                results directory (default bench-results)
+  -h, --help               this text
+`;
+
+function intArg(name: string, v: string | undefined, min: number): number {
+  const n = Number(v);
+  if (v === undefined || !Number.isInteger(n) || n < min) throw new Error(`${name} needs an integer ≥ ${min}, got ${v ?? "nothing"}`);
+  return n;
+}
+
+function numArg(name: string, v: string | undefined, minExclusive: number): number {
+  const n = Number(v);
+  if (v === undefined || !Number.isFinite(n) || n <= minExclusive) throw new Error(`${name} needs a number > ${minExclusive}, got ${v ?? "nothing"}`);
+  return n;
+}
+
+/** Parses the command line; undefined for --help. Throws on bad arguments. */
+function parseFleetArgs(argv: string[]): FleetOptions | undefined {
+  const smoke = argv.includes("--smoke");
+  const o: FleetOptions = {
+    smoke,
+    durationS: smoke ? 6 : 75,
+    rate: smoke ? 24 : 7,
+    deadlineMs: smoke ? 1500 : 30_000,
+    seed: 42,
+    nodes: 4,
+    loadMs: smoke ? 200 : 2000,
+    firstTokenMs: smoke ? 10 : 50,
+    tokenMs: smoke ? 5 : 20,
+    numParallel: 2,
+    maxLoadedModels: 1,
+    mix: [
+      { model: "llama3.2", weight: 50 },
+      { model: "qwen3", weight: 30 },
+      { model: "llava", weight: 20 },
+    ],
+    minTokens: 20,
+    maxTokens: 50,
+    sides: ["gateway", "round-robin"],
+    runtime: "compiled",
+    logLevel: "info",
+    outDir: "bench-results",
+    argv,
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const [flag, inline] = a.startsWith("--") && a.includes("=") ? [a.slice(0, a.indexOf("=")), a.slice(a.indexOf("=") + 1)] : [a, undefined];
+    const value = (): string | undefined => inline ?? argv[++i];
+    switch (flag) {
+      case "--smoke":
+        break;
+      case "-h":
+      case "--help":
+        return undefined;
+      case "--duration-s":
+        o.durationS = numArg(flag, value(), 0);
+        break;
+      case "--rate":
+        o.rate = numArg(flag, value(), 0);
+        break;
+      case "--deadline-ms":
+        o.deadlineMs = intArg(flag, value(), 100);
+        break;
+      case "--seed":
+        o.seed = intArg(flag, value(), 0);
+        break;
+      case "--nodes":
+        o.nodes = intArg(flag, value(), 1);
+        break;
+      case "--load-ms":
+        o.loadMs = intArg(flag, value(), 0);
+        break;
+      case "--first-token-ms":
+        o.firstTokenMs = intArg(flag, value(), 0);
+        break;
+      case "--token-ms":
+        o.tokenMs = intArg(flag, value(), 0);
+        break;
+      case "--num-parallel":
+        o.numParallel = intArg(flag, value(), 1);
+        break;
+      case "--max-loaded-models":
+        o.maxLoadedModels = intArg(flag, value(), 1);
+        break;
+      case "--mix": {
+        const v = value() ?? "";
+        o.mix = v.split(",").map((p) => {
+          const [model, w] = p.split("=");
+          if (!model) throw new Error(`--mix: bad entry "${p}"`);
+          return { model, weight: numArg(`--mix ${model}`, w, 0) };
+        });
+        break;
+      }
+      case "--tokens": {
+        const m = /^(\d+)-(\d+)$/.exec(value() ?? "");
+        if (!m || Number(m[1]) < 1 || Number(m[2]) < Number(m[1])) throw new Error("--tokens needs A-B with 1 ≤ A ≤ B");
+        o.minTokens = Number(m[1]);
+        o.maxTokens = Number(m[2]);
+        break;
+      }
+      case "--sides": {
+        const list = (value() ?? "").split(",").filter((s) => s !== "");
+        for (const s of list) if (s !== "gateway" && s !== "round-robin") throw new Error(`--sides: unknown side "${s}"`);
+        if (list.length === 0) throw new Error("--sides needs gateway and/or round-robin");
+        o.sides = list as FleetTarget[];
+        break;
+      }
+      case "--runtime": {
+        const v = value();
+        if (v !== "compiled" && v !== "tsx") throw new Error("--runtime is compiled or tsx");
+        o.runtime = v;
+        break;
+      }
+      case "--log-level":
+        o.logLevel = value() ?? "info";
+        break;
+      case "--out":
+        o.outDir = value() ?? "bench-results";
+        break;
+      default:
+        throw new Error(`unknown option ${a}`);
+    }
+  }
+  return o;
+}
+
+// Load-generator processes started here (processes.ts tracks its own children).
+const loadChildren = new Set<ChildProcess>();
+
+function killLoadChildren(): void {
+  for (const c of loadChildren) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
+  loadChildren.clear();
+}
+
+/** A bench/fleet-load.ts process: one job, then it is killed. */
+class FleetLoadProcess {
+  private readonly child: ChildProcess;
+  private readonly ready: Promise<void>;
+
+  constructor() {
+    this.child = spawn(process.execPath, ["--import", "tsx", "bench/fleet-load.ts"], { stdio: ["ignore", "inherit", "inherit", "ipc"] });
+    loadChildren.add(this.child);
+    this.child.once("exit", () => loadChildren.delete(this.child));
+    this.ready = this.next(30_000, "start").then((m) => {
+      if (m.type !== "ready") throw new Error(`load generator: expected "ready", got ${m.type}`);
+    });
+    // Seen by run(); this only keeps an early failure from being "unhandled".
+    void this.ready.catch(() => undefined);
+  }
+
+  /** Resolves when the process can take its job. */
+  whenReady(): Promise<void> {
+    return this.ready;
+  }
+
+  /** Runs the job; rejects when it fails or gives no answer within `timeoutMs`. */
+  async run(job: FleetJob, timeoutMs: number): Promise<FleetLoadResult> {
+    await this.ready;
+    const reply = this.next(timeoutMs, job.label);
+    this.child.send({ type: "run", job });
+    const msg = await reply;
+    if (msg.type === "result") return msg.result;
+    throw new Error(msg.type === "failed" ? msg.message : `unexpected message from the load generator: ${msg.type}`);
+  }
+
+  /** Stops it. */
+  kill(): void {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill("SIGKILL");
+  }
+
+  private next(timeoutMs: number, what: string): Promise<FleetReplyMessage> {
+    return nextChildMessage<FleetReplyMessage>(this.child, timeoutMs, `load generator (${what})`, () => this.kill());
+  }
+}
+
+/** Simulator flags for every node. */
+function simulatorArgs(o: FleetOptions): string[] {
+  return [
+    "--load-ms", String(o.loadMs),
+    "--first-token-ms", String(o.firstTokenMs),
+    "--token-ms", String(o.tokenMs),
+    "--num-parallel", String(o.numParallel),
+    "--max-loaded-models", String(o.maxLoadedModels),
+  ];
+}
+
+interface SimState {
+  loaded: { name: string; loading: boolean }[];
+  pending_loads: number;
+}
+
+/** Starts the nodes and checks that each is cold (nothing loaded) with zeroed counters. */
+async function startFleet(runtime: Runtime, o: FleetOptions): Promise<Started[]> {
+  const settled = await Promise.allSettled(Array.from({ length: o.nodes }, () => startSimulatorProcess(runtime, simulatorArgs(o))));
+  const sims = settled.filter((s): s is PromiseFulfilledResult<Started> => s.status === "fulfilled").map((s) => s.value);
+  const failed = settled.find((s): s is PromiseRejectedResult => s.status === "rejected");
+  if (failed !== undefined) {
+    await Promise.all(sims.map((s) => s.stop(2000)));
+    throw failed.reason instanceof Error ? failed.reason : new Error(String(failed.reason));
+  }
+  for (const s of sims) {
+    await simAdmin(s.url, "POST", "/_sim/reset");
+    const state = (await simAdmin(s.url, "GET", "/_sim/state")) as SimState;
+    if (state.loaded.length !== 0) throw new Error(`simulator ${s.url} has ${state.loaded.map((r) => r.name).join(", ")} loaded at the start`);
+  }
+  return sims;
+}
+
+/** Samples which model each node has loaded, every `everyMs`, until stopped (bounded by `maxSamples`). */
+function sampleResidency(sims: Started[], everyMs: number, maxSamples: number, t0: number): { stop(): Promise<ResidencySample[]> } {
+  const samples: ResidencySample[] = [];
+  let stopped = false;
+  const loop = (async (): Promise<void> => {
+    for (let k = 0; k < maxSamples && !stopped; k++) {
+      const tMs = performance.now() - t0;
+      const nodes = await Promise.all(
+        sims.map(async (s) => {
+          try {
+            const st = (await simAdmin(s.url, "GET", "/_sim/state")) as SimState;
+            return { loaded: st.loaded.map((r) => r.name.replace(/:latest$/, "") + (r.loading ? "*" : "")), pendingLoads: st.pending_loads };
+          } catch {
+            return { loaded: ["?"], pendingLoads: 0 };
+          }
+        }),
+      );
+      samples.push({ tMs: Math.round(tMs), nodes });
+      const wait = everyMs - (performance.now() - t0 - tMs);
+      if (wait > 0 && !stopped) await new Promise((r) => setTimeout(r, wait));
+    }
+  })();
+  return {
+    async stop() {
+      stopped = true;
+      await loop;
+      return samples;
+    },
+  };
+}
+
+/** Runs one side: fresh simulators, the gateway when it is that side, the schedule, then the counters. */
+async function runSide(
+  side: FleetTarget,
+  o: FleetOptions,
+  runtime: Runtime,
+  schedule: FleetRequest[],
+  loader: FleetLoadProcess,
+  gatewayEnv: (urls: string) => Record<string, string>,
+  logFile: string,
+): Promise<SideRun> {
+  const sims = await startFleet(runtime, o);
+  let gateway: Started | undefined;
+  try {
+    const named = sims.map((s, i) => `n${i}=${s.url}`).join(",");
+    if (side === "gateway") gateway = await startGatewayProcess(runtime, gatewayEnv(named), logFile);
+    await loader.whenReady();
+    const job: FleetJob = {
+      label: side,
+      target: side,
+      urls: side === "gateway" ? [gateway!.url] : sims.map((s) => s.url),
+      schedule,
+      deadlineMs: o.deadlineMs,
+    };
+    const t0 = performance.now();
+    const everyMs = o.smoke ? 250 : 1000;
+    const totalMs = o.durationS * 1000 + o.deadlineMs + 30_000;
+    const sampler = sampleResidency(sims, everyMs, Math.ceil(totalMs / everyMs) + 10, t0);
+    const [outcome] = await Promise.allSettled([loader.run(job, totalMs)]);
+    // Stop the sampler also when the job failed.
+    const residency = await sampler.stop();
+    if (outcome.status === "rejected") throw outcome.reason instanceof Error ? outcome.reason : new Error(String(outcome.reason));
+    const load = outcome.value;
+    const atEnd: SimAtEnd[] = await Promise.all(
+      sims.map(async (s, i) => ({ node: `n${i}`, url: s.url, stats: (await simAdmin(s.url, "GET", "/_sim/stats")) as SimCounters })),
+    );
+    return { side, load, sims: atEnd, residency };
+  } finally {
+    if (gateway) await gateway.stop(5000);
+    await Promise.all(sims.map((s) => s.stop(3000)));
+  }
+}
+
+function git(args: string[]): string {
+  try {
+    return execFileSync("git", args, { encoding: "utf8", timeout: 5000, stdio: ["ignore", "pipe", "ignore"] }).trim();
+  } catch {
+    return "";
+  }
+}
+
+/** Gateway settings inherited from the environment (they change what is measured). */
+function inheritedGatewayEnv(): string[] {
+  return Object.keys(process.env)
+    .filter((k) => /^(OLLAMA_|REDIS_|CACHE_|EMBED_|UPSTREAM_|HTTP[12]_|MAX_|HEALTH_PROBE_|SHUTDOWN_|QUEUE_|CIRCUIT_|RETRY_|MODEL_NUM_CTX$|GATEWAY_CONFIG_FILE$|WORKERS$|LOG_LEVEL$)/.test(k))
+    .sort();
+}
+
+function sideLine(s: SideSummary): string {
+  const f = s.failures;
+  return (
+    `${s.side.padEnd(12)} ${s.completed}/${s.offered} completed, ${round(s.throughputPerSec)}/s and ${round(s.tokensPerSec)} tokens/s in the window; ` +
+    `p50 ${round(s.latency.p50)} ms, p99 ${round(s.latency.p99)} ms; TTFT p50 ${round(s.ttft.p50)} ms, p99 ${round(s.ttft.p99)} ms; ` +
+    `failed ${s.failed} (refused ${f.resource_exhausted}, timeout ${f.timeout}, unavailable ${f.unavailable}, 503 ${f.busy_503}, other ${f.other}); ` +
+    `model loads ${s.loadsTotal}`
+  );
+}
+
+async function run(o: FleetOptions): Promise<number> {
+  const t0 = performance.now();
+  const startedAt = new Date();
+  const stamp = startedAt.toISOString().replace(/[:.]/g, "-");
+  const logDir = join(o.outDir, `logs-fleet-${stamp}`);
+  mkdirSync(logDir, { recursive: true });
+  const notes: string[] = [];
+  const loadAvgStart = os.loadavg();
+
+  const runtime = prepareRuntime(o.runtime);
+  if (runtime.note) notes.push(runtime.note);
+  const inherited = inheritedGatewayEnv();
+  if (inherited.length > 0) notes.push(`Gateway settings inherited from the environment: ${inherited.join(", ")}.`);
+
+  const spec: WorkloadSpec = {
+    seed: o.seed,
+    ratePerSec: o.rate,
+    durationMs: o.durationS * 1000,
+    mix: o.mix,
+    minTokens: o.minTokens,
+    maxTokens: o.maxTokens,
+    thinkingModels: ["qwen3"],
+  };
+  const schedule = buildSchedule(spec);
+  const mixText = o.mix.map((m) => `${m.model} ${round((100 * m.weight) / o.mix.reduce((a, b) => a + b.weight, 0))}%`).join(", ");
+  const counts = o.mix.map((m) => `${m.model} ${schedule.filter((r) => r.model === m.model).length}`).join(", ");
+  const gatewayEnv = (urls: string): Record<string, string> => ({
+    OLLAMA_URLS: urls,
+    OLLAMA_NUM_PARALLEL: String(o.numParallel),
+    OLLAMA_MAX_LOADED_MODELS: String(o.maxLoadedModels),
+    LOG_LEVEL: o.logLevel,
+    SHUTDOWN_GRACE_MS: "2000",
+  });
+  const info: FleetRunInfo = {
+    startedAt: startedAt.toISOString(),
+    command: ["node --import tsx bench/fleet.ts", ...o.argv].join(" "),
+    smoke: o.smoke,
+    machine: `Node ${process.version}, ${os.cpus().length} × ${os.cpus()[0]?.model ?? "?"}, ${round(os.totalmem() / 2 ** 30)} GiB, ${os.platform()} ${os.release()}`,
+    loadAverage: "",
+    git: `commit ${(git(["rev-parse", "--short", "HEAD"]) || "unknown")}, ${git(["status", "--porcelain"]).split("\n").filter((l) => l.trim() !== "").length} changed files`,
+    runtime: runtime.kind === "compiled" ? "gateway and simulators as compiled JavaScript" : "gateway and simulators through tsx",
+    simulatorArgs: simulatorArgs(o),
+    nodes: o.nodes,
+    gatewayEnv: { ...gatewayEnv(`n0=…,…,n${o.nodes - 1}=…`) },
+    workload:
+      `${schedule.length} Generate requests, Poisson arrivals at ${o.rate}/s for ${o.durationS} s (seed ${o.seed}), ` +
+      `open loop; mix ${mixText} (drawn: ${counts}); num_predict uniform ${o.minTokens}–${o.maxTokens}; ` +
+      `qwen3 with think off; a distinct prompt per request; deadline ${o.deadlineMs} ms per request`,
+  };
+  process.stdout.write(`bench:fleet${o.smoke ? " (smoke)" : ""}: ${info.workload}\nsides ${o.sides.join(", ")}; logs in ${logDir}\n`);
+
+  const runs: SideRun[] = [];
+  let broken: unknown;
+  // Start every load generator now (about a second each), so none is started while a side is timed.
+  const loaders = o.sides.map(() => new FleetLoadProcess());
+  try {
+    for (const [k, side] of o.sides.entries()) {
+      process.stdout.write(`side ${side}: starting ${o.nodes} simulators${side === "gateway" ? " and the gateway" : ""}\n`);
+      const r = await runSide(side, o, runtime, schedule, loaders[k]!, gatewayEnv, join(logDir, "gateway.log"));
+      runs.push(r);
+      process.stdout.write(`side ${side}: done in ${round(r.load.elapsedMs / 1000)} s\n`);
+    }
+  } catch (e) {
+    broken = e;
+  } finally {
+    for (const l of loaders) l.kill();
+  }
+
+  const windowMs = o.durationS * 1000;
+  const sides = runs.map((r) => summarizeSide(r, windowMs, o.deadlineMs));
+  const gw = sides.find((s) => s.side === "gateway");
+  const rr = sides.find((s) => s.side === "round-robin");
+  const targets = checkTargets(gw, rr);
+  const log: GatewayLogDigest | undefined = o.sides.includes("gateway") ? digestGatewayLog(join(logDir, "gateway.log")) : undefined;
+
+  for (const s of sides) {
+    if (s.side === "gateway") {
+      const churn = Object.entries(s.loadsByNode).filter(([, n]) => n > 2);
+      if (churn.length > 0) {
+        notes.push(
+          `gateway: ${churn.map(([n, c]) => `${n} loaded a model ${c} times`).join(", ")} (max ${o.maxLoadedModels} resident): its resident model kept changing; see the residency table and "served by".`,
+        );
+      }
+      if (s.refusedButServable > 0) {
+        notes.push(
+          `gateway: ${s.refusedButServable} of ${s.deadlineRefusals.length} DEADLINE_TOO_SHORT refusals came while every request of the same model sent within ±2 s finished within the ${o.deadlineMs} ms deadline: the predicted wait was too pessimistic.`,
+        );
+      }
+    }
+    if (s.loadGenerator.maxSendLagMs > 50) notes.push(`${s.side}: the load generator sent a request up to ${round(s.loadGenerator.maxSendLagMs)} ms late (it may have been the bottleneck).`);
+    if (s.maxInFlightPerNode > o.numParallel) notes.push(`${s.side}: a node ran ${s.maxInFlightPerNode} generations of one model at once (num_parallel ${o.numParallel}).`);
+  }
+  if (o.smoke) notes.push("Smoke run: tiny load times and a short window; the numbers check the harness, not the gateway.");
+  if (broken !== undefined) notes.unshift(`THE RUN BROKE OFF: ${broken instanceof Error ? broken.message : String(broken)}`);
+
+  info.loadAverage = `${loadAvgStart.map((x) => x.toFixed(2)).join(" ")} → ${os.loadavg().map((x) => x.toFixed(2)).join(" ")}`;
+  info.durationSeconds = Math.round((performance.now() - t0) / 1000);
+  const md = renderFleetMarkdown(info, sides, runs, targets, log, notes);
+  const base = join(o.outDir, `fleet-${stamp}`);
+  writeFileSync(
+    `${base}.json`,
+    JSON.stringify({ info, options: o, workload: spec, targets, notes, sides, gatewayLog: log, runs }, null, 1) + "\n",
+  );
+  writeFileSync(`${base}.md`, md);
+  process.stdout.write(`\n${sides.map(sideLine).join("\n")}\n`);
+  for (const t of targets) process.stdout.write(`target: ${t.target}: ${t.measured} → ${t.status.toUpperCase()}\n`);
+  process.stdout.write(`\nWritten to ${base}.md and ${base}.json; gateway log in ${logDir} (${info.durationSeconds} s)\n`);
+
+  if (broken !== undefined) {
+    process.stderr.write(`bench:fleet: the harness failed: ${broken instanceof Error ? (broken.stack ?? broken.message) : String(broken)}\n`);
+    return 1;
+  }
+  return 0;
+}
+
+let opts: FleetOptions | undefined;
+try {
+  opts = parseFleetArgs(process.argv.slice(2));
+} catch (e) {
+  process.stderr.write(`bench:fleet: ${e instanceof Error ? e.message : String(e)}\n\n${USAGE}`);
+  process.exit(2);
+}
+if (opts === undefined) {
+  process.stdout.write(USAGE);
+  process.exit(0);
+}
+
+const stopAll = (): void => {
+  killLoadChildren();
+  killAllChildren();
+};
+// However the run ends, no simulator, gateway or load generator outlives it.
+process.on("exit", stopAll);
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.on(signal, () => {
+    process.stderr.write(`bench:fleet: ${signal}, stopping\n`);
+    stopAll();
+    process.exit(130);
+  });
+}
+// A hard ceiling, in case something hangs despite every per-request and per-side limit.
+const ceilingMs = opts.sides.length * (opts.durationS * 1000 + opts.deadlineMs + 90_000) + 60_000;
+setTimeout(() => {
+  process.stderr.write(`bench:fleet: still running after ${Math.round(ceilingMs / 1000)} s; giving up\n`);
+  stopAll();
+  process.exit(1);
+}, ceilingMs).unref();
+
+void run(opts).then(
+  (code) => process.exit(code),
+  (e: unknown) => {
+    process.stderr.write(`bench:fleet failed: ${e instanceof Error ? e.stack : String(e)}\n`);
+    stopAll();
+    process.exit(1);
+  },
+);
