@@ -19,6 +19,7 @@ import { createAffinityTable } from "./routing/affinity.js";
 import { createFleetState } from "./routing/fleet-state.js";
 import { DEFAULT_RETRY_POLICY } from "./routing/retry-policy.js";
 import { createScheduler, LOCAL_GATE } from "./routing/scheduler.js";
+import { createSharedNodeHealth } from "./routing/shared-node-health.js";
 import { createSlotLeases } from "./routing/slot-leases.js";
 import type { Scheduler } from "./routing/scheduler.js";
 import { createEmbeddingCache } from "./services/embedding-cache.js";
@@ -128,6 +129,18 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   const leases = config.cache.redisUrl
     ? createSlotLeases({
         redisUrl: config.cache.redisUrl,
+        namespace: "ogw:v1:",
+        commandTimeoutMs: config.cache.redisCommandTimeoutMs,
+        log,
+      })
+    : undefined;
+  // And node health: a circuit one replica opens (or closes after a success) is applied by the
+  // others at once, instead of each finding a dead node with its own failed requests.
+  const sharedHealth = config.cache.redisUrl
+    ? createSharedNodeHealth({
+        redisUrl: config.cache.redisUrl,
+        health: nodeHealth,
+        nodes: nodes.map((n) => n.name),
         namespace: "ogw:v1:",
         commandTimeoutMs: config.cache.redisCommandTimeoutMs,
         log,
@@ -244,7 +257,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
         }
         scheduler.stop();
         nodeHealth.stop();
-        await Promise.all([...nodes.map((n) => n.close()), cache.close(), leases?.close()]);
+        await Promise.all([...nodes.map((n) => n.close()), cache.close(), leases?.close(), sharedHealth?.close()]);
       })();
       return closed;
     },

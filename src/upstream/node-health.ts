@@ -20,6 +20,19 @@ export type CircuitState = "closed" | "open" | "half-open";
 export type HealthListener = (node: string, healthy: boolean) => void;
 
 /**
+ * What one replica concluded about a node, in the form other replicas can act on: `"down"` = its
+ * circuit opened (a refused connection, or the failure threshold), `"up"` = it closed after a
+ * real success. Half-open is not a verdict: it is only permission to try.
+ */
+export type NodeVerdict = "down" | "up";
+
+/**
+ * Called when this replica's own evidence (a probe or traffic) opens or closes a circuit — never
+ * for flips made by `applyRemote`, so that sharing verdicts cannot echo between replicas.
+ */
+export type VerdictListener = (node: string, verdict: NodeVerdict) => void;
+
+/**
  * Whether each Ollama node can be routed to: a circuit breaker per node, fed
  * by active probes (`GET /api/version` on an interval: cheap, and it tells
  * the version) and by real traffic.
@@ -54,6 +67,21 @@ export interface NodeHealth {
   reportFailure(node: string, kind?: "unreachable" | "error"): void;
   /** Subscribes to flips of `isHealthy`; returns the unsubscribe function. */
   onChange(listener: HealthListener): () => void;
+  /**
+   * Subscribes to this replica's own verdicts (circuit opened / closed after a success), the
+   * ones worth telling other replicas; returns the unsubscribe function.
+   */
+  onLocalVerdict(listener: VerdictListener): () => void;
+  /**
+   * Applies another replica's verdict, so a node it found down stops getting traffic here before
+   * this replica's own probe or requests find out. `"down"` opens a routable circuit (openedAt =
+   * now: it turns half-open after `openMs`, or when a probe here answers, as a local open does);
+   * `"up"` turns an open circuit half-open, so traffic may try it (a real success here closes
+   * it). Ignored for unknown nodes and for nodes this replica has not probed yet (its first
+   * probe decides, so it never reports SERVING before reaching Ollama itself). Never reported
+   * to `onLocalVerdict` listeners.
+   */
+  applyRemote(node: string, verdict: NodeVerdict): void;
   /** Probes every node now and resolves when all probes finished. */
   probeAll(): Promise<void>;
   /** Starts the probe timer (first probes run at once). */
@@ -75,6 +103,7 @@ export function createNodeHealth(nodes: readonly OllamaNode[], options: NodeHeal
   const circuits = new Map<string, Circuit>(nodes.map((n) => [n.name, { state: "open", failures: 0, openedAt: 0 }]));
   const versions = new Map<string, string>();
   const listeners = new Set<HealthListener>();
+  const verdictListeners = new Set<VerdictListener>();
   const stopper = new AbortController();
   let timer: NodeJS.Timeout | undefined;
   let probing: Promise<void> | undefined;
@@ -84,15 +113,20 @@ export function createNodeHealth(nodes: readonly OllamaNode[], options: NodeHeal
     return c.state !== "open";
   }
 
-  function move(node: string, next: CircuitState): void {
+  /** Moves a circuit; `local` = on this replica's own evidence (then open/closed transitions are verdicts). */
+  function move(node: string, next: CircuitState, local = true): void {
     const c = circuits.get(node);
     if (c === undefined) return;
     const before = routable(c);
+    const previous = c.state;
     if (next === "open") c.openedAt = Date.now();
     if (next !== "open") c.failures = 0;
     c.state = next;
     const after = routable(c);
     if (before !== after) for (const l of listeners) l(node, after);
+    if (local && previous !== next && (next === "open" || next === "closed")) {
+      for (const l of verdictListeners) l(node, next === "open" ? "down" : "up");
+    }
   }
 
   function success(node: string): void {
@@ -161,6 +195,18 @@ export function createNodeHealth(nodes: readonly OllamaNode[], options: NodeHeal
     onChange(listener) {
       listeners.add(listener);
       return () => listeners.delete(listener);
+    },
+    onLocalVerdict(listener) {
+      verdictListeners.add(listener);
+      return () => verdictListeners.delete(listener);
+    },
+    applyRemote(node, verdict) {
+      const c = circuits.get(node);
+      // Open and never opened by a failure: the first probe has not answered yet.
+      if (c === undefined || (c.state === "open" && c.openedAt === 0)) return;
+      const open = !routable(c);
+      if (verdict === "down" && !open) move(node, "open", false);
+      else if (verdict === "up" && open) move(node, "half-open", false);
     },
     probeAll,
     start() {
