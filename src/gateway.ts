@@ -153,7 +153,12 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     health: nodeHealth,
     affinity: createAffinityTable(),
     gate: leases ?? LOCAL_GATE,
-    admission: { maxQueuedPerModel: config.routing.maxQueuedPerModel, maxQueuedTotal: config.routing.maxQueuedTotal },
+    admission: {
+      maxQueuedPerModel: config.routing.maxQueuedPerModel,
+      maxQueuedTotal: config.routing.maxQueuedTotal,
+      maxWaitMs: config.routing.maxQueueWaitMs,
+    },
+    rebalance: config.routing.rebalance,
     syncMs: config.cache.psTtlMs,
   });
   const inference = createInferenceService({

@@ -1,9 +1,10 @@
 // Fault injection and the admin API: every fault kind produces exactly the broken behaviour a
 // gateway must survive, and benchmarks can drive all of it over HTTP from another process.
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { after, afterEach, before, describe, it } from "node:test";
 import { request } from "undici";
-import { SERVER_BUSY_MESSAGE, startSimulator, type Simulator } from "../src/simulator/index.js";
+import { CLI_USAGE, parseCliArgs, parseFaultSpecs, SERVER_BUSY_MESSAGE, startSimulator, type Simulator } from "../src/simulator/index.js";
 import { delay, eventually, json, ndjson, post, send, streamLines } from "./helpers/sim-http.js";
 
 describe("the simulator's faults", () => {
@@ -203,6 +204,94 @@ describe("the simulator's admin API", () => {
       assert.equal(slow.stats.inFlight["llama3.2:latest"], 0);
     } finally {
       await slow.close();
+    }
+  });
+});
+
+describe("faults armed at start by flag, environment or option", () => {
+  const chat = { model: "llama3.2", messages: [{ role: "user", content: "hi" }], options: { num_predict: 6 } };
+
+  it("reads the compact form and JSON through the same validation as the admin API", () => {
+    assert.deepEqual(parseFaultSpecs("busy,path=/api/chat,times=-1; error-mid-stream,afterTokens=3,message=boom"), [
+      { kind: "busy", path: "/api/chat", times: Number.POSITIVE_INFINITY },
+      { kind: "error-mid-stream", afterTokens: 3, message: "boom" },
+    ]);
+    assert.deepEqual(parseFaultSpecs('[{"kind":"stall","ms":5,"model":"qwen3"},{"kind":"error-before-stream","status":502,"message":"a, b; c"}]'), [
+      { kind: "stall", ms: 5, model: "qwen3" },
+      { kind: "error-before-stream", status: 502, message: "a, b; c" },
+    ]);
+    assert.deepEqual(parseFaultSpecs("error-before-stream,status=500,message=404"), [{ kind: "error-before-stream", status: 500, message: "404" }]);
+    assert.throws(() => parseFaultSpecs("explode"), /unknown fault kind "explode"/);
+    assert.throws(() => parseFaultSpecs("error-before-stream,status=999"), /status must be an HTTP status code/);
+    assert.throws(() => parseFaultSpecs("stall,ms"), /must be name=value/);
+    assert.throws(() => parseFaultSpecs("{nope"), /not valid JSON/);
+  });
+
+  it("parses repeatable --fault flags after SIM_FAULTS, names them in --help, and fails clearly on a bad one", () => {
+    const { options } = parseCliArgs(["--fault", "busy,path=/api/chat", "--fault=drop-connection,afterTokens=2"], {
+      SIM_FAULTS: '{"kind":"error-before-stream","status":500,"message":"from env"}',
+    });
+    assert.deepEqual(options.faults?.map((f) => f.kind), ["error-before-stream", "busy", "drop-connection"]);
+    assert.match(CLI_USAGE, /--fault <spec>/);
+    assert.match(CLI_USAGE, /SIM_FAULTS/);
+    assert.throws(() => parseCliArgs(["--fault", "busy,times=0"], {}), /--fault: times must be an integer >= 1/);
+    assert.throws(() => parseCliArgs([], { SIM_FAULTS: "nope" }), /SIM_FAULTS: unknown fault kind "nope"/);
+  });
+
+  it("fires faults parsed from the CLI once the simulator starts, then serves normally", async () => {
+    const { options } = parseCliArgs(
+      ["--port", "0", "--load-ms", "0", "--fault", "busy,path=/api/chat", "--fault", "error-mid-stream,path=/api/generate,afterTokens=2,message=boom"],
+      { SIM_FAULTS: "drop-connection,path=/api/tags" },
+    );
+    const sim = await startSimulator(options);
+    try {
+      assert.equal(sim.faults.list().length, 3);
+      const busy = await post(`${sim.url}/api/chat`, chat);
+      assert.equal(busy.status, 503);
+      assert.equal(json(busy).error, SERVER_BUSY_MESSAGE);
+      const cut = ndjson(await post(`${sim.url}/api/generate`, { model: "llama3.2", prompt: "hi", options: { num_predict: 6 } }));
+      assert.equal(cut.length, 3);
+      assert.deepEqual(cut[2], { error: "boom" });
+      await assert.rejects(send("GET", `${sim.url}/api/tags`), /other side closed|socket|ECONNRESET/i);
+      assert.equal(sim.stats.faultsTriggered, 3);
+      assert.equal((await post(`${sim.url}/api/chat`, chat)).status, 200, "each fault fired once");
+    } finally {
+      await sim.close();
+    }
+  });
+
+  it("arms faults given to `npm run sim` by flag and by SIM_FAULTS", async () => {
+    const child = spawn(
+      process.execPath,
+      ["--import", "tsx", "src/simulator/main.ts", "--port", "0", "--load-ms", "0", "--fault", "error-before-stream,status=502,message=flagged,path=/api/show"],
+      {
+        cwd: new URL("..", import.meta.url),
+        env: { ...process.env, SIM_FAULTS: "busy,path=/api/chat,times=-1" },
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
+    try {
+      let output = "";
+      child.stdout.on("data", (chunk: Buffer) => {
+        output += chunk.toString();
+      });
+      let url: string | undefined;
+      for (let i = 0; i < 400 && !url; i++) {
+        url = /listening on (http:\/\/[^ ]+)/.exec(output)?.[1];
+        if (!url) await delay(25);
+      }
+      assert.ok(url, `printed a URL: ${output}`);
+      assert.match(output, /faults armed: busy, error-before-stream/);
+      for (let i = 0; i < 2; i++) assert.equal((await post(`${url}/api/chat`, chat)).status, 503, "times=-1 keeps firing");
+      const show = await post(`${url}/api/show`, { model: "llama3.2" });
+      assert.equal(show.status, 502);
+      assert.deepEqual(json(show), { error: "flagged" });
+      assert.equal((await post(`${url}/api/show`, { model: "llama3.2" })).status, 200);
+      const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+      child.kill("SIGTERM");
+      assert.equal(await exited, 0);
+    } finally {
+      if (child.exitCode === null) child.kill("SIGKILL");
     }
   });
 });

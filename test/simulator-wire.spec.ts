@@ -195,6 +195,27 @@ describe("the simulator's wire format", () => {
       });
     }
 
+    it("rejects a prompt of num_ctx tokens or more with 400 when shift is false, and accepts it with shift on", async () => {
+      const tooLong = "the prompt is longer than the context length currently available to the model; ";
+      const options = { num_ctx: 16, num_predict: 2 };
+      const generate = { model: "llama3.2", prompt: "word ".repeat(16), options, shift: false };
+      const rejected = await post(api("/api/generate"), generate);
+      assert.equal(rejected.status, 400, rejected.text);
+      assert.equal(rejected.headers["content-type"], "application/json; charset=utf-8");
+      assert.ok(String(json(rejected).error).startsWith(tooLong), rejected.text);
+      // One message of 15 words counts 16 tokens (a word per message for its role).
+      const chat = { model: "llama3.2", messages: [{ role: "user", content: "word ".repeat(15) }], options, shift: false };
+      const chatRejected = await post(api("/api/chat"), chat);
+      assert.equal(chatRejected.status, 400, chatRejected.text);
+      assert.ok(String(json(chatRejected).error).startsWith(tooLong), chatRejected.text);
+
+      assert.equal((await post(api("/api/generate"), { ...generate, prompt: "word ".repeat(15) })).status, 200, "15 tokens fit in 16");
+      assert.equal((await post(api("/api/generate"), { ...generate, shift: true })).status, 200, "shift on accepts any length");
+      assert.equal((await post(api("/api/chat"), { ...chat, shift: undefined })).status, 200, "shift defaults to on");
+      assert.equal(sim.stats.inFlight["llama3.2:latest"] ?? 0, 0);
+      assert.ok(sim.loaded().every((r) => r.refCount === 0), "the rejected requests released the runner");
+    });
+
     it("truncates long embed input by default", async () => {
       const res = json(await post(api("/api/embed"), { model: "all-minilm", input: "word ".repeat(600) }));
       assert.equal(res.prompt_eval_count, 512);

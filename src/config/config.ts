@@ -77,6 +77,18 @@ export interface RoutingConfig {
   /** Tries per request before its first message (first one included). Env RETRY_MAX_ATTEMPTS. @default 3 */
   retryMaxAttempts: number;
   /**
+   * Longest a request may wait in the gateway's queue, whatever its deadline: a latency budget
+   * that sheds overload early (RESOURCE_EXHAUSTED, reason QUEUE_WAIT_TOO_LONG) instead of
+   * letting every request wait out its deadline. 0 = the deadline alone. Env QUEUE_MAX_WAIT_MS. @default 0
+   */
+  maxQueueWaitMs: number;
+  /**
+   * Move models between nodes as demand shifts: a model loaded nowhere, or one whose oldest
+   * waiting request has waited longer than a model load takes, gets a node drained for it.
+   * Env REBALANCE (on|off). @default true
+   */
+  rebalance: boolean;
+  /**
    * num_ctx forced per model (canonical name, or `*` for any), so clients
    * asking for different context sizes cannot make Ollama reload the model.
    * Env MODEL_NUM_CTX, e.g. `llama3.2:latest=8192,*=4096`; or `modelNumCtx` in the config file. @default none
@@ -145,6 +157,8 @@ export const DEFAULTS = {
     circuitFailureThreshold: 5,
     circuitOpenMs: 5_000,
     retryMaxAttempts: 3,
+    maxQueueWaitMs: 0,
+    rebalance: true,
   },
   upstream: {
     connections: 64,

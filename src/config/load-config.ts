@@ -101,6 +101,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       circuitFailureThreshold: int("CIRCUIT_FAILURE_THRESHOLD", DEFAULTS.routing.circuitFailureThreshold, 1, 1000),
       circuitOpenMs: int("CIRCUIT_OPEN_MS", DEFAULTS.routing.circuitOpenMs, 100, 3600 * 1000),
       retryMaxAttempts: int("RETRY_MAX_ATTEMPTS", DEFAULTS.routing.retryMaxAttempts, 1, 10),
+      maxQueueWaitMs: int("QUEUE_MAX_WAIT_MS", DEFAULTS.routing.maxQueueWaitMs, 0, 24 * 3600 * 1000),
+      rebalance: onOff("REBALANCE", DEFAULTS.routing.rebalance),
       numCtx,
     },
     upstream: {

@@ -43,10 +43,17 @@ export interface FleetState {
   sync(node: string, loaded: readonly string[]): void;
 }
 
+/** How long the gateway trusts its own recent dispatches over what /api/ps says (ps may be cached, and loads take time). */
+const RECENT_MS = 5_000;
+
 /** Creates the state for these nodes. */
 export function createFleetState(nodes: readonly { node: OllamaNode; config: NodeConfig }[]): FleetState {
   const states: NodeState[] = nodes.map((n) => ({ ...n, models: new Map() }));
   const byName = new Map(states.map((s) => [s.node.name, s]));
+  // When the gateway's own dispatch pushed a model out of a node ("node\0model" → ms). A /api/ps
+  // answer read before the eviction must not put it back, or the next request for it would be
+  // sent there and make Ollama swap the models again.
+  const evictedAt = new Map<string, number>();
   return {
     nodes: states,
     get: (node) => byName.get(node),
@@ -67,7 +74,10 @@ export function createFleetState(nodes: readonly { node: OllamaNode; config: Nod
               victim = name;
             }
           }
-          if (victim !== undefined) state.models.delete(victim);
+          if (victim !== undefined) {
+            state.models.delete(victim);
+            evictedAt.set(`${state.node.name}\0${victim}`, Date.now());
+          }
         }
       }
       m.inFlight++;
@@ -85,10 +95,16 @@ export function createFleetState(nodes: readonly { node: OllamaNode; config: Nod
       if (state === undefined) return;
       const now = Date.now();
       const seen = new Set(loaded);
-      for (const name of seen) if (!state.models.has(name)) state.models.set(name, { inFlight: 0, lastUsed: 0, embeddingOnly: false });
+      for (const name of seen) {
+        const key = `${node}\0${name}`;
+        const evicted = evictedAt.get(key);
+        if (evicted !== undefined && now - evicted < RECENT_MS) continue;
+        if (evicted !== undefined) evictedAt.delete(key);
+        if (!state.models.has(name)) state.models.set(name, { inFlight: 0, lastUsed: 0, embeddingOnly: false });
+      }
       for (const [name, m] of state.models) {
         // A model used in the last few seconds may not show in ps yet (still loading).
-        if (!seen.has(name) && m.inFlight === 0 && now - m.lastUsed > 5_000) state.models.delete(name);
+        if (!seen.has(name) && m.inFlight === 0 && now - m.lastUsed > RECENT_MS) state.models.delete(name);
       }
     },
   };

@@ -13,6 +13,8 @@ export interface AdmissionOptions {
   maxQueuedPerModel: number;
   /** Requests waiting in all. @default 2048 */
   maxQueuedTotal: number;
+  /** Longest wait in the queue whatever the deadline; 0 = the deadline alone. @default 0 */
+  maxWaitMs?: number;
 }
 
 /** A slot taken on a node, shared with other replicas when Redis is used. */
@@ -43,8 +45,11 @@ export interface Dispatch {
   node: OllamaNode;
   /** Time spent waiting in the admission queue, ms. */
   queueMs: number;
-  /** Gives the slot back; `failed` when the upstream call failed. Idempotent. */
-  release(): void;
+  /**
+   * Gives the slot back. `loadMs` is the model load time Ollama reported for this request
+   * (`load_duration`), so the scheduler can tell load time from service time. Idempotent.
+   */
+  release(observed?: { loadMs?: number }): void;
 }
 
 /** Queue depth per model, for GetStatus. */
@@ -70,12 +75,24 @@ export interface QueueDepth {
  *    has nobody waiting; a model with requests running or queued is never
  *    pushed out while another choice exists;
  * 3. else wait: the request is placed when a slot frees up.
+ *
+ * Rebalancing (see `rebalance`): a model that is loaded nowhere, or whose
+ * oldest waiting request has waited longer than loading the model takes,
+ * gets a node *drained* for it: no new work of other models goes there, and
+ * once its running requests end the hungry model is loaded there. The victim
+ * is the node whose loss hurts least: idle models first, then models that
+ * stay loaded on another node and have nobody waiting; a model that would be
+ * left loaded nowhere with requests waiting is only displaced for a model
+ * whose oldest request has waited longer (oldest first), so two hot models on
+ * too few nodes take turns instead of one starving.
  */
 export interface Scheduler {
   /** Waits for a slot and binds the request to a node. */
   acquire(req: AdmissionRequest): Promise<Dispatch>;
   /** Current queue depths. */
   queues(): QueueDepth[];
+  /** Nodes being drained for a hungry model (see rebalancing above). */
+  draining(): { node: string; model: string }[];
   /** Starts the periodic sync with /api/ps. */
   start(): void;
   /** Stops it, and fails every queued request with UNAVAILABLE. */
@@ -98,6 +115,8 @@ export interface SchedulerDeps {
   admission: AdmissionOptions;
   /** How often loaded models are re-read from /api/ps, ms. @default 2000 */
   syncMs?: number;
+  /** Drain nodes for hungry models (see the Scheduler doc). @default true */
+  rebalance?: boolean;
 }
 
 interface Waiter {
@@ -114,8 +133,12 @@ interface Waiter {
   cleanup(): void;
 }
 
-// Smoothing of the per-model service time used to predict queue waits.
+// Smoothing of the per-model service and load times used to predict waits.
 const EWMA = 0.2;
+/** Assumed model load time before one was measured: seconds, as for a 3–8 B model. */
+const DEFAULT_LOAD_MS = 3_000;
+/** A hungry model's oldest request must have waited at least this long before a node is drained for it. */
+const MIN_REBALANCE_WAIT_MS = 500;
 
 /** A gate for a single replica: the scheduler's own counting is the whole truth. */
 export const LOCAL_GATE: SlotGate = {
@@ -125,9 +148,16 @@ export const LOCAL_GATE: SlotGate = {
 /** Creates the scheduler. */
 export function createScheduler(deps: SchedulerDeps): Scheduler {
   const { fleet, health } = deps;
+  const rebalance = deps.rebalance ?? true;
+  const maxWaitMs = deps.admission.maxWaitMs ?? 0;
   const queues = new Map<string, Waiter[]>();
   let queued = 0;
+  /** Per model: how long a request holds its slot, loads excluded (EWMA, ms). */
   const serviceMs = new Map<string, number>();
+  /** Per model: how long Ollama takes to load it (EWMA of reported load_duration, ms). */
+  const loadMs = new Map<string, number>();
+  /** Nodes being drained, and the model each is drained for. */
+  const draining = new Map<string, string>();
   let pumping = false;
   let pumpAgain = false;
   let retryTimer: NodeJS.Timeout | undefined;
@@ -137,38 +167,113 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     return (queues.get(model)?.length ?? 0) > 0;
   }
 
+  function headWaitMs(model: string, now: number): number {
+    const head = queues.get(model)?.[0];
+    return head === undefined ? 0 : now - head.enqueuedAt;
+  }
+
+  function inFlight(s: NodeState): number {
+    let n = 0;
+    for (const m of s.models.values()) n += m.inFlight;
+    return n;
+  }
+
+  /** Loaded on some routable node other than `except`. */
+  function loadedElsewhere(model: string, except: NodeState): boolean {
+    return fleet.nodes.some((o) => o !== except && o.models.has(model) && health.isHealthy(o.node.name));
+  }
+
+  /** Waiting longer than a load takes: worth giving the model another node. */
+  function worthALoad(model: string, now: number): boolean {
+    return headWaitMs(model, now) >= Math.max(MIN_REBALANCE_WAIT_MS, loadMs.get(model) ?? DEFAULT_LOAD_MS);
+  }
+
+  /**
+   * What draining `s` for `hungry` costs the models on it, or undefined when it is not allowed:
+   * 0 idle, 1 loaded elsewhere too and nobody waiting, 2 loaded elsewhere with requests waiting,
+   * 3 loaded only here and nobody waiting, 4 loaded only here with requests waiting (allowed
+   * only for a model whose oldest request waited longer).
+   */
+  function drainCost(s: NodeState, hungry: string, starving: boolean, now: number): number | undefined {
+    let cost = 0;
+    for (const [name, m] of s.models) {
+      if (name === hungry) return undefined;
+      const elsewhere = loadedElsewhere(name, s);
+      const queuedToo = waiting(name);
+      let c: number;
+      if (m.inFlight === 0 && !queuedToo) c = 0;
+      else if (elsewhere) c = queuedToo ? 2 : 1;
+      else if (!queuedToo) c = 3;
+      else if (headWaitMs(hungry, now) > headWaitMs(name, now)) c = 4;
+      else return undefined;
+      cost = Math.max(cost, c);
+    }
+    // Scaling out a model that is served somewhere never takes capacity a queue needs.
+    return starving || cost <= 1 ? cost : undefined;
+  }
+
+  /** Starts draining a node for the head of `w`'s model when it is hungry; true when one is (being) drained for it. */
+  function maybeDrain(w: Waiter, usable: NodeState[], loadedSomewhere: boolean): boolean {
+    if (!rebalance) return false;
+    for (const model of draining.values()) if (model === w.model) return true;
+    const now = Date.now();
+    const starving = !loadedSomewhere;
+    if (!starving && !worthALoad(w.model, now)) return false;
+    let best: { s: NodeState; cost: number; busy: number } | undefined;
+    for (const s of usable) {
+      if (draining.has(s.node.name) || s.models.has(w.model)) continue;
+      if (s.models.size < s.config.maxLoadedModels) continue; // has room: chosen directly, not drained
+      const cost = drainCost(s, w.model, starving, now);
+      if (cost === undefined) continue;
+      const busy = inFlight(s) / Math.max(0.001, s.config.weight);
+      if (best === undefined || cost < best.cost || (cost === best.cost && busy < best.busy)) best = { s, cost, busy };
+    }
+    if (best === undefined) return false;
+    draining.set(best.s.node.name, w.model);
+    return true;
+  }
+
   /** The node for this waiter now, or undefined (wait). Synchronous: no slot is taken yet. */
   function choose(w: Waiter): NodeState | undefined {
     const usable = fleet.nodes.filter(
       (s) => w.candidates.has(s.node.name) && !w.exclude?.has(s.node.name) && health.isHealthy(s.node.name),
     );
-    const load = (s: NodeState): number => {
-      let n = 0;
-      for (const m of s.models.values()) n += m.inFlight;
-      return n / Math.max(0.001, s.config.weight);
-    };
+    // A node drained for this model, now empty: load it there.
+    const drained = usable.find((s) => draining.get(s.node.name) === w.model && inFlight(s) === 0);
+    if (drained) {
+      draining.delete(drained.node.name);
+      return drained;
+    }
+    // Nodes drained for another model take no new work.
+    const open = usable.filter((s) => {
+      const d = draining.get(s.node.name);
+      return d === undefined || d === w.model;
+    });
+    const load = (s: NodeState): number => inFlight(s) / Math.max(0.001, s.config.weight);
     const pick = (list: NodeState[]): NodeState | undefined => {
       if (list.length === 0) return undefined;
       const sticky = w.affinity ? deps.affinity.get(w.affinity) : undefined;
       const preferred = sticky ? list.find((s) => s.node.name === sticky) : undefined;
       return preferred ?? list.reduce((best, s) => (load(s) < load(best) ? s : best));
     };
-    const loadedFree = usable.filter((s) => {
+    const loadedFree = open.filter((s) => {
       const m = s.models.get(w.model);
       return m !== undefined && m.inFlight < fleet.slots(s, w.embeddingOnly);
     });
     const chosen = pick(loadedFree);
     if (chosen) return chosen;
-    const notLoaded = usable.filter((s) => !s.models.has(w.model));
+    const notLoaded = open.filter((s) => !s.models.has(w.model) && draining.get(s.node.name) === undefined);
     const withRoom = notLoaded.filter((s) => s.models.size < s.config.maxLoadedModels);
     if (withRoom.length > 0) return pick(withRoom);
     const loadedSomewhere = usable.some((s) => s.models.has(w.model));
-    if (loadedSomewhere) return undefined; // wait for a slot rather than evict
-    const evictable = notLoaded.filter((s) => {
+    const idle = notLoaded.filter((s) => {
       for (const [name, m] of s.models) if (m.inFlight === 0 && !waiting(name)) return true;
       return false;
     });
-    return pick(evictable);
+    // Wait for a slot rather than evict, unless the wait has grown longer than a load.
+    if (idle.length > 0 && (!loadedSomewhere || (rebalance && worthALoad(w.model, Date.now())))) return pick(idle);
+    maybeDrain(w, open, loadedSomewhere);
+    return undefined;
   }
 
   /** A request that holds its reserved slot. */
@@ -179,11 +284,16 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     return {
       node: state.node,
       queueMs: started - w.enqueuedAt,
-      release() {
+      release(observed) {
         if (released) return;
         released = true;
         fleet.end(state, w.model);
-        const took = Date.now() - started;
+        const loaded = observed?.loadMs ?? 0;
+        if (loaded > 50) {
+          const prev = loadMs.get(w.model);
+          loadMs.set(w.model, prev === undefined ? loaded : prev * (1 - EWMA) + loaded * EWMA);
+        }
+        const took = Math.max(0, Date.now() - started - loaded);
         const prev = serviceMs.get(w.model);
         serviceMs.set(w.model, prev === undefined ? took : prev * (1 - EWMA) + took * EWMA);
         slot.release().catch(() => undefined);
@@ -220,6 +330,13 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     return true;
   }
 
+  /** Forgets drains that are no longer needed: nobody waits for the model, or the node cannot serve. */
+  function pruneDrains(): void {
+    for (const [node, model] of draining) {
+      if (!waiting(model) || !health.isHealthy(node)) draining.delete(node);
+    }
+  }
+
   /** Places queued requests while slots are free; heads of the oldest queues first. */
   async function pump(): Promise<void> {
     if (pumping) {
@@ -230,6 +347,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     try {
       do {
         pumpAgain = false;
+        pruneDrains();
         const heads = [...queues.values()]
           .map((q) => q[0])
           .filter((w): w is Waiter => w !== undefined)
@@ -307,6 +425,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       }
 
       return new Promise<Dispatch>((resolve, reject) => {
+        let waitTimer: NodeJS.Timeout | undefined;
         const w: Waiter = {
           model,
           priority: req.priority,
@@ -318,10 +437,16 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
           signal: req.signal,
           resolve,
           reject,
-          cleanup: () => req.signal.removeEventListener("abort", onAbort),
+          cleanup: () => {
+            req.signal.removeEventListener("abort", onAbort);
+            if (waitTimer) clearTimeout(waitTimer);
+          },
         };
         const onAbort = (): void => {
-          if (remove(w)) reject(req.signal.reason);
+          if (remove(w)) {
+            w.cleanup();
+            reject(req.signal.reason);
+          }
         };
 
         const admit = async (): Promise<void> => {
@@ -338,15 +463,37 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
               }),
             );
           }
-          if (expected !== undefined && expected > req.remainingMs) {
+          const budgetLimited = maxWaitMs > 0 && maxWaitMs < req.remainingMs;
+          const budget = budgetLimited ? maxWaitMs : req.remainingMs;
+          if (expected !== undefined && expected > budget) {
             return reject(
-              gatewayError(Code.ResourceExhausted, "DEADLINE_TOO_SHORT", `the expected wait for ${req.model} is longer than the deadline`, {
-                retryAfterMs: clampRetry(expected),
-                metadata: { model: req.model, expected_wait_ms: String(Math.round(expected)) },
-              }),
+              budgetLimited
+                ? gatewayError(Code.ResourceExhausted, "QUEUE_WAIT_TOO_LONG", `the expected wait for ${req.model} is longer than the queue allows`, {
+                    retryAfterMs: clampRetry(expected),
+                    metadata: { model: req.model, expected_wait_ms: String(Math.round(expected)), max_wait_ms: String(maxWaitMs) },
+                  })
+                : gatewayError(Code.ResourceExhausted, "DEADLINE_TOO_SHORT", `the expected wait for ${req.model} is longer than the deadline`, {
+                    retryAfterMs: clampRetry(expected),
+                    metadata: { model: req.model, expected_wait_ms: String(Math.round(expected)) },
+                  }),
             );
           }
           req.signal.addEventListener("abort", onAbort, { once: true });
+          if (budgetLimited) {
+            // The prediction was wrong: leave the queue at the budget instead of waiting on.
+            waitTimer = setTimeout(() => {
+              if (!remove(w)) return;
+              w.cleanup();
+              reject(
+                gatewayError(Code.ResourceExhausted, "QUEUE_WAIT_TOO_LONG", `waited ${maxWaitMs} ms in the queue for ${req.model}`, {
+                  retryAfterMs: clampRetry(expectedWaitMs(model, 1, candidates, embeddingOnly)),
+                  metadata: { model: req.model, max_wait_ms: String(maxWaitMs) },
+                }),
+              );
+              void pump();
+            }, maxWaitMs);
+            waitTimer.unref();
+          }
           enqueue(w);
           void pump();
         };
@@ -355,6 +502,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     },
 
     queues: () => [...queues].map(([model, q]) => ({ model, depth: q.length })).sort((a, b) => (a.model < b.model ? -1 : 1)),
+
+    draining: () => [...draining].map(([node, model]) => ({ node, model })),
 
     start() {
       if (syncTimer) return;
@@ -378,11 +527,16 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         }
       }
       queues.clear();
+      draining.clear();
       queued = 0;
     },
   };
 
-  /** Predicted wait of the `position`-th request in a model's queue, or undefined before anything was measured. */
+  /**
+   * Predicted wait of the `position`-th request in a model's queue, or undefined before anything
+   * was measured: rounds of the model's service time over the slots it has, plus a load when it
+   * is loaded nowhere.
+   */
   function expectedWaitMs(model: string, position: number, candidates: ReadonlySet<string>, embeddingOnly: boolean): number | undefined {
     const svc = serviceMs.get(model);
     if (svc === undefined) return undefined;
@@ -392,7 +546,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         slots += fleet.slots(s, embeddingOnly);
       }
     }
-    return Math.ceil(position / Math.max(1, slots)) * svc;
+    const load = slots === 0 ? (loadMs.get(model) ?? 0) : 0;
+    return load + Math.ceil(position / Math.max(1, slots)) * svc;
   }
 }
 

@@ -45,6 +45,7 @@ export function createGatewayService(deps: GatewayServiceDeps): ServiceImpl<type
     async getStatus(_req, ctx) {
       const now = Date.now();
       const uptimeMs = now - deps.startedAtMs;
+      const draining = new Map(deps.scheduler.draining().map((d) => [d.node, d.model]));
       const nodes = await Promise.all(
         deps.nodes.map(async (node) => {
           const healthy = deps.health.isHealthy(node.name);
@@ -70,6 +71,7 @@ export function createGatewayService(deps: GatewayServiceDeps): ServiceImpl<type
             parallel: state?.config.parallel ?? 0,
             maxLoadedModels: state?.config.maxLoadedModels ?? 0,
             models,
+            drainingFor: draining.get(node.name) ?? "",
           };
         }),
       );

@@ -6,6 +6,14 @@
 export const SERVER_BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded";
 
 /**
+ * Ollama's text for a prompt that does not fit the context when context shift is disabled
+ * (ollama-api.md §4 gives the start; the rest is the current server's wording).
+ */
+export const PROMPT_TOO_LONG_MESSAGE =
+  "the prompt is longer than the context length currently available to the model; " +
+  "shorten the prompt, adjust the context length in settings, or use a model with a longer context length";
+
+/**
  * An error with the HTTP status Ollama would answer with; handlers throw it and the router
  * renders it as `{"error": message}` so every route reports errors the same way.
  */

@@ -9,6 +9,12 @@ export interface RequestEvent {
   readonly path: string;
   /** Model string as sent, if the body named one. */
   readonly model?: string;
+  /**
+   * The raw request body exactly as received (absent for GET/HEAD and unknown routes), so tests
+   * can assert on the JSON a gateway sent, e.g. `JSON.parse(e.body.toString("utf8"))`. The buffer
+   * is the simulator's own: read it, do not modify it.
+   */
+  readonly body?: Buffer;
   readonly at: number;
 }
 

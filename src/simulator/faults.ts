@@ -142,6 +142,46 @@ export function parseFault(input: unknown): Fault {
   }
 }
 
+// Fields whose compact-syntax values are read as integers (everything else stays a string).
+const INTEGER_FIELDS = new Set(["status", "afterTokens", "ms", "times"]);
+
+/**
+ * Parses faults written for the command line or environment (`--fault`, `SIM_FAULTS`) and
+ * validates each with `parseFault`, the same checks the admin API applies. Accepts a JSON object,
+ * a JSON array of objects, or the compact form `kind[,field=value...]`, several separated by `;`:
+ * `busy,path=/api/chat,times=-1; error-mid-stream,afterTokens=3,message=boom`. In the compact form
+ * `status`, `afterTokens`, `ms` and `times` are integers; use JSON for values containing `,` or `;`.
+ */
+export function parseFaultSpecs(text: string): Fault[] {
+  const trimmed = text.trim();
+  if (trimmed.startsWith("{") || trimmed.startsWith("[")) {
+    let input: unknown;
+    try {
+      input = JSON.parse(trimmed);
+    } catch (error) {
+      throw new Error(`fault is not valid JSON (${error instanceof Error ? error.message : String(error)})`);
+    }
+    return (Array.isArray(input) ? input : [input]).map(parseFault);
+  }
+  const specs = trimmed
+    .split(";")
+    .map((spec) => spec.trim())
+    .filter((spec) => spec !== "");
+  if (specs.length === 0) throw new Error("no fault given");
+  return specs.map((spec) => {
+    const [kind = "", ...fields] = spec.split(",").map((part) => part.trim());
+    const input: Record<string, unknown> = { kind };
+    for (const field of fields) {
+      const eq = field.indexOf("=");
+      if (eq <= 0) throw new Error(`fault field ${JSON.stringify(field)} must be name=value`);
+      const name = field.slice(0, eq).trim();
+      const value = field.slice(eq + 1).trim();
+      input[name] = INTEGER_FIELDS.has(name) && /^-?\d+$/.test(value) ? Number(value) : value;
+    }
+    return parseFault(input);
+  });
+}
+
 function requireString(value: unknown, field: string): string {
   if (typeof value !== "string") throw new Error(`${field} must be a string`);
   return value;

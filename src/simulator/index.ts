@@ -13,7 +13,7 @@ export {
   type ResolvedModel,
   type SimModelSpec,
 } from "./catalog.js";
-export { parseFault, type ActiveFault, type Fault, type FaultInjector, type FaultKind, type FaultScope } from "./faults.js";
+export { parseFault, parseFaultSpecs, type ActiveFault, type Fault, type FaultInjector, type FaultKind, type FaultScope } from "./faults.js";
 export type { SimulatorStats } from "./stats.js";
 export type {
   DisconnectEvent,
@@ -25,5 +25,5 @@ export type {
   UnloadReason,
 } from "./events.js";
 export type { LoadedRunner } from "./scheduler.js";
-export { SERVER_BUSY_MESSAGE } from "./errors.js";
+export { PROMPT_TOO_LONG_MESSAGE, SERVER_BUSY_MESSAGE } from "./errors.js";
 export { cosine } from "./embedding.js";

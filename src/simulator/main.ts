@@ -17,6 +17,7 @@
  *   --num-ctx <n>             OLLAMA_CONTEXT_LENGTH                       (default 4096)
  *   --pull-ms <ms>            SIM_PULL_MS                                 (default 30)
  *   --version <semver>        SIM_VERSION                                 (default 0.12.6)
+ *   --fault <spec>            SIM_FAULTS     (repeatable, adds to SIM_FAULTS; kind[,field=value...] or JSON, see faults.ts)
  * Admin API for out-of-process control: GET /_sim/stats, GET /_sim/state, GET|POST|DELETE /_sim/faults,
  * POST /_sim/reset (see route-admin.ts).
  */
@@ -42,7 +43,9 @@ async function main(): Promise<void> {
     `Ollama simulator listening on ${sim.url} (version ${sim.options.version}; ` +
       `models: ${models.length > 0 ? models.join(", ") : "default catalog"}; ` +
       `load ${sim.options.loadMs} ms, parallel ${sim.options.numParallel}, max loaded ${sim.options.maxLoadedModels}, ` +
-      `max queue ${sim.options.maxQueue})\n`,
+      `max queue ${sim.options.maxQueue}` +
+      (sim.options.faults.length > 0 ? `; faults armed: ${sim.options.faults.map((f) => f.kind).join(", ")}` : "") +
+      ")\n",
   );
   let stopping = false;
   const stop = (signal: NodeJS.Signals): void => {

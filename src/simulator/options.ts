@@ -3,6 +3,7 @@
  * standalone CLI's flags and environment variables (see main.ts for the list).
  */
 import { defaultCatalog, defaultRegistry, parseModelEntry, type SimModelSpec } from "./catalog.js";
+import { parseFault, parseFaultSpecs, type Fault } from "./faults.js";
 import { parseGoDuration } from "./go-duration.js";
 
 /** Options for `startSimulator`; everything is optional. */
@@ -35,6 +36,11 @@ export interface SimulatorOptions {
   pullMs?: number;
   /** Reported by /api/version; default "0.12.6". */
   version?: string;
+  /**
+   * Faults armed when the simulator starts, in order (validated like `sim.faults.add`). Like any
+   * fault they are used up after `times` requests, and `reset()` disarms them. Default none.
+   */
+  faults?: Fault[];
 }
 
 /** Options with defaults applied. */
@@ -58,6 +64,7 @@ export function resolveOptions(options: SimulatorOptions = {}): ResolvedSimulato
     registry: [...models, ...(options.registry ?? defaultRegistry())],
     pullMs: options.pullMs ?? 30,
     version: options.version ?? "0.12.6",
+    faults: (options.faults ?? []).map(parseFault),
   };
   const nonNegative = ["port", "loadMs", "firstTokenMs", "tokenMs", "maxQueue", "pullMs"] as const;
   for (const key of nonNegative) {
@@ -95,6 +102,8 @@ const FLAGS: Record<string, { env: readonly string[]; apply: (o: SimulatorOption
   "--num-ctx": { env: ["OLLAMA_CONTEXT_LENGTH"], apply: (o, v) => void (o.defaultNumCtx = int(v, "num-ctx")) },
   "--pull-ms": { env: ["SIM_PULL_MS"], apply: (o, v) => void (o.pullMs = num(v, "pull-ms")) },
   "--version": { env: ["SIM_VERSION"], apply: (o, v) => void (o.version = v) },
+  // Repeatable: each occurrence adds faults (SIM_FAULTS's first, then the flags').
+  "--fault": { env: ["SIM_FAULTS"], apply: (o, v) => void (o.faults = [...(o.faults ?? []), ...parseFaultSpecs(v)]) },
 };
 
 /** Usage text printed by `--help`. */
@@ -119,6 +128,17 @@ Flags (environment variable in brackets; flags win over the environment):
   --num-ctx <n>              default num_ctx (default 4096)              [OLLAMA_CONTEXT_LENGTH]
   --pull-ms <ms>             duration of a simulated pull (default 30)   [SIM_PULL_MS]
   --version <semver>         version reported by /api/version            [SIM_VERSION]
+  --fault <spec>             arm a fault at start; repeatable, adds to SIM_FAULTS  [SIM_FAULTS]
+                             spec: kind[,field=value...] (several separated by ";"), or a
+                             JSON object / array of objects as POST /_sim/faults takes. Kinds:
+                               error-before-stream,status=500,message=boom
+                               busy                                 (503, Ollama's busy text)
+                               error-mid-stream,afterTokens=3,message=boom
+                               drop-connection,afterTokens=2        (0 = before headers)
+                               malformed-line,afterTokens=1,then=end   endless-line   stall,ms=500
+                             scope: path=/api/chat, model=llama3.2, times=N (default 1; -1 = forever)
+                             e.g. --fault "busy,path=/api/chat,times=-1"
+                                  SIM_FAULTS='[{"kind":"error-mid-stream","afterTokens":3,"message":"a, b"}]'
   -h, --help                 show this help
 `;
 

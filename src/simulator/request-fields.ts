@@ -2,7 +2,7 @@
  * Validation of request fields shared by several routes (`think`, `format`, `tools`, model
  * names), each failing with Ollama's status code and exact message.
  */
-import { ApiError } from "./errors.js";
+import { ApiError, PROMPT_TOO_LONG_MESSAGE } from "./errors.js";
 import type { ThinkSetting, ToolSpec } from "./text-model.js";
 
 /** Decodes `think` (bool or level string); throws 400 with Ollama's text for anything else. */
@@ -55,4 +55,13 @@ export function checkTopLogprobs(value: unknown): void {
   if (typeof value === "number" && (value < 0 || value > 20)) {
     throw new ApiError(400, "top_logprobs must be between 0 and 20");
   }
+}
+
+/**
+ * With `shift: false` a prompt of `num_ctx` tokens or more cannot be evaluated: 400 before
+ * streaming, after the model is loaded (the runner raises it). With shift on (the default) the
+ * runner truncates instead, which the simulator does not model.
+ */
+export function checkPromptFits(shift: unknown, promptTokens: number, numCtx: number): void {
+  if (shift === false && promptTokens >= numCtx) throw new ApiError(400, PROMPT_TOO_LONG_MESSAGE);
 }

@@ -9,7 +9,7 @@ import { decodeBody, STRUCTS } from "./go-json.js";
 import { parseKeepAlive } from "./go-duration.js";
 import { CHAT_KEYS, orderKeys } from "./json-order.js";
 import { fullName, parseModelName } from "./model-name.js";
-import { checkTopLogprobs, parseFormat, parseThink, parseTools, wantsThinking } from "./request-fields.js";
+import { checkPromptFits, checkTopLogprobs, parseFormat, parseThink, parseTools, wantsThinking } from "./request-fields.js";
 import { resolveRequestOptions } from "./request-options.js";
 import { since, stringField, type Handler } from "./sim-context.js";
 import { countWords, planCompletion, type ToolCall } from "./text-model.js";
@@ -114,6 +114,13 @@ export const handleChat: Handler = async (ex, ctx) => {
     1,
     messages.reduce((n, m) => n + countWords(text(m)) + 1, 0) + (caps.includes("vision") ? images * 576 : 0),
   );
+
+  try {
+    checkPromptFits(body.shift, promptTokens, options.runner.numCtx);
+  } catch (error) {
+    lease.release();
+    throw error;
+  }
 
   await runCompletion<ChatChunk>({
     ex,

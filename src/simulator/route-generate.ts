@@ -9,7 +9,7 @@ import { decodeBody, STRUCTS } from "./go-json.js";
 import { parseKeepAlive } from "./go-duration.js";
 import { GENERATE_KEYS, orderKeys } from "./json-order.js";
 import { fullName, parseModelName } from "./model-name.js";
-import { checkTopLogprobs, parseFormat, parseThink, wantsThinking } from "./request-fields.js";
+import { checkPromptFits, checkTopLogprobs, parseFormat, parseThink, wantsThinking } from "./request-fields.js";
 import { resolveRequestOptions } from "./request-options.js";
 import { since, stringField, type Handler } from "./sim-context.js";
 import { countWords, planCompletion, tokenIds } from "./text-model.js";
@@ -95,6 +95,12 @@ export const handleGenerate: Handler = async (ex, ctx) => {
     1,
     countWords(system) + countWords(prompt) + countWords(suffix) + context.length + (caps.includes("vision") ? images * 576 : 0),
   );
+  try {
+    checkPromptFits(body.shift, promptTokens, options.runner.numCtx);
+  } catch (error) {
+    lease.release();
+    throw error;
+  }
   const finalContext = raw ? undefined : [...context, ...tokenIds(`${system} ${prompt}`), ...tokenIds(plan.content.join(""))];
 
   await runCompletion<GenerateChunk>({

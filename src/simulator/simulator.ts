@@ -81,6 +81,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
   const faults = createFaultInjector(() => {
     stats.faultsTriggered++;
   });
+  for (const fault of config.faults) faults.add(fault);
   const store = createModelStore(config.models);
   const registry = new Map<string, ResolvedModel>();
   for (const raw of config.registry) {
@@ -153,7 +154,13 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     }
     if (ex.method !== "GET" && ex.method !== "HEAD") ex.body = await readBody(ex.req);
     ex.model = peekModel(ex.body);
-    events.emit("request", { method: ex.method, path: ex.path, model: ex.model, at: performance.now() });
+    events.emit("request", {
+      method: ex.method,
+      path: ex.path,
+      model: ex.model,
+      ...(ex.method !== "GET" && ex.method !== "HEAD" ? { body: ex.body } : {}),
+      at: performance.now(),
+    });
     const fault = faults.take(ex.path, ex.model);
     switch (fault?.kind) {
       case "stall":
