@@ -13,6 +13,11 @@ export interface RedisServer {
   port: number;
   /** Stops the server (SIGTERM, SIGKILL after a grace period) and waits until it has exited. */
   stop(): Promise<void>;
+  /**
+   * Kills the server with SIGKILL — a crash: no shutdown, clients see their connections drop —
+   * and waits until it has exited. Its directory stays, so restart() can bring it back.
+   */
+  kill(): Promise<void>;
   /** Starts the server again on the same port (stopping it first if it runs). Data is not kept. */
   restart(): Promise<void>;
   /** Freezes the process (SIGSTOP): it keeps its sockets open but answers nothing — a hung Redis. */
@@ -102,6 +107,22 @@ function spawnRedis(args: string[]): { child: ChildProcess; stderr: () => string
   return { child, stderr: () => out };
 }
 
+/** SIGKILLs the child and waits until it has exited (bounded: a SIGKILLed process cannot linger). */
+async function killChild(child: ChildProcess | undefined): Promise<void> {
+  if (child === undefined || child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  child.kill("SIGKILL");
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`redis-server pid ${child.pid ?? "?"} did not exit within 5 s of SIGKILL`)), 5000);
+  });
+  try {
+    await Promise.race([exited, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 async function stopChild(child: ChildProcess | undefined): Promise<void> {
   if (child === undefined || child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
@@ -149,6 +170,9 @@ export async function startRedis(options: { port?: number; args?: readonly strin
     async stop() {
       await stopChild(child);
       rmSync(dir, { recursive: true, force: true });
+    },
+    async kill() {
+      await killChild(child);
     },
     async restart() {
       await stopChild(child);
