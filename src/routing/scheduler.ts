@@ -139,6 +139,8 @@ const EWMA = 0.2;
 const DEFAULT_LOAD_MS = 3_000;
 /** A hungry model's oldest request must have waited at least this long before a node is drained for it. */
 const MIN_REBALANCE_WAIT_MS = 500;
+/** An idle model unused this long may be pushed out for a busier one even where it is loaded nowhere else. */
+const COLD_MS = 30_000;
 
 /** A gate for a single replica: the scheduler's own counting is the whole truth. */
 export const LOCAL_GATE: SlotGate = {
@@ -183,9 +185,17 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     return fleet.nodes.some((o) => o !== except && o.models.has(model) && health.isHealthy(o.node.name));
   }
 
-  /** Waiting longer than a load takes: worth giving the model another node. */
+  /**
+   * Waiting longer than two loads take: worth giving the model another node. (Twice, so that a
+   * queue that merely waits for a load in progress does not trigger another one elsewhere.)
+   */
   function worthALoad(model: string, now: number): boolean {
-    return headWaitMs(model, now) >= Math.max(MIN_REBALANCE_WAIT_MS, loadMs.get(model) ?? DEFAULT_LOAD_MS);
+    return headWaitMs(model, now) >= Math.max(MIN_REBALANCE_WAIT_MS, 2 * (loadMs.get(model) ?? DEFAULT_LOAD_MS));
+  }
+
+  /** Pushing this idle model out of `s` costs nothing: it stays loaded elsewhere, or nobody used it for a while. */
+  function spare(name: string, m: { lastUsed: number }, s: NodeState, now: number): boolean {
+    return loadedElsewhere(name, s) || now - m.lastUsed >= COLD_MS;
   }
 
   /**
@@ -270,8 +280,18 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       for (const [name, m] of s.models) if (m.inFlight === 0 && !waiting(name)) return true;
       return false;
     });
-    // Wait for a slot rather than evict, unless the wait has grown longer than a load.
-    if (idle.length > 0 && (!loadedSomewhere || (rebalance && worthALoad(w.model, Date.now())))) return pick(idle);
+    // Wait for a slot rather than evict; a model loaded nowhere takes any idle node.
+    if (idle.length > 0 && !loadedSomewhere) return pick(idle);
+    // Scaling out once the wait has grown longer than a load: only onto a node whose idle
+    // model loses nothing by it (loaded elsewhere too, or cold).
+    const now = Date.now();
+    if (rebalance && idle.length > 0 && worthALoad(w.model, now)) {
+      const free = idle.filter((s) => {
+        for (const [name, m] of s.models) if (m.inFlight === 0 && !waiting(name) && spare(name, m, s, now)) return true;
+        return false;
+      });
+      if (free.length > 0) return pick(free);
+    }
     maybeDrain(w, open, loadedSomewhere);
     return undefined;
   }

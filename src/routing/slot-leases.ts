@@ -313,8 +313,10 @@ export function createSlotLeases(options: SlotLeasesOptions): SlotLeases {
         for (const r of snapshot) r.registered = true;
         for (const r of removals) if (pendingRemovals.get(r.id)?.at === r.at) pendingRemovals.delete(r.id);
         goUp();
-        // Leases taken locally while this renewal was in flight are registered by another one at once.
-        if ([...leases.values()].some((m) => [...m.values()].some((r) => !r.registered))) tickAgain = true;
+        // Leases taken locally while this renewal was in flight are registered by another one at
+        // once, and so are releases queued meanwhile: the renewal may have re-added those leases
+        // in Redis, where they would block the slot for every replica until the next renewal.
+        if (pendingRemovals.size > 0 || [...leases.values()].some((m) => [...m.values()].some((r) => !r.registered))) tickAgain = true;
       } catch (err) {
         log.warn({ redis: label, err: errorMessage(err) }, "slot lease renewal failed");
       }
