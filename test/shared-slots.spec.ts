@@ -5,17 +5,20 @@ import { GatewayService } from "../src/gen/ollama/gateway/v1/gateway_pb.js";
 import { InferenceService } from "../src/gen/ollama/gateway/v1/inference_pb.js";
 import { startSimulator } from "../src/simulator/simulator.js";
 import { startRedis } from "./helpers/redis-server.js";
-import { startTestGateway } from "./helpers/test-gateway.js";
+import { spawnGateway } from "./helpers/gateway-process.js";
 import { TRANSPORTS } from "./helpers/transports.js";
 
-/** Runs `perReplica` Generate calls through each of two replicas at once; returns the node's peak of concurrent requests. */
+/**
+ * Runs 8 Generate calls through each of two gateway processes at once (separate OS processes, as
+ * sidecars are); returns the node's peak of concurrent requests.
+ */
 async function peakWithTwoReplicas(redisUrl: string | undefined): Promise<{ peak: number; failures: number; shared: boolean[] }> {
   // The simulator accepts up to 8 at once, so its peak shows how many the
   // gateways sent; the gateways are told the node has 1 slot.
   const sim = await startSimulator({ tokenMs: 5, numParallel: 8 });
   const env: Record<string, string> = { OLLAMA_URL: sim.url, OLLAMA_NUM_PARALLEL: "1" };
   if (redisUrl) env["REDIS_URL"] = redisUrl;
-  const replicas = [await startTestGateway(env), await startTestGateway(env)];
+  const replicas = await Promise.all([spawnGateway(env), spawnGateway(env)]);
   try {
     const status = replicas.map((g) => createClient(GatewayService, TRANSPORTS[0]!.make(g.url)));
     const until = Date.now() + 3000;
@@ -40,12 +43,12 @@ async function peakWithTwoReplicas(redisUrl: string | undefined): Promise<{ peak
     );
     return { peak: sim.stats.maxInFlight["llama3.2:latest"] ?? 0, failures, shared };
   } finally {
-    for (const g of replicas) await g.close();
+    await Promise.all(replicas.map((g) => g.stop()));
     await sim.close();
   }
 }
 
-describe("slots shared between gateway replicas", () => {
+describe("slots shared between gateway replicas", { timeout: 60_000 }, () => {
   it("lets two replicas sharing Redis together never exceed a node's slots", async () => {
     const redis = await startRedis();
     try {
