@@ -5,6 +5,7 @@ import type { AddressInfo } from "node:net";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import type { Client } from "@connectrpc/connect";
 import { InferenceService } from "../src/gen/ollama/gateway/v1/inference_pb.js";
+import { ModelService } from "../src/gen/ollama/gateway/v1/model_pb.js";
 import type { GenerateResponse } from "../src/gen/ollama/gateway/v1/inference_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../src/gen/grpc/health/v1/health_pb.js";
 import { BadRequestSchema, ErrorInfoSchema, RetryInfoSchema } from "../src/gen/google/rpc/error_details_pb.js";
@@ -36,6 +37,14 @@ function reason(e: ConnectError | undefined): string | undefined {
 /** Resolves with the time of the simulator's next "disconnect" event. */
 function nextDisconnect(sim: Simulator): Promise<number> {
   return new Promise((resolve) => sim.events.once("disconnect", (e: { at: number }) => resolve(e.at)));
+}
+
+/** The gateway's overall and InferenceService health, as Health/Check reports them. */
+async function healthOf(baseUrl: string): Promise<[ServingStatus, ServingStatus]> {
+  const health = createClient(Health, TRANSPORTS[0]!.make(baseUrl));
+  const overall = await health.check({ service: "" });
+  const inference = await health.check({ service: InferenceService.typeName });
+  return [overall.status, inference.status];
 }
 
 async function waitFor(check: () => Promise<boolean>, ms: number): Promise<boolean> {
@@ -123,6 +132,7 @@ describe("errors reach clients with the right code and details", () => {
     assert.equal(reason(error), "UPSTREAM_PROTOCOL_ERROR");
     const ok = await generate(client, { model: "llama3.2", prompt: "hi" });
     assert.equal(ok.error, undefined);
+    assert.deepEqual(await healthOf(gw.url), [ServingStatus.SERVING, ServingStatus.SERVING], "a bad line does not make the node unhealthy");
   });
 
   it("answers INTERNAL for an endless line without buffering it, and keeps serving", async () => {
@@ -137,6 +147,25 @@ describe("errors reach clients with the right code and details", () => {
     assert.ok(grown < 64 * 1024 * 1024, `RSS grew by ${grown} bytes`);
     const ok = await generate(client, { model: "llama3.2", prompt: "hi" });
     assert.equal(ok.error, undefined);
+    assert.deepEqual(await healthOf(gw.url), [ServingStatus.SERVING, ServingStatus.SERVING], "an endless line does not make the node unhealthy");
+  });
+
+  it("ends a pull of a model that does not exist with NOT_FOUND, Ollama's message in the status, reserved characters removed", async () => {
+    const models = createClient(ModelService, TRANSPORTS[0]!.make(gw.url));
+    let error: ConnectError | undefined;
+    try {
+      for await (const _ of models.pullModel({ model: "no-such-model-anywhere" })) {
+        // progress, if any, is not what this test is about
+      }
+    } catch (e) {
+      error = ConnectError.from(e);
+    }
+    assert.equal(error?.code, Code.NotFound);
+    assert.equal(reason(error), "MODEL_NOT_FOUND");
+    const upstream = error?.findDetails(ErrorInfoSchema)[0]?.metadata["upstream_message"];
+    assert.equal(upstream, "pull model manifest: file does not exist", "the verbatim text stays in ErrorInfo");
+    assert.equal(error?.rawMessage, "model no-such-model-anywhere not found in its registry - pull model manifest file does not exist");
+    assert.doesNotMatch(error?.rawMessage ?? "", /[:/?#&=+,;@$]/);
   });
 
   it("answers DEADLINE_EXCEEDED and aborts the upstream request when the deadline passes", async () => {
@@ -217,6 +246,35 @@ describe("errors reach clients with the right code and details", () => {
       }
     } finally {
       await own.close();
+      await ownSim.close().catch(() => undefined);
+    }
+  });
+
+  it("streams NOT_SERVING on Health/Watch when the only Ollama node goes down, and SERVING when it returns", async () => {
+    const ownSim = await startSimulator();
+    const port = ownSim.port;
+    const own = await startTestGateway({ OLLAMA_URL: ownSim.url });
+    const watching = new AbortController();
+    const giveUp = setTimeout(() => watching.abort(new Error("no health change within 10 s")), 10_000);
+    let back: Simulator | undefined;
+    try {
+      const health = createClient(Health, TRANSPORTS[0]!.make(own.url));
+      const updates = health.watch({ service: "" }, { signal: watching.signal })[Symbol.asyncIterator]();
+      const next = async (): Promise<ServingStatus> => {
+        const r = await updates.next();
+        assert.ok(r.done !== true, "the watch stream ended");
+        return r.value.status;
+      };
+      assert.equal(await next(), ServingStatus.SERVING, "the first message is the current status");
+      await ownSim.close();
+      assert.equal(await next(), ServingStatus.NOT_SERVING);
+      back = await startSimulator({ port });
+      assert.equal(await next(), ServingStatus.SERVING);
+    } finally {
+      clearTimeout(giveUp);
+      watching.abort();
+      await own.close();
+      await back?.close();
       await ownSim.close().catch(() => undefined);
     }
   });

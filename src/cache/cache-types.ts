@@ -84,25 +84,36 @@ export interface CacheStats {
   pendingInvalidations: number;
 }
 
-/** A two-tier (memory, then Redis) cache of opaque Buffers that never fails its callers because of Redis. */
+/**
+ * A two-tier (memory, then Redis) cache of opaque Buffers that never fails its callers because of Redis.
+ *
+ * Every call that may wait on Redis takes the caller's `signal` (an RPC's deadline and cancel):
+ * each Redis command is bounded by `commandTimeoutMs`, and the caller additionally stops waiting
+ * as soon as its signal aborts — reads and writes then reject with the signal's reason (the
+ * memory tier has already been read or written by then), invalidate() resolves (see there).
+ */
 export interface Cache {
   readonly backend: "memory" | "redis";
   /** Redis reachable and the invalidation channel subscribed (always true for memory). */
   healthy(): boolean;
   /** The value, or undefined on a miss. The Buffer may be shared with the cache: do not mutate it. */
-  get(key: string): Promise<Buffer | undefined>;
+  get(key: string, signal?: AbortSignal): Promise<Buffer | undefined>;
   /** Like get for many keys (fetched from Redis in one pipelined batch); order preserved. */
-  getMany(keys: readonly string[]): Promise<(Buffer | undefined)[]>;
+  getMany(keys: readonly string[], signal?: AbortSignal): Promise<(Buffer | undefined)[]>;
   /** Stores in both tiers with a TTL (ms, > 0). The value is copied. */
-  set(key: string, value: Buffer, ttlMs: number): Promise<void>;
+  set(key: string, value: Buffer, ttlMs: number, signal?: AbortSignal): Promise<void>;
   /** set() for many entries in one pipelined batch. */
-  setMany(entries: readonly { key: string; value: Buffer; ttlMs: number }[]): Promise<void>;
+  setMany(entries: readonly { key: string; value: Buffer; ttlMs: number }[], signal?: AbortSignal): Promise<void>;
   /**
    * Deletes keys (exact) and keys under prefixes, here, in Redis, and — via Redis pub/sub — in
-   * the memory tier of every other replica at once. Resolves once Redis has been cleaned and the
-   * message has gone round (each step bounded); never rejects because of Redis.
+   * the memory tier of every other replica at once. This replica's memory (and its
+   * `onInvalidate` listeners) are done before the first await. Resolves once Redis has been
+   * cleaned and the message has gone round (each step bounded), or as soon as `signal` aborts:
+   * the Redis part then carries on in the background with the same bounds (and is replayed
+   * once Redis is back if it fails) — the caller has made its change and must not lose its
+   * answer to a slow Redis. Never rejects.
    */
-  invalidate(what: InvalidationRequest): Promise<void>;
+  invalidate(what: InvalidationRequest, signal?: AbortSignal): Promise<void>;
   /** Subscribe to invalidations arriving from any replica (including this one); returns the unsubscribe. */
   onInvalidate(listener: (what: Invalidation) => void): () => void;
   /** Hit/miss/error counters per kind, plus memory-tier entries/bytes and backend state. */

@@ -7,6 +7,7 @@ import { deleteInRedis } from "./redis-delete.js";
 import { NOT_READY, createRedisLink } from "./redis-link.js";
 import type { RedisCommands, RedisLink } from "./redis-link.js";
 import { maskRedisUrl, parseRedisUrl } from "./redis-target.js";
+import { untilAborted } from "./until-aborted.js";
 import type { Outcome } from "./with-timeout.js";
 
 const MiB = 1024 * 1024;
@@ -46,6 +47,8 @@ export function createCache(options: CacheOptions): Cache {
   let oversizeSkipped = 0;
   let invalidationsReceived = 0;
   let replaying = false;
+  /** Redis halves of invalidations still running (their callers may have stopped waiting). */
+  const invalidating = new Set<Promise<void>>();
 
   const notify = (what: Invalidation): void => {
     for (const listener of [...listeners]) {
@@ -200,7 +203,7 @@ export function createCache(options: CacheOptions): Cache {
     });
   };
 
-  const writeAll = async (entries: readonly { key: string; value: Buffer; ttlMs: number }[]): Promise<void> => {
+  const writeAll = async (entries: readonly { key: string; value: Buffer; ttlMs: number }[], signal?: AbortSignal): Promise<void> => {
     const store: { key: string; value: Buffer; ttl: number }[] = [];
     const drop: string[] = [];
     for (const { key, value, ttlMs } of entries) {
@@ -217,7 +220,7 @@ export function createCache(options: CacheOptions): Cache {
       store.push({ key, value, ttl });
     }
     if (link === undefined) return;
-    await redis(
+    const written = redis(
       entries.map((e) => e.key),
       (r) =>
         Promise.all([
@@ -225,9 +228,10 @@ export function createCache(options: CacheOptions): Cache {
           ...drop.map((k) => r.unlink(namespace + k)),
         ]),
     );
+    await untilAborted(written, signal);
   };
 
-  const getMany = async (keys: readonly string[]): Promise<(Buffer | undefined)[]> => {
+  const getMany = async (keys: readonly string[], signal?: AbortSignal): Promise<(Buffer | undefined)[]> => {
       const result: (Buffer | undefined)[] = [];
       const missing: string[] = [];
       const missingAt: number[] = [];
@@ -241,7 +245,7 @@ export function createCache(options: CacheOptions): Cache {
         }
       });
       if (missing.length > 0) {
-        const fetched = link === undefined ? missing.map(() => undefined) : await readRedis(missing);
+        const fetched = link === undefined ? missing.map(() => undefined) : await untilAborted(readRedis(missing), signal);
         fetched.forEach((value, j) => {
           const key = missing[j] ?? "";
           const at = missingAt[j] ?? 0;
@@ -256,28 +260,37 @@ export function createCache(options: CacheOptions): Cache {
   return {
     backend: link === undefined ? "memory" : "redis",
     healthy: () => link === undefined || link.healthy(),
-    async get(key) {
-      const [value] = await getMany([key]);
+    async get(key, signal) {
+      const [value] = await getMany([key], signal);
       return value;
     },
     getMany,
-    async set(key, value, ttlMs) {
-      await writeAll([{ key, value, ttlMs }]);
+    async set(key, value, ttlMs, signal) {
+      await writeAll([{ key, value, ttlMs }], signal);
     },
-    async setMany(entries) {
-      await writeAll(entries);
+    async setMany(entries, signal) {
+      await writeAll(entries, signal);
     },
-    async invalidate(what: InvalidationRequest) {
+    async invalidate(what: InvalidationRequest, signal?: AbortSignal) {
       const keys = [...new Set(what.keys ?? [])];
       const prefixes = [...new Set(what.prefixes ?? [])];
       if (keys.length === 0 && prefixes.length === 0) return;
       dropLocal(keys, prefixes);
       notify({ keys, prefixes });
       if (link === undefined) return;
-      const done = await invalidateInRedis(keys, prefixes);
-      if (!done) addPending(keys, prefixes);
-      // Reads from Redis that raced with the deletion may have refilled memory: drop again.
-      dropLocal(keys, prefixes);
+      // The Redis half runs to its own bounds whether or not the caller keeps waiting.
+      const work = (async (): Promise<void> => {
+        const done = await invalidateInRedis(keys, prefixes);
+        if (!done) addPending(keys, prefixes);
+        // Reads from Redis that raced with the deletion may have refilled memory: drop again.
+        dropLocal(keys, prefixes);
+      })().catch((err: unknown) => {
+        addPending(keys, prefixes);
+        log.warn({ err: err instanceof Error ? err.message : String(err) }, "cache invalidation failed; it is replayed when Redis is back");
+      });
+      invalidating.add(work);
+      void work.finally(() => invalidating.delete(work));
+      await untilAborted(work, signal).catch(() => undefined);
     },
     onInvalidate(listener) {
       const wrapped = (what: Invalidation): void => listener(what);
@@ -304,6 +317,8 @@ export function createCache(options: CacheOptions): Cache {
       listeners.clear();
       for (const done of [...echoWaiters.values()]) done();
       await link?.close();
+      // Closed links fail fast, so invalidations still running end at once.
+      await Promise.all([...invalidating]);
       memory.clear();
     },
   };

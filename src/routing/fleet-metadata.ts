@@ -13,8 +13,28 @@ export interface MetadataTtls {
   psMs: number;
   /** Model descriptions by digest (/api/show); a digest never changes. @default 86400000 */
   showMs: number;
-  /** Longest a shared upstream metadata call may take. @default 10000 */
+  /**
+   * Ceiling of a shared upstream metadata call. Below it, the call stops as soon as every
+   * request waiting for it has gone (each request stops waiting at its own deadline or cancel).
+   * @default 10000
+   */
   upstreamTimeoutMs: number;
+  /**
+   * Oldest /api/tags answer whose digests `locate(…, { recent: true })` may use (older ones are
+   * fetched again, shared by concurrent callers): how long a model re-pulled outside the gateway
+   * can keep its old digest on the Embed path, whose cache key is the digest. @default 1000
+   */
+  digestMaxAgeMs?: number;
+}
+
+/** How `locate` may answer. */
+export interface LocateOptions {
+  /**
+   * Only from /api/tags answers that this process requested from the nodes at most
+   * `digestMaxAgeMs` before the call (or during it), not from older cache entries. For callers
+   * that key data by digest; costs at most one /api/tags per node per `digestMaxAgeMs`.
+   */
+  recent?: boolean;
 }
 
 /** Where a model is installed. */
@@ -28,10 +48,12 @@ export interface Located {
 /**
  * What the fleet has installed and loaded, read through the cache.
  *
+ * Every method takes the request's signal and stops waiting as soon as it
+ * aborts, rejecting with the signal's reason (a Redis read included).
  * Concurrent misses for one key share one upstream call (single-flight),
- * which runs under its own timeout rather than the first caller's signal, so
- * one impatient caller cannot fail the others; each caller still stops
- * waiting when its own signal fires.
+ * which runs under its own signal rather than the first caller's, so one
+ * impatient caller cannot fail the others: it ends when every caller waiting
+ * for it has gone, or at `upstreamTimeoutMs`, whichever comes first.
  */
 export interface FleetMetadata {
   /** Installed models on a node. `fresh` skips the cache (and refills it). */
@@ -44,14 +66,19 @@ export interface FleetMetadata {
    * Every node that has `model`. When no node lists it, asks the nodes once
    * more bypassing the cache, so a model installed a moment ago is found.
    */
-  locate(model: string, signal: AbortSignal): Promise<Located>;
-  /** Drops a node's cached tags and/or ps on every replica. */
-  invalidate(node: string, kinds: readonly ("tags" | "ps")[]): Promise<void>;
+  locate(model: string, signal: AbortSignal, options?: LocateOptions): Promise<Located>;
+  /**
+   * Drops a node's cached tags and/or ps on every replica: here at once, elsewhere through
+   * Redis — waited for until done or until `signal` aborts, after which the Redis part carries
+   * on in the background (see `Cache.invalidate`). Never rejects.
+   */
+  invalidate(node: string, kinds: readonly ("tags" | "ps")[], signal?: AbortSignal): Promise<void>;
 }
 
 /** Creates the metadata view over these nodes. */
 export function createFleetMetadata(nodes: readonly OllamaNode[], cache: Cache, ttl: MetadataTtls): FleetMetadata {
   const flight = createSingleFlight();
+  const digestMaxAgeMs = ttl.digestMaxAgeMs ?? 1000;
   // Generations of invalidated keys: a load that was already running when its
   // key was invalidated must neither write its (stale) answer back nor be
   // joined by callers that arrive after the invalidation.
@@ -66,6 +93,11 @@ export function createFleetMetadata(nodes: readonly OllamaNode[], cache: Cache, 
   });
   const parsed = new WeakMap<Buffer, unknown>();
   const generation = (key: string): string => `${everything}.${generations.get(key) ?? 0}`;
+  /**
+   * Per node: the tags this process last fetched from the node itself, when that request
+   * started, and the key's generation then (an invalidation makes the record unusable).
+   */
+  const confirmed = new Map<string, { at: number; generation: string; tags: OllamaTag[] }>();
 
   async function cached<T>(
     key: string,
@@ -75,7 +107,7 @@ export function createFleetMetadata(nodes: readonly OllamaNode[], cache: Cache, 
     load: (signal: AbortSignal) => Promise<T>,
   ): Promise<T> {
     if (!fresh) {
-      const hit = await cache.get(key);
+      const hit = await cache.get(key, signal);
       if (hit !== undefined) {
         // The memory tier hands out the same Buffer until the entry changes,
         // so the parse is done once per entry, not once per request.
@@ -88,24 +120,53 @@ export function createFleetMetadata(nodes: readonly OllamaNode[], cache: Cache, 
       }
     }
     const started = generation(key);
-    const shared = flight(`${fresh ? "fresh:" : ""}${key}#${started}`, async () => {
-      const value = await load(AbortSignal.timeout(ttl.upstreamTimeoutMs));
-      if (generation(key) === started) await cache.set(key, Buffer.from(JSON.stringify(value)), ttlMs);
-      return value;
-    }) as Promise<T>;
-    return untilAborted(shared, signal);
+    const shared = flight(
+      `${fresh ? "fresh:" : ""}${key}#${started}`,
+      async (abandoned) => {
+        // Its own ceiling, and stopped at once when every caller has gone.
+        const value = await load(AbortSignal.any([abandoned, AbortSignal.timeout(ttl.upstreamTimeoutMs)]));
+        if (generation(key) === started) await cache.set(key, Buffer.from(JSON.stringify(value)), ttlMs, abandoned);
+        return value;
+      },
+      signal,
+    );
+    return shared as Promise<T>;
+  }
+
+  const fetchTags = (node: OllamaNode) => async (s: AbortSignal): Promise<OllamaTag[]> => {
+    const key = `tags:${node.name}`;
+    const at = Date.now();
+    const started = generation(key);
+    const tags = parseTags(await node.call("GET", "/api/tags", undefined, s));
+    if (generation(key) === started) confirmed.set(node.name, { at, generation: started, tags });
+    return tags;
+  };
+
+  /** A node's tags from a request this process made at most `digestMaxAgeMs` ago (or now). */
+  async function recentTags(node: OllamaNode, signal: AbortSignal): Promise<OllamaTag[]> {
+    const since = Date.now() - digestMaxAgeMs;
+    const usable = (): OllamaTag[] | undefined => {
+      const c = confirmed.get(node.name);
+      return c !== undefined && c.at >= since && c.generation === generation(`tags:${node.name}`) ? c.tags : undefined;
+    };
+    const ready = usable();
+    if (ready !== undefined) return ready;
+    await self.tags(node, signal, true);
+    // The shared request joined may have started before `since` (a slow node), or been
+    // overtaken by an invalidation: then once more, which starts a new request.
+    return usable() ?? self.tags(node, signal, true);
   }
 
   const self: FleetMetadata = {
     tags: (node, signal, fresh = false) =>
-      cached(`tags:${node.name}`, ttl.tagsMs, signal, fresh, async (s) => parseTags(await node.call("GET", "/api/tags", undefined, s))),
+      cached(`tags:${node.name}`, ttl.tagsMs, signal, fresh, fetchTags(node)),
     ps: (node, signal, fresh = false) =>
       cached(`ps:${node.name}`, ttl.psMs, signal, fresh, async (s) => parsePs(await node.call("GET", "/api/ps", undefined, s))),
     show: (node, name, digest, signal) =>
       cached(`show:${digest || `${node.name}:${canonicalModelName(name)}`}`, ttl.showMs, signal, false, async (s) =>
         parseShow(await node.call("POST", "/api/show", { model: name }, s)),
       ),
-    async locate(model, signal) {
+    async locate(model, signal, options = {}) {
       const wanted = canonicalModelName(model);
       const look = async (fresh: boolean): Promise<Located> => {
         const located: Located["located"] = [];
@@ -113,7 +174,8 @@ export function createFleetMetadata(nodes: readonly OllamaNode[], cache: Cache, 
         await Promise.all(
           nodes.map(async (node) => {
             try {
-              const tag = (await self.tags(node, signal, fresh)).find((t) => canonicalModelName(t.name) === wanted);
+              const tags = options.recent === true && !fresh ? await recentTags(node, signal) : await self.tags(node, signal, fresh);
+              const tag = tags.find((t) => canonicalModelName(t.name) === wanted);
               if (tag) located.push({ node, tag });
             } catch (e) {
               if (signal.aborted) throw e;
@@ -128,26 +190,7 @@ export function createFleetMetadata(nodes: readonly OllamaNode[], cache: Cache, 
       const first = await look(false);
       return first.located.length > 0 ? first : look(true);
     },
-    invalidate: (node, kinds) => cache.invalidate({ keys: kinds.map((k) => `${k}:${node}`) }),
+    invalidate: (node, kinds, signal) => cache.invalidate({ keys: kinds.map((k) => `${k}:${node}`) }, signal),
   };
   return self;
-}
-
-/** Waits for `p`, but rejects with the signal's reason as soon as it aborts. */
-function untilAborted<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason as Error);
-  return new Promise((resolve, reject) => {
-    const onAbort = (): void => reject(signal.reason as Error);
-    signal.addEventListener("abort", onAbort, { once: true });
-    p.then(
-      (v) => {
-        signal.removeEventListener("abort", onAbort);
-        resolve(v);
-      },
-      (e: unknown) => {
-        signal.removeEventListener("abort", onAbort);
-        reject(e as Error);
-      },
-    );
-  });
 }

@@ -3,7 +3,11 @@ import type { Cache } from "../cache/cache.js";
 
 /** What identifies a vector besides its input text. */
 export interface EmbeddingKey {
-  /** Digest of the model's weights: a re-pulled model never reuses old vectors. */
+  /**
+   * Digest of the model's weights, from an /api/tags answer at most `MetadataTtls.digestMaxAgeMs`
+   * old (`FleetMetadata.locate` with `recent`): a model re-pulled under the same name gets a new
+   * digest, so its old vectors are not served (see README "Caching" for the exact bound).
+   */
   digest: string;
   /** Requested dimensions (0 = full). */
   dimensions: number;
@@ -20,10 +24,10 @@ export interface EmbeddingKey {
  * no text is stored in key names.
  */
 export interface EmbeddingCache {
-  /** The cached vector of each input, or undefined. */
-  lookup(key: EmbeddingKey, inputs: readonly string[]): Promise<(Float32Array | undefined)[]>;
-  /** Stores vectors for inputs (same order). */
-  store(key: EmbeddingKey, inputs: readonly string[], vectors: readonly (readonly number[])[]): Promise<void>;
+  /** The cached vector of each input, or undefined. Rejects with the signal's reason once it aborts. */
+  lookup(key: EmbeddingKey, inputs: readonly string[], signal?: AbortSignal): Promise<(Float32Array | undefined)[]>;
+  /** Stores vectors for inputs (same order). Rejects with the signal's reason once it aborts (memory is written by then). */
+  store(key: EmbeddingKey, inputs: readonly string[], vectors: readonly (readonly number[])[], signal?: AbortSignal): Promise<void>;
 }
 
 /** Creates the embedding cache on top of the shared cache. */
@@ -31,14 +35,14 @@ export function createEmbeddingCache(cache: Cache, ttlMs: number): EmbeddingCach
   const prefix = (k: EmbeddingKey): string =>
     `emb:${k.digest}:${k.dimensions}:${k.truncate ? 1 : 0}:${k.options === "" ? "-" : hash(k.options).slice(0, 16)}:`;
   return {
-    async lookup(key, inputs) {
+    async lookup(key, inputs, signal) {
       const p = prefix(key);
-      const values = await cache.getMany(inputs.map((i) => p + hash(i)));
+      const values = await cache.getMany(inputs.map((i) => p + hash(i)), signal);
       return values.map((b) =>
         b === undefined || b.length % 4 !== 0 ? undefined : new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length)),
       );
     },
-    async store(key, inputs, vectors) {
+    async store(key, inputs, vectors, signal) {
       const p = prefix(key);
       await cache.setMany(
         inputs.map((input, i) => ({
@@ -46,6 +50,7 @@ export function createEmbeddingCache(cache: Cache, ttlMs: number): EmbeddingCach
           value: Buffer.from(Float32Array.from(vectors[i]!).buffer),
           ttlMs,
         })),
+        signal,
       );
     },
   };

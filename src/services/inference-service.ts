@@ -5,6 +5,7 @@ import { InferenceService } from "../gen/ollama/gateway/v1/inference_pb.js";
 import type { EmbedRequest } from "../gen/ollama/gateway/v1/inference_pb.js";
 import { Role } from "../gen/ollama/gateway/v1/types_pb.js";
 import type { UsageSchema } from "../gen/ollama/gateway/v1/types_pb.js";
+import { untilAborted } from "../cache/until-aborted.js";
 import { gatewayError } from "../errors/gateway-error.js";
 import { isNodeDown, toConnectError } from "../errors/to-connect-error.js";
 import { rpcInfo } from "../observability/rpc-info.js";
@@ -26,6 +27,9 @@ import type { OllamaBody } from "./ollama-request.js";
 import { chatChunk, generateChunk, usage } from "./ollama-response.js";
 import type { OllamaChunk, UsageContext } from "./ollama-response.js";
 import { validateChat, validateEmbed, validateGenerate } from "./validate-request.js";
+
+/** Longest an Embed waits for the fresh /api/tags behind its cache key before it goes without the cache. */
+const DIGEST_WAIT_MS = 1_000;
 
 /** What the inference handlers need from the rest of the gateway. */
 export interface InferenceDeps {
@@ -116,6 +120,7 @@ export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof 
       let sent = false;
       let finished = false;
       let after = 0;
+      let loadMs: number | undefined;
       try {
         for await (const batch of dispatch.node.stream(path, body, signal)) {
           // After the final chunk, read on to the end of the response (it
@@ -131,6 +136,7 @@ export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof 
             sent = true;
             yield message;
             if (message.done === true) {
+              loadMs = nanosToMs(chunk["load_duration"]);
               deps.health.reportSuccess(node);
               finished = true;
               break;
@@ -151,7 +157,7 @@ export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof 
         tried.add(node);
         lastError = err;
       } finally {
-        dispatch.release();
+        dispatch.release({ loadMs });
       }
       await sleep(wait, signal).catch((e: unknown) => {
         throw toConnectError(e, signal, { model });
@@ -169,9 +175,11 @@ export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof 
       for (let attempt = 1; ; attempt++) {
         const dispatch = await deps.scheduler.acquire({ model, priority: 0, signal, remainingMs: deps.maxDeadlineMs, exclude: tried });
         const node = dispatch.node.name;
+        let loadMs: number | undefined;
         try {
           const raw = await dispatch.node.call("POST", "/api/embed", body, signal);
           deps.health.reportSuccess(node);
+          loadMs = nanosToMs((raw as Record<string, unknown> | undefined)?.["load_duration"]);
           return { raw, node, queueMs: dispatch.queueMs };
         } catch (e) {
           const err = fail(e, node, model, signal);
@@ -181,7 +189,7 @@ export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof 
           }
           tried.add(node);
         } finally {
-          dispatch.release();
+          dispatch.release({ loadMs });
         }
         await sleep(backoffMs(attempt + 1, policy), signal);
       }
@@ -216,7 +224,12 @@ export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof 
       const signal = rpcSignal(ctx, deps.maxDeadlineMs);
 
       const key = deps.embeddings && req.inputs.length > 0 ? await embeddingKey(req, signal) : undefined;
-      const cached = key ? await deps.embeddings!.lookup(key, req.inputs) : [];
+      // The cache gives up on Redis after its command timeout, and on the RPC when its signal aborts.
+      const cached = key
+        ? await deps.embeddings!.lookup(key, req.inputs, signal).catch((e: unknown) => {
+            throw toConnectError(e, signal, { model: req.model });
+          })
+        : [];
       // Only inputs not in the cache go upstream, each distinct text once.
       const missing = [...new Set(req.inputs.filter((_, i) => cached[i] === undefined))];
       let fresh: number[][] = [];
@@ -232,7 +245,11 @@ export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof 
         const usageCtx: UsageContext = { node: share.node, queueMs: share.queueMs };
         fresh = embedVectors(share.vectors, missing.length, usageCtx, req.model);
         usageInit = usage(share.raw, usageCtx);
-        if (key) await deps.embeddings!.store(key, missing, fresh);
+        if (key) {
+          await deps.embeddings!.store(key, missing, fresh, signal).catch((e: unknown) => {
+            throw toConnectError(e, signal, { model: req.model });
+          });
+        }
       }
       const position = new Map(missing.map((text, i) => [text, i]));
       return {
@@ -252,7 +269,12 @@ export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof 
    */
   async function embeddingKey(req: EmbedRequest, signal: AbortSignal): Promise<EmbeddingKey | undefined> {
     try {
-      const where = await deps.metadata.locate(req.model, signal);
+      // Digests from a recent /api/tags answer, not the tags cache (see LocateOptions.recent);
+      // a node slow to give one makes this call go without the cache rather than wait.
+      const where = await untilAborted(
+        deps.metadata.locate(req.model, signal, { recent: true }),
+        AbortSignal.any([signal, AbortSignal.timeout(DIGEST_WAIT_MS)]),
+      );
       const digests = new Set(where.located.map((l) => l.tag.digest));
       const [digest] = digests;
       if (digests.size !== 1 || !digest) return undefined;
@@ -263,7 +285,8 @@ export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof 
         truncate: req.truncate ?? true,
         options: options === undefined ? "" : JSON.stringify(options),
       };
-    } catch {
+    } catch (e) {
+      if (signal.aborted) throw toConnectError(e, signal, { model: req.model });
       return undefined; // metadata unavailable: serve without the cache
     }
   }
@@ -284,4 +307,9 @@ function embedVectors(vectors: unknown, expected: number, ctx: UsageContext, mod
     );
   }
   return vectors as number[][];
+}
+
+/** Ollama's nanosecond durations (e.g. `load_duration`) in ms; undefined when absent or odd. */
+function nanosToMs(v: unknown): number | undefined {
+  return typeof v === "number" && Number.isFinite(v) && v >= 0 ? v / 1e6 : undefined;
 }

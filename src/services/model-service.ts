@@ -36,7 +36,8 @@ export interface ModelServiceDeps {
  * The model lifecycle RPCs. Reads go through the metadata cache; every
  * change (load, unload, pull, delete, copy) invalidates the affected cache
  * entries on all gateway replicas before the RPC returns, so a model deleted
- * through one replica is gone from ListModels on another at once.
+ * through one replica is gone from ListModels on another at once — waiting
+ * for Redis at most until shortly before the deadline (`invalidationWait`).
  */
 export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof ModelService> {
   const byName = new Map(deps.nodes.map((n) => [n.name, n]));
@@ -239,7 +240,7 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
         throw fail(e, node, signal, { model: req.model });
       }
       const ms = performance.now() - t0;
-      await deps.metadata.invalidate(node!.name, ["ps"]);
+      await deps.metadata.invalidate(node!.name, ["ps"], invalidationWait(ctx, signal));
       return { node: node!.name, loadDuration: { seconds: BigInt(Math.floor(ms / 1000)), nanos: Math.round((ms % 1000) * 1e6) } };
     },
 
@@ -253,7 +254,10 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
         const wanted = canonicalModelName(req.model);
         const loaded = await Promise.all(
           deps.nodes.map(async (n) => {
-            const running = await deps.metadata.ps(n, signal, true).catch(() => []);
+            const running = await deps.metadata.ps(n, signal, true).catch((e: unknown) => {
+              if (signal.aborted) throw fail(e, n, signal, { model: req.model });
+              return [];
+            });
             return running.some((r) => canonicalModelName(r.name) === wanted) ? n : undefined;
           }),
         );
@@ -262,7 +266,7 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
       await onEach(nodes, signal, { model: req.model }, (n) =>
         n.call("POST", "/api/generate", { model: req.model, prompt: "", keep_alive: 0, stream: false }, signal),
       );
-      await Promise.all(nodes.map((n) => deps.metadata.invalidate(n.name, ["ps"])));
+      await Promise.all(nodes.map((n) => deps.metadata.invalidate(n.name, ["ps"], invalidationWait(ctx, signal))));
       return { nodes: nodes.map((n) => n.name) };
     },
 
@@ -278,14 +282,15 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
         const failedNode = e instanceof PullError ? e.node : undefined;
         const cause = e instanceof PullError ? e.cause : e;
         if (isUpstreamError(cause) && /file does not exist|not found/i.test(cause.message) && !signal.aborted) {
-          throw gatewayError(Code.NotFound, "MODEL_NOT_FOUND", `model ${req.model} not found in its registry`, {
+          // gatewayError sanitises the status message; the verbatim text stays in upstream_message.
+          throw gatewayError(Code.NotFound, "MODEL_NOT_FOUND", `model ${req.model} not found in its registry - ${cause.message}`, {
             metadata: { model: req.model, node: cause.node, upstream_message: cause.message },
             cause,
           });
         }
         throw fail(cause, failedNode, signal, { model: req.model });
       } finally {
-        await Promise.all(nodes.map((n) => deps.metadata.invalidate(n.name, ["tags"])));
+        await Promise.all(nodes.map((n) => deps.metadata.invalidate(n.name, ["tags"], invalidationWait(ctx, signal))));
       }
     },
 
@@ -294,7 +299,7 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
       const signal = begin(ctx, req.model);
       const nodes = await nodesWith(req.model, req.nodes, "nodes", signal);
       await onEach(nodes, signal, { model: req.model }, (n) => n.call("DELETE", "/api/delete", { model: req.model }, signal));
-      await Promise.all(nodes.map((n) => deps.metadata.invalidate(n.name, ["tags", "ps"])));
+      await Promise.all(nodes.map((n) => deps.metadata.invalidate(n.name, ["tags", "ps"], invalidationWait(ctx, signal))));
       return { nodes: nodes.map((n) => n.name) };
     },
 
@@ -308,7 +313,7 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
       await onEach(nodes, signal, { model: req.source }, (n) =>
         n.call("POST", "/api/copy", { source: req.source, destination: req.destination }, signal),
       );
-      await Promise.all(nodes.map((n) => deps.metadata.invalidate(n.name, ["tags"])));
+      await Promise.all(nodes.map((n) => deps.metadata.invalidate(n.name, ["tags"], invalidationWait(ctx, signal))));
       return { nodes: nodes.map((n) => n.name) };
     },
   };
@@ -405,6 +410,30 @@ function details(d: OllamaDetails): MessageInitShape<typeof ModelDetailsSchema> 
     contextLength: BigInt(Math.round(d.contextLength)),
     embeddingLength: BigInt(Math.round(d.embeddingLength)),
   };
+}
+
+/** Time left for a change RPC's answer to reach its client after the cache invalidation stops being waited for. */
+const ANSWER_MARGIN_MS = 50;
+
+/**
+ * How long a change RPC (load, unload, pull, delete, copy) waits for its cache invalidation.
+ *
+ * The invalidation drops this replica's entries at once. Its Redis part (delete the shared
+ * entries, then publish to the other replicas and see the message come back) is waited for, so
+ * that when the RPC returns every replica has dropped them: a model deleted through A is gone
+ * from ListModels on B immediately. Answering right after the local part would be quicker, but
+ * would give up that guarantee even with a healthy Redis, so the RPC waits — yet only until
+ * shortly before its deadline (or its cancel): a slow or hung Redis must not turn a change that
+ * succeeded into DEADLINE_EXCEEDED. Past that point the RPC answers and the Redis part carries
+ * on in the background within its own bounds (`REDIS_COMMAND_TIMEOUT_MS` per command), and is
+ * replayed once Redis is back if it failed; meanwhile other replicas may serve the old entries,
+ * at most until their TTL.
+ */
+function invalidationWait(ctx: HandlerContext, signal: AbortSignal): AbortSignal {
+  const remaining = ctx.timeoutMs();
+  if (remaining === undefined || signal.aborted) return signal;
+  const margin = Math.min(ANSWER_MARGIN_MS, remaining / 4);
+  return AbortSignal.any([signal, AbortSignal.timeout(Math.max(0, remaining - margin))]);
 }
 
 function timestamp(text: string): Timestamp | undefined {
