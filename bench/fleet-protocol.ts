@@ -116,6 +116,8 @@ export interface WorkloadSpec {
   durationMs: number;
   /** Models with their share of the requests (weights, need not sum to 1). */
   mix: readonly { model: string; weight: number }[];
+  /** The mix from the middle of the window on, when demand moves; undefined = `mix` throughout. */
+  shiftMix?: readonly { model: string; weight: number }[] | undefined;
   /** Smallest and largest `num_predict`, uniformly distributed. */
   minTokens: number;
   /** Largest `num_predict`. */
@@ -146,16 +148,16 @@ const TOPICS = ["rivers", "compilers", "bread", "glaciers", "chess", "volcanoes"
  */
 export function buildSchedule(spec: WorkloadSpec): FleetRequest[] {
   const rnd = seededRandom(spec.seed);
-  const total = spec.mix.reduce((a, m) => a + m.weight, 0);
   const cap = Math.max(16, Math.ceil((spec.ratePerSec * spec.durationMs) / 1000) * 4);
   const out: FleetRequest[] = [];
   let t = 0;
   for (let i = 0; i < cap; i++) {
     t += (-Math.log(1 - rnd()) / spec.ratePerSec) * 1000;
     if (t >= spec.durationMs) break;
-    let pick = rnd() * total;
-    let model = spec.mix[spec.mix.length - 1]!.model;
-    for (const m of spec.mix) {
+    const mix = spec.shiftMix !== undefined && t >= spec.durationMs / 2 ? spec.shiftMix : spec.mix;
+    let pick = rnd() * mix.reduce((a, m) => a + m.weight, 0);
+    let model = mix[mix.length - 1]!.model;
+    for (const m of mix) {
       if (pick < m.weight) {
         model = m.model;
         break;

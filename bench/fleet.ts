@@ -46,6 +46,10 @@ interface FleetOptions {
   maxLoadedModels: number;
   /** Models and their weights. */
   mix: { model: string; weight: number }[];
+  /** Models and weights for the second half of the window (demand moves); undefined = `mix` throughout. */
+  shiftMix: { model: string; weight: number }[] | undefined;
+  /** Extra environment for the gateway (e.g. REBALANCE=off, QUEUE_MAX_WAIT_MS=5000). */
+  gatewayEnv: Record<string, string>;
   /** Smallest num_predict. */
   minTokens: number;
   /** Largest num_predict. */
@@ -78,6 +82,8 @@ The gateway vs round-robin over the same simulated fleet (issue #4).
   --num-parallel N         slots per loaded model (default 2)
   --max-loaded-models N    models resident per node (default 1)
   --mix m=w,m=w            models and weights (default llama3.2=50,qwen3=30,llava=20)
+  --shift-mix m=w,m=w      another mix for the second half of the window (demand moves)
+  --gateway-env NAME=value extra gateway setting, repeatable (e.g. REBALANCE=off)
   --tokens A-B             num_predict, uniform (default 20-50)
   --sides a,b              gateway,round-robin (default both, in that order)
   --runtime compiled|tsx   how the gateway and simulators run (default compiled)
@@ -118,6 +124,8 @@ function parseFleetArgs(argv: string[]): FleetOptions | undefined {
       { model: "qwen3", weight: 30 },
       { model: "llava", weight: 20 },
     ],
+    shiftMix: undefined,
+    gatewayEnv: {},
     minTokens: 20,
     maxTokens: 50,
     sides: ["gateway", "round-robin"],
@@ -166,13 +174,23 @@ function parseFleetArgs(argv: string[]): FleetOptions | undefined {
       case "--max-loaded-models":
         o.maxLoadedModels = intArg(flag, value(), 1);
         break;
-      case "--mix": {
+      case "--mix":
+      case "--shift-mix": {
         const v = value() ?? "";
-        o.mix = v.split(",").map((p) => {
+        const mix = v.split(",").map((p) => {
           const [model, w] = p.split("=");
-          if (!model) throw new Error(`--mix: bad entry "${p}"`);
-          return { model, weight: numArg(`--mix ${model}`, w, 0) };
+          if (!model) throw new Error(`${flag}: bad entry "${p}"`);
+          return { model, weight: numArg(`${flag} ${model}`, w, 0) };
         });
+        if (flag === "--mix") o.mix = mix;
+        else o.shiftMix = mix;
+        break;
+      }
+      case "--gateway-env": {
+        const v = value() ?? "";
+        const eq = v.indexOf("=");
+        if (eq < 1) throw new Error(`--gateway-env needs NAME=value, got "${v}"`);
+        o.gatewayEnv[v.slice(0, eq)] = v.slice(eq + 1);
         break;
       }
       case "--tokens": {
@@ -407,19 +425,26 @@ async function run(o: FleetOptions): Promise<number> {
     ratePerSec: o.rate,
     durationMs: o.durationS * 1000,
     mix: o.mix,
+    shiftMix: o.shiftMix,
     minTokens: o.minTokens,
     maxTokens: o.maxTokens,
     thinkingModels: ["qwen3"],
   };
   const schedule = buildSchedule(spec);
-  const mixText = o.mix.map((m) => `${m.model} ${round((100 * m.weight) / o.mix.reduce((a, b) => a + b.weight, 0))}%`).join(", ");
-  const counts = o.mix.map((m) => `${m.model} ${schedule.filter((r) => r.model === m.model).length}`).join(", ");
+  const describeMix = (mix: { model: string; weight: number }[]): string =>
+    mix.map((m) => `${m.model} ${round((100 * m.weight) / mix.reduce((a, b) => a + b.weight, 0))}%`).join(", ");
+  const mixText =
+    describeMix(o.mix) + (o.shiftMix ? ` in the first half, then ${describeMix(o.shiftMix)}` : "") +
+    (Object.keys(o.gatewayEnv).length > 0 ? `; gateway ${Object.entries(o.gatewayEnv).map(([k, v]) => `${k}=${v}`).join(" ")}` : "");
+  const models = [...new Set([...o.mix, ...(o.shiftMix ?? [])].map((m) => m.model))];
+  const counts = models.map((m) => `${m} ${schedule.filter((r) => r.model === m).length}`).join(", ");
   const gatewayEnv = (urls: string): Record<string, string> => ({
     OLLAMA_URLS: urls,
     OLLAMA_NUM_PARALLEL: String(o.numParallel),
     OLLAMA_MAX_LOADED_MODELS: String(o.maxLoadedModels),
     LOG_LEVEL: o.logLevel,
     SHUTDOWN_GRACE_MS: "2000",
+    ...o.gatewayEnv,
   });
   const info: FleetRunInfo = {
     startedAt: startedAt.toISOString(),
