@@ -26,6 +26,8 @@ export interface BenchOptions {
   gatewayNodeOptions: string[];
   /** Directory for the gateway's --cpu-prof output (undefined = no profiling). */
   cpuProfDir: string | undefined;
+  /** Tokens per stream in scenario (b). */
+  relayTokens: number;
   /** Concurrent streams of scenario (c). */
   streams: number;
   /** Simulator delay between tokens in scenario (c), ms. */
@@ -60,6 +62,7 @@ simulator over HTTP). Writes bench-results/bench-<time>.{md,json}.
   --gateway-node-options="OPTS"
                           extra node options for every gateway (note the =), e.g.
                           --gateway-node-options="--max-semi-space-size=32"
+  --relay-tokens N        tokens per stream in scenario b (default 2000; 200 with --smoke)
   --streams N             concurrent streams of scenario c (default 1000)
   --stream-token-ms N     simulator delay between tokens in scenario c (default 50)
   --stream-loadgens N     load-generator processes for scenario c (default 2)
@@ -87,6 +90,7 @@ export function parseBenchArgs(argv: string[]): BenchOptions | undefined {
       runtime: { type: "string" },
       "cpu-prof": { type: "string" },
       "gateway-node-options": { type: "string" },
+      "relay-tokens": { type: "string" },
       streams: { type: "string" },
       "stream-token-ms": { type: "string" },
       "stream-loadgens": { type: "string" },
@@ -121,6 +125,7 @@ export function parseBenchArgs(argv: string[]): BenchOptions | undefined {
     runtime,
     cpuProfDir: values["cpu-prof"],
     gatewayNodeOptions: (values["gateway-node-options"] ?? "").split(/\s+/).filter((o) => o !== ""),
+    relayTokens: int("relay-tokens", values["relay-tokens"], smoke ? 200 : 2000, 1, 100_000),
     streams: int("streams", values.streams, 1000, 1, 5000),
     streamTokenMs: int("stream-token-ms", values["stream-token-ms"], 50, 1, 10_000),
     streamLoadgens: int("stream-loadgens", values["stream-loadgens"], 2, 1, 16),

@@ -152,7 +152,7 @@ export async function scenarioB(ctx: BenchContext): Promise<RelayRow[]> {
   const smoke = ctx.opts.smoke;
   const sim = await ctx.mainSim();
   const gw = await ctx.relayGateway();
-  const tokens = smoke ? 200 : 2000;
+  const tokens = ctx.opts.relayTokens;
   const rows: RelayRow[] = [];
   for (const streams of [1, 64]) {
     const requests = streams === 1 ? (smoke ? 3 : 20) : smoke ? 64 : 128;
