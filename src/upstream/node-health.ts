@@ -119,12 +119,14 @@ export function createNodeHealth(nodes: readonly OllamaNode[], options: NodeHeal
     if (c === undefined) return;
     const before = routable(c);
     const previous = c.state;
+    // The first probe's answer is this replica starting up, not news for the others.
+    const initial = previous === "open" && c.openedAt === 0;
     if (next === "open") c.openedAt = Date.now();
     if (next !== "open") c.failures = 0;
     c.state = next;
     const after = routable(c);
     if (before !== after) for (const l of listeners) l(node, after);
-    if (local && previous !== next && (next === "open" || next === "closed")) {
+    if (local && !initial && previous !== next && (next === "open" || next === "closed")) {
       for (const l of verdictListeners) l(node, next === "open" ? "down" : "up");
     }
   }
