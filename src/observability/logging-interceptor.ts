@@ -3,6 +3,7 @@ import type { Interceptor } from "@connectrpc/connect";
 import { errorReason } from "../errors/gateway-error.js";
 import type { Logger } from "./logger.js";
 import { kRpcInfo } from "./rpc-info.js";
+import { watchStream } from "../transport/watch-stream.js";
 
 /**
  * Logs exactly one line per RPC when it ends: request id, method, model,
@@ -57,24 +58,14 @@ export function loggingInterceptor(log: Logger): Interceptor {
       done();
       return res;
     }
-    const inner = res.message;
     return {
       ...res,
-      message: (async function* () {
-        let finished = false;
-        try {
-          yield* inner;
-          finished = true;
-          done();
-        } catch (e) {
-          finished = true;
-          done(e);
-          throw tagged(e, info?.requestId);
-        } finally {
-          // Reached without finishing when the client went away mid-stream.
-          if (!finished) done(req.signal.reason ?? new ConnectError("client went away", Code.Canceled));
-        }
-      })(),
+      message: watchStream(res.message, {
+        onEnd: ({ error, abandoned }) =>
+          // Abandoned: the client went away mid-stream.
+          done(abandoned ? (req.signal.reason ?? new ConnectError("client went away", Code.Canceled)) : error),
+        mapError: (e) => tagged(e, info?.requestId),
+      }),
     };
   };
 }

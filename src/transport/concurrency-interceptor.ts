@@ -1,6 +1,7 @@
 import { Code } from "@connectrpc/connect";
 import type { Interceptor } from "@connectrpc/connect";
 import { gatewayError } from "../errors/gateway-error.js";
+import { watchStream } from "./watch-stream.js";
 
 /** Current number of RPCs being handled, for status and tests. */
 export interface ConcurrencyGauge {
@@ -44,17 +45,7 @@ export function concurrencyInterceptor(max: number, exempt: ReadonlySet<string>)
       release();
       return res;
     }
-    const inner = res.message;
-    return {
-      ...res,
-      message: (async function* () {
-        try {
-          yield* inner;
-        } finally {
-          release();
-        }
-      })(),
-    };
+    return { ...res, message: watchStream(res.message, { onEnd: release }) };
   };
   return Object.defineProperty(interceptor, "active", { get: () => active }) as Interceptor & ConcurrencyGauge;
 }
