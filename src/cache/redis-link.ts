@@ -34,13 +34,22 @@ export interface RedisLinkOptions {
   /** A message arrived on `channel`. */
   onMessage(message: string): void;
   /** The link became healthy (first connect, or again after an outage). */
-  onUp(): void;
+  onUp?(): void;
+  /** Prefix of the connections' names in CLIENT LIST (the subscriber adds "-sub"). @default "ogw-cache" */
+  connectionName?: string;
+  /** The log lines of the link's changes of state, for users other than the cache. */
+  messages?: { up: string; upAgain: string; down: string };
 }
 
+/** The cache's log lines for its link's changes of state. */
+const CACHE_MESSAGES = { up: "redis connected", upAgain: "redis available again", down: "redis unavailable, serving from memory" };
+
 /**
- * The cache's connections to Redis: a command connection (auto-pipelined, failing fast while
- * disconnected) and a dedicated subscriber for invalidations. It tracks one health state for
- * both, logs once per change of state, and reconnects forever by itself.
+ * Connections to Redis for one pub/sub channel: a command connection (auto-pipelined, failing
+ * fast while disconnected) and a dedicated subscriber. It tracks one health state for both, logs
+ * once per change of state, detects hung connections, and reconnects forever by itself. The
+ * cache uses it for invalidations, node-health sharing (src/routing/shared-node-health.ts) for
+ * verdicts.
  */
 export interface RedisLink {
   /** Cluster mode: multi-key commands must not span slots. */
@@ -82,7 +91,7 @@ function createClients(o: RedisLinkOptions): { main: Client; sub: Client } {
   // have moved on, and a late SET could overwrite a newer invalidation.
   const main = createSharedRedisClient({
     target: o.target,
-    connectionName: "ogw-cache",
+    connectionName: o.connectionName ?? "ogw-cache",
     connectTimeoutMs: hangTimeoutMs(o.commandTimeoutMs),
     reconnect: o.reconnect,
   });
@@ -90,7 +99,7 @@ function createClients(o: RedisLinkOptions): { main: Client; sub: Client } {
     return { main, sub: main.duplicate([], { enableAutoPipelining: false }) };
   }
   // The subscriber resubscribes itself on every "ready", so ioredis' own resubscription is off.
-  const sub = main.duplicate({ autoResubscribe: false, enableAutoPipelining: false, connectionName: "ogw-cache-sub" });
+  const sub = main.duplicate({ autoResubscribe: false, enableAutoPipelining: false, connectionName: `${o.connectionName ?? "ogw-cache"}-sub` });
   return { main, sub };
 }
 
@@ -100,6 +109,7 @@ export function createRedisLink(o: RedisLinkOptions): RedisLink {
   let state: "starting" | "up" | "down" | "closed" = "starting";
   let subscribedNow = false;
   let lastError: string | undefined;
+  const messages = o.messages ?? CACHE_MESSAGES;
 
   const evaluate = (failure: boolean): void => {
     if (state === "closed") return;
@@ -108,11 +118,11 @@ export function createRedisLink(o: RedisLinkOptions): RedisLink {
       const again = state === "down";
       state = "up";
       lastError = undefined;
-      o.log.info({ redis: o.label }, again ? "redis available again" : "redis connected");
-      o.onUp();
+      o.log.info({ redis: o.label }, again ? messages.upAgain : messages.up);
+      o.onUp?.();
     } else if (!up && (state === "up" || (state === "starting" && failure))) {
       state = "down";
-      o.log.warn({ redis: o.label, err: lastError }, "redis unavailable, serving from memory");
+      o.log.warn({ redis: o.label, err: lastError }, messages.down);
     }
   };
 

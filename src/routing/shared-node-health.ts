@@ -1,10 +1,6 @@
 import { randomBytes } from "node:crypto";
-import { Cluster } from "ioredis";
-import type { Redis } from "ioredis";
-import { closeSharedRedisClient, createSharedRedisClient } from "../cache/redis-client.js";
-import type { SharedRedisClient } from "../cache/redis-client.js";
+import { createRedisLink } from "../cache/redis-link.js";
 import { maskRedisUrl, parseRedisUrl } from "../cache/redis-target.js";
-import { TimeoutError, withTimeout } from "../cache/with-timeout.js";
 import type { NodeHealth, NodeVerdict } from "../upstream/node-health.js";
 
 /**
@@ -18,7 +14,7 @@ import type { NodeHealth, NodeVerdict } from "../upstream/node-health.js";
 export interface SharedNodeHealth {
   /** This replica's id in the messages, so it recognises (and ignores) its own. */
   readonly origin: string;
-  /** True while verdicts are published and received (both Redis connections ready and subscribed). */
+  /** True while verdicts are published and received (the command connection ready, the subscriber subscribed). */
   shared(): boolean;
   /** Stops sharing and closes both Redis connections (bounded; never throws). */
   close(): Promise<void>;
@@ -34,7 +30,7 @@ export interface SharedNodeHealthOptions {
   nodes: readonly string[];
   /** Prefix of the channel name. @default "ogw:v1:" */
   namespace?: string;
-  /** Bound of one PUBLISH (and of QUIT on close). @default 250 */
+  /** Bound of one PUBLISH (and of QUIT on close); hung connections are dropped after 4× this (≥ 1 s). @default 250 */
   commandTimeoutMs?: number;
   /** Where changes of the sharing state (one line each) and applied verdicts are reported. */
   log: { info(obj: object, msg: string): void; warn(obj: object, msg: string): void };
@@ -53,8 +49,6 @@ export const HEALTH_REMOTE_MSG = "node health verdict from another replica appli
 
 /** Received messages longer than this are ignored: ours are well under 200 bytes. */
 export const MAX_MESSAGE_BYTES = 512;
-/** How often every connection is PINGed to find a hung server or a half-open TCP connection. */
-const HEARTBEAT_MS = 1000;
 /** Reconnect backoff: short, since while it lasts replicas route to nodes others know are down. */
 const RECONNECT = { minDelayMs: 50, maxDelayMs: 1000 };
 
@@ -92,21 +86,17 @@ export function decodeNodeHealthMessage(text: string, known: ReadonlySet<string>
   return { origin, node, verdict };
 }
 
-function errorMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
-
 /**
  * Starts sharing `health` through Redis: this replica's own verdicts (`onLocalVerdict`) are
  * PUBLISHed on `<namespace>node-health` with this replica's origin id, and every other replica's
  * verdict received there is applied with `applyRemote` — which never produces a verdict itself,
  * so nothing is re-published and replicas cannot echo messages at each other.
  *
- * Two connections: a command connection for PUBLISH (no offline queue, so a publish while
- * disconnected fails at once and is dropped — a verdict is worth something only now) and a
- * subscriber made with `.duplicate()`. With `redis+cluster://` both are ioredis Clusters; classic
- * pub/sub is broadcast to every shard, and the Cluster's own subscriber connection follows
- * failovers. Redis never fails or stalls a caller: verdicts are published in the background,
+ * The connections are a `RedisLink` (src/cache/redis-link.ts), as the cache's invalidations use:
+ * a command connection for PUBLISH that fails at once while disconnected (the verdict is dropped —
+ * it is worth something only now), a subscriber, hang detection and reconnects. With
+ * `redis+cluster://` classic pub/sub is broadcast to every shard. Redis never fails or stalls a
+ * caller: verdicts are published in the background,
  * bounded by `commandTimeoutMs`; while Redis is unreachable each replica judges nodes alone (one
  * warning per change of state), and sharing resumes by itself when Redis is back. Verdicts made
  * during an outage are not replayed: the others find out by their own probes, as without Redis.
@@ -115,145 +105,46 @@ function errorMessage(err: unknown): string {
  */
 export function createSharedNodeHealth(options: SharedNodeHealthOptions): SharedNodeHealth {
   const { health, log } = options;
-  const commandTimeoutMs = options.commandTimeoutMs ?? 250;
   const channel = `${options.namespace ?? "ogw:v1:"}${NODE_HEALTH_CHANNEL}`;
   const known = new Set(options.nodes);
   const origin = randomBytes(8).toString("hex");
-  const label = maskRedisUrl(options.redisUrl);
-  const hangMs = Math.max(1000, 4 * commandTimeoutMs);
+  let closed = false;
 
-  const pub: SharedRedisClient = createSharedRedisClient({
+  const link = createRedisLink({
     target: parseRedisUrl(options.redisUrl),
-    connectionName: "ogw-health",
-    connectTimeoutMs: hangMs,
+    label: maskRedisUrl(options.redisUrl),
+    channel,
+    commandTimeoutMs: options.commandTimeoutMs ?? 250,
     reconnect: RECONNECT,
-  });
-  // The subscriber (re)subscribes itself on every "ready", so ioredis' own resubscription is off.
-  const sub: SharedRedisClient =
-    pub instanceof Cluster
-      ? pub.duplicate([], { enableAutoPipelining: false })
-      : pub.duplicate({ autoResubscribe: false, enableAutoPipelining: false, connectionName: "ogw-health-sub" });
-
-  let state: "starting" | "up" | "down" | "closed" = "starting";
-  let subscribed = false;
-  let lastError: string | undefined;
-
-  /** Decides the sharing state after any connection event; logs once per change. */
-  const evaluate = (failure: boolean): void => {
-    if (state === "closed") return;
-    const up = pub.status === "ready" && sub.status === "ready" && subscribed;
-    if (up && state !== "up") {
-      const again = state === "down";
-      state = "up";
-      lastError = undefined;
-      log.info({ redis: label, channel }, again ? HEALTH_SHARED_AGAIN_MSG : HEALTH_SHARED_MSG);
-    } else if (!up && (state === "up" || (state === "starting" && failure))) {
-      state = "down";
-      log.warn({ redis: label, err: lastError }, HEALTH_LOCAL_MSG);
-    }
-  };
-
-  pub.on("error", (err: unknown) => {
-    lastError = errorMessage(err);
-    evaluate(true);
-  });
-  pub.on("ready", () => evaluate(false));
-  for (const ev of ["close", "end", "reconnecting"]) pub.on(ev, () => evaluate(true));
-
-  sub.on("error", (err: unknown) => {
-    lastError = errorMessage(err);
-    evaluate(true);
-  });
-  sub.on("ready", () => {
-    sub.subscribe(channel).then(
-      () => {
-        subscribed = true;
-        evaluate(false);
-      },
-      (err: unknown) => {
-        lastError = errorMessage(err);
-        evaluate(true);
-      },
-    );
-  });
-  for (const ev of ["close", "end", "reconnecting"]) {
-    sub.on(ev, () => {
-      subscribed = false;
-      evaluate(true);
-    });
-  }
-  sub.on("message", (from: unknown, text: unknown) => {
-    if (state === "closed" || from !== channel || typeof text !== "string") return;
-    const m = decodeNodeHealthMessage(text, known);
-    if (m === undefined || m.origin === origin) return;
-    const before = health.state(m.node);
-    health.applyRemote(m.node, m.verdict);
-    const after = health.state(m.node);
-    if (after !== before) log.info({ node: m.node, verdict: m.verdict, from: m.origin, circuit: after }, HEALTH_REMOTE_MSG);
+    connectionName: "ogw-health",
+    messages: { up: HEALTH_SHARED_MSG, upAgain: HEALTH_SHARED_AGAIN_MSG, down: HEALTH_LOCAL_MSG },
+    log,
+    onMessage(text) {
+      if (closed) return;
+      const m = decodeNodeHealthMessage(text, known);
+      if (m === undefined || m.origin === origin) return;
+      const before = health.state(m.node);
+      health.applyRemote(m.node, m.verdict);
+      const after = health.state(m.node);
+      if (after !== before) log.info({ node: m.node, verdict: m.verdict, from: m.origin, circuit: after }, HEALTH_REMOTE_MSG);
+    },
   });
 
-  // A Redis that raises no event at first (a Sentinel that keeps failing over, a server that
-  // never answers the handshake) is called down after a grace period.
-  const startupTimer = setTimeout(() => evaluate(true), 2 * hangMs);
-  startupTimer.unref();
-
-  // Hang detection, as the cache's link does it: a connection whose PING (allowed in subscriber
-  // mode) or handshake goes unanswered for hangMs has its socket destroyed, so ioredis redials —
-  // otherwise an idle subscriber on a half-open TCP connection would look subscribed for minutes.
-  const pinging = new WeakSet<Redis>();
-  const handshakeSince = new WeakMap<Redis, number>();
-  const hangUp = (c: Redis, why: string): void => {
-    lastError = why;
-    c.stream.destroy(new Error(why));
-  };
-  const heartbeat = setInterval(() => {
-    for (const c of [pub, sub].flatMap((x) => (x instanceof Cluster ? x.nodes() : [x]))) {
-      if (c.status === "connect") {
-        const since = handshakeSince.get(c);
-        if (since === undefined) handshakeSince.set(c, Date.now());
-        else if (Date.now() - since > hangMs) {
-          handshakeSince.delete(c);
-          hangUp(c, `no answer during the connection handshake within ${hangMs} ms`);
-        }
-        continue;
-      }
-      handshakeSince.delete(c);
-      if (c.status !== "ready" || pinging.has(c)) continue;
-      pinging.add(c);
-      const stream = c.stream;
-      void withTimeout(() => c.ping(), hangMs).then((out) => {
-        pinging.delete(c);
-        if (!out.ok && out.error instanceof TimeoutError && c.stream === stream && state !== "closed") {
-          hangUp(c, `no answer to PING within ${hangMs} ms`);
-        }
-      });
-    }
-  }, HEARTBEAT_MS);
-  heartbeat.unref();
-
+  // Called from inside a request's failure or success report: publish in the background, bounded
+  // by the link; a lost verdict only means the others judge alone.
   const stopListening = health.onLocalVerdict((node, verdict) => {
-    if (state === "closed" || pub.status !== "ready") return;
+    if (closed) return;
     const text = encodeNodeHealthMessage({ origin, node, verdict });
-    // Called from inside a request's failure or success report: publish in the background,
-    // bounded; withTimeout never rejects, and a lost verdict only means the others judge alone.
-    void withTimeout(() => pub.publish(channel, text), commandTimeoutMs).then((out) => {
-      if (!out.ok) lastError = errorMessage(out.error);
-    });
+    void link.run((r) => r.publish(channel, text));
   });
 
-  let closing: Promise<void> | undefined;
   return {
     origin,
-    shared: () => state === "up",
+    shared: () => link.healthy(),
     close() {
-      closing ??= (async () => {
-        state = "closed";
-        stopListening();
-        clearTimeout(startupTimer);
-        clearInterval(heartbeat);
-        await Promise.all([closeSharedRedisClient(pub, commandTimeoutMs), closeSharedRedisClient(sub, commandTimeoutMs)]);
-      })();
-      return closing;
+      closed = true;
+      stopListening();
+      return link.close();
     },
   };
 }
