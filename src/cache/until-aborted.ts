@@ -35,3 +35,24 @@ export function abortReason(signal: AbortSignal): Error {
   const reason: unknown = signal.reason;
   return reason instanceof Error ? reason : new DOMException(String(reason ?? "This operation was aborted"), "AbortError");
 }
+
+/**
+ * `p`'s value, or undefined when it takes longer than `ms`; `p` runs on either way. A plain timer
+ * cleared as soon as `p` settles, so the common fast case costs no timer that outlives it and no
+ * `AbortSignal.timeout`/`AbortSignal.any` per call.
+ */
+export function within<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
+  return new Promise<T | undefined>((resolve, reject) => {
+    const timer = setTimeout(() => resolve(undefined), ms);
+    p.then(
+      (value) => {
+        clearTimeout(timer);
+        resolve(value);
+      },
+      (err: unknown) => {
+        clearTimeout(timer);
+        reject(err as Error);
+      },
+    );
+  });
+}

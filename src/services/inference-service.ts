@@ -5,7 +5,7 @@ import { InferenceService } from "../gen/ollama/gateway/v1/inference_pb.js";
 import type { EmbedRequest } from "../gen/ollama/gateway/v1/inference_pb.js";
 import { Role } from "../gen/ollama/gateway/v1/types_pb.js";
 import type { UsageSchema } from "../gen/ollama/gateway/v1/types_pb.js";
-import { untilAborted } from "../cache/until-aborted.js";
+import { untilAborted, within } from "../cache/until-aborted.js";
 import { gatewayError } from "../errors/gateway-error.js";
 import { isNodeDown, toConnectError } from "../errors/to-connect-error.js";
 import { rpcInfo } from "../observability/rpc-info.js";
@@ -271,10 +271,8 @@ export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof 
     try {
       // Digests from a recent /api/tags answer, not the tags cache (see LocateOptions.recent);
       // a node slow to give one makes this call go without the cache rather than wait.
-      const where = await untilAborted(
-        deps.metadata.locate(req.model, signal, { recent: true }),
-        AbortSignal.any([signal, AbortSignal.timeout(DIGEST_WAIT_MS)]),
-      );
+      const where = await within(untilAborted(deps.metadata.locate(req.model, signal, { recent: true }), signal), DIGEST_WAIT_MS);
+      if (where === undefined) return undefined;
       const digests = new Set(where.located.map((l) => l.tag.digest));
       const [digest] = digests;
       if (digests.size !== 1 || !digest) return undefined;
