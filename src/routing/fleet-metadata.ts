@@ -92,6 +92,21 @@ export function createFleetMetadata(nodes: readonly OllamaNode[], cache: Cache, 
     for (const k of keys) generations.set(k, (generations.get(k) ?? 0) + 1);
   });
   const parsed = new WeakMap<Buffer, unknown>();
+  // A node's tags by canonical name, built once per parsed answer (the same array is handed out
+  // until the entry changes), not once per request.
+  const indexes = new WeakMap<readonly OllamaTag[], Map<string, OllamaTag>>();
+  const byCanonicalName = (tags: readonly OllamaTag[]): Map<string, OllamaTag> => {
+    let index = indexes.get(tags);
+    if (index === undefined) {
+      index = new Map();
+      for (const t of tags) {
+        const name = canonicalModelName(t.name);
+        if (!index.has(name)) index.set(name, t); // the first match, as a linear search found it
+      }
+      indexes.set(tags, index);
+    }
+    return index;
+  };
   const generation = (key: string): string => `${everything}.${generations.get(key) ?? 0}`;
   /**
    * Per node: the tags this process last fetched from the node itself, when that request
@@ -169,23 +184,22 @@ export function createFleetMetadata(nodes: readonly OllamaNode[], cache: Cache, 
     async locate(model, signal, options = {}) {
       const wanted = canonicalModelName(model);
       const look = async (fresh: boolean): Promise<Located> => {
-        const located: Located["located"] = [];
+        // Filled by node index, so the answer keeps the configuration order.
+        const found: (Located["located"][number] | undefined)[] = new Array<undefined>(nodes.length);
         const unavailable: string[] = [];
         await Promise.all(
-          nodes.map(async (node) => {
+          nodes.map(async (node, i) => {
             try {
               const tags = options.recent === true && !fresh ? await recentTags(node, signal) : await self.tags(node, signal, fresh);
-              const tag = tags.find((t) => canonicalModelName(t.name) === wanted);
-              if (tag) located.push({ node, tag });
+              const tag = byCanonicalName(tags).get(wanted);
+              if (tag) found[i] = { node, tag };
             } catch (e) {
               if (signal.aborted) throw e;
               unavailable.push(node.name);
             }
           }),
         );
-        const order = new Map(nodes.map((n, i) => [n.name, i]));
-        located.sort((a, b) => order.get(a.node.name)! - order.get(b.node.name)!);
-        return { located, unavailable };
+        return { located: found.filter((l) => l !== undefined), unavailable };
       };
       const first = await look(false);
       return first.located.length > 0 ? first : look(true);
