@@ -1,10 +1,10 @@
 // Fault injection and the admin API: every fault kind produces exactly the broken behaviour a
 // gateway must survive, and benchmarks can drive all of it over HTTP from another process.
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { after, afterEach, before, describe, it } from "node:test";
 import { request } from "undici";
 import { CLI_USAGE, parseCliArgs, parseFaultSpecs, SERVER_BUSY_MESSAGE, startSimulator, type Simulator } from "../src/simulator/index.js";
+import { startSimulatorProcess } from "./helpers/sim-process.js";
 import { delay, eventually, json, ndjson, post, send, streamLines } from "./helpers/sim-http.js";
 
 describe("the simulator's faults", () => {
@@ -261,25 +261,14 @@ describe("faults armed at start by flag, environment or option", () => {
   });
 
   it("arms faults given to `npm run sim` by flag and by SIM_FAULTS", async () => {
-    const child = spawn(
-      process.execPath,
-      ["--import", "tsx", "src/simulator/main.ts", "--port", "0", "--load-ms", "0", "--fault", "error-before-stream,status=502,message=flagged,path=/api/show"],
-      {
-        cwd: new URL("..", import.meta.url),
-        env: { ...process.env, SIM_FAULTS: "busy,path=/api/chat,times=-1" },
-        stdio: ["ignore", "pipe", "pipe"],
-      },
+    const sim = await startSimulatorProcess(
+      ["--port", "0", "--load-ms", "0", "--fault", "error-before-stream,status=502,message=flagged,path=/api/show"],
+      { SIM_FAULTS: "busy,path=/api/chat,times=-1" },
+      10_000,
     );
     try {
-      let output = "";
-      child.stdout.on("data", (chunk: Buffer) => {
-        output += chunk.toString();
-      });
-      let url: string | undefined;
-      for (let i = 0; i < 400 && !url; i++) {
-        url = /listening on (http:\/\/[^ ]+)/.exec(output)?.[1];
-        if (!url) await delay(25);
-      }
+      const url = sim.url;
+      const output = sim.output();
       assert.ok(url, `printed a URL: ${output}`);
       assert.match(output, /faults armed: busy, error-before-stream/);
       for (let i = 0; i < 2; i++) assert.equal((await post(`${url}/api/chat`, chat)).status, 503, "times=-1 keeps firing");
@@ -287,11 +276,9 @@ describe("faults armed at start by flag, environment or option", () => {
       assert.equal(show.status, 502);
       assert.deepEqual(json(show), { error: "flagged" });
       assert.equal((await post(`${url}/api/show`, { model: "llama3.2" })).status, 200);
-      const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
-      child.kill("SIGTERM");
-      assert.equal(await exited, 0);
+      assert.equal(await sim.stop(), 0);
     } finally {
-      if (child.exitCode === null) child.kill("SIGKILL");
+      sim.kill();
     }
   });
 });

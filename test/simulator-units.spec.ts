@@ -1,7 +1,6 @@
 // The simulator's building blocks on their own (durations, names, the text model, embeddings,
 // CLI parsing) and the standalone CLI process end to end.
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { describe, it } from "node:test";
 import { cosine, defaultCatalog, inferCapabilities, parseCliArgs, parseFault, resolveModelSpec } from "../src/simulator/index.js";
 import { applyDimensions, embed } from "../src/simulator/embedding.js";
@@ -10,7 +9,8 @@ import { displayName, fullName, parseModelName } from "../src/simulator/model-na
 import { createSemaphore } from "../src/simulator/semaphore.js";
 import { planCompletion, type CompletionInput } from "../src/simulator/text-model.js";
 import { formatUtc } from "../src/simulator/timestamps.js";
-import { delay, send } from "./helpers/sim-http.js";
+import { send } from "./helpers/sim-http.js";
+import { startSimulatorProcess } from "./helpers/sim-process.js";
 
 describe("Go durations and keep_alive", () => {
   it("parses Go duration strings", () => {
@@ -209,27 +209,15 @@ describe("the CLI", () => {
   });
 
   it("runs as a process, prints its URL, serves, and exits cleanly on SIGTERM", async () => {
-    const child = spawn(process.execPath, ["--import", "tsx", "src/simulator/main.ts", "--port", "0", "--load-ms", "0"], {
-      cwd: new URL("..", import.meta.url),
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    const sim = await startSimulatorProcess(["--port", "0", "--load-ms", "0"]);
     try {
-      let output = "";
-      child.stdout.on("data", (chunk: Buffer) => {
-        output += chunk.toString();
-      });
-      let url: string | undefined;
-      for (let i = 0; i < 200 && !url; i++) {
-        url = /listening on (http:\/\/[^ ]+)/.exec(output)?.[1];
-        if (!url) await delay(25);
-      }
+      const url = sim.url;
+      const output = sim.output();
       assert.ok(url, `printed a URL: ${output}`);
       assert.equal((await send("GET", url)).text, "Ollama is running");
-      const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
-      child.kill("SIGTERM");
-      assert.equal(await exited, 0);
+      assert.equal(await sim.stop(), 0);
     } finally {
-      if (child.exitCode === null) child.kill("SIGKILL");
+      sim.kill();
     }
   });
 });
