@@ -1,6 +1,7 @@
 // The contract between bench/fleet.ts and its load-generator processes
 // (bench/fleet-load.ts), and the seeded workload both sides of the fleet
 // benchmark replay: one job in, one result out, over Node IPC.
+import type { LoadReply } from "./load-protocol.js";
 
 /** One request of the workload: when it is sent and what it asks for. */
 export interface FleetRequest {
@@ -100,11 +101,8 @@ export interface FleetRunMessage {
   job: FleetJob;
 }
 
-/** A message from a load generator to the parent. */
-export type FleetReplyMessage =
-  | { type: "ready" }
-  | { type: "result"; result: FleetLoadResult }
-  | { type: "failed"; message: string };
+/** A message from the fleet load generator to the parent. */
+export type FleetReplyMessage = LoadReply<FleetLoadResult>;
 
 /** The workload's knobs. */
 export interface WorkloadSpec {

@@ -7,16 +7,15 @@
 // simulators, and checks the targets (≥ 3× throughput, ≤ 1/5 p99, no
 // gateway request failing by timeout) without asserting them: the exit
 // status is non-zero only when the harness breaks (1) or for bad arguments (2).
-import { execFileSync, spawn } from "node:child_process";
-import type { ChildProcess } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
-import type { FleetJob, FleetLoadResult, FleetReplyMessage, FleetRequest, FleetTarget, WorkloadSpec } from "./fleet-protocol.js";
+import type { FleetJob, FleetLoadResult, FleetRequest, FleetTarget, WorkloadSpec } from "./fleet-protocol.js";
 import { buildSchedule } from "./fleet-protocol.js";
 import { checkTargets, digestGatewayLog, renderFleetMarkdown, summarizeSide } from "./fleet-report.js";
 import type { FleetRunInfo, GatewayLogDigest, ResidencySample, SideRun, SideSummary, SimAtEnd, SimCounters } from "./fleet-report.js";
-import { killAllChildren, nextChildMessage, prepareRuntime, simAdmin, startGatewayProcess, startSimulatorProcess } from "./processes.js";
+import { killAllChildren, LoadProcess, prepareRuntime, simAdmin, startGatewayProcess, startSimulatorProcess } from "./processes.js";
 import type { Runtime, Started } from "./processes.js";
 import { round } from "./stats.js";
 
@@ -226,54 +225,6 @@ function parseFleetArgs(argv: string[]): FleetOptions | undefined {
   return o;
 }
 
-// Load-generator processes started here (processes.ts tracks its own children).
-const loadChildren = new Set<ChildProcess>();
-
-function killLoadChildren(): void {
-  for (const c of loadChildren) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
-  loadChildren.clear();
-}
-
-/** A bench/fleet-load.ts process: one job, then it is killed. */
-class FleetLoadProcess {
-  private readonly child: ChildProcess;
-  private readonly ready: Promise<void>;
-
-  constructor() {
-    this.child = spawn(process.execPath, ["--import", "tsx", "bench/fleet-load.ts"], { stdio: ["ignore", "inherit", "inherit", "ipc"] });
-    loadChildren.add(this.child);
-    this.child.once("exit", () => loadChildren.delete(this.child));
-    this.ready = this.next(30_000, "start").then((m) => {
-      if (m.type !== "ready") throw new Error(`load generator: expected "ready", got ${m.type}`);
-    });
-    // Seen by run(); this only keeps an early failure from being "unhandled".
-    void this.ready.catch(() => undefined);
-  }
-
-  /** Resolves when the process can take its job. */
-  whenReady(): Promise<void> {
-    return this.ready;
-  }
-
-  /** Runs the job; rejects when it fails or gives no answer within `timeoutMs`. */
-  async run(job: FleetJob, timeoutMs: number): Promise<FleetLoadResult> {
-    await this.ready;
-    const reply = this.next(timeoutMs, job.label);
-    this.child.send({ type: "run", job });
-    const msg = await reply;
-    if (msg.type === "result") return msg.result;
-    throw new Error(msg.type === "failed" ? msg.message : `unexpected message from the load generator: ${msg.type}`);
-  }
-
-  /** Stops it. */
-  kill(): void {
-    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill("SIGKILL");
-  }
-
-  private next(timeoutMs: number, what: string): Promise<FleetReplyMessage> {
-    return nextChildMessage<FleetReplyMessage>(this.child, timeoutMs, `load generator (${what})`, () => this.kill());
-  }
-}
 
 /** Simulator flags for every node. */
 function simulatorArgs(o: FleetOptions): string[] {
@@ -345,7 +296,7 @@ async function runSide(
   o: FleetOptions,
   runtime: Runtime,
   schedule: FleetRequest[],
-  loader: FleetLoadProcess,
+  loader: LoadProcess<FleetJob, FleetLoadResult>,
   gatewayEnv: (urls: string) => Record<string, string>,
   logFile: string,
 ): Promise<SideRun> {
@@ -467,7 +418,7 @@ async function run(o: FleetOptions): Promise<number> {
   const runs: SideRun[] = [];
   let broken: unknown;
   // Start every load generator now (about a second each), so none is started while a side is timed.
-  const loaders = o.sides.map(() => new FleetLoadProcess());
+  const loaders = o.sides.map(() => new LoadProcess<FleetJob, FleetLoadResult>("bench/fleet-load.ts"));
   try {
     for (const [k, side] of o.sides.entries()) {
       process.stdout.write(`side ${side}: starting ${o.nodes} simulators${side === "gateway" ? " and the gateway" : ""}\n`);
@@ -541,7 +492,6 @@ if (opts === undefined) {
 }
 
 const stopAll = (): void => {
-  killLoadChildren();
   killAllChildren();
 };
 // However the run ends, no simulator, gateway or load generator outlives it.

@@ -85,11 +85,11 @@ export interface RunMessage {
   job: LoadJob;
 }
 
+/** What a load-generator process answers over IPC: ready once, then one result (or failure) per job. */
+export type LoadReply<R> = { type: "ready" } | { type: "result"; result: R } | { type: "failed"; message: string };
+
 /** A message from a load generator to the parent. */
-export type ReplyMessage =
-  | { type: "ready" }
-  | { type: "result"; result: LoadResult }
-  | { type: "failed"; message: string };
+export type ReplyMessage = LoadReply<LoadResult>;
 
 /** Reasonable defaults for the fields most jobs leave alone. */
 export const JOB_DEFAULTS = {

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus } from "../src/gen/grpc/health/v1/health_pb.js";
-import type { LoadJob, LoadResult, ReplyMessage } from "./load-protocol.js";
+import type { LoadJob, LoadReply, LoadResult } from "./load-protocol.js";
 
 /** A child process the bench started, with its address. */
 export interface Started {
@@ -185,17 +185,21 @@ export async function startGatewayProcess(
   return started;
 }
 
-/** A load-generator process that runs jobs one after another. */
-class LoadGenerator {
+/**
+ * A load-generator process (`script`, run through tsx) that runs jobs one after another over IPC:
+ * bench/load-generator.ts for `npm run bench`, bench/fleet-load.ts for the fleet benchmark.
+ * Tracked, so `killAllChildren` ends it too.
+ */
+export class LoadProcess<Job extends { label: string }, Result> {
   private readonly child: ChildProcess;
   private readonly ready: Promise<void>;
   busy = false;
 
-  constructor() {
-    this.child = track(
-      spawn(process.execPath, [...TSX, "bench/load-generator.ts"], { stdio: ["ignore", "inherit", "inherit", "ipc"] }),
-    );
-    this.ready = this.next(30_000, "start").then(() => undefined);
+  constructor(script: string) {
+    this.child = track(spawn(process.execPath, [...TSX, script], { stdio: ["ignore", "inherit", "inherit", "ipc"] }));
+    this.ready = this.next(30_000, "start").then((m) => {
+      if (m.type !== "ready") throw new Error(`load generator: expected "ready", got ${m.type}`);
+    });
     // Seen by run(); this handler only keeps an early failure from being "unhandled".
     void this.ready.catch(() => undefined);
   }
@@ -213,7 +217,8 @@ class LoadGenerator {
     return this.ready;
   }
 
-  async run(job: LoadJob, timeoutMs: number): Promise<LoadResult> {
+  /** Runs the job; rejects when it fails or gives no answer within `timeoutMs`. */
+  async run(job: Job, timeoutMs: number): Promise<Result> {
     await this.ready;
     const reply = this.next(timeoutMs, job.label);
     this.child.send({ type: "run", job });
@@ -226,8 +231,8 @@ class LoadGenerator {
     if (this.alive) this.child.kill("SIGKILL");
   }
 
-  private next(timeoutMs: number, what: string): Promise<ReplyMessage> {
-    return nextChildMessage<ReplyMessage>(this.child, timeoutMs, `load generator (${what})`, () => this.kill());
+  private next(timeoutMs: number, what: string): Promise<LoadReply<Result>> {
+    return nextChildMessage<LoadReply<Result>>(this.child, timeoutMs, `load generator (${what})`, () => this.kill());
   }
 }
 
@@ -265,6 +270,13 @@ export function nextChildMessage<T>(child: ChildProcess, timeoutMs: number, what
  * Load-generator processes, kept between jobs (each costs about a second to
  * start). A job split over n processes gets n idle ones.
  */
+/** The load generator of `npm run bench`. */
+class LoadGenerator extends LoadProcess<LoadJob, LoadResult> {
+  constructor() {
+    super("bench/load-generator.ts");
+  }
+}
+
 export class LoadGeneratorPool {
   private readonly all: LoadGenerator[] = [];
 
