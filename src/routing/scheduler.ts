@@ -180,6 +180,11 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     return n;
   }
 
+  /** Requests running on a node, relative to its weight: what "least loaded" compares. */
+  function weightedLoad(s: NodeState): number {
+    return inFlight(s) / Math.max(0.001, s.config.weight);
+  }
+
   /** Loaded on some routable node other than `except`. */
   function loadedElsewhere(model: string, except: NodeState): boolean {
     return fleet.nodes.some((o) => o !== except && o.models.has(model) && health.isHealthy(o.node.name));
@@ -222,25 +227,23 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     return starving || cost <= 1 ? cost : undefined;
   }
 
-  /** Starts draining a node for the head of `w`'s model when it is hungry; true when one is (being) drained for it. */
-  function maybeDrain(w: Waiter, usable: NodeState[], loadedSomewhere: boolean): boolean {
-    if (!rebalance) return false;
-    for (const model of draining.values()) if (model === w.model) return true;
+  /** Starts draining a node for the head of `w`'s model when it is hungry and none is being drained for it yet. */
+  function maybeDrain(w: Waiter, usable: NodeState[], loadedSomewhere: boolean): void {
+    if (!rebalance) return;
+    for (const model of draining.values()) if (model === w.model) return;
     const now = Date.now();
     const starving = !loadedSomewhere;
-    if (!starving && !worthALoad(w.model, now)) return false;
+    if (!starving && !worthALoad(w.model, now)) return;
     let best: { s: NodeState; cost: number; busy: number } | undefined;
     for (const s of usable) {
       if (draining.has(s.node.name) || s.models.has(w.model)) continue;
       if (s.models.size < s.config.maxLoadedModels) continue; // has room: chosen directly, not drained
       const cost = drainCost(s, w.model, starving, now);
       if (cost === undefined) continue;
-      const busy = inFlight(s) / Math.max(0.001, s.config.weight);
+      const busy = weightedLoad(s);
       if (best === undefined || cost < best.cost || (cost === best.cost && busy < best.busy)) best = { s, cost, busy };
     }
-    if (best === undefined) return false;
-    draining.set(best.s.node.name, w.model);
-    return true;
+    if (best !== undefined) draining.set(best.s.node.name, w.model);
   }
 
   /** The node for this waiter now, or undefined (wait). Synchronous: no slot is taken yet. */
@@ -259,12 +262,11 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       const d = draining.get(s.node.name);
       return d === undefined || d === w.model;
     });
-    const load = (s: NodeState): number => inFlight(s) / Math.max(0.001, s.config.weight);
     const pick = (list: NodeState[]): NodeState | undefined => {
       if (list.length === 0) return undefined;
       const sticky = w.affinity ? deps.affinity.get(w.affinity) : undefined;
       const preferred = sticky ? list.find((s) => s.node.name === sticky) : undefined;
-      return preferred ?? list.reduce((best, s) => (load(s) < load(best) ? s : best));
+      return preferred ?? list.reduce((best, s) => (weightedLoad(s) < weightedLoad(best) ? s : best));
     };
     const loadedFree = open.filter((s) => {
       const m = s.models.get(w.model);
