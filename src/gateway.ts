@@ -1,8 +1,9 @@
 import { randomBytes } from "node:crypto";
 import { setMaxListeners } from "node:events";
 import { readFileSync } from "node:fs";
+import type { IncomingHttpHeaders } from "node:http";
 import { Code, ConnectError, createContextValues } from "@connectrpc/connect";
-import type { ConnectRouter } from "@connectrpc/connect";
+import type { ConnectRouter, ContextValues } from "@connectrpc/connect";
 import { compressionGzip, connectNodeAdapter } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "./gen/grpc/health/v1/health_pb.js";
 import { GatewayService } from "./gen/ollama/gateway/v1/gateway_pb.js";
@@ -12,7 +13,7 @@ import { createCache } from "./cache/cache.js";
 import type { Cache } from "./cache/cache.js";
 import type { GatewayConfig } from "./config/config.js";
 import type { Logger } from "./observability/logger.js";
-import { loggingInterceptor } from "./observability/logging-interceptor.js";
+import { createRpcLog, loggingInterceptor } from "./observability/logging-interceptor.js";
 import { kRpcInfo } from "./observability/rpc-info.js";
 import { createFleetMetadata } from "./routing/fleet-metadata.js";
 import { createAffinityTable } from "./routing/affinity.js";
@@ -28,6 +29,7 @@ import { createInferenceService } from "./services/inference-service.js";
 import { createModelService } from "./services/model-service.js";
 import { concurrencyInterceptor } from "./transport/concurrency-interceptor.js";
 import { listenDualProtocol } from "./transport/dual-protocol-server.js";
+import { createGrpcFastPath, serverStreamingRoute, unaryRoute } from "./transport/grpc-fast-path.js";
 import { createHealthService } from "./transport/health-service.js";
 import type { HealthService } from "./transport/health-service.js";
 import { registerReflection } from "./transport/reflection-service.js";
@@ -187,7 +189,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     slotsShared: () => leases?.shared() ?? false,
   });
   const routes = (router: ConnectRouter): void => {
-    router.service(InferenceService, inference);
+    router.service(InferenceService, inference.service);
     router.service(ModelService, models);
     router.service(GatewayService, status);
     router.service(Health, health.implementation);
@@ -201,9 +203,18 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   setMaxListeners(0, shutdown.signal);
   const idPrefix = randomBytes(4).toString("hex");
   let idCounter = 0;
+  const contextValues = (headers: IncomingHttpHeaders, peer: string | undefined): ContextValues => {
+    const given = headers["x-request-id"];
+    const requestId =
+      typeof given === "string" && given.length > 0 && given.length <= 128 && /^[\x21-\x7e]+$/.test(given)
+        ? given
+        : `${idPrefix}-${(++idCounter).toString(36)}`;
+    return createContextValues().set(kRpcInfo, { requestId, peer: peer ?? "", model: "", node: "", messages: 0 });
+  };
+  const rpcLog = createRpcLog(log);
   const handler = connectNodeAdapter({
     routes,
-    interceptors: [loggingInterceptor(log), limiter],
+    interceptors: [loggingInterceptor(rpcLog), limiter],
     readMaxBytes: config.maxMessageBytes,
     writeMaxBytes: config.maxMessageBytes,
     acceptCompression: [compressionGzip],
@@ -212,27 +223,45 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     // (the benchmark profile showed zlib at ~8% of the gateway's CPU).
     compressMinBytes: Number.MAX_SAFE_INTEGER,
     shutdownSignal: shutdown.signal,
-    contextValues: (req) => {
-      const given = req.headers["x-request-id"];
-      const requestId =
-        typeof given === "string" && given.length > 0 && given.length <= 128 && /^[\x21-\x7e]+$/.test(given)
-          ? given
-          : `${idPrefix}-${(++idCounter).toString(36)}`;
-      return createContextValues().set(kRpcInfo, {
-        requestId,
-        peer: req.socket.remoteAddress ?? "",
-        model: "",
-        node: "",
-        messages: 0,
-      });
-    },
+    contextValues: (req) => contextValues(req.headers, req.socket.remoteAddress),
   });
+  // The same calls, their logging and their cap, without connect-node's per-call pipeline.
+  const fastPath = config.grpcFastPath
+    ? createGrpcFastPath({
+        routes: [
+          serverStreamingRoute(InferenceService.method.generate, inference.generate),
+          serverStreamingRoute(InferenceService.method.chat, inference.chat),
+          unaryRoute(InferenceService.method.embed, inference.service.embed),
+        ],
+        readMaxBytes: config.maxMessageBytes,
+        writeMaxBytes: config.maxMessageBytes,
+        shutdownSignal: shutdown.signal,
+        contextValues,
+        begin(ctx) {
+          const info = ctx.values.get(kRpcInfo);
+          const done = rpcLog(`${ctx.service.typeName}/${ctx.method.name}`, info, ctx.method.methodKind !== "unary");
+          let release: () => void;
+          try {
+            release = limiter.enter(ctx.service.typeName);
+          } catch (e) {
+            done(e);
+            throw e;
+          }
+          if (info?.requestId) ctx.responseHeader.set("x-request-id", info.requestId);
+          return (error) => {
+            release();
+            done(error);
+          };
+        },
+      })
+    : undefined;
 
   const server = await listenDualProtocol(handler, {
     host: config.host,
     port: config.port,
     maxConcurrentStreams: config.http2MaxConcurrentStreams,
     keepAliveTimeoutMs: config.http1KeepAliveTimeoutMs,
+    fastPath,
   });
   nodeHealth.start();
   await nodeHealth.probeAll();

@@ -84,6 +84,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     http1KeepAliveTimeoutMs: int("HTTP1_KEEP_ALIVE_TIMEOUT_MS", DEFAULTS.http1KeepAliveTimeoutMs, 1000, 3600 * 1000),
     http2MaxConcurrentStreams: int("HTTP2_MAX_CONCURRENT_STREAMS", DEFAULTS.http2MaxConcurrentStreams, 1, 1_000_000),
     embedBatchWindowMs: int("EMBED_BATCH_WINDOW_MS", DEFAULTS.embedBatchWindowMs, 0, 1000),
+    grpcFastPath: onOff("GRPC_FAST_PATH", DEFAULTS.grpcFastPath),
     cache: {
       redisUrl: env["REDIS_URL"]?.trim() || undefined,
       redisCommandTimeoutMs: int("REDIS_COMMAND_TIMEOUT_MS", DEFAULTS.cache.redisCommandTimeoutMs, 10, 60_000),

@@ -3,23 +3,26 @@ import type { Interceptor } from "@connectrpc/connect";
 import { errorReason } from "../errors/gateway-error.js";
 import type { Logger } from "./logger.js";
 import { kRpcInfo } from "./rpc-info.js";
+import type { RpcInfo } from "./rpc-info.js";
 import { watchStream } from "../transport/watch-stream.js";
 
 /**
- * Logs exactly one line per RPC when it ends: request id, method, model,
- * node, status code, duration and (for streams) messages sent. Prompts are
- * never logged. Server errors (INTERNAL, UNKNOWN) are logged at error level
- * with their cause; everything else at info.
- *
- * It also echoes the request id in the `x-request-id` response header so a
- * client can quote it.
+ * Starts one RPC's log line: call the returned function exactly once when the call ends, with
+ * its error (undefined = OK). It writes the line and adds the request id to the error's
+ * metadata (sent in the trailers), so a client can quote it.
  */
-export function loggingInterceptor(log: Logger): Interceptor {
-  return (next) => async (req) => {
+export type RpcLog = (method: string, info: RpcInfo | undefined, streaming: boolean) => (err?: unknown) => void;
+
+/**
+ * One line per RPC when it ends: request id, method, model, node, status code, duration and
+ * (for streams) messages sent. Prompts are never logged. Server errors (INTERNAL, UNKNOWN) are
+ * logged at error level with their cause; everything else at info. Shared by the interceptor
+ * (connect-node) and the gRPC fast path, so both log the same lines.
+ */
+export function createRpcLog(log: Logger): RpcLog {
+  return (method, info, streaming) => {
     const started = performance.now();
-    const info = req.contextValues.get(kRpcInfo);
-    const method = `${req.service.typeName}/${req.method.name}`;
-    const done = (err?: unknown): void => {
+    return (err?: unknown): void => {
       const ms = Math.round((performance.now() - started) * 100) / 100;
       const line: Record<string, unknown> = {
         requestId: info?.requestId,
@@ -28,12 +31,13 @@ export function loggingInterceptor(log: Logger): Interceptor {
       };
       if (info?.model) line["model"] = info.model;
       if (info?.node) line["node"] = info.node;
-      if (req.stream && info) line["messages"] = info.messages;
+      if (streaming && info) line["messages"] = info.messages;
       if (err === undefined) {
         line["code"] = "ok";
         log.info(line, "rpc");
         return;
       }
+      tagged(err, info?.requestId);
       const ce = ConnectError.from(err);
       line["code"] = Code[ce.code];
       const reason = errorReason(ce);
@@ -46,12 +50,23 @@ export function loggingInterceptor(log: Logger): Interceptor {
         log.info(line, "rpc");
       }
     };
+  };
+}
+
+/**
+ * The RPC log for calls served by connect-node. It also echoes the request id in the
+ * `x-request-id` response header.
+ */
+export function loggingInterceptor(rpcLog: RpcLog): Interceptor {
+  return (next) => async (req) => {
+    const info = req.contextValues.get(kRpcInfo);
+    const done = rpcLog(`${req.service.typeName}/${req.method.name}`, info, req.stream);
     let res;
     try {
       res = await next(req);
     } catch (e) {
       done(e);
-      throw tagged(e, info?.requestId);
+      throw e;
     }
     if (info?.requestId) res.header.set("x-request-id", info.requestId);
     if (!res.stream) {
@@ -64,7 +79,6 @@ export function loggingInterceptor(log: Logger): Interceptor {
         onEnd: ({ error, abandoned }) =>
           // Abandoned: the client went away mid-stream.
           done(abandoned ? (req.signal.reason ?? new ConnectError("client went away", Code.Canceled)) : error),
-        mapError: (e) => tagged(e, info?.requestId),
       }),
     };
   };

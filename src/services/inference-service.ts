@@ -2,7 +2,13 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { InferenceService } from "../gen/ollama/gateway/v1/inference_pb.js";
-import type { EmbedRequest } from "../gen/ollama/gateway/v1/inference_pb.js";
+import type {
+  ChatRequest,
+  ChatResponseSchema,
+  EmbedRequest,
+  GenerateRequest,
+  GenerateResponseSchema,
+} from "../gen/ollama/gateway/v1/inference_pb.js";
 import { Role } from "../gen/ollama/gateway/v1/types_pb.js";
 import type { UsageSchema } from "../gen/ollama/gateway/v1/types_pb.js";
 import { untilAborted, within } from "../cache/until-aborted.js";
@@ -14,9 +20,12 @@ import type { FleetMetadata } from "../routing/fleet-metadata.js";
 import { backoffMs, DEFAULT_RETRY_POLICY, isRetryable, sleep } from "../routing/retry-policy.js";
 import type { RetryPolicy } from "../routing/retry-policy.js";
 import type { Dispatch, Scheduler } from "../routing/scheduler.js";
+import { sinkIterable } from "../transport/message-sink.js";
+import type { MessageSink } from "../transport/message-sink.js";
 import { rpcSignal } from "../transport/rpc-signal.js";
 import { canonicalModelName } from "../upstream/model-name.js";
 import type { NodeHealth } from "../upstream/node-health.js";
+import type { NdjsonStream } from "../upstream/ndjson-reader.js";
 import { isUpstreamError } from "../upstream/upstream-error.js";
 import { coalesceChunks } from "./coalesce-chunks.js";
 import { createEmbedBatcher } from "./embed-batcher.js";
@@ -51,15 +60,30 @@ export interface InferenceDeps {
   numCtx?: ReadonlyMap<string, number>;
 }
 
+/** A GenerateResponse as the handlers build it. */
+export type GenerateReply = MessageInitShape<typeof GenerateResponseSchema>;
+/** A ChatResponse as the handlers build it. */
+export type ChatReply = MessageInitShape<typeof ChatResponseSchema>;
+
+/** The inference handlers, in the two shapes the transport serves them in. */
+export interface InferenceHandlers {
+  /** For connect-node: every protocol (gRPC, gRPC-Web, Connect), compressed requests. */
+  readonly service: ServiceImpl<typeof InferenceService>;
+  /** Generate writing straight into a sink: the gRPC fast path's streaming form. Throws (synchronously) on an invalid request. */
+  generate(req: GenerateRequest, ctx: HandlerContext, sink: MessageSink<GenerateReply>): Promise<void>;
+  /** Chat writing straight into a sink. */
+  chat(req: ChatRequest, ctx: HandlerContext, sink: MessageSink<ChatReply>): Promise<void>;
+}
+
 /**
  * Generate, Chat and Embed: validate, wait for a slot on a node (the
  * scheduler), call Ollama with the RPC's signal, translate each chunk as it
- * arrives. Nothing is buffered: the handlers are lazy generators, so a slow
- * client slows the upstream read. A call that fails before its first message
+ * arrives. Nothing is buffered: streams write into a sink and wait while the
+ * client's buffer is full, so a slow client slows the upstream read. A call that fails before its first message
  * (node down, busy) is retried on another node with backoff, within the
  * deadline; once tokens were sent it is never replayed.
  */
-export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof InferenceService> {
+export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
   const policy = deps.retry ?? DEFAULT_RETRY_POLICY;
 
   /** Reports the outcome to the node's circuit breaker and converts the error. */
@@ -91,14 +115,15 @@ export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof 
     });
   }
 
-  async function* relay<T extends { done?: boolean }>(
+  async function relay<T extends { done?: boolean }>(
     path: string,
     body: OllamaBody,
     model: string,
     affinity: string | undefined,
     ctx: HandlerContext,
     translate: (chunk: OllamaChunk, usage: UsageContext) => T,
-  ): AsyncGenerator<T> {
+    sink: MessageSink<T>,
+  ): Promise<void> {
     const info = rpcInfo(ctx);
     info.model = model;
     const signal = rpcSignal(ctx, deps.maxDeadlineMs);
@@ -121,8 +146,10 @@ export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof 
       let finished = false;
       let after = 0;
       let loadMs: number | undefined;
+      let upstream: NdjsonStream | undefined;
       try {
-        for await (const batch of dispatch.node.stream(path, body, signal)) {
+        upstream = await dispatch.node.open(path, body, signal);
+        for (let batch; (batch = await upstream.next()) !== undefined; ) {
           // After the final chunk, read on to the end of the response (it
           // comes at once) so the connection goes back to the pool instead of
           // being torn down; a node that keeps talking is cut off.
@@ -134,13 +161,14 @@ export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof 
             const message = translate(chunk, usageCtx);
             info.messages++;
             sent = true;
-            yield message;
+            const more = sink.send(message);
             if (message.done === true) {
               loadMs = nanosToMs(chunk["load_duration"]);
               deps.health.reportSuccess(node);
               finished = true;
               break;
             }
+            if (!more) await sink.drained();
           }
         }
         if (finished) return;
@@ -157,6 +185,7 @@ export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof 
         tried.add(node);
         lastError = err;
       } finally {
+        upstream?.close();
         dispatch.release({ loadMs });
       }
       await sleep(wait, signal).catch((e: unknown) => {
@@ -196,25 +225,35 @@ export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof 
     },
   });
 
-  return {
+  /** Generate into a sink (the request is valid). */
+  function generateInto(req: GenerateRequest, ctx: HandlerContext, sink: MessageSink<GenerateReply>): Promise<void> {
+    const session = req.sessionKey || ctx.requestHeader.get("x-session-id") || undefined;
+    const affinity = affinityKey(canonicalModelName(req.model), session, req.system + "\u0000" + req.prompt);
+    return relay("/api/generate", normalise(generateBody(req), req.model), req.model, affinity, ctx, generateChunk, sink);
+  }
+
+  /** Chat into a sink (the request is valid). */
+  function chatInto(req: ChatRequest, ctx: HandlerContext, sink: MessageSink<ChatReply>): Promise<void> {
+    const session = req.sessionKey || ctx.requestHeader.get("x-session-id") || undefined;
+    // The first messages identify a conversation as it grows.
+    const prefix = req.messages
+      .filter((m) => m.role !== Role.ASSISTANT)
+      .slice(0, 2)
+      .map((m) => m.content)
+      .join("\u0000");
+    const affinity = affinityKey(canonicalModelName(req.model), session, prefix);
+    return relay("/api/chat", normalise(chatBody(req), req.model), req.model, affinity, ctx, chatChunk, sink);
+  }
+
+  const service: ServiceImpl<typeof InferenceService> = {
     generate(req, ctx) {
       validateGenerate(req);
-      const session = req.sessionKey || ctx.requestHeader.get("x-session-id") || undefined;
-      const affinity = affinityKey(canonicalModelName(req.model), session, req.system + "\u0000" + req.prompt);
-      return relay("/api/generate", normalise(generateBody(req), req.model), req.model, affinity, ctx, generateChunk);
+      return sinkIterable<GenerateReply>((sink) => generateInto(req, ctx, sink));
     },
 
     chat(req, ctx) {
       validateChat(req);
-      const session = req.sessionKey || ctx.requestHeader.get("x-session-id") || undefined;
-      // The first messages identify a conversation as it grows.
-      const prefix = req.messages
-        .filter((m) => m.role !== Role.ASSISTANT)
-        .slice(0, 2)
-        .map((m) => m.content)
-        .join("\u0000");
-      const affinity = affinityKey(canonicalModelName(req.model), session, prefix);
-      return relay("/api/chat", normalise(chatBody(req), req.model), req.model, affinity, ctx, chatChunk);
+      return sinkIterable<ChatReply>((sink) => chatInto(req, ctx, sink));
     },
 
     async embed(req, ctx) {
@@ -260,6 +299,17 @@ export function createInferenceService(deps: InferenceDeps): ServiceImpl<typeof 
         usage: usageInit,
         cachedInputs: req.inputs.length - req.inputs.filter((_, i) => cached[i] === undefined).length,
       };
+    },
+  };
+  return {
+    service,
+    generate(req, ctx, sink) {
+      validateGenerate(req);
+      return generateInto(req, ctx, sink);
+    },
+    chat(req, ctx, sink) {
+      validateChat(req);
+      return chatInto(req, ctx, sink);
     },
   };
 

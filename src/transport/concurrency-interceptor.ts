@@ -7,6 +7,11 @@ import { watchStream } from "./watch-stream.js";
 export interface ConcurrencyGauge {
   /** RPCs in progress. */
   readonly active: number;
+  /**
+   * Counts one call of `service` (a type name) that does not go through the interceptor (the
+   * gRPC fast path); throws RESOURCE_EXHAUSTED past the cap. Returns its release, to call once.
+   */
+  enter(service: string): () => void;
 }
 
 /**
@@ -18,14 +23,17 @@ export interface ConcurrencyGauge {
  */
 export function concurrencyInterceptor(max: number, exempt: ReadonlySet<string>): Interceptor & ConcurrencyGauge {
   let active = 0;
-  const interceptor: Interceptor = (next) => async (req) => {
-    if (exempt.has(req.service.typeName)) return next(req);
+  const admit = (): void => {
     if (active >= max) {
       throw gatewayError(Code.ResourceExhausted, "QUEUE_FULL", `the gateway is handling its maximum of ${max} calls`, {
         retryAfterMs: 250,
       });
     }
     active++;
+  };
+  const interceptor: Interceptor = (next) => async (req) => {
+    if (exempt.has(req.service.typeName)) return next(req);
+    admit();
     let released = false;
     const release = (): void => {
       if (released) return;
@@ -47,5 +55,15 @@ export function concurrencyInterceptor(max: number, exempt: ReadonlySet<string>)
     }
     return { ...res, message: watchStream(res.message, { onEnd: release }) };
   };
-  return Object.defineProperty(interceptor, "active", { get: () => active }) as Interceptor & ConcurrencyGauge;
+  const enter = (service: string): (() => void) => {
+    if (exempt.has(service)) return () => {};
+    admit();
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      active--;
+    };
+  };
+  return Object.assign(Object.defineProperty(interceptor, "active", { get: () => active }), { enter }) as Interceptor & ConcurrencyGauge;
 }

@@ -2,6 +2,7 @@ import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as net from "node:net";
 import type { connectNodeAdapter } from "@connectrpc/connect-node";
+import type { GrpcFastPath } from "./grpc-fast-path.js";
 
 /** The request listener connect-node builds (works for http and http2). */
 type NodeHandlerFn = ReturnType<typeof connectNodeAdapter>;
@@ -16,6 +17,8 @@ export interface ListenOptions {
   maxConcurrentStreams: number;
   /** HTTP/1.1 keep-alive idle timeout, in ms. */
   keepAliveTimeoutMs: number;
+  /** Serves some HTTP/2 gRPC calls before connect-node sees them (undefined = connect-node serves all). */
+  fastPath?: GrpcFastPath;
 }
 
 /** A server accepting gRPC (h2c), gRPC-Web and Connect (HTTP/1.1 and h2c) on one port. */
@@ -40,15 +43,31 @@ const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
  * each connection are sniffed: the h2c preface goes to an HTTP/2 server,
  * anything else to an HTTP/1.1 server. The socket stays paused while it is
  * handed over, so no bytes are lost.
+ *
+ * HTTP/2 streams go to the fast path first; only the ones it leaves get the
+ * compatibility request/response objects connect-node's handler takes (built
+ * here, as Node's own "request" event would, so the fast path's calls never
+ * pay for them).
  */
 export function listenDualProtocol(handler: NodeHandlerFn, options: ListenOptions): Promise<DualProtocolServer> {
-  const h2 = http2.createServer(
-    {
-      settings: { maxConcurrentStreams: options.maxConcurrentStreams, initialWindowSize: 1 << 20 },
-      maxSessionMemory: 32,
-    },
-    handler,
-  );
+  const h2 = http2.createServer({
+    settings: { maxConcurrentStreams: options.maxConcurrentStreams, initialWindowSize: 1 << 20 },
+    maxSessionMemory: 32,
+  });
+  const fastPath = options.fastPath;
+  h2.on("stream", (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, _flags: number, rawHeaders: string[]) => {
+    if (fastPath?.handle(stream, headers)) return;
+    const req = new http2.Http2ServerRequest(stream, headers, {}, rawHeaders);
+    const res = new http2.Http2ServerResponse(stream);
+    if (headers[":method"] === "CONNECT" || (headers.expect !== undefined && headers.expect !== "100-continue")) {
+      // What Node's own request handling answers when no listener takes these.
+      res.statusCode = headers[":method"] === "CONNECT" ? 405 : 417;
+      res.end();
+      return;
+    }
+    if (headers.expect === "100-continue") res.writeContinue();
+    handler(req, res);
+  });
   const h1 = http.createServer({ keepAliveTimeout: options.keepAliveTimeoutMs, headersTimeout: 30_000 }, handler);
   h1.keepAliveTimeout = options.keepAliveTimeoutMs;
   // Above the keep-alive timeout, so an idle connection is closed by us, not mid-request.

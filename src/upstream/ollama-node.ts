@@ -1,6 +1,7 @@
 import { Pool } from "undici";
 import type { Dispatcher } from "undici";
-import { parseNdjson } from "./ndjson.js";
+import { readNdjson } from "./ndjson-reader.js";
+import type { NdjsonStream } from "./ndjson-reader.js";
 import { UpstreamError } from "./upstream-error.js";
 
 /** How the gateway talks to every Ollama node. */
@@ -41,6 +42,12 @@ export interface OllamaNode {
    * UpstreamError("stream") after the objects before it were yielded.
    */
   stream(path: string, body: unknown, signal: AbortSignal): AsyncGenerator<Record<string, unknown>[], void, undefined>;
+  /**
+   * Like `stream`, as a pull-based reader without an async generator (the streaming relay's hot
+   * path). Resolves once the response headers arrived (non-2xx throws UpstreamError("http")); the
+   * caller must `close()` it.
+   */
+  open(path: string, body: unknown, signal: AbortSignal): Promise<NdjsonStream>;
   /** A request with a single JSON answer; resolves undefined for an empty body. */
   call(method: UpstreamMethod, path: string, body: unknown, signal: AbortSignal): Promise<unknown>;
   /** Closes the pool; in-flight requests are destroyed. */
@@ -91,32 +98,25 @@ export function createOllamaNode(address: NodeAddress, options: UpstreamOptions)
     return res;
   }
 
+  async function open(path: string, body: unknown, signal: AbortSignal): Promise<NdjsonStream> {
+    const res = await send("POST", path, body, signal);
+    return readNdjson(res.body, options.maxLineBytes, name);
+  }
+
   return {
     name,
     url: address.url,
     async *stream(path, body, signal) {
-      const res = await send("POST", path, body, signal);
+      const reader = await open(path, body, signal);
       try {
-        for await (const batch of parseNdjson(res.body, options.maxLineBytes)) {
-          const failed = batch.findIndex((obj) => obj["error"] !== undefined);
-          if (failed !== -1) {
-            if (failed > 0) yield batch.slice(0, failed);
-            const error = batch[failed]!["error"];
-            throw new UpstreamError("stream", typeof error === "string" ? error : JSON.stringify(error), name);
-          }
-          yield batch;
-        }
-      } catch (e) {
-        if (e instanceof Error && e.name === "NdjsonError") {
-          throw new UpstreamError("protocol", e.message, name, 0, { cause: e });
-        }
-        throw e;
+        for (let batch; (batch = await reader.next()) !== undefined; ) yield batch;
       } finally {
         // Stopping early (client gone, error) must free the connection at
         // once; destroying it also tells Ollama to stop generating.
-        if (!res.body.destroyed) res.body.destroy();
+        reader.close();
       }
     },
+    open,
     async call(method, path, body, signal) {
       const res = await send(method, path, body, signal);
       const text = await readText(res.body, options.maxResponseBytes, name);

@@ -1,0 +1,290 @@
+import { constants as h2constants } from "node:http2";
+import type { IncomingHttpHeaders, OutgoingHttpHeaders, ServerHttp2Stream } from "node:http2";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import type { DescMessage, DescMethod, DescMethodServerStreaming, DescMethodUnary, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
+import { Code, ConnectError, createHandlerContext } from "@connectrpc/connect";
+import type { ContextValues, HandlerContext } from "@connectrpc/connect";
+import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
+import type { MessageSink } from "./message-sink.js";
+
+/**
+ * One method the fast path serves. Built with `unaryRoute` or `serverStreamingRoute`, which keep
+ * the request and response types together; the fast path itself only sees bytes.
+ */
+export interface FastRoute {
+  /** The method, for its path and the HandlerContext. */
+  readonly method: DescMethod;
+  /** Decodes the request and runs the call, writing encoded response messages into `sink`. */
+  run(request: Uint8Array, ctx: HandlerContext, sink: MessageSink<Uint8Array>): Promise<void>;
+}
+
+/** A unary method for the fast path: `impl` is the same function connect-node serves. */
+export function unaryRoute<I extends DescMessage, O extends DescMessage>(
+  method: DescMethodUnary<I, O>,
+  impl: (req: MessageShape<I>, ctx: HandlerContext) => Promise<MessageInitShape<O>> | MessageInitShape<O>,
+): FastRoute {
+  return {
+    method,
+    async run(request, ctx, sink) {
+      const res = await impl(decode(method.input, request), ctx);
+      sink.send(toBinary(method.output, create(method.output, res)));
+    },
+  };
+}
+
+/** A server-streaming method for the fast path: `impl` writes its messages into a sink. */
+export function serverStreamingRoute<I extends DescMessage, O extends DescMessage>(
+  method: DescMethodServerStreaming<I, O>,
+  impl: (req: MessageShape<I>, ctx: HandlerContext, sink: MessageSink<MessageInitShape<O>>) => Promise<void>,
+): FastRoute {
+  return {
+    method,
+    run(request, ctx, bytes) {
+      const req = decode(method.input, request);
+      return impl(req, ctx, {
+        send: (message) => bytes.send(toBinary(method.output, create(method.output, message))),
+        drained: () => bytes.drained(),
+      });
+    },
+  };
+}
+
+function decode<I extends DescMessage>(schema: I, bytes: Uint8Array): MessageShape<I> {
+  try {
+    return fromBinary(schema, bytes);
+  } catch (e) {
+    // As connect-node (and grpc-go) answer a request they cannot parse.
+    throw new ConnectError(`parse binary: ${e instanceof Error ? e.message : String(e)}`, Code.Internal);
+  }
+}
+
+/** What the fast path needs from the gateway. */
+export interface GrpcFastPathOptions {
+  /** The methods it serves; every other request is left to connect-node. */
+  routes: readonly FastRoute[];
+  /** Largest request message accepted, in bytes (as connect-node's `readMaxBytes`). */
+  readMaxBytes: number;
+  /** Largest response message sent, in bytes (as connect-node's `writeMaxBytes`). */
+  writeMaxBytes: number;
+  /** Aborts every running call (graceful shutdown's last step), as connect-node's `shutdownSignal`. */
+  shutdownSignal: AbortSignal;
+  /** The per-call context values (request id, peer), as connect-node's `contextValues`. */
+  contextValues(headers: IncomingHttpHeaders, remoteAddress: string | undefined): ContextValues;
+  /**
+   * Runs as each call starts, before its request is read; throws a ConnectError to refuse the
+   * call (e.g. over the concurrency cap). Returns what to call once when the call ends, with its
+   * error (undefined = OK); that function may add metadata to the error, which is sent in the
+   * trailers. The interceptors' counterpart: logging and the concurrency cap.
+   */
+  begin(ctx: HandlerContext): (error: ConnectError | undefined) => void;
+}
+
+/** Serves some gRPC calls straight on HTTP/2 streams. */
+export interface GrpcFastPath {
+  /** Takes the stream and returns true when it is a call the fast path serves; false leaves it untouched. */
+  handle(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): boolean;
+}
+
+const CONTENT_TYPE = "application/grpc+proto";
+// Handed to a call's signal once it has ended (so timers and listeners tied to it are freed):
+// one shared reason instead of the DOMException with a stack trace that abort() builds per call.
+const CALL_ENDED = new ConnectError("the call has ended", Code.Canceled);
+
+/**
+ * The gRPC protocol (binary protobuf, uncompressed requests) for a few hot methods, on the raw
+ * HTTP/2 stream: length-prefixed messages written as they are produced, backpressure from
+ * `write()`'s answer, trailers at the end. Generate, Chat and Embed go through here; connect-node
+ * keeps everything else (gRPC-Web, Connect, JSON, compressed requests, other services).
+ *
+ * Why: connect-node's pipeline stacks async iterables per call (a dozen generators, about 130
+ * closures and contexts per open stream, several promises per message) and builds a DOMException
+ * per call; on a 2-core box that was most of the gateway's CPU per request and of its memory per
+ * open stream. Behaviour is the same as connect-node's gRPC handler: the same HandlerContext
+ * (deadline from `grpc-timeout`, client cancel, shutdown), the same error trailers
+ * (`setTrailerStatus`), the same size limits and protocol errors.
+ */
+export function createGrpcFastPath(options: GrpcFastPathOptions): GrpcFastPath {
+  const routes = new Map(options.routes.map((r) => [`/${r.method.parent.typeName}/${r.method.name}`, r]));
+  return {
+    handle(stream, headers) {
+      const route = routes.get(headers[":path"] ?? "");
+      if (route === undefined || headers[":method"] !== "POST") return false;
+      const type = headers["content-type"];
+      if (type !== "application/grpc" && type !== CONTENT_TYPE) return false;
+      const encoding = headers["grpc-encoding"];
+      if (encoding !== undefined && encoding !== "identity") return false;
+      serve(stream, headers, route, options);
+      return true;
+    },
+  };
+}
+
+function serve(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, route: FastRoute, options: GrpcFastPathOptions): void {
+  const timeout = parseTimeout(single(headers["grpc-timeout"]) ?? null, Number.MAX_SAFE_INTEGER);
+  const gone = new AbortController();
+  const ctx = createHandlerContext({
+    service: route.method.parent,
+    method: route.method,
+    protocolName: "grpc",
+    requestMethod: "POST",
+    url: `http://${single(headers[":authority"]) ?? "localhost"}${single(headers[":path"]) ?? ""}`,
+    timeoutMs: timeout.timeoutMs,
+    shutdownSignal: options.shutdownSignal,
+    requestSignal: gone.signal,
+    requestHeader: requestHeaders(headers),
+    contextValues: options.contextValues(headers, stream.session?.socket?.remoteAddress),
+  });
+
+  let responded = false;
+  let ended = false;
+  let requestRead = false;
+  let trailers: OutgoingHttpHeaders = { "grpc-status": "0" };
+  let drain: { resolve(): void; reject(e: unknown): void } | undefined;
+  const canceled = (): ConnectError => new ConnectError("the client cancelled the call", Code.Canceled);
+
+  stream.on("error", () => {
+    // Reported through "close"; without a listener an error would crash the process.
+  });
+  stream.once("close", () => {
+    if (!ended) gone.abort(canceled());
+    const d = drain;
+    drain = undefined;
+    d?.reject(canceled());
+  });
+
+  const respond = (): void => {
+    responded = true;
+    stream.respond({ ":status": 200, "content-type": CONTENT_TYPE, ...outgoing(ctx.responseHeader) }, { waitForTrailers: true });
+    stream.once("wantTrailers", () => stream.sendTrailers(trailers));
+  };
+  const sink: MessageSink<Uint8Array> = {
+    send(data) {
+      if (stream.destroyed || stream.closed) throw canceled();
+      if (data.length > options.writeMaxBytes) {
+        throw new ConnectError(`message size ${data.length} is larger than configured writeMaxBytes ${options.writeMaxBytes}`, Code.ResourceExhausted);
+      }
+      if (!responded) respond();
+      const frame = Buffer.allocUnsafe(5 + data.length);
+      frame[0] = 0;
+      frame.writeUInt32BE(data.length, 1);
+      frame.set(data, 5);
+      return stream.write(frame);
+    },
+    drained() {
+      if (stream.destroyed || stream.closed) return Promise.reject(canceled());
+      if (!stream.writableNeedDrain) return Promise.resolve();
+      return new Promise<void>((resolve, reject) => {
+        drain = { resolve, reject };
+        stream.once("drain", () => {
+          const d = drain;
+          drain = undefined;
+          d?.resolve();
+        });
+      });
+    },
+  };
+
+  let end: ((error: ConnectError | undefined) => void) | undefined;
+  const finish = (e: unknown): void => {
+    if (ended) return;
+    ended = true;
+    const error = e === undefined ? undefined : e instanceof ConnectError ? e : new ConnectError("internal error", Code.Internal, undefined, undefined, e);
+    end?.(error);
+    if (!stream.destroyed && !stream.closed) {
+      trailers = outgoing(setTrailerStatus(new Headers(), error));
+      if (!responded) {
+        // Trailers-only: status in the one HEADERS frame, as gRPC allows for a call with no messages.
+        stream.respond({ ":status": 200, "content-type": CONTENT_TYPE, ...outgoing(ctx.responseHeader), ...trailers }, { endStream: true });
+        // A request we stopped reading (too large, refused) must not keep the stream open.
+        if (!requestRead) stream.close(h2constants.NGHTTP2_NO_ERROR);
+      } else {
+        stream.end();
+      }
+    }
+    ctx.abort(CALL_ENDED);
+  };
+
+  const run = async (): Promise<void> => {
+    if (timeout.error) throw timeout.error;
+    end = options.begin(ctx);
+    const body = await readRequest(stream, options.readMaxBytes, ctx.signal);
+    requestRead = true;
+    await route.run(requestMessage(body, options.readMaxBytes, route.method), ctx, sink);
+  };
+  run().then(
+    () => finish(undefined),
+    (e: unknown) => finish(ctx.signal.aborted && ctx.signal.reason instanceof ConnectError ? ctx.signal.reason : e),
+  );
+}
+
+/** Reads the whole request body (one enveloped message), bounded by the limit and the call's signal. */
+function readRequest(stream: ServerHttp2Stream, readMaxBytes: number, signal: AbortSignal): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const cleanup = (): void => {
+      stream.off("data", onData);
+      stream.off("end", onEnd);
+      signal.removeEventListener("abort", onAbort);
+    };
+    const onData = (chunk: Buffer): void => {
+      size += chunk.length;
+      chunks.push(chunk);
+      if (size > readMaxBytes + 5) {
+        cleanup();
+        stream.pause();
+        reject(new ConnectError(`message size is larger than configured readMaxBytes ${readMaxBytes}`, Code.ResourceExhausted));
+      }
+    };
+    const onEnd = (): void => {
+      cleanup();
+      resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
+    };
+    const onAbort = (): void => {
+      cleanup();
+      reject(signal.reason);
+    };
+    if (signal.aborted) return onAbort();
+    stream.on("data", onData);
+    stream.once("end", onEnd);
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+/** The one message of a unary or server-streaming request, with connect-node's protocol errors. */
+function requestMessage(body: Buffer, readMaxBytes: number, method: DescMethod): Uint8Array {
+  const kind = method.methodKind === "unary" ? "unary" : "server_streaming";
+  if (body.length === 0) throw new ConnectError(`protocol error: missing input message for ${kind} method`, Code.Unimplemented);
+  if (body.length < 5) throw new ConnectError("protocol error: incomplete envelope", Code.InvalidArgument);
+  const flags = body[0]!;
+  const length = body.readUInt32BE(1);
+  if (length > readMaxBytes) {
+    throw new ConnectError(`message size ${length} is larger than configured readMaxBytes ${readMaxBytes}`, Code.ResourceExhausted);
+  }
+  if (body.length < 5 + length) throw new ConnectError("protocol error: incomplete envelope", Code.InvalidArgument);
+  if (body.length > 5 + length) throw new ConnectError(`protocol error: received extra input message for ${kind} method`, Code.Unimplemented);
+  if ((flags & 1) === 1) throw new ConnectError("received compressed envelope, but do not know how to decompress", Code.Internal);
+  if (flags !== 0) throw new ConnectError(`protocol error: invalid envelope flags ${flags}`, Code.InvalidArgument);
+  return body.subarray(5);
+}
+
+function requestHeaders(headers: IncomingHttpHeaders): Headers {
+  const out = new Headers();
+  for (const name in headers) {
+    if (name.startsWith(":")) continue;
+    const v = headers[name];
+    if (typeof v === "string") out.append(name, v);
+    else if (Array.isArray(v)) for (const x of v) out.append(name, x);
+  }
+  return out;
+}
+
+function outgoing(headers: Headers): OutgoingHttpHeaders {
+  const out: OutgoingHttpHeaders = {};
+  headers.forEach((value, name) => (out[name] = value));
+  return out;
+}
+
+function single(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v[0] : v;
+}
