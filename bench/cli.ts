@@ -34,6 +34,10 @@ export interface BenchOptions {
   streamTokenMs: number;
   /** Load-generator processes holding the streams of scenario (c). */
   streamLoadgens: number;
+  /** The load generator's gRPC client towards gateways and the null server. */
+  client: "h2" | "connect";
+  /** Extra environment for every gateway (`--gateway-env NAME=value`, repeatable). */
+  gatewayEnv: Record<string, string>;
   /** Where reports and gateway logs go. */
   outDir: string;
   /** The arguments as given, for the report. */
@@ -66,6 +70,12 @@ simulator over HTTP). Writes bench-results/bench-<time>.{md,json}.
   --streams N             concurrent streams of scenario c (default 1000)
   --stream-token-ms N     simulator delay between tokens in scenario c (default 50)
   --stream-loadgens N     load-generator processes for scenario c (default 2)
+  --client C              the load generator's gRPC client: h2 (default; a minimal
+                          node:http2 client, bench/grpc-h2-client.ts) or connect
+                          (connect-node's client, ~5x the client CPU per call)
+  --gateway-env NAME=value
+                          extra setting for every gateway, repeatable
+                          (e.g. GRPC_FAST_PATH=off)
   --out DIR               output directory (default bench-results)
   -h, --help              this text
 `;
@@ -94,6 +104,8 @@ export function parseBenchArgs(argv: string[]): BenchOptions | undefined {
       streams: { type: "string" },
       "stream-token-ms": { type: "string" },
       "stream-loadgens": { type: "string" },
+      client: { type: "string" },
+      "gateway-env": { type: "string", multiple: true },
       out: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
@@ -116,6 +128,15 @@ export function parseBenchArgs(argv: string[]): BenchOptions | undefined {
   const runtime = values.runtime ?? "compiled";
   if (runtime !== "compiled" && runtime !== "tsx") throw new Error("--runtime must be compiled or tsx");
 
+  const client = values.client ?? "h2";
+  if (client !== "h2" && client !== "connect") throw new Error("--client must be h2 or connect");
+  const gatewayEnv: Record<string, string> = {};
+  for (const v of values["gateway-env"] ?? []) {
+    const eq = v.indexOf("=");
+    if (eq < 1) throw new Error(`--gateway-env needs NAME=value, got "${v}"`);
+    gatewayEnv[v.slice(0, eq)] = v.slice(eq + 1);
+  }
+
   return {
     smoke,
     scenarios,
@@ -129,6 +150,8 @@ export function parseBenchArgs(argv: string[]): BenchOptions | undefined {
     streams: int("streams", values.streams, 1000, 1, 5000),
     streamTokenMs: int("stream-token-ms", values["stream-token-ms"], 50, 1, 10_000),
     streamLoadgens: int("stream-loadgens", values["stream-loadgens"], 2, 1, 16),
+    client,
+    gatewayEnv,
     outDir: values.out ?? "bench-results",
     argv,
   };

@@ -72,6 +72,7 @@ export class BenchContext {
       SHUTDOWN_GRACE_MS: "2000",
       ...(this.opts.workers !== undefined ? { WORKERS: String(this.opts.workers) } : {}),
       ...extra,
+      ...this.opts.gatewayEnv,
     };
     const log = join(this.logDir, `gateway-${name}.log`);
     const prof = this.opts.cpuProfDir;

@@ -1,6 +1,6 @@
 // A load generator process, started by bench/main.ts (never inside the
-// gateway): it receives jobs over IPC, runs each against the gateway (connect
-// gRPC client over HTTP/2) or straight against the simulator (undici over
+// gateway): it receives jobs over IPC, runs each against the gateway (gRPC over
+// HTTP/2: bench/grpc-h2-client.ts, or connect-node's client) or straight against the simulator (undici over
 // HTTP/1.1, NDJSON parsed line by line, the baseline), and sends back one
 // LoadResult per job. Both sides parse every message they receive.
 import { monitorEventLoopDelay } from "node:perf_hooks";
@@ -8,7 +8,15 @@ import { createClient } from "@connectrpc/connect";
 import type { Client } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { Pool } from "undici";
-import { InferenceService } from "../src/gen/ollama/gateway/v1/inference_pb.js";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import {
+  EmbedRequestSchema,
+  EmbedResponseSchema,
+  GenerateRequestSchema,
+  GenerateResponseSchema,
+  InferenceService,
+} from "../src/gen/ollama/gateway/v1/inference_pb.js";
+import { createGrpcH2Client } from "./grpc-h2-client.js";
 import { ndjson } from "./ndjson-lines.js";
 import type { KindResult, LoadJob, LoadResult, ReplyMessage, RequestKind, RunMessage } from "./load-protocol.js";
 
@@ -52,7 +60,63 @@ function inputText(job: LoadJob, seq: number): string {
   return `bench ${job.inputSalt} text ${n} about a quick brown fox`;
 }
 
-function gatewaySide(job: LoadJob, tracker: StreamTracker): Side {
+/** The gateway side with bench/grpc-h2-client.ts: every message decoded, as connect's client does. */
+function gatewayH2Side(job: LoadJob, tracker: StreamTracker): Side {
+  const clients = Array.from({ length: Math.max(1, job.connections) }, () => createGrpcH2Client(job.url));
+  let next = 0;
+  return {
+    async call(kind, seq, numPredict) {
+      const client = clients[next++ % clients.length]!;
+      if (kind === "embed") {
+        let vectors = -1;
+        const req = toBinary(EmbedRequestSchema, create(EmbedRequestSchema, { model: job.embedModel, inputs: [inputText(job, seq)] }));
+        await client.call(EMBED_PATH, req, job.callTimeoutMs, (payload) => {
+          const res = fromBinary(EmbedResponseSchema, payload);
+          vectors = res.embeddings.length === 1 && res.embeddings[0]!.values.length > 0 ? 1 : 0;
+        });
+        if (vectors !== 1) throw new Error("Embed: expected one vector");
+        return { ttft: 0, tokens: 0, messages: 1 };
+      }
+      const t0 = performance.now();
+      let ttft = -1;
+      let tokens = 0;
+      let messages = 0;
+      let done = false;
+      const req = toBinary(
+        GenerateRequestSchema,
+        create(GenerateRequestSchema, { model: job.model, prompt: PROMPT, options: { numPredict } }),
+      );
+      try {
+        await client.call(GENERATE_PATH, req, job.callTimeoutMs, (payload) => {
+          const m = fromBinary(GenerateResponseSchema, payload);
+          messages++;
+          if (ttft < 0 && m.text !== "") {
+            ttft = performance.now() - t0;
+            tracker.firstToken();
+          }
+          if (m.done) {
+            done = true;
+            tokens = m.usage?.completionTokens ?? 0;
+          }
+        });
+      } finally {
+        tracker.finish(ttft >= 0);
+      }
+      if (!done) throw new Error("Generate: stream ended without its final message");
+      return { ttft, tokens, messages };
+    },
+    close() {
+      for (const c of clients) c.close();
+      return Promise.resolve();
+    },
+  };
+}
+
+const GENERATE_PATH = `/${InferenceService.typeName}/${InferenceService.method.generate.name}`;
+const EMBED_PATH = `/${InferenceService.typeName}/${InferenceService.method.embed.name}`;
+
+/** The gateway side with connect-node's gRPC client. */
+function gatewayConnectSide(job: LoadJob, tracker: StreamTracker): Side {
   const managers = Array.from({ length: Math.max(1, job.connections) }, () => new Http2SessionManager(job.url));
   const clients: Client<typeof InferenceService>[] = managers.map((sessionManager) =>
     createClient(InferenceService, createGrpcTransport({ baseUrl: job.url, sessionManager })),
@@ -158,7 +222,8 @@ function emptyKind(): KindResult {
 
 async function run(job: LoadJob): Promise<LoadResult> {
   const tracker = new StreamTracker();
-  const side = job.target === "gateway" ? gatewaySide(job, tracker) : directSide(job, tracker);
+  const side =
+    job.target === "direct" ? directSide(job, tracker) : job.client === "h2" ? gatewayH2Side(job, tracker) : gatewayConnectSide(job, tracker);
   const result: LoadResult = {
     kinds: {},
     errors: 0,

@@ -11,8 +11,10 @@ export type RequestKind = "generate" | "embed";
 export interface LoadJob {
   /** Label used in errors and logs. */
   label: string;
-  /** Gateway (connect gRPC client) or straight to the simulator (undici + NDJSON). */
+  /** Gateway (gRPC) or straight to the simulator (undici + NDJSON). */
   target: "gateway" | "direct";
+  /** The gRPC client towards a gateway: minimal node:http2 (bench/grpc-h2-client.ts) or connect-node's. */
+  client: "h2" | "connect";
   /** Base URL of that side. */
   url: string;
   /** Which RPCs to send. */
@@ -100,4 +102,5 @@ export const JOB_DEFAULTS = {
   inputs: "distinct",
   inputCycle: 0,
   callTimeoutMs: 120_000,
+  client: "h2",
 } as const satisfies Partial<LoadJob>;

@@ -69,6 +69,7 @@ async function run(opts: BenchOptions): Promise<number> {
     gitCommit: git(["rev-parse", "HEAD"]) || "unknown",
     gitDirtyFiles: git(["status", "--porcelain"]).split("\n").filter((l) => l.trim() !== "").length,
     runtime: runtime.kind === "compiled" ? "compiled JavaScript (tsc → .bench/dist, like npm start)" : "TypeScript through tsx",
+    client: opts.client === "h2" ? "bench/grpc-h2-client.ts (minimal node:http2)" : "connect-node",
     command: ["npm run bench", ...(opts.argv.length > 0 ? ["--", ...opts.argv] : [])].join(" "),
     smoke: opts.smoke,
   };

@@ -45,6 +45,8 @@ export interface MachineFacts {
   gitCommit: string;
   gitDirtyFiles: number;
   runtime: string;
+  /** The load generator's gRPC client. */
+  client: string;
   command: string;
   smoke: boolean;
 }
@@ -181,6 +183,7 @@ export function renderMarkdown(machine: MachineFacts, r: ScenarioResults, target
       `load average at start ${machine.loadAverageAtStart.map((x) => x.toFixed(2)).join(" ")}` +
       (machine.loadAverageAtEnd ? `, at end ${machine.loadAverageAtEnd.map((x) => x.toFixed(2)).join(" ")}` : "") +
       `. Gateway: commit ${machine.gitCommit.slice(0, 10)}${machine.gitDirtyFiles > 0 ? ` + ${machine.gitDirtyFiles} changed files` : ""}, run as ${machine.runtime}. ` +
+      `Load generator's gRPC client: ${machine.client}. ` +
       `Took ${machine.durationSeconds ?? "?"} s.`,
     "",
     "Load generator, simulator and gateway are separate processes sharing this machine's cores; the baseline (\"direct\") is the same load sent straight to the simulator over HTTP in the same run, so ratios matter more than absolute numbers. Latency percentiles are nearest-rank; \"added\" = gateway percentile − direct percentile.",
@@ -197,7 +200,8 @@ export function renderMarkdown(machine: MachineFacts, r: ScenarioResults, target
       "## (a) Generate 1 token, Embed 1 input",
       "",
       "Relay gateway (embedding cache and micro-batching off, so every call goes upstream alone); a new Embed text per request. " +
-        "\"null\" is bench/null-server.ts: the same gRPC stack (connect-node, HTTP/2) answering from memory, so null − direct ≈ what gRPC in Node costs (client and server) and gateway − null ≈ the gateway's own work plus its upstream hop.",
+        "\"null\" is bench/null-server.ts: connect-node on HTTP/2 answering from memory (no upstream), so null − direct ≈ what a stock gRPC server in Node costs. " +
+        "The gateway serves these calls on its own gRPC fast path (GRPC_FAST_PATH, on by default), so it can cost less than the null server while doing more.",
       "",
       "| kind | c | rps direct / null / gateway | ratio gw/direct | p50 ms direct / null / gateway | p99 ms direct / null / gateway | added p50 / p99 ms | server CPU µs/req null / gateway | client CPU µs/req direct / gateway | errors d/n/g |",
       "|---|---|---|---|---|---|---|---|---|---|",

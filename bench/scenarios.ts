@@ -28,6 +28,7 @@ function job(ctx: BenchContext, target: Started, kind: "direct" | "gateway", fie
     requests: 1_000_000,
     durationMs: 60_000,
     inputSalt: ctx.salt(),
+    client: ctx.opts.client,
     ...fields,
   };
 }

@@ -23,6 +23,7 @@ import { createScheduler, LOCAL_GATE } from "./routing/scheduler.js";
 import { createSharedNodeHealth } from "./routing/shared-node-health.js";
 import { createSlotLeases } from "./routing/slot-leases.js";
 import type { Scheduler } from "./routing/scheduler.js";
+import { chatDeltaFrame, generateDeltaFrame } from "./services/delta-frames.js";
 import { createEmbeddingCache } from "./services/embedding-cache.js";
 import { createGatewayService } from "./services/gateway-service.js";
 import { createInferenceService } from "./services/inference-service.js";
@@ -229,8 +230,8 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   const fastPath = config.grpcFastPath
     ? createGrpcFastPath({
         routes: [
-          serverStreamingRoute(InferenceService.method.generate, inference.generate),
-          serverStreamingRoute(InferenceService.method.chat, inference.chat),
+          serverStreamingRoute(InferenceService.method.generate, inference.generate, generateDeltaFrame),
+          serverStreamingRoute(InferenceService.method.chat, inference.chat, chatDeltaFrame),
           unaryRoute(InferenceService.method.embed, inference.service.embed),
         ],
         readMaxBytes: config.maxMessageBytes,

@@ -2,7 +2,7 @@ import { constants as h2constants } from "node:http2";
 import type { IncomingHttpHeaders, OutgoingHttpHeaders, ServerHttp2Stream } from "node:http2";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { DescMessage, DescMethod, DescMethodServerStreaming, DescMethodUnary, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
-import { Code, ConnectError, createHandlerContext } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { ContextValues, HandlerContext } from "@connectrpc/connect";
 import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import type { MessageSink } from "./message-sink.js";
@@ -14,8 +14,8 @@ import type { MessageSink } from "./message-sink.js";
 export interface FastRoute {
   /** The method, for its path and the HandlerContext. */
   readonly method: DescMethod;
-  /** Decodes the request and runs the call, writing encoded response messages into `sink`. */
-  run(request: Uint8Array, ctx: HandlerContext, sink: MessageSink<Uint8Array>): Promise<void>;
+  /** Decodes the request and runs the call, writing each response message as a gRPC frame into `sink`. */
+  run(request: Uint8Array, ctx: HandlerContext, sink: MessageSink<Buffer>): Promise<void>;
 }
 
 /** A unary method for the fast path: `impl` is the same function connect-node serves. */
@@ -27,26 +27,39 @@ export function unaryRoute<I extends DescMessage, O extends DescMessage>(
     method,
     async run(request, ctx, sink) {
       const res = await impl(decode(method.input, request), ctx);
-      sink.send(toBinary(method.output, create(method.output, res)));
+      sink.send(frame(toBinary(method.output, create(method.output, res))));
     },
   };
 }
 
-/** A server-streaming method for the fast path: `impl` writes its messages into a sink. */
+/**
+ * A server-streaming method for the fast path: `impl` writes its messages into a sink.
+ * `encodeFrame` may encode the common messages by hand (undefined = the generic way).
+ */
 export function serverStreamingRoute<I extends DescMessage, O extends DescMessage>(
   method: DescMethodServerStreaming<I, O>,
   impl: (req: MessageShape<I>, ctx: HandlerContext, sink: MessageSink<MessageInitShape<O>>) => Promise<void>,
+  encodeFrame: (message: MessageInitShape<O>) => Buffer | undefined = () => undefined,
 ): FastRoute {
   return {
     method,
-    run(request, ctx, bytes) {
+    run(request, ctx, frames) {
       const req = decode(method.input, request);
       return impl(req, ctx, {
-        send: (message) => bytes.send(toBinary(method.output, create(method.output, message))),
-        drained: () => bytes.drained(),
+        send: (message) => frames.send(encodeFrame(message) ?? frame(toBinary(method.output, create(method.output, message)))),
+        drained: () => frames.drained(),
       });
     },
   };
+}
+
+/** A gRPC message frame: flag byte 0 (not compressed), 4-byte big-endian length, the message. */
+function frame(data: Uint8Array): Buffer {
+  const out = Buffer.allocUnsafe(5 + data.length);
+  out[0] = 0;
+  out.writeUInt32BE(data.length, 1);
+  out.set(data, 5);
+  return out;
 }
 
 function decode<I extends DescMessage>(schema: I, bytes: Uint8Array): MessageShape<I> {
@@ -121,32 +134,20 @@ export function createGrpcFastPath(options: GrpcFastPathOptions): GrpcFastPath {
 
 function serve(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, route: FastRoute, options: GrpcFastPathOptions): void {
   const timeout = parseTimeout(single(headers["grpc-timeout"]) ?? null, Number.MAX_SAFE_INTEGER);
-  const gone = new AbortController();
-  const ctx = createHandlerContext({
-    service: route.method.parent,
-    method: route.method,
-    protocolName: "grpc",
-    requestMethod: "POST",
-    url: `http://${single(headers[":authority"]) ?? "localhost"}${single(headers[":path"]) ?? ""}`,
-    timeoutMs: timeout.timeoutMs,
-    shutdownSignal: options.shutdownSignal,
-    requestSignal: gone.signal,
-    requestHeader: requestHeaders(headers),
-    contextValues: options.contextValues(headers, stream.session?.socket?.remoteAddress),
-  });
+  const ctx = callContext(route.method, headers, timeout.timeoutMs, options.shutdownSignal, options.contextValues(headers, stream.session?.socket?.remoteAddress));
+  const canceled = (): ConnectError => new ConnectError("the client cancelled the call", Code.Canceled);
 
   let responded = false;
   let ended = false;
   let requestRead = false;
   let trailers: OutgoingHttpHeaders = { "grpc-status": "0" };
   let drain: { resolve(): void; reject(e: unknown): void } | undefined;
-  const canceled = (): ConnectError => new ConnectError("the client cancelled the call", Code.Canceled);
 
   stream.on("error", () => {
     // Reported through "close"; without a listener an error would crash the process.
   });
   stream.once("close", () => {
-    if (!ended) gone.abort(canceled());
+    if (!ended) ctx.abort(canceled());
     const d = drain;
     drain = undefined;
     d?.reject(canceled());
@@ -157,30 +158,32 @@ function serve(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, route: F
     stream.respond({ ":status": 200, "content-type": CONTENT_TYPE, ...outgoing(ctx.responseHeader) }, { waitForTrailers: true });
     stream.once("wantTrailers", () => stream.sendTrailers(trailers));
   };
-  const sink: MessageSink<Uint8Array> = {
-    send(data) {
+  // Messages written but not yet taken by HTTP/2 (flow control, a full socket). While one is
+  // pending the producer waits, so tokens that arrive meanwhile go out coalesced in the next
+  // message instead of queueing up to the stream's 16 KB buffer as hundreds of tiny frames.
+  let unsent = 0;
+  const written = (): void => {
+    unsent--;
+    if (unsent > 0) return;
+    const d = drain;
+    drain = undefined;
+    d?.resolve();
+  };
+  const sink: MessageSink<Buffer> = {
+    send(frame) {
       if (stream.destroyed || stream.closed) throw canceled();
-      if (data.length > options.writeMaxBytes) {
-        throw new ConnectError(`message size ${data.length} is larger than configured writeMaxBytes ${options.writeMaxBytes}`, Code.ResourceExhausted);
+      if (frame.length - 5 > options.writeMaxBytes) {
+        throw new ConnectError(`message size ${frame.length - 5} is larger than configured writeMaxBytes ${options.writeMaxBytes}`, Code.ResourceExhausted);
       }
       if (!responded) respond();
-      const frame = Buffer.allocUnsafe(5 + data.length);
-      frame[0] = 0;
-      frame.writeUInt32BE(data.length, 1);
-      frame.set(data, 5);
-      return stream.write(frame);
+      unsent++;
+      stream.write(frame, written);
+      return unsent <= 1;
     },
     drained() {
       if (stream.destroyed || stream.closed) return Promise.reject(canceled());
-      if (!stream.writableNeedDrain) return Promise.resolve();
-      return new Promise<void>((resolve, reject) => {
-        drain = { resolve, reject };
-        stream.once("drain", () => {
-          const d = drain;
-          drain = undefined;
-          d?.resolve();
-        });
-      });
+      if (unsent === 0) return Promise.resolve();
+      return new Promise<void>((resolve, reject) => (drain = { resolve, reject }));
     },
   };
 
@@ -215,6 +218,61 @@ function serve(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, route: F
     () => finish(undefined),
     (e: unknown) => finish(ctx.signal.aborted && ctx.signal.reason instanceof ConnectError ? ctx.signal.reason : e),
   );
+}
+
+/** A HandlerContext with what `abort` adds: the handler's view of one call. */
+interface CallContext extends HandlerContext {
+  /** Ends the call's signal (deadline timer and shutdown listener freed); the first reason wins. */
+  abort(reason: unknown): void;
+}
+
+/**
+ * The same HandlerContext connect-node builds (deadline, shutdown, headers, values), with one
+ * AbortController instead of three linked ones, and response headers made only when used.
+ */
+function callContext(
+  method: DescMethod,
+  headers: IncomingHttpHeaders,
+  timeoutMs: number | undefined,
+  shutdownSignal: AbortSignal,
+  values: ContextValues,
+): CallContext {
+  const controller = new AbortController();
+  const deadline = timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const onShutdown = (): void => abort(shutdownSignal.reason);
+  function abort(reason: unknown): void {
+    clearTimeout(timer);
+    shutdownSignal.removeEventListener("abort", onShutdown);
+    if (!controller.signal.aborted) controller.abort(reason);
+  }
+  if (shutdownSignal.aborted) abort(shutdownSignal.reason);
+  else shutdownSignal.addEventListener("abort", onShutdown);
+  if (timeoutMs !== undefined) {
+    const expire = (): void => abort(new ConnectError("the operation timed out", Code.DeadlineExceeded));
+    if (timeoutMs <= 0) expire();
+    else timer = setTimeout(expire, timeoutMs);
+  }
+  let responseHeader: Headers | undefined;
+  let responseTrailer: Headers | undefined;
+  return {
+    method,
+    service: method.parent,
+    signal: controller.signal,
+    timeoutMs: () => (deadline === undefined ? undefined : deadline - Date.now()),
+    requestMethod: "POST",
+    requestHeader: requestHeaders(headers),
+    get responseHeader() {
+      return (responseHeader ??= new Headers());
+    },
+    get responseTrailer() {
+      return (responseTrailer ??= new Headers());
+    },
+    protocolName: "grpc",
+    values,
+    url: `http://${single(headers[":authority"]) ?? "localhost"}${single(headers[":path"]) ?? ""}`,
+    abort,
+  };
 }
 
 /** Reads the whole request body (one enveloped message), bounded by the limit and the call's signal. */
