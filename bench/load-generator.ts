@@ -16,6 +16,7 @@ import {
   GenerateResponseSchema,
   InferenceService,
 } from "../src/gen/ollama/gateway/v1/inference_pb.js";
+import type { GenerateResponse } from "../src/gen/ollama/gateway/v1/inference_pb.js";
 import { createGrpcH2Client } from "./grpc-h2-client.js";
 import { ndjson } from "./ndjson-lines.js";
 import type { KindResult, LoadJob, LoadResult, ReplyMessage, RequestKind, RunMessage } from "./load-protocol.js";
@@ -60,6 +61,33 @@ function inputText(job: LoadJob, seq: number): string {
   return `bench ${job.inputSalt} text ${n} about a quick brown fox`;
 }
 
+/** Counts one Generate stream's messages as they arrive, whichever client received them. */
+function generateTally(tracker: StreamTracker): { add(m: GenerateResponse): void; end(): void; outcome(): CallOutcome } {
+  const t0 = performance.now();
+  let ttft = -1;
+  let tokens = 0;
+  let messages = 0;
+  let done = false;
+  return {
+    add(m) {
+      messages++;
+      if (ttft < 0 && m.text !== "") {
+        ttft = performance.now() - t0;
+        tracker.firstToken();
+      }
+      if (m.done) {
+        done = true;
+        tokens = m.usage?.completionTokens ?? 0;
+      }
+    },
+    end: () => tracker.finish(ttft >= 0),
+    outcome() {
+      if (!done) throw new Error("Generate: stream ended without its final message");
+      return { ttft, tokens, messages };
+    },
+  };
+}
+
 /** The gateway side with bench/grpc-h2-client.ts: every message decoded, as connect's client does. */
 function gatewayH2Side(job: LoadJob, tracker: StreamTracker): Side {
   const clients = Array.from({ length: Math.max(1, job.connections) }, () => createGrpcH2Client(job.url));
@@ -77,33 +105,17 @@ function gatewayH2Side(job: LoadJob, tracker: StreamTracker): Side {
         if (vectors !== 1) throw new Error("Embed: expected one vector");
         return { ttft: 0, tokens: 0, messages: 1 };
       }
-      const t0 = performance.now();
-      let ttft = -1;
-      let tokens = 0;
-      let messages = 0;
-      let done = false;
+      const tally = generateTally(tracker);
       const req = toBinary(
         GenerateRequestSchema,
         create(GenerateRequestSchema, { model: job.model, prompt: PROMPT, options: { numPredict } }),
       );
       try {
-        await client.call(GENERATE_PATH, req, job.callTimeoutMs, (payload) => {
-          const m = fromBinary(GenerateResponseSchema, payload);
-          messages++;
-          if (ttft < 0 && m.text !== "") {
-            ttft = performance.now() - t0;
-            tracker.firstToken();
-          }
-          if (m.done) {
-            done = true;
-            tokens = m.usage?.completionTokens ?? 0;
-          }
-        });
+        await client.call(GENERATE_PATH, req, job.callTimeoutMs, (payload) => tally.add(fromBinary(GenerateResponseSchema, payload)));
       } finally {
-        tracker.finish(ttft >= 0);
+        tally.end();
       }
-      if (!done) throw new Error("Generate: stream ended without its final message");
-      return { ttft, tokens, messages };
+      return tally.outcome();
     },
     close() {
       for (const c of clients) c.close();
@@ -131,28 +143,13 @@ function gatewayConnectSide(job: LoadJob, tracker: StreamTracker): Side {
         if (res.embeddings.length !== 1 || res.embeddings[0]!.values.length === 0) throw new Error("Embed: expected one vector");
         return { ttft: 0, tokens: 0, messages: 1 };
       }
-      const t0 = performance.now();
-      let ttft = -1;
-      let tokens = 0;
-      let messages = 0;
-      let done = false;
+      const tally = generateTally(tracker);
       try {
-        for await (const m of client.generate({ model: job.model, prompt: PROMPT, options: { numPredict } }, opts)) {
-          messages++;
-          if (ttft < 0 && m.text !== "") {
-            ttft = performance.now() - t0;
-            tracker.firstToken();
-          }
-          if (m.done) {
-            done = true;
-            tokens = m.usage?.completionTokens ?? 0;
-          }
-        }
+        for await (const m of client.generate({ model: job.model, prompt: PROMPT, options: { numPredict } }, opts)) tally.add(m);
       } finally {
-        tracker.finish(ttft >= 0);
+        tally.end();
       }
-      if (!done) throw new Error("Generate: stream ended without its final message");
-      return { ttft, tokens, messages };
+      return tally.outcome();
     },
     close() {
       for (const m of managers) m.abort();
