@@ -17,4 +17,4 @@ USER node
 EXPOSE 50051
 STOPSIGNAL SIGTERM
 # A larger young generation: streaming creates much short-lived garbage.
-CMD ["node", "--max-semi-space-size=32", "dist/main.js"]
+CMD ["node", "dist/main.js"]
