@@ -7,7 +7,7 @@ import { Redis } from "ioredis";
 import { createCache } from "../src/cache/cache.js";
 import type { Cache } from "../src/cache/cache.js";
 import { captureLogs } from "./helpers/log-capture.js";
-import { freePort, startRedis } from "./helpers/redis-server.js";
+import { laterPort, startRedis } from "./helpers/redis-server.js";
 import type { RedisServer } from "./helpers/redis-server.js";
 
 const buf = (s: string): Buffer => Buffer.from(s, "utf8");
@@ -45,7 +45,7 @@ describe("cache when Redis fails", { timeout: 30_000 }, () => {
   });
 
   it("starts at once and serves from memory while Redis is unreachable, then uses Redis when it appears", async () => {
-    const port = await freePort(); // nothing listens here yet
+    const port = await laterPort(); // nothing listens here yet
     const logs = captureLogs();
     const started = performance.now();
     const cache = createCache({ redisUrl: `redis://127.0.0.1:${port}`, log: logs.log, commandTimeoutMs: TIMEOUT_MS, reconnect: { maxDelayMs: 200 } });

@@ -129,11 +129,14 @@ describe("the gRPC fast path (Generate, Chat and Embed on raw HTTP/2 streams)", 
         message: /larger than configured readMaxBytes/,
       },
     ];
-    for (const c of cases) {
+    for (const [i, c] of cases.entries()) {
       it(c.name, async () => {
-        const a = await rawGrpc(fast.url, GENERATE, { ...c.call, timeoutMs: 5000 });
+        const id = `broken-${i}`;
+        const a = await rawGrpc(fast.url, GENERATE, { ...c.call, headers: { ...c.call.headers, "x-request-id": id }, timeoutMs: 5000 });
         assert.equal(a.status, c.code, `fast path: ${a.message}`);
         assert.match(a.message, c.message);
+        assert.ok(await eventually(() => rpcLines(fast, id).length > 0), "the refused call is logged");
+        assert.equal(rpcLines(fast, id).length, 1);
         if (c.call.keepOpen) {
           // connect-node waits for the body it will never read: only the fast path is asked to close.
           return;

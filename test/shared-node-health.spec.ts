@@ -15,7 +15,7 @@ import {
 } from "../src/routing/shared-node-health.js";
 import { startSimulator } from "../src/simulator/simulator.js";
 import type { Simulator } from "../src/simulator/simulator.js";
-import { freePort, startRedis } from "./helpers/redis-server.js";
+import { laterPort, startRedis } from "./helpers/redis-server.js";
 import type { RedisServer } from "./helpers/redis-server.js";
 import { startTestGateway } from "./helpers/test-gateway.js";
 import type { TestGateway } from "./helpers/test-gateway.js";
@@ -270,7 +270,7 @@ describe("node health shared between gateway replicas through Redis", { timeout:
   });
 
   it("starts, serves and judges nodes alone while Redis is unreachable, warning once, and shares again by itself once Redis is back", { timeout: 30_000 }, async () => {
-    const port = await freePort();
+    const port = await laterPort();
     const f = await fleet(`redis://127.0.0.1:${port}`);
     let late: RedisServer | undefined;
     try {

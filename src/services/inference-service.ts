@@ -149,28 +149,26 @@ export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
       let upstream: NdjsonStream | undefined;
       try {
         upstream = await dispatch.node.open(path, body, signal);
-        for (let batch; (batch = await upstream.next()) !== undefined; ) {
+        await upstream.pump((batch) => {
           // After the final chunk, read on to the end of the response (it
           // comes at once) so the connection goes back to the pool instead of
           // being torn down; a node that keeps talking is cut off.
-          if (finished) {
-            if (++after > 4) break;
-            continue;
-          }
+          if (finished) return ++after <= 4;
+          let more = true;
           for (const chunk of coalesceChunks(batch)) {
             const message = translate(chunk, usageCtx);
             info.messages++;
             sent = true;
-            const more = sink.send(message);
+            more = sink.send(message) && more;
             if (message.done === true) {
               loadMs = nanosToMs(chunk["load_duration"]);
               deps.health.reportSuccess(node);
               finished = true;
-              break;
+              return true;
             }
-            if (!more) await sink.drained();
           }
-        }
+          return more || sink.drained();
+        });
         if (finished) return;
         // Ollama ends a stream without a final chunk when its repeat detector
         // fires; the client must still be able to tell the answer was cut.

@@ -208,8 +208,9 @@ function serve(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, route: F
   };
 
   const run = async (): Promise<void> => {
-    if (timeout.error) throw timeout.error;
     end = options.begin(ctx);
+    // After `begin`, as connect-node raises it inside the interceptors: the refusal is logged.
+    if (timeout.error) throw timeout.error;
     const body = await readRequest(stream, options.readMaxBytes, ctx.signal);
     requestRead = true;
     await route.run(requestMessage(body, options.readMaxBytes, route.method), ctx, sink);

@@ -15,6 +15,15 @@ export interface NdjsonStream {
    * transport errors (abort, reset, timeouts) as undici raised them.
    */
   next(): Promise<Record<string, unknown>[] | undefined>;
+  /**
+   * Push mode, for the streaming relay: calls `onBatch` with the objects of each read, as the
+   * data arrives, without a promise per read (those promises, one per token and stream, were
+   * most of what a thousand slow streams pushed into the old generation). `onBatch` answers true
+   * to go on, false to stop reading (resolves), or a promise: reading pauses until it settles,
+   * and whatever arrived meanwhile comes as one batch. Resolves at the end of the body; rejects
+   * as `next` throws, or with what `onBatch` threw or its promise rejected with.
+   */
+  pump(onBatch: (batch: Record<string, unknown>[]) => boolean | Promise<void>): Promise<void>;
   /** Stops reading and destroys the body: frees the connection and tells Ollama to stop. Idempotent. */
   close(): void;
 }
@@ -31,7 +40,9 @@ export function readNdjson(body: Readable, maxLineBytes: number, node: string): 
   let failure: unknown;
   let deferred: UpstreamError | undefined;
   let wake: (() => void) | undefined;
+  let pumping: (() => void) | undefined;
   const notify = (): void => {
+    if (pumping) return pumping();
     const w = wake;
     wake = undefined;
     w?.();
@@ -58,9 +69,10 @@ export function readNdjson(body: Readable, maxLineBytes: number, node: string): 
     deferred = new UpstreamError("stream", typeof error === "string" ? error : JSON.stringify(error), node);
     return batch.slice(0, failed);
   };
-  const parse = (f: () => Record<string, unknown>[]): Record<string, unknown>[] => {
+  /** The objects completed by `chunk`, or (undefined) the unterminated last line. */
+  const parse = (chunk: Buffer | undefined): Record<string, unknown>[] => {
     try {
-      return checked(f());
+      return checked(chunk === undefined ? split.end() : split.push(chunk));
     } catch (e) {
       if (e instanceof NdjsonError) throw new UpstreamError("protocol", e.message, node, 0, { cause: e });
       throw e;
@@ -74,20 +86,75 @@ export function readNdjson(body: Readable, maxLineBytes: number, node: string): 
         if (closed) return undefined;
         const chunk = body.read() as Buffer | null;
         if (chunk !== null) {
-          const batch = parse(() => split.push(chunk));
+          const batch = parse(chunk);
           if (batch.length > 0) return batch;
           continue;
         }
         if (failure !== undefined) throw failure;
         if (ended) {
           closed = true;
-          const last = parse(() => split.end());
+          const last = parse(undefined);
           if (last.length > 0) return last;
           if (deferred) throw deferred;
           return undefined;
         }
         await new Promise<void>((resolve) => (wake = resolve));
       }
+    },
+    pump(onBatch) {
+      return new Promise<void>((resolve, reject) => {
+        let paused = false;
+        let settled = false;
+        const finish = (error?: unknown): void => {
+          if (settled) return;
+          settled = true;
+          pumping = undefined;
+          if (error === undefined) resolve();
+          else reject(error);
+        };
+        /** Hands one batch over; true = read on at once. */
+        const deliver = (batch: Record<string, unknown>[]): boolean => {
+          const answer = onBatch(batch);
+          if (answer === true) return true;
+          if (answer === false) {
+            finish();
+            return false;
+          }
+          paused = true;
+          answer.then(
+            () => {
+              paused = false;
+              step();
+            },
+            (e: unknown) => finish(e),
+          );
+          return false;
+        };
+        const step = (): void => {
+          if (settled || paused) return;
+          try {
+            for (;;) {
+              if (deferred) return finish(deferred);
+              if (closed) return finish();
+              const chunk = body.read() as Buffer | null;
+              if (chunk !== null) {
+                const batch = parse(chunk);
+                if (batch.length > 0 && !deliver(batch)) return;
+                continue;
+              }
+              if (failure !== undefined) return finish(failure);
+              if (!ended) return; // the next "readable", "end" or "error" calls step again
+              closed = true;
+              const last = parse(undefined);
+              if (last.length > 0 && !deliver(last)) return;
+            }
+          } catch (e) {
+            finish(e);
+          }
+        };
+        pumping = step;
+        step();
+      });
     },
     close() {
       closed = true;
