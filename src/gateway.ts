@@ -23,7 +23,7 @@ import { createScheduler, LOCAL_GATE } from "./routing/scheduler.js";
 import { createSharedNodeHealth } from "./routing/shared-node-health.js";
 import { createSlotLeases } from "./routing/slot-leases.js";
 import type { Scheduler } from "./routing/scheduler.js";
-import { chatDeltaFrame, generateDeltaFrame } from "./services/delta-frames.js";
+import { chatDeltaFrame, embedFrame, generateDeltaFrame } from "./services/reply-frames.js";
 import { createEmbeddingCache } from "./services/embedding-cache.js";
 import { createGatewayService } from "./services/gateway-service.js";
 import { createInferenceService } from "./services/inference-service.js";
@@ -232,7 +232,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
         routes: [
           serverStreamingRoute(InferenceService.method.generate, inference.generate, generateDeltaFrame),
           serverStreamingRoute(InferenceService.method.chat, inference.chat, chatDeltaFrame),
-          unaryRoute(InferenceService.method.embed, inference.service.embed),
+          unaryRoute(InferenceService.method.embed, inference.service.embed, embedFrame),
         ],
         readMaxBytes: config.maxMessageBytes,
         writeMaxBytes: config.maxMessageBytes,

@@ -18,16 +18,20 @@ export interface FastRoute {
   run(request: Uint8Array, ctx: HandlerContext, sink: MessageSink<Buffer>): Promise<void>;
 }
 
-/** A unary method for the fast path: `impl` is the same function connect-node serves. */
+/**
+ * A unary method for the fast path: `impl` is the same function connect-node serves.
+ * `encodeFrame` may encode the reply by hand (default: protobuf-es).
+ */
 export function unaryRoute<I extends DescMessage, O extends DescMessage>(
   method: DescMethodUnary<I, O>,
   impl: (req: MessageShape<I>, ctx: HandlerContext) => Promise<MessageInitShape<O>> | MessageInitShape<O>,
+  encodeFrame: (message: MessageInitShape<O>) => Buffer = (m) => frame(toBinary(method.output, create(method.output, m))),
 ): FastRoute {
   return {
     method,
     async run(request, ctx, sink) {
       const res = await impl(decode(method.input, request), ctx);
-      sink.send(frame(toBinary(method.output, create(method.output, res))));
+      sink.send(encodeFrame(res));
     },
   };
 }

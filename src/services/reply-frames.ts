@@ -1,8 +1,11 @@
+import { create, toBinary } from "@bufbuild/protobuf";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { EmbedResponseSchema } from "../gen/ollama/gateway/v1/inference_pb.js";
 import type { ChatReply, GenerateReply } from "./inference-service.js";
 import { Role } from "../gen/ollama/gateway/v1/types_pb.js";
 
 /**
- * Hand-written gRPC frames for the two messages a stream is made of: a Generate text delta
+ * Hand-written gRPC frames for the hottest replies. First the two messages a stream is made of: a Generate text delta
  * (`GenerateResponse{text, thinking}`) and a Chat content delta (`ChatResponse{message:
  * {role: ASSISTANT, content, thinking}}`). Encoded straight into one buffer (5-byte gRPC prefix,
  * then the protobuf bytes toBinary would produce), without the message object, the BinaryWriter
@@ -10,7 +13,7 @@ import { Role } from "../gen/ollama/gateway/v1/types_pb.js";
  * what filled the young generation and pushed garbage into the old one.
  *
  * Anything else (the final message, tool calls, ...) returns undefined: the caller encodes it the
- * generic way. test/delta-frames.spec.ts checks the bytes against toBinary.
+ * generic way. test/reply-frames.spec.ts checks the bytes against toBinary.
  */
 export function generateDeltaFrame(m: GenerateReply): Buffer | undefined {
   if (m.done === true || m.doneReason !== undefined || m.usage !== undefined) return undefined;
@@ -46,6 +49,39 @@ export function chatDeltaFrame(m: ChatReply): Buffer | undefined {
   out[at++] = Role.ASSISTANT;
   at = putString(out, at, 0x12, content, c);
   putString(out, at, 0x1a, thinking, k);
+  return out;
+}
+
+/**
+ * An EmbedResponse: the vectors as packed little-endian floats written in one pass (protobuf-es
+ * writes each float through a checked, growing writer: at 384 to 4,096 floats per vector that was
+ * the largest part of an Embed's own CPU), the rest (usage, cached inputs) by protobuf-es and
+ * appended, which is the order toBinary writes them in.
+ */
+export function embedFrame(m: MessageInitShape<typeof EmbedResponseSchema>): Buffer {
+  const vectors = (m.embeddings ?? []).map((e) => e.values ?? []);
+  const rest = toBinary(EmbedResponseSchema, create(EmbedResponseSchema, { ...m, embeddings: [] }));
+  let size = rest.length;
+  for (const v of vectors) {
+    const inner = v.length === 0 ? 0 : 1 + varintLength(4 * v.length) + 4 * v.length;
+    size += 1 + varintLength(inner) + inner;
+  }
+  const out = Buffer.allocUnsafe(5 + size);
+  let at = prefix(out, size);
+  const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
+  for (const v of vectors) {
+    const bytes = 4 * v.length;
+    out[at++] = 0x0a; // EmbedResponse 1: embeddings
+    at = putVarint(out, at, v.length === 0 ? 0 : 1 + varintLength(bytes) + bytes);
+    if (v.length === 0) continue;
+    out[at++] = 0x0a; // Embedding 1: values, packed
+    at = putVarint(out, at, bytes);
+    for (const x of v) {
+      view.setFloat32(at, x, true);
+      at += 4;
+    }
+  }
+  out.set(rest, at);
   return out;
 }
 

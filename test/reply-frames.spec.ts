@@ -2,9 +2,9 @@ import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { create, toBinary } from "@bufbuild/protobuf";
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { ChatResponseSchema, GenerateResponseSchema } from "../src/gen/ollama/gateway/v1/inference_pb.js";
+import { ChatResponseSchema, EmbedResponseSchema, GenerateResponseSchema } from "../src/gen/ollama/gateway/v1/inference_pb.js";
 import { DoneReason, Role } from "../src/gen/ollama/gateway/v1/types_pb.js";
-import { chatDeltaFrame, generateDeltaFrame } from "../src/services/delta-frames.js";
+import { chatDeltaFrame, embedFrame, generateDeltaFrame } from "../src/services/reply-frames.js";
 
 /** What the generic path sends: the 5-byte gRPC prefix and toBinary's bytes. */
 function generic(bytes: Uint8Array): Buffer {
@@ -27,7 +27,7 @@ const TEXTS = [
   "\u0000\n\t\"{}",
 ];
 
-describe("hand-written frames for text deltas", () => {
+describe("hand-written frames for the hottest replies", () => {
   it("encode a Generate delta exactly as toBinary does, for any text and thinking", () => {
     for (const text of TEXTS) {
       for (const thinking of ["", "hmm", TEXTS[3]!, "t".repeat(200)]) {
@@ -55,5 +55,24 @@ describe("hand-written frames for text deltas", () => {
     assert.equal(chatDeltaFrame({ message: { role: Role.ASSISTANT, toolCalls: [{ name: "f", index: 0 }] } }), undefined);
     assert.equal(chatDeltaFrame({ message: { role: Role.USER, content: "x" } }), undefined);
     assert.equal(chatDeltaFrame({}), undefined);
+  });
+
+  it("encode an EmbedResponse exactly as toBinary does: any number of vectors, sizes, values, usage", () => {
+    let seed = 7;
+    const rnd = (): number => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31) * 2 - 1;
+    const vector = (n: number): number[] => Array.from({ length: n }, () => rnd() / 3);
+    const cases: MessageInitShape<typeof EmbedResponseSchema>[] = [
+      {},
+      { embeddings: [] },
+      { embeddings: [{ values: [] }] },
+      { embeddings: [{ values: [0, -0, 1, -1, 3.4e38, 1e-45, 0.1, Number.NaN, Infinity, -Infinity] }] },
+      { embeddings: [{ values: vector(384) }], usage: { promptTokens: 4, node: "n1", model: "all-minilm" } },
+      { embeddings: [{ values: vector(31) }, { values: vector(32) }, { values: vector(33) }], cachedInputs: 2 },
+      { embeddings: Array.from({ length: 20 }, (_, i) => ({ values: vector(4096 + i) })), usage: { totalDuration: { seconds: 1n, nanos: 5 } } },
+    ];
+    for (const m of cases) {
+      const want = generic(toBinary(EmbedResponseSchema, create(EmbedResponseSchema, m)));
+      assert.deepEqual(embedFrame(m), want, `${m.embeddings?.length ?? 0} vectors`);
+    }
   });
 });
