@@ -116,6 +116,16 @@ async function main(): Promise<void> {
   }
 }
 
+// Never leave the gateway and simulator behind: not on Ctrl-C, nor when stdout is closed early
+// (e.g. piped into `head`, which made console.log throw EPIPE and skip the cleanup).
+const bail = (): void => {
+  killAllChildren();
+  process.exit(1);
+};
+process.stdout.on("error", bail);
+process.on("SIGINT", bail);
+process.on("SIGTERM", bail);
+
 main().then(
   () => process.exit(0),
   (e: unknown) => {
