@@ -137,9 +137,10 @@ describe("routing across a fleet of Ollama nodes", () => {
     const f = await fleet(1, { tokenMs: 10 });
     try {
       const order: string[] = [];
-      const tracked = (name: string, priority: number) =>
-        run(f.client, { model: "llama3.2", prompt: name, options: { numPredict: 5 } }, { headers: { "x-priority": String(priority) } }).then(() => order.push(name));
-      const first = tracked("first", 0);
+      const tracked = (name: string, priority: number, numPredict = 5) =>
+        run(f.client, { model: "llama3.2", prompt: name, options: { numPredict } }, { headers: { "x-priority": String(priority) } }).then(() => order.push(name));
+      // "first" holds the only slot for ~400 ms, so both others are surely queued behind it.
+      const first = tracked("first", 0, 40);
       await new Promise((r) => setTimeout(r, 30));
       const low = tracked("low", 0);
       await new Promise((r) => setTimeout(r, 10));
