@@ -23,22 +23,26 @@ export interface ConcurrencyGauge {
  */
 export function concurrencyInterceptor(max: number, exempt: ReadonlySet<string>): Interceptor & ConcurrencyGauge {
   let active = 0;
-  const admit = (): void => {
+  const enter = (service: string): (() => void) => {
+    if (exempt.has(service)) return () => {};
     if (active >= max) {
       throw gatewayError(Code.ResourceExhausted, "QUEUE_FULL", `the gateway is handling its maximum of ${max} calls`, {
         retryAfterMs: 250,
       });
     }
     active++;
-  };
-  const interceptor: Interceptor = (next) => async (req) => {
-    if (exempt.has(req.service.typeName)) return next(req);
-    admit();
     let released = false;
-    const release = (): void => {
+    return () => {
       if (released) return;
       released = true;
       active--;
+    };
+  };
+  const interceptor: Interceptor = (next) => async (req) => {
+    if (exempt.has(req.service.typeName)) return next(req);
+    const leave = enter(req.service.typeName);
+    const release = (): void => {
+      leave();
       req.signal.removeEventListener("abort", release);
     };
     req.signal.addEventListener("abort", release, { once: true });
@@ -54,16 +58,6 @@ export function concurrencyInterceptor(max: number, exempt: ReadonlySet<string>)
       return res;
     }
     return { ...res, message: watchStream(res.message, { onEnd: release }) };
-  };
-  const enter = (service: string): (() => void) => {
-    if (exempt.has(service)) return () => {};
-    admit();
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      active--;
-    };
   };
   return Object.assign(Object.defineProperty(interceptor, "active", { get: () => active }), { enter }) as Interceptor & ConcurrencyGauge;
 }
