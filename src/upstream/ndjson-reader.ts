@@ -79,25 +79,31 @@ export function readNdjson(body: Readable, maxLineBytes: number, node: string): 
     }
   };
 
+  /** The next batch if one can be had now, "wait" for more data, "end"; throws as `next` does. */
+  const take = (): Record<string, unknown>[] | "wait" | "end" => {
+    for (;;) {
+      if (deferred) throw deferred;
+      if (closed) return "end";
+      const chunk = body.read() as Buffer | null;
+      if (chunk !== null) {
+        const batch = parse(chunk);
+        if (batch.length > 0) return batch;
+        continue;
+      }
+      if (failure !== undefined) throw failure;
+      if (!ended) return "wait";
+      closed = true;
+      const last = parse(undefined);
+      if (last.length > 0) return last;
+    }
+  };
+
   return {
     async next() {
       for (;;) {
-        if (deferred) throw deferred;
-        if (closed) return undefined;
-        const chunk = body.read() as Buffer | null;
-        if (chunk !== null) {
-          const batch = parse(chunk);
-          if (batch.length > 0) return batch;
-          continue;
-        }
-        if (failure !== undefined) throw failure;
-        if (ended) {
-          closed = true;
-          const last = parse(undefined);
-          if (last.length > 0) return last;
-          if (deferred) throw deferred;
-          return undefined;
-        }
+        const got = take();
+        if (got === "end") return undefined;
+        if (got !== "wait") return got;
         await new Promise<void>((resolve) => (wake = resolve));
       }
     },
@@ -134,19 +140,10 @@ export function readNdjson(body: Readable, maxLineBytes: number, node: string): 
           if (settled || paused) return;
           try {
             for (;;) {
-              if (deferred) return finish(deferred);
-              if (closed) return finish();
-              const chunk = body.read() as Buffer | null;
-              if (chunk !== null) {
-                const batch = parse(chunk);
-                if (batch.length > 0 && !deliver(batch)) return;
-                continue;
-              }
-              if (failure !== undefined) return finish(failure);
-              if (!ended) return; // the next "readable", "end" or "error" calls step again
-              closed = true;
-              const last = parse(undefined);
-              if (last.length > 0 && !deliver(last)) return;
+              const got = take();
+              if (got === "end") return finish();
+              if (got === "wait") return; // the next "readable", "end" or "error" calls step again
+              if (!deliver(got)) return;
             }
           } catch (e) {
             finish(e);
