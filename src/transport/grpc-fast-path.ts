@@ -5,6 +5,7 @@ import type { DescMessage, DescMethod, DescMethodServerStreaming, DescMethodUnar
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { ContextValues, HandlerContext } from "@connectrpc/connect";
 import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
+import { toConnectError } from "../errors/to-connect-error.js";
 import type { MessageSink } from "./message-sink.js";
 
 /**
@@ -195,7 +196,7 @@ function serve(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, route: F
   const finish = (e: unknown): void => {
     if (ended) return;
     ended = true;
-    const error = e === undefined ? undefined : e instanceof ConnectError ? e : new ConnectError("internal error", Code.Internal, undefined, undefined, e);
+    const error = e === undefined ? undefined : toConnectError(e, ctx.signal);
     end?.(error);
     if (!stream.destroyed && !stream.closed) {
       trailers = outgoing(setTrailerStatus(new Headers(), error));
@@ -221,7 +222,7 @@ function serve(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, route: F
   };
   run().then(
     () => finish(undefined),
-    (e: unknown) => finish(ctx.signal.aborted && ctx.signal.reason instanceof ConnectError ? ctx.signal.reason : e),
+    (e: unknown) => finish(e),
   );
 }
 
