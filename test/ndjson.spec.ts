@@ -1,6 +1,17 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { NdjsonError, parseNdjson } from "../src/upstream/ndjson.js";
+import { createNdjsonSplitter, NdjsonError } from "../src/upstream/ndjson.js";
+
+/** The splitter over a byte stream, as the upstream reader drives it: one batch per chunk that completed a line. */
+async function* parseNdjson(body: AsyncIterable<Buffer>, maxLineBytes: number): AsyncGenerator<Record<string, unknown>[]> {
+  const split = createNdjsonSplitter(maxLineBytes);
+  for await (const chunk of body) {
+    const batch = split.push(chunk);
+    if (batch.length > 0) yield batch;
+  }
+  const last = split.end();
+  if (last.length > 0) yield last;
+}
 
 async function collect(chunks: string[] | Buffer[], max = 1024): Promise<unknown[]> {
   async function* body(): AsyncGenerator<Buffer> {

@@ -62,20 +62,6 @@ export function createNdjsonSplitter(maxLineBytes: number): NdjsonSplitter {
   };
 }
 
-/** `createNdjsonSplitter` over an async byte stream: one array per chunk read that completed a line. */
-export async function* parseNdjson(
-  body: AsyncIterable<Buffer>,
-  maxLineBytes: number,
-): AsyncGenerator<Record<string, unknown>[], void, undefined> {
-  const split = createNdjsonSplitter(maxLineBytes);
-  for await (const chunk of body) {
-    const batch = split.push(chunk);
-    if (batch.length > 0) yield batch;
-  }
-  const last = split.end();
-  if (last.length > 0) yield last;
-}
-
 function parseLine(buf: Buffer, start: number, end: number): Record<string, unknown> {
   let value: unknown;
   try {

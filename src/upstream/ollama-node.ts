@@ -37,7 +37,7 @@ export interface OllamaNode {
   readonly url: string;
   /**
    * POSTs `body` and yields the NDJSON objects as they arrive, in batches of
-   * what had arrived by each read (see parseNdjson). A non-2xx status throws
+   * what had arrived by each read (see readNdjson). A non-2xx status throws
    * UpstreamError("http"); an `{"error": ...}` line throws
    * UpstreamError("stream") after the objects before it were yielded.
    */
