@@ -91,4 +91,4 @@ try {
 } finally {
   await sim.close();
 }
-process.stdout.write(lines.join("\n") + "\n");
+process.stdout.write(`${lines.join("\n")}\n`);

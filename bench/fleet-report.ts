@@ -385,7 +385,7 @@ export function renderFleetMarkdown(
 ): string {
   const L: string[] = [];
   L.push(`# Fleet benchmark ${info.startedAt}${info.smoke ? " (smoke: timings are not meaningful)" : ""}`, "");
-  L.push(`Command: \`${info.command}\` · ${info.machine} · load average ${info.loadAverage} · ${info.git} · ${info.runtime}` + (info.durationSeconds !== undefined ? ` · ${info.durationSeconds} s` : ""), "");
+  L.push(`Command: \`${info.command}\` · ${info.machine} · load average ${info.loadAverage} · ${info.git} · ${info.runtime}${info.durationSeconds !== undefined ? ` · ${info.durationSeconds} s` : ""}`, "");
   L.push(`- ${info.nodes} simulated nodes, each \`${info.simulatorArgs.join(" ")}\`, restarted for each side (no model loaded at its start)`);
   L.push(`- Workload (the same schedule on both sides): ${info.workload}`);
   L.push(`- Gateway: ${Object.entries(info.gatewayEnv).map(([k, v]) => `\`${k}=${v}\``).join(" ")}`);

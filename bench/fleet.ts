@@ -465,7 +465,7 @@ async function run(o: FleetOptions): Promise<number> {
   const base = join(o.outDir, `fleet-${stamp}`);
   writeFileSync(
     `${base}.json`,
-    JSON.stringify({ info, options: o, workload: spec, targets, notes, sides, gatewayLog: log, runs }, null, 1) + "\n",
+    `${JSON.stringify({ info, options: o, workload: spec, targets, notes, sides, gatewayLog: log, runs }, null, 1)}\n`,
   );
   writeFileSync(`${base}.md`, md);
   process.stdout.write(`\n${sides.map(sideLine).join("\n")}\n`);

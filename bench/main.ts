@@ -104,7 +104,7 @@ async function run(opts: BenchOptions): Promise<number> {
   if (broken !== undefined) notes.unshift(`THE RUN BROKE OFF: ${broken instanceof Error ? broken.message : String(broken)}`);
   const md = renderMarkdown(machine, results, targets, notes, ctx.gateways);
   const base = join(opts.outDir, `bench-${stamp}`);
-  writeFileSync(`${base}.json`, JSON.stringify({ machine, options: { ...opts }, targets, notes, gateways: ctx.gateways, results }, null, 2) + "\n");
+  writeFileSync(`${base}.json`, `${JSON.stringify({ machine, options: { ...opts }, targets, notes, gateways: ctx.gateways, results }, null, 2)}\n`);
   writeFileSync(`${base}.md`, md);
   process.stdout.write(`\n${md}\nWritten to ${base}.md and ${base}.json (${machine.durationSeconds} s)\n`);
 

@@ -49,7 +49,9 @@ function place(url: string): string {
 export function summariseProfile(profile: CpuProfile): { total: number; functions: SelfTime[]; places: SelfTime[] } {
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));
   const selfUs = new Map<number, number>();
-  profile.samples.forEach((id, i) => selfUs.set(id, (selfUs.get(id) ?? 0) + (profile.timeDeltas[i] ?? 0)));
+  profile.samples.forEach((id, i) => {
+    selfUs.set(id, (selfUs.get(id) ?? 0) + (profile.timeDeltas[i] ?? 0));
+  });
   const fn = new Map<string, number>();
   const pl = new Map<string, number>();
   let total = 0;
@@ -78,5 +80,5 @@ const top = Number(process.argv[3] ?? 25);
 const s = summariseProfile(JSON.parse(readFileSync(file, "utf8")) as CpuProfile);
 const line = (x: SelfTime): string => `${x.ms.toFixed(0).padStart(8)} ms ${(x.share * 100).toFixed(1).padStart(5)}%  ${x.name}`;
 process.stdout.write(`${file}: ${s.total.toFixed(0)} ms of non-idle samples\n\nTop functions by self time:\n`);
-process.stdout.write(s.functions.slice(0, top).map(line).join("\n") + "\n\nBy file / package:\n");
-process.stdout.write(s.places.slice(0, top).map(line).join("\n") + "\n");
+process.stdout.write(`${s.functions.slice(0, top).map(line).join("\n")}\n\nBy file / package:\n`);
+process.stdout.write(`${s.places.slice(0, top).map(line).join("\n")}\n`);

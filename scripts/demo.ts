@@ -18,7 +18,7 @@ const log = createLogger(config.logLevel);
 const gateway = await startGateway(config, log);
 const target = `http://127.0.0.1:${gateway.port}`;
 process.stdout.write(
-  [
+  `${[
     "",
     `Ollama simulator: ${sim.url}  (models: llama3.2, qwen3, all-minilm, nomic-embed-text, llava)`,
     `Gateway:          ${target}  (gRPC, gRPC-Web and Connect)`,
@@ -30,7 +30,7 @@ process.stdout.write(
     `  npx buf curl --protocol grpc --http2-prior-knowledge -d '{"model":"all-minilm","inputs":["hello","world"]}' ${target}/ollama.gateway.v1.InferenceService/Embed`,
     `  curl -s -H 'content-type: application/json' -d '{"model":"all-minilm","inputs":["hi"]}' ${target}/ollama.gateway.v1.InferenceService/Embed`,
     "",
-  ].join("\n") + "\n",
+  ].join("\n")}\n`,
 );
 
 let stopping = false;

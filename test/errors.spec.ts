@@ -286,7 +286,7 @@ describe("errors reach clients with the right code and details", () => {
       if (req.url === "/api/tags") return void res.end(JSON.stringify({ models: [{ name: "m:latest", digest: "ab".repeat(32) }] }));
       if (req.url === "/api/ps") return void res.end(JSON.stringify({ models: [] }));
       res.writeHead(200, { "content-type": "application/x-ndjson" });
-      res.write(JSON.stringify({ model: "m", created_at: new Date().toISOString(), response: "a", done: false }) + "\n");
+      res.write(`${JSON.stringify({ model: "m", created_at: new Date().toISOString(), response: "a", done: false })}\n`);
       res.end();
     });
     await new Promise<void>((r) => cut.listen(0, "127.0.0.1", r));

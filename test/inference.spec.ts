@@ -49,7 +49,7 @@ describe("inference through the gateway", () => {
         assert.equal(last.doneReason, DoneReason.LENGTH);
         assert.equal(last.usage?.completionTokens, 12);
         assert.ok((last.usage?.promptTokens ?? 0) > 0);
-        assert.equal(last.usage?.node, "127.0.0.1:" + new URL(sim.url).port);
+        assert.equal(last.usage?.node, `127.0.0.1:${new URL(sim.url).port}`);
         assert.ok(last.usage?.totalDuration !== undefined);
       });
 

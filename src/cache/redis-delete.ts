@@ -16,7 +16,7 @@ const BATCH = 500;
 
 /** `prefix` as a SCAN MATCH pattern that matches it literally, then anything. */
 export function prefixPattern(prefix: string): string {
-  return prefix.replace(/[*?[\]\\]/g, "\\$&") + "*";
+  return `${prefix.replace(/[*?[\]\\]/g, "\\$&")}*`;
 }
 
 /**

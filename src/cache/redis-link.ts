@@ -1,5 +1,5 @@
 import { createSharedRedisClient } from "./redis-client.js";
-import { Cluster, Redis } from "ioredis";
+import { Cluster, type Redis } from "ioredis";
 import type { CacheLogger } from "./cache-types.js";
 import type { RedisTarget } from "./redis-target.js";
 import { TimeoutError, withTimeout } from "./with-timeout.js";

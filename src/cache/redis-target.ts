@@ -95,7 +95,7 @@ export function parseRedisUrl(url: string): RedisTarget {
   if (m === null) return fail(url, "expected scheme://[user:password@]host[:port][/…]");
   const scheme = (m[1] ?? "").toLowerCase();
   if (!SCHEMES.some((s) => s === scheme)) {
-    return fail(url, `unsupported scheme "${scheme}" (use ${SCHEMES.map((s) => s + "//").join(", ")})`);
+    return fail(url, `unsupported scheme "${scheme}" (use ${SCHEMES.map((s) => `${s}//`).join(", ")})`);
   }
   const auth = parseUserinfo(url, m[2]);
   const path = (m[4] ?? "").split("/").filter((s) => s !== "");

@@ -421,7 +421,7 @@ export function createSlotLeases(options: SlotLeasesOptions): SlotLeases {
       }
     },
 
-    shared: () => view !== undefined && view.usable(),
+    shared: () => view?.usable() ?? false,
 
     close() {
       if (closing !== undefined) return closing;

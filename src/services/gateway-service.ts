@@ -1,6 +1,6 @@
 import type { ServiceImpl } from "@connectrpc/connect";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { GatewayService } from "../gen/ollama/gateway/v1/gateway_pb.js";
+import type { GatewayService } from "../gen/ollama/gateway/v1/gateway_pb.js";
 import type { Cache } from "../cache/cache.js";
 import { redactUrl } from "../config/load-config.js";
 import type { FleetMetadata } from "../routing/fleet-metadata.js";

@@ -1,7 +1,7 @@
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, type ConnectError } from "@connectrpc/connect";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { InferenceService } from "../gen/ollama/gateway/v1/inference_pb.js";
+import type { InferenceService } from "../gen/ollama/gateway/v1/inference_pb.js";
 import type {
   ChatRequest,
   ChatResponseSchema,
@@ -226,7 +226,7 @@ export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
   /** Generate into a sink (the request is valid). */
   function generateInto(req: GenerateRequest, ctx: HandlerContext, sink: MessageSink<GenerateReply>): Promise<void> {
     const session = req.sessionKey || ctx.requestHeader.get("x-session-id") || undefined;
-    const affinity = affinityKey(canonicalModelName(req.model), session, req.system + "\u0000" + req.prompt);
+    const affinity = affinityKey(canonicalModelName(req.model), session, `${req.system}\u0000${req.prompt}`);
     return relay("/api/generate", normalise(generateBody(req), req.model), req.model, affinity, ctx, generateChunk, sink);
   }
 

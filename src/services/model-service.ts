@@ -4,7 +4,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { JsonObject } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { ModelService } from "../gen/ollama/gateway/v1/model_pb.js";
+import type { ModelService } from "../gen/ollama/gateway/v1/model_pb.js";
 import type { ModelDetailsSchema, ModelSchema, PullModelResponseSchema } from "../gen/ollama/gateway/v1/model_pb.js";
 import { gatewayError, invalidArgument } from "../errors/gateway-error.js";
 import type { FieldViolation } from "../errors/gateway-error.js";
@@ -380,7 +380,7 @@ export async function* mergeStreams<T>(sources: AsyncGenerator<T>[]): AsyncGener
   const pull = (i: number): void => {
     pending.set(i, sources[i]!.next().then((r) => ({ i, r })));
   };
-  sources.forEach((_, i) => pull(i));
+  for (let i = 0; i < sources.length; i++) pull(i);
   try {
     while (pending.size > 0) {
       const { i, r } = await Promise.race(pending.values());

@@ -25,7 +25,7 @@ export const LIMITS = {
 // Ollama names: [host/][namespace/]model[:tag], letters, digits, . _ - and
 // optionally @sha256:<hex>. Whitespace and control characters never appear.
 const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._\-/:@+]*$/;
-const TOOL_NAME = /^[A-Za-z0-9_.\-]{1,128}$/;
+const TOOL_NAME = /^[A-Za-z0-9_.-]{1,128}$/;
 const OPTION_KEY = /^[a-z][a-z0-9_]{0,63}$/;
 
 /** Throws INVALID_ARGUMENT (with every violation) unless the request can be sent. */

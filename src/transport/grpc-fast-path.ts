@@ -345,7 +345,9 @@ function requestHeaders(headers: IncomingHttpHeaders): Headers {
 
 function outgoing(headers: Headers): OutgoingHttpHeaders {
   const out: OutgoingHttpHeaders = {};
-  headers.forEach((value, name) => (out[name] = value));
+  headers.forEach((value, name) => {
+    out[name] = value;
+  });
   return out;
 }
 

@@ -20,7 +20,7 @@ export function captureLogs(level = "debug"): LogCapture {
       for (const line of chunk.toString("utf8").split("\n")) {
         if (line.trim() === "") continue;
         lines.push(JSON.parse(line) as Record<string, unknown>);
-        if (process.env["LOG_TO_STDOUT"] === "1") process.stdout.write(line + "\n");
+        if (process.env["LOG_TO_STDOUT"] === "1") process.stdout.write(`${line}\n`);
       }
       cb();
     },
