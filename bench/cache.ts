@@ -47,8 +47,13 @@ try {
   const listMiss = summarize(await timeEach(N / 4, flush, () => models.listModels({})));
   const listHit = summarize(await timeEach(N, noop, () => models.listModels({})));
   lines.push("| call | miss p50 / p99 ms | hit p50 / p99 ms |", "|---|---|---|");
-  lines.push(`| GetModel | ${round(getMiss.p50)} / ${round(getMiss.p99)} | ${round(getHit.p50)} / ${round(getHit.p99)} |`);
-  lines.push(`| ListModels | ${round(listMiss.p50)} / ${round(listMiss.p99)} | ${round(listHit.p50)} / ${round(listHit.p99)} |`, "");
+  lines.push(
+    `| GetModel | ${round(getMiss.p50)} / ${round(getMiss.p99)} | ${round(getHit.p50)} / ${round(getHit.p99)} |`,
+  );
+  lines.push(
+    `| ListModels | ${round(listMiss.p50)} / ${round(listMiss.p99)} | ${round(listHit.p50)} / ${round(listHit.p99)} |`,
+    "",
+  );
 
   // 2. Upstream calls saved on a repeated workload: GetModel and ListModels over 5 models.
   sim.reset();
@@ -59,7 +64,10 @@ try {
     else await models.listModels({});
   }
   const upstream = (sim.stats.requests["/api/show"] ?? 0) + (sim.stats.requests["/api/tags"] ?? 0);
-  lines.push(`Repeated metadata workload: ${N} calls (GetModel over 5 models, ListModels), ${upstream} upstream calls (/api/show + /api/tags) with the cache, ${N}+ without.`, "");
+  lines.push(
+    `Repeated metadata workload: ${N} calls (GetModel over 5 models, ListModels), ${upstream} upstream calls (/api/show + /api/tags) with the cache, ${N}+ without.`,
+    "",
+  );
   await gw.close();
 
   // 3. Embed throughput, 50% repeated inputs, cache on vs off (batching off to isolate the cache).
@@ -86,7 +94,11 @@ try {
   const off = await embedRun("off");
   const on = await embedRun("on");
   lines.push("| Embed, 50% repeated inputs, concurrency 16 | calls/s | upstream /api/embed |", "|---|---|---|");
-  lines.push(`| cache off | ${round(off.rps)} | ${off.upstream} |`, `| cache on | ${round(on.rps)} | ${on.upstream} |`, "");
+  lines.push(
+    `| cache off | ${round(off.rps)} | ${off.upstream} |`,
+    `| cache on | ${round(on.rps)} | ${on.upstream} |`,
+    "",
+  );
   lines.push(`Throughput ratio on/off: ${round(on.rps / off.rps)}`);
 } finally {
   await sim.close();

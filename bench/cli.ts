@@ -83,7 +83,8 @@ simulator over HTTP). Writes bench-results/bench-<time>.{md,json}.
 function int(name: string, raw: string | undefined, fallback: number, min: number, max: number): number {
   if (raw === undefined) return fallback;
   const n = Number(raw);
-  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be a whole number from ${min} to ${max}`);
+  if (!Number.isInteger(n) || n < min || n > max)
+    throw new Error(`--${name} must be a whole number from ${min} to ${max}`);
   return n;
 }
 
@@ -117,14 +118,19 @@ export function parseBenchArgs(argv: string[]): BenchOptions | undefined {
 
   let scenarios: ScenarioId[] = [...SCENARIOS];
   if (values.scenario !== undefined) {
-    const wanted = values.scenario.split(",").map((s) => s.trim().toLowerCase()).filter((s) => s !== "");
+    const wanted = values.scenario
+      .split(",")
+      .map((s) => s.trim().toLowerCase())
+      .filter((s) => s !== "");
     const bad = wanted.filter((s) => !(SCENARIOS as readonly string[]).includes(s));
-    if (bad.length > 0 || wanted.length === 0) throw new Error(`--scenario takes letters from ${SCENARIOS.join(",")}; got ${values.scenario}`);
+    if (bad.length > 0 || wanted.length === 0)
+      throw new Error(`--scenario takes letters from ${SCENARIOS.join(",")}; got ${values.scenario}`);
     scenarios = SCENARIOS.filter((s) => wanted.includes(s));
   }
 
   const logLevel = values["log-level"] ?? "info";
-  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) throw new Error(`--log-level must be one of ${LOG_LEVELS.join(", ")}`);
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel))
+    throw new Error(`--log-level must be one of ${LOG_LEVELS.join(", ")}`);
   const runtime = values.runtime ?? "compiled";
   if (runtime !== "compiled" && runtime !== "tsx") throw new Error("--runtime must be compiled or tsx");
 

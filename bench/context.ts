@@ -55,7 +55,14 @@ export class BenchContext {
 
   /** The simulator most scenarios use: no load time, no token delay, 64 slots per model. */
   mainSim(): Promise<Started> {
-    this.mainSimP ??= this.startSimulator(["--load-ms", "0", "--num-parallel", String(MAIN_SIM_PARALLEL), "--max-loaded-models", "4"]);
+    this.mainSimP ??= this.startSimulator([
+      "--load-ms",
+      "0",
+      "--num-parallel",
+      String(MAIN_SIM_PARALLEL),
+      "--max-loaded-models",
+      "4",
+    ]);
     return this.mainSimP;
   }
 
@@ -78,7 +85,9 @@ export class BenchContext {
     const prof = this.opts.cpuProfDir;
     const nodeArgs = [
       ...this.opts.gatewayNodeOptions,
-      ...(prof ? ["--cpu-prof", "--cpu-prof-dir", prof, "--cpu-prof-name", `gateway-${name}-${this.stamp}.cpuprofile`] : []),
+      ...(prof
+        ? ["--cpu-prof", "--cpu-prof-dir", prof, "--cpu-prof-name", `gateway-${name}-${this.stamp}.cpuprofile`]
+        : []),
     ];
     const gw = await startGatewayProcess(this.runtime, env, log, nodeArgs);
     this.gateways.push({ name, env: { ...env, OLLAMA_URL: "<simulator>" }, nodeOptions: nodeArgs, log });

@@ -15,7 +15,15 @@ import { ErrorInfoSchema } from "../src/gen/google/rpc/error_details_pb.js";
 import { InferenceService } from "../src/gen/ollama/gateway/v1/inference_pb.js";
 import { ThinkMode } from "../src/gen/ollama/gateway/v1/types_pb.js";
 import { ndjson } from "./ndjson-lines.js";
-import type { FailureClass, FleetJob, FleetLoadResult, FleetReplyMessage, FleetRequest, FleetRunMessage, RequestRecord } from "./fleet-protocol.js";
+import type {
+  FailureClass,
+  FleetJob,
+  FleetLoadResult,
+  FleetReplyMessage,
+  FleetRequest,
+  FleetRunMessage,
+  RequestRecord,
+} from "./fleet-protocol.js";
 
 /** What a successful call reports. */
 interface Outcome {
@@ -57,7 +65,12 @@ function gatewaySide(job: FleetJob): Side {
       let done: Outcome | undefined;
       try {
         const stream = client.generate(
-          { model: r.model, prompt: r.prompt, options: { numPredict: r.numPredict }, think: r.thinkOff ? ThinkMode.OFF : ThinkMode.UNSPECIFIED },
+          {
+            model: r.model,
+            prompt: r.prompt,
+            options: { numPredict: r.numPredict },
+            think: r.thinkOff ? ThinkMode.OFF : ThinkMode.UNSPECIFIED,
+          },
           { timeoutMs: job.deadlineMs },
         );
         for await (const m of stream) {
@@ -79,7 +92,8 @@ function gatewaySide(job: FleetJob): Side {
         const reason = info?.reason;
         const detail = short(`${Code[ce.code]}${reason ? ` ${reason}` : ""}: ${ce.rawMessage}`);
         const expected = Number(info?.metadata["expected_wait_ms"]);
-        if (ce.code === Code.ResourceExhausted) throw new Classified("resource_exhausted", detail, Number.isFinite(expected) ? expected : undefined);
+        if (ce.code === Code.ResourceExhausted)
+          throw new Classified("resource_exhausted", detail, Number.isFinite(expected) ? expected : undefined);
         if (ce.code === Code.DeadlineExceeded) throw new Classified("timeout", detail);
         if (ce.code === Code.Unavailable) throw new Classified("unavailable", detail);
         throw new Classified("other", detail);
@@ -100,7 +114,9 @@ function isTimeout(e: unknown, signal: AbortSignal): boolean {
 
 function roundRobinSide(job: FleetJob): Side {
   // A connection per outstanding request, as a proxy opens them; never a client-side queue.
-  const pools = job.urls.map((u) => new Pool(u, { connections: 4096, pipelining: 1, headersTimeout: 0, bodyTimeout: 0 }));
+  const pools = job.urls.map(
+    (u) => new Pool(u, { connections: 4096, pipelining: 1, headersTimeout: 0, bodyTimeout: 0 }),
+  );
   const headers = { "content-type": "application/json" };
   return {
     async call(r, t0) {
@@ -126,7 +142,8 @@ function roundRobinSide(job: FleetJob): Side {
         try {
           for await (const obj of ndjson(res.body as AsyncIterable<Buffer>)) {
             if (typeof obj["error"] === "string") throw new Classified("other", short(`stream error: ${obj["error"]}`));
-            if (ttftMs < 0 && typeof obj["response"] === "string" && obj["response"] !== "") ttftMs = performance.now() - t0;
+            if (ttftMs < 0 && typeof obj["response"] === "string" && obj["response"] !== "")
+              ttftMs = performance.now() - t0;
             if (obj["done"] === true) {
               const load = obj["load_duration"];
               done = {
@@ -229,7 +246,11 @@ process.on("message", (raw: unknown) => {
   if (msg.type !== "run") return;
   void run(msg.job).then(
     (result) => reply({ type: "result", result }),
-    (e: unknown) => reply({ type: "failed", message: `${msg.job.label}: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}` }),
+    (e: unknown) =>
+      reply({
+        type: "failed",
+        message: `${msg.job.label}: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`,
+      }),
   );
 });
 reply({ type: "ready" });

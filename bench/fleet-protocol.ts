@@ -47,7 +47,13 @@ export interface FleetJob {
 export type FailureClass = "resource_exhausted" | "timeout" | "unavailable" | "busy_503" | "other";
 
 /** Every failure class, in report order. */
-export const FAILURE_CLASSES: readonly FailureClass[] = ["resource_exhausted", "timeout", "unavailable", "busy_503", "other"];
+export const FAILURE_CLASSES: readonly FailureClass[] = [
+  "resource_exhausted",
+  "timeout",
+  "unavailable",
+  "busy_503",
+  "other",
+];
 
 /** What happened to one request. */
 export interface RequestRecord {
@@ -136,7 +142,18 @@ export function seededRandom(seed: number): () => number {
   };
 }
 
-const TOPICS = ["rivers", "compilers", "bread", "glaciers", "chess", "volcanoes", "bees", "lighthouses", "jazz", "orbits"];
+const TOPICS = [
+  "rivers",
+  "compilers",
+  "bread",
+  "glaciers",
+  "chess",
+  "volcanoes",
+  "bees",
+  "lighthouses",
+  "jazz",
+  "orbits",
+];
 
 /**
  * The schedule both sides replay: open-loop Poisson arrivals at `ratePerSec`

@@ -188,7 +188,14 @@ export function summarizeSide(run: SideRun, windowMs: number, deadlineMs: number
     const good = mine.filter((r) => r.ok);
     const byNode: Record<string, number> = {};
     for (const r of good) byNode[r.node ?? "?"] = (byNode[r.node ?? "?"] ?? 0) + 1;
-    return { model, offered: mine.length, completed: good.length, failed: mine.length - good.length, latency: summarize(good.map((r) => r.endMs - r.startMs)), byNode };
+    return {
+      model,
+      offered: mine.length,
+      completed: good.length,
+      failed: mine.length - good.length,
+      latency: summarize(good.map((r) => r.endMs - r.startMs)),
+      byNode,
+    };
   });
   const buckets = Math.max(1, Math.ceil(settledMs / 10_000));
   const completionsPer10s = new Array<number>(buckets).fill(0);
@@ -196,12 +203,21 @@ export function summarizeSide(run: SideRun, windowMs: number, deadlineMs: number
   const deadlineRefusals = bad
     .filter((r) => r.failure === "resource_exhausted" && (r.detail ?? "").includes("DEADLINE_TOO_SHORT"))
     .map((r): RefusalCheck => {
-      const near = ok.filter((x) => x.model === r.model && Math.abs(x.startMs - r.startMs) <= 2000).map((x) => x.endMs - x.startMs);
-      return { tMs: Math.round(r.startMs), model: r.model, expectedWaitMs: r.expectedWaitMs, neighbours: near.length, neighboursMaxMs: near.length > 0 ? Math.max(...near) : NaN };
+      const near = ok
+        .filter((x) => x.model === r.model && Math.abs(x.startMs - r.startMs) <= 2000)
+        .map((x) => x.endMs - x.startMs);
+      return {
+        tMs: Math.round(r.startMs),
+        model: r.model,
+        expectedWaitMs: r.expectedWaitMs,
+        neighbours: near.length,
+        neighboursMaxMs: near.length > 0 ? Math.max(...near) : NaN,
+      };
     });
   const loadsByNode = Object.fromEntries(run.sims.map((s) => [s.node, s.stats.loadsTotal]));
   const loadsByModel: Record<string, number> = {};
-  for (const s of run.sims) for (const [m, n] of Object.entries(s.stats.loads)) loadsByModel[m] = (loadsByModel[m] ?? 0) + n;
+  for (const s of run.sims)
+    for (const [m, n] of Object.entries(s.stats.loads)) loadsByModel[m] = (loadsByModel[m] ?? 0) + n;
   return {
     side: run.side,
     offered: recs.length,
@@ -217,7 +233,9 @@ export function summarizeSide(run: SideRun, windowMs: number, deadlineMs: number
     settledMs,
     latency: summarize(ok.map((r) => r.endMs - r.startMs)),
     ttft: summarize(ok.filter((r) => r.ttftMs >= 0).map((r) => r.ttftMs)),
-    refusalMs: summarize(bad.filter((r) => r.failure === "resource_exhausted" || r.failure === "busy_503").map((r) => r.endMs - r.startMs)),
+    refusalMs: summarize(
+      bad.filter((r) => r.failure === "resource_exhausted" || r.failure === "busy_503").map((r) => r.endMs - r.startMs),
+    ),
     timeoutMs: summarize(bad.filter((r) => r.failure === "timeout").map((r) => r.endMs - r.startMs)),
     gatewayQueueMs: summarize(ok.filter((r) => r.gatewayQueueMs !== undefined).map((r) => r.gatewayQueueMs!)),
     upstreamLoadMs: summarize(ok.filter((r) => r.upstreamLoadMs !== undefined).map((r) => r.upstreamLoadMs!)),
@@ -257,7 +275,8 @@ export function checkTargets(gw: SideSummary | undefined, rr: SideSummary | unde
   if (gw === undefined || rr === undefined) {
     return [{ target: "gateway vs round-robin", measured: "only one side ran", status: "n/a" }];
   }
-  const tput = rr.throughputPerSec > 0 ? gw.throughputPerSec / rr.throughputPerSec : gw.throughputPerSec > 0 ? Infinity : NaN;
+  const tput =
+    rr.throughputPerSec > 0 ? gw.throughputPerSec / rr.throughputPerSec : gw.throughputPerSec > 0 ? Infinity : NaN;
   const p99 = gw.latency.p99 / rr.latency.p99;
   return [
     {
@@ -335,7 +354,14 @@ export function digestGatewayLog(file: string): GatewayLogDigest {
       if (examples.length < 5) examples.push(line.slice(0, 400));
     }
   }
-  return { lines: lines.length, rpcOutcomes: tally(outcomes), servedBy: tally(served), warnings: tally(warnings), warningExamples: examples, unparsed };
+  return {
+    lines: lines.length,
+    rpcOutcomes: tally(outcomes),
+    servedBy: tally(served),
+    warnings: tally(warnings),
+    warningExamples: examples,
+    unparsed,
+  };
 }
 
 /** Facts about the run for the report's head. */
@@ -385,11 +411,23 @@ export function renderFleetMarkdown(
 ): string {
   const L: string[] = [];
   L.push(`# Fleet benchmark ${info.startedAt}${info.smoke ? " (smoke: timings are not meaningful)" : ""}`, "");
-  L.push(`Command: \`${info.command}\` · ${info.machine} · load average ${info.loadAverage} · ${info.git} · ${info.runtime}${info.durationSeconds !== undefined ? ` · ${info.durationSeconds} s` : ""}`, "");
-  L.push(`- ${info.nodes} simulated nodes, each \`${info.simulatorArgs.join(" ")}\`, restarted for each side (no model loaded at its start)`);
+  L.push(
+    `Command: \`${info.command}\` · ${info.machine} · load average ${info.loadAverage} · ${info.git} · ${info.runtime}${info.durationSeconds !== undefined ? ` · ${info.durationSeconds} s` : ""}`,
+    "",
+  );
+  L.push(
+    `- ${info.nodes} simulated nodes, each \`${info.simulatorArgs.join(" ")}\`, restarted for each side (no model loaded at its start)`,
+  );
   L.push(`- Workload (the same schedule on both sides): ${info.workload}`);
-  L.push(`- Gateway: ${Object.entries(info.gatewayEnv).map(([k, v]) => `\`${k}=${v}\``).join(" ")}`);
-  L.push(`- Round-robin: request i → node i mod ${info.nodes}, straight to the simulator over HTTP/1.1 (no proxy hop), one connection per outstanding request`, "");
+  L.push(
+    `- Gateway: ${Object.entries(info.gatewayEnv)
+      .map(([k, v]) => `\`${k}=${v}\``)
+      .join(" ")}`,
+  );
+  L.push(
+    `- Round-robin: request i → node i mod ${info.nodes}, straight to the simulator over HTTP/1.1 (no proxy hop), one connection per outstanding request`,
+    "",
+  );
 
   L.push("## Targets (issue #4)", "", "| target | measured | status |", "|---|---|---|");
   for (const t of targets) L.push(`| ${t.target} | ${t.measured} | **${t.status}** |`);
@@ -402,7 +440,10 @@ export function renderFleetMarkdown(
   row("completed (in the arrival window)", (s) => `${s.completed} (${s.completedInWindow})`);
   row("throughput, completed/s in the window", (s) => ms(s.throughputPerSec));
   row("tokens/s in the window", (s) => ms(s.tokensPerSec));
-  row("completed/s until the last request settled", (s) => `${ms(s.completedPerSecUntilSettled)} (over ${ms(s.settledMs / 1000)} s)`);
+  row(
+    "completed/s until the last request settled",
+    (s) => `${ms(s.completedPerSecUntilSettled)} (over ${ms(s.settledMs / 1000)} s)`,
+  );
   row("latency p50 / p99 ms (successful)", (s) => latencyCell(s.latency));
   row("TTFT p50 / p99 ms (successful)", (s) => latencyCell(s.ttft));
   row("failed", (s) => String(s.failed));
@@ -415,21 +456,51 @@ export function renderFleetMarkdown(
   row("time to timeout p50 / p99 ms", (s) => latencyCell(s.timeoutMs));
   row("gateway queue wait p50 / p99 ms (successful)", (s) => latencyCell(s.gatewayQueueMs));
   row("Ollama load_duration p50 / p99 ms (successful)", (s) => latencyCell(s.upstreamLoadMs));
-  row("model loads (simulators)", (s) => `${s.loadsTotal}: ${Object.entries(s.loadsByModel).map(([m, n]) => `${m} ${n}`).join(", ")}`);
-  row("model loads per node", (s) => Object.entries(s.loadsByNode).map(([n, c]) => `${n} ${c}`).join(", "));
-  row("DEADLINE_TOO_SHORT refusals whose neighbours (same model, sent ±2 s) all finished in time", (s) => `${s.refusedButServable} of ${s.deadlineRefusals.length}`);
-  row("evictions / client disconnects / 503s (simulators)", (s) => `${s.evictions} / ${s.disconnects} / ${s.busyRejections}`);
+  row(
+    "model loads (simulators)",
+    (s) =>
+      `${s.loadsTotal}: ${Object.entries(s.loadsByModel)
+        .map(([m, n]) => `${m} ${n}`)
+        .join(", ")}`,
+  );
+  row("model loads per node", (s) =>
+    Object.entries(s.loadsByNode)
+      .map(([n, c]) => `${n} ${c}`)
+      .join(", "),
+  );
+  row(
+    "DEADLINE_TOO_SHORT refusals whose neighbours (same model, sent ±2 s) all finished in time",
+    (s) => `${s.refusedButServable} of ${s.deadlineRefusals.length}`,
+  );
+  row(
+    "evictions / client disconnects / 503s (simulators)",
+    (s) => `${s.evictions} / ${s.disconnects} / ${s.busyRejections}`,
+  );
   row("largest pending-load queue on a node", (s) => String(s.maxPendingLoads));
   row("most generations at once, one model on one node", (s) => String(s.maxInFlightPerNode));
   row("completions per 10 s", (s) => s.completionsPer10s.join(" "));
-  row("load generator: send lag max ms, loop delay p99 ms, CPU s", (s) => `${ms(s.loadGenerator.maxSendLagMs)}, ${ms(s.loadGenerator.loopDelayP99Ms)}, ${ms(s.loadGenerator.cpuMs / 1000)}`);
+  row(
+    "load generator: send lag max ms, loop delay p99 ms, CPU s",
+    (s) =>
+      `${ms(s.loadGenerator.maxSendLagMs)}, ${ms(s.loadGenerator.loopDelayP99Ms)}, ${ms(s.loadGenerator.cpuMs / 1000)}`,
+  );
   L.push("");
 
-  L.push("## Per model", "", "| side | model | sent | completed | failed | latency p50 / p99 ms | served by (completed per node) |", "|---|---|---|---|---|---|---|");
+  L.push(
+    "## Per model",
+    "",
+    "| side | model | sent | completed | failed | latency p50 / p99 ms | served by (completed per node) |",
+    "|---|---|---|---|---|---|---|",
+  );
   for (const s of sides) {
     for (const m of s.models) {
-      const nodes = Object.entries(m.byNode).sort().map(([n, c]) => `${n} ${c}`).join(", ");
-      L.push(`| ${s.side} | ${m.model} | ${m.offered} | ${m.completed} | ${m.failed} | ${latencyCell(m.latency)} | ${nodes} |`);
+      const nodes = Object.entries(m.byNode)
+        .sort()
+        .map(([n, c]) => `${n} ${c}`)
+        .join(", ");
+      L.push(
+        `| ${s.side} | ${m.model} | ${m.offered} | ${m.completed} | ${m.failed} | ${latencyCell(m.latency)} | ${nodes} |`,
+      );
     }
   }
   L.push("");
@@ -446,9 +517,14 @@ export function renderFleetMarkdown(
 
   for (const s of sides) {
     if (s.deadlineRefusals.length === 0) continue;
-    L.push(`${s.side}: DEADLINE_TOO_SHORT refusals (predicted wait vs the longest latency of same-model requests sent within ±2 s):`, "");
+    L.push(
+      `${s.side}: DEADLINE_TOO_SHORT refusals (predicted wait vs the longest latency of same-model requests sent within ±2 s):`,
+      "",
+    );
     for (const r of s.deadlineRefusals.slice(0, 20)) {
-      L.push(`- ${ms(r.tMs / 1000)} s ${r.model}: predicted ${r.expectedWaitMs === undefined ? "?" : ms(r.expectedWaitMs)} ms; ${r.neighbours} neighbours, longest ${ms(r.neighboursMaxMs)} ms`);
+      L.push(
+        `- ${ms(r.tMs / 1000)} s ${r.model}: predicted ${r.expectedWaitMs === undefined ? "?" : ms(r.expectedWaitMs)} ms; ${r.neighbours} neighbours, longest ${ms(r.neighboursMaxMs)} ms`,
+      );
     }
     if (s.deadlineRefusals.length > 20) L.push(`- … ${s.deadlineRefusals.length - 20} more in the JSON`);
     L.push("");
@@ -460,7 +536,11 @@ export function renderFleetMarkdown(
     let last = "";
     let shown = 0;
     for (const sample of r.residency) {
-      const line = sample.nodes.map((n) => `${(n.loaded.join("+") || "-").padEnd(18)}${n.pendingLoads > 0 ? `[${n.pendingLoads}]` : ""}`.padEnd(24)).join(" ");
+      const line = sample.nodes
+        .map((n) =>
+          `${(n.loaded.join("+") || "-").padEnd(18)}${n.pendingLoads > 0 ? `[${n.pendingLoads}]` : ""}`.padEnd(24),
+        )
+        .join(" ");
       if (line === last) continue;
       last = line;
       if (++shown > 40) {

@@ -14,8 +14,23 @@ import { join } from "node:path";
 import type { FleetJob, FleetLoadResult, FleetRequest, FleetTarget, WorkloadSpec } from "./fleet-protocol.js";
 import { buildSchedule } from "./fleet-protocol.js";
 import { checkTargets, digestGatewayLog, renderFleetMarkdown, summarizeSide } from "./fleet-report.js";
-import type { FleetRunInfo, GatewayLogDigest, ResidencySample, SideRun, SideSummary, SimAtEnd, SimCounters } from "./fleet-report.js";
-import { killAllChildren, LoadProcess, prepareRuntime, simAdmin, startGatewayProcess, startSimulatorProcess } from "./processes.js";
+import type {
+  FleetRunInfo,
+  GatewayLogDigest,
+  ResidencySample,
+  SideRun,
+  SideSummary,
+  SimAtEnd,
+  SimCounters,
+} from "./fleet-report.js";
+import {
+  killAllChildren,
+  LoadProcess,
+  prepareRuntime,
+  simAdmin,
+  startGatewayProcess,
+  startSimulatorProcess,
+} from "./processes.js";
 import type { Runtime, Started } from "./processes.js";
 import { round } from "./stats.js";
 
@@ -93,13 +108,15 @@ The gateway vs round-robin over the same simulated fleet (issue #4).
 
 function intArg(name: string, v: string | undefined, min: number): number {
   const n = Number(v);
-  if (v === undefined || !Number.isInteger(n) || n < min) throw new Error(`${name} needs an integer ≥ ${min}, got ${v ?? "nothing"}`);
+  if (v === undefined || !Number.isInteger(n) || n < min)
+    throw new Error(`${name} needs an integer ≥ ${min}, got ${v ?? "nothing"}`);
   return n;
 }
 
 function numArg(name: string, v: string | undefined, minExclusive: number): number {
   const n = Number(v);
-  if (v === undefined || !Number.isFinite(n) || n <= minExclusive) throw new Error(`${name} needs a number > ${minExclusive}, got ${v ?? "nothing"}`);
+  if (v === undefined || !Number.isFinite(n) || n <= minExclusive)
+    throw new Error(`${name} needs a number > ${minExclusive}, got ${v ?? "nothing"}`);
   return n;
 }
 
@@ -135,7 +152,10 @@ function parseFleetArgs(argv: string[]): FleetOptions | undefined {
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
-    const [flag, inline] = a.startsWith("--") && a.includes("=") ? [a.slice(0, a.indexOf("=")), a.slice(a.indexOf("=") + 1)] : [a, undefined];
+    const [flag, inline] =
+      a.startsWith("--") && a.includes("=")
+        ? [a.slice(0, a.indexOf("=")), a.slice(a.indexOf("=") + 1)]
+        : [a, undefined];
     const value = (): string | undefined => inline ?? argv[++i];
     switch (flag) {
       case "--smoke":
@@ -201,7 +221,8 @@ function parseFleetArgs(argv: string[]): FleetOptions | undefined {
       }
       case "--sides": {
         const list = (value() ?? "").split(",").filter((s) => s !== "");
-        for (const s of list) if (s !== "gateway" && s !== "round-robin") throw new Error(`--sides: unknown side "${s}"`);
+        for (const s of list)
+          if (s !== "gateway" && s !== "round-robin") throw new Error(`--sides: unknown side "${s}"`);
         if (list.length === 0) throw new Error("--sides needs gateway and/or round-robin");
         o.sides = list as FleetTarget[];
         break;
@@ -225,15 +246,19 @@ function parseFleetArgs(argv: string[]): FleetOptions | undefined {
   return o;
 }
 
-
 /** Simulator flags for every node. */
 function simulatorArgs(o: FleetOptions): string[] {
   return [
-    "--load-ms", String(o.loadMs),
-    "--first-token-ms", String(o.firstTokenMs),
-    "--token-ms", String(o.tokenMs),
-    "--num-parallel", String(o.numParallel),
-    "--max-loaded-models", String(o.maxLoadedModels),
+    "--load-ms",
+    String(o.loadMs),
+    "--first-token-ms",
+    String(o.firstTokenMs),
+    "--token-ms",
+    String(o.tokenMs),
+    "--num-parallel",
+    String(o.numParallel),
+    "--max-loaded-models",
+    String(o.maxLoadedModels),
   ];
 }
 
@@ -244,8 +269,12 @@ interface SimState {
 
 /** Starts the nodes and checks that each is cold (nothing loaded) with zeroed counters. */
 async function startFleet(runtime: Runtime, o: FleetOptions): Promise<Started[]> {
-  const settled = await Promise.allSettled(Array.from({ length: o.nodes }, () => startSimulatorProcess(runtime, simulatorArgs(o))));
-  const sims = settled.filter((s): s is PromiseFulfilledResult<Started> => s.status === "fulfilled").map((s) => s.value);
+  const settled = await Promise.allSettled(
+    Array.from({ length: o.nodes }, () => startSimulatorProcess(runtime, simulatorArgs(o))),
+  );
+  const sims = settled
+    .filter((s): s is PromiseFulfilledResult<Started> => s.status === "fulfilled")
+    .map((s) => s.value);
   const failed = settled.find((s): s is PromiseRejectedResult => s.status === "rejected");
   if (failed !== undefined) {
     await Promise.all(sims.map((s) => s.stop(2000)));
@@ -254,13 +283,19 @@ async function startFleet(runtime: Runtime, o: FleetOptions): Promise<Started[]>
   for (const s of sims) {
     await simAdmin(s.url, "POST", "/_sim/reset");
     const state = (await simAdmin(s.url, "GET", "/_sim/state")) as SimState;
-    if (state.loaded.length !== 0) throw new Error(`simulator ${s.url} has ${state.loaded.map((r) => r.name).join(", ")} loaded at the start`);
+    if (state.loaded.length !== 0)
+      throw new Error(`simulator ${s.url} has ${state.loaded.map((r) => r.name).join(", ")} loaded at the start`);
   }
   return sims;
 }
 
 /** Samples which model each node has loaded, every `everyMs`, until stopped (bounded by `maxSamples`). */
-function sampleResidency(sims: Started[], everyMs: number, maxSamples: number, t0: number): { stop(): Promise<ResidencySample[]> } {
+function sampleResidency(
+  sims: Started[],
+  everyMs: number,
+  maxSamples: number,
+  t0: number,
+): { stop(): Promise<ResidencySample[]> } {
   const samples: ResidencySample[] = [];
   let stopped = false;
   const loop = (async (): Promise<void> => {
@@ -270,7 +305,10 @@ function sampleResidency(sims: Started[], everyMs: number, maxSamples: number, t
         sims.map(async (s) => {
           try {
             const st = (await simAdmin(s.url, "GET", "/_sim/state")) as SimState;
-            return { loaded: st.loaded.map((r) => r.name.replace(/:latest$/, "") + (r.loading ? "*" : "")), pendingLoads: st.pending_loads };
+            return {
+              loaded: st.loaded.map((r) => r.name.replace(/:latest$/, "") + (r.loading ? "*" : "")),
+              pendingLoads: st.pending_loads,
+            };
           } catch {
             return { loaded: ["?"], pendingLoads: 0 };
           }
@@ -320,10 +358,15 @@ async function runSide(
     const [outcome] = await Promise.allSettled([loader.run(job, totalMs)]);
     // Stop the sampler also when the job failed.
     const residency = await sampler.stop();
-    if (outcome.status === "rejected") throw outcome.reason instanceof Error ? outcome.reason : new Error(String(outcome.reason));
+    if (outcome.status === "rejected")
+      throw outcome.reason instanceof Error ? outcome.reason : new Error(String(outcome.reason));
     const load = outcome.value;
     const atEnd: SimAtEnd[] = await Promise.all(
-      sims.map(async (s, i) => ({ node: `n${i}`, url: s.url, stats: (await simAdmin(s.url, "GET", "/_sim/stats")) as SimCounters })),
+      sims.map(async (s, i) => ({
+        node: `n${i}`,
+        url: s.url,
+        stats: (await simAdmin(s.url, "GET", "/_sim/stats")) as SimCounters,
+      })),
     );
     return { side, load, sims: atEnd, residency };
   } finally {
@@ -343,7 +386,11 @@ function git(args: string[]): string {
 /** Gateway settings inherited from the environment (they change what is measured). */
 function inheritedGatewayEnv(): string[] {
   return Object.keys(process.env)
-    .filter((k) => /^(OLLAMA_|REDIS_|CACHE_|EMBED_|UPSTREAM_|HTTP[12]_|MAX_|HEALTH_PROBE_|SHUTDOWN_|QUEUE_|CIRCUIT_|RETRY_|MODEL_NUM_CTX$|GATEWAY_CONFIG_FILE$|WORKERS$|LOG_LEVEL$)/.test(k))
+    .filter((k) =>
+      /^(OLLAMA_|REDIS_|CACHE_|EMBED_|UPSTREAM_|HTTP[12]_|MAX_|HEALTH_PROBE_|SHUTDOWN_|QUEUE_|CIRCUIT_|RETRY_|MODEL_NUM_CTX$|GATEWAY_CONFIG_FILE$|WORKERS$|LOG_LEVEL$)/.test(
+        k,
+      ),
+    )
     .sort();
 }
 
@@ -385,8 +432,13 @@ async function run(o: FleetOptions): Promise<number> {
   const describeMix = (mix: { model: string; weight: number }[]): string =>
     mix.map((m) => `${m.model} ${round((100 * m.weight) / mix.reduce((a, b) => a + b.weight, 0))}%`).join(", ");
   const mixText =
-    describeMix(o.mix) + (o.shiftMix ? ` in the first half, then ${describeMix(o.shiftMix)}` : "") +
-    (Object.keys(o.gatewayEnv).length > 0 ? `; gateway ${Object.entries(o.gatewayEnv).map(([k, v]) => `${k}=${v}`).join(" ")}` : "");
+    describeMix(o.mix) +
+    (o.shiftMix ? ` in the first half, then ${describeMix(o.shiftMix)}` : "") +
+    (Object.keys(o.gatewayEnv).length > 0
+      ? `; gateway ${Object.entries(o.gatewayEnv)
+          .map(([k, v]) => `${k}=${v}`)
+          .join(" ")}`
+      : "");
   const models = [...new Set([...o.mix, ...(o.shiftMix ?? [])].map((m) => m.model))];
   const counts = models.map((m) => `${m} ${schedule.filter((r) => r.model === m).length}`).join(", ");
   const gatewayEnv = (urls: string): Record<string, string> => ({
@@ -403,8 +455,15 @@ async function run(o: FleetOptions): Promise<number> {
     smoke: o.smoke,
     machine: `Node ${process.version}, ${os.cpus().length} × ${os.cpus()[0]?.model ?? "?"}, ${round(os.totalmem() / 2 ** 30)} GiB, ${os.platform()} ${os.release()}`,
     loadAverage: "",
-    git: `commit ${(git(["rev-parse", "--short", "HEAD"]) || "unknown")}, ${git(["status", "--porcelain"]).split("\n").filter((l) => l.trim() !== "").length} changed files`,
-    runtime: runtime.kind === "compiled" ? "gateway and simulators as compiled JavaScript" : "gateway and simulators through tsx",
+    git: `commit ${git(["rev-parse", "--short", "HEAD"]) || "unknown"}, ${
+      git(["status", "--porcelain"])
+        .split("\n")
+        .filter((l) => l.trim() !== "").length
+    } changed files`,
+    runtime:
+      runtime.kind === "compiled"
+        ? "gateway and simulators as compiled JavaScript"
+        : "gateway and simulators through tsx",
     simulatorArgs: simulatorArgs(o),
     nodes: o.nodes,
     gatewayEnv: { ...gatewayEnv(`n0=…,…,n${o.nodes - 1}=…`) },
@@ -413,7 +472,9 @@ async function run(o: FleetOptions): Promise<number> {
       `open loop; mix ${mixText} (drawn: ${counts}); num_predict uniform ${o.minTokens}–${o.maxTokens}; ` +
       `qwen3 with think off; a distinct prompt per request; deadline ${o.deadlineMs} ms per request`,
   };
-  process.stdout.write(`bench:fleet${o.smoke ? " (smoke)" : ""}: ${info.workload}\nsides ${o.sides.join(", ")}; logs in ${logDir}\n`);
+  process.stdout.write(
+    `bench:fleet${o.smoke ? " (smoke)" : ""}: ${info.workload}\nsides ${o.sides.join(", ")}; logs in ${logDir}\n`,
+  );
 
   const runs: SideRun[] = [];
   let broken: unknown;
@@ -421,7 +482,9 @@ async function run(o: FleetOptions): Promise<number> {
   const loaders = o.sides.map(() => new LoadProcess<FleetJob, FleetLoadResult>("bench/fleet-load.ts"));
   try {
     for (const [k, side] of o.sides.entries()) {
-      process.stdout.write(`side ${side}: starting ${o.nodes} simulators${side === "gateway" ? " and the gateway" : ""}\n`);
+      process.stdout.write(
+        `side ${side}: starting ${o.nodes} simulators${side === "gateway" ? " and the gateway" : ""}\n`,
+      );
       const r = await runSide(side, o, runtime, schedule, loaders[k]!, gatewayEnv, join(logDir, "gateway.log"));
       runs.push(r);
       process.stdout.write(`side ${side}: done in ${round(r.load.elapsedMs / 1000)} s\n`);
@@ -437,7 +500,9 @@ async function run(o: FleetOptions): Promise<number> {
   const gw = sides.find((s) => s.side === "gateway");
   const rr = sides.find((s) => s.side === "round-robin");
   const targets = checkTargets(gw, rr);
-  const log: GatewayLogDigest | undefined = o.sides.includes("gateway") ? digestGatewayLog(join(logDir, "gateway.log")) : undefined;
+  const log: GatewayLogDigest | undefined = o.sides.includes("gateway")
+    ? digestGatewayLog(join(logDir, "gateway.log"))
+    : undefined;
 
   for (const s of sides) {
     if (s.side === "gateway") {
@@ -453,13 +518,24 @@ async function run(o: FleetOptions): Promise<number> {
         );
       }
     }
-    if (s.loadGenerator.maxSendLagMs > 50) notes.push(`${s.side}: the load generator sent a request up to ${round(s.loadGenerator.maxSendLagMs)} ms late (it may have been the bottleneck).`);
-    if (s.maxInFlightPerNode > o.numParallel) notes.push(`${s.side}: a node ran ${s.maxInFlightPerNode} generations of one model at once (num_parallel ${o.numParallel}).`);
+    if (s.loadGenerator.maxSendLagMs > 50)
+      notes.push(
+        `${s.side}: the load generator sent a request up to ${round(s.loadGenerator.maxSendLagMs)} ms late (it may have been the bottleneck).`,
+      );
+    if (s.maxInFlightPerNode > o.numParallel)
+      notes.push(
+        `${s.side}: a node ran ${s.maxInFlightPerNode} generations of one model at once (num_parallel ${o.numParallel}).`,
+      );
   }
-  if (o.smoke) notes.push("Smoke run: tiny load times and a short window; the numbers check the harness, not the gateway.");
-  if (broken !== undefined) notes.unshift(`THE RUN BROKE OFF: ${broken instanceof Error ? broken.message : String(broken)}`);
+  if (o.smoke)
+    notes.push("Smoke run: tiny load times and a short window; the numbers check the harness, not the gateway.");
+  if (broken !== undefined)
+    notes.unshift(`THE RUN BROKE OFF: ${broken instanceof Error ? broken.message : String(broken)}`);
 
-  info.loadAverage = `${loadAvgStart.map((x) => x.toFixed(2)).join(" ")} → ${os.loadavg().map((x) => x.toFixed(2)).join(" ")}`;
+  info.loadAverage = `${loadAvgStart.map((x) => x.toFixed(2)).join(" ")} → ${os
+    .loadavg()
+    .map((x) => x.toFixed(2))
+    .join(" ")}`;
   info.durationSeconds = Math.round((performance.now() - t0) / 1000);
   const md = renderFleetMarkdown(info, sides, runs, targets, log, notes);
   const base = join(o.outDir, `fleet-${stamp}`);
@@ -470,10 +546,14 @@ async function run(o: FleetOptions): Promise<number> {
   writeFileSync(`${base}.md`, md);
   process.stdout.write(`\n${sides.map(sideLine).join("\n")}\n`);
   for (const t of targets) process.stdout.write(`target: ${t.target}: ${t.measured} → ${t.status.toUpperCase()}\n`);
-  process.stdout.write(`\nWritten to ${base}.md and ${base}.json; gateway log in ${logDir} (${info.durationSeconds} s)\n`);
+  process.stdout.write(
+    `\nWritten to ${base}.md and ${base}.json; gateway log in ${logDir} (${info.durationSeconds} s)\n`,
+  );
 
   if (broken !== undefined) {
-    process.stderr.write(`bench:fleet: the harness failed: ${broken instanceof Error ? (broken.stack ?? broken.message) : String(broken)}\n`);
+    process.stderr.write(
+      `bench:fleet: the harness failed: ${broken instanceof Error ? (broken.stack ?? broken.message) : String(broken)}\n`,
+    );
     return 1;
   }
   return 0;

@@ -62,7 +62,11 @@ function inputText(job: LoadJob, seq: number): string {
 }
 
 /** Counts one Generate stream's messages as they arrive, whichever client received them. */
-function generateTally(tracker: StreamTracker): { add(m: GenerateResponse): void; end(): void; outcome(): CallOutcome } {
+function generateTally(tracker: StreamTracker): {
+  add(m: GenerateResponse): void;
+  end(): void;
+  outcome(): CallOutcome;
+} {
   const t0 = performance.now();
   let ttft = -1;
   let tokens = 0;
@@ -97,7 +101,10 @@ function gatewayH2Side(job: LoadJob, tracker: StreamTracker): Side {
       const client = clients[next++ % clients.length]!;
       if (kind === "embed") {
         let vectors = -1;
-        const req = toBinary(EmbedRequestSchema, create(EmbedRequestSchema, { model: job.embedModel, inputs: [inputText(job, seq)] }));
+        const req = toBinary(
+          EmbedRequestSchema,
+          create(EmbedRequestSchema, { model: job.embedModel, inputs: [inputText(job, seq)] }),
+        );
         await client.call(EMBED_PATH, req, job.callTimeoutMs, (payload) => {
           const res = fromBinary(EmbedResponseSchema, payload);
           vectors = res.embeddings.length === 1 && res.embeddings[0]!.values.length > 0 ? 1 : 0;
@@ -111,7 +118,9 @@ function gatewayH2Side(job: LoadJob, tracker: StreamTracker): Side {
         create(GenerateRequestSchema, { model: job.model, prompt: PROMPT, options: { numPredict } }),
       );
       try {
-        await client.call(GENERATE_PATH, req, job.callTimeoutMs, (payload) => tally.add(fromBinary(GenerateResponseSchema, payload)));
+        await client.call(GENERATE_PATH, req, job.callTimeoutMs, (payload) =>
+          tally.add(fromBinary(GenerateResponseSchema, payload)),
+        );
       } finally {
         tally.end();
       }
@@ -140,12 +149,14 @@ function gatewayConnectSide(job: LoadJob, tracker: StreamTracker): Side {
       const opts = { timeoutMs: job.callTimeoutMs };
       if (kind === "embed") {
         const res = await client.embed({ model: job.embedModel, inputs: [inputText(job, seq)] }, opts);
-        if (res.embeddings.length !== 1 || res.embeddings[0]!.values.length === 0) throw new Error("Embed: expected one vector");
+        if (res.embeddings.length !== 1 || res.embeddings[0]!.values.length === 0)
+          throw new Error("Embed: expected one vector");
         return { ttft: 0, tokens: 0, messages: 1 };
       }
       const tally = generateTally(tracker);
       try {
-        for await (const m of client.generate({ model: job.model, prompt: PROMPT, options: { numPredict } }, opts)) tally.add(m);
+        for await (const m of client.generate({ model: job.model, prompt: PROMPT, options: { numPredict } }, opts))
+          tally.add(m);
       } finally {
         tally.end();
       }
@@ -170,11 +181,17 @@ function directSide(job: LoadJob, tracker: StreamTracker): Side {
         const text = await res.body.text();
         if (res.statusCode !== 200) throw new Error(`HTTP ${res.statusCode}: ${text.slice(0, 200)}`);
         const obj = JSON.parse(text) as { embeddings?: unknown[][] };
-        if (obj.embeddings?.length !== 1 || obj.embeddings[0]!.length === 0) throw new Error("embed: expected one vector");
+        if (obj.embeddings?.length !== 1 || obj.embeddings[0]!.length === 0)
+          throw new Error("embed: expected one vector");
         return { ttft: 0, tokens: 0, messages: 1 };
       }
       const t0 = performance.now();
-      const body = JSON.stringify({ model: job.model, prompt: PROMPT, options: { num_predict: numPredict }, stream: true });
+      const body = JSON.stringify({
+        model: job.model,
+        prompt: PROMPT,
+        options: { num_predict: numPredict },
+        stream: true,
+      });
       const res = await pool.request({ method: "POST", path: "/api/generate", body, headers, signal });
       if (res.statusCode !== 200) {
         const text = await res.body.text();
@@ -220,7 +237,11 @@ function emptyKind(): KindResult {
 async function run(job: LoadJob): Promise<LoadResult> {
   const tracker = new StreamTracker();
   const side =
-    job.target === "direct" ? directSide(job, tracker) : job.client === "h2" ? gatewayH2Side(job, tracker) : gatewayConnectSide(job, tracker);
+    job.target === "direct"
+      ? directSide(job, tracker)
+      : job.client === "h2"
+        ? gatewayH2Side(job, tracker)
+        : gatewayConnectSide(job, tracker);
   const result: LoadResult = {
     kinds: {},
     errors: 0,
@@ -285,7 +306,11 @@ process.on("message", (raw: unknown) => {
   if (msg.type !== "run") return;
   void run(msg.job).then(
     (result) => reply({ type: "result", result }),
-    (e: unknown) => reply({ type: "failed", message: `${msg.job.label}: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}` }),
+    (e: unknown) =>
+      reply({
+        type: "failed",
+        message: `${msg.job.label}: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`,
+      }),
   );
 });
 reply({ type: "ready" });

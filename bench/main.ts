@@ -39,7 +39,9 @@ function allRuns(r: ScenarioResults): RunSummary[] {
 /** Gateway settings inherited from the environment (they change what is measured). */
 function inheritedGatewayEnv(): string[] {
   return Object.keys(process.env)
-    .filter((k) => /^(OLLAMA_|REDIS_|CACHE_|EMBED_|UPSTREAM_|HTTP[12]_|MAX_|HEALTH_PROBE_|SHUTDOWN_|WORKERS$|LOG_LEVEL$)/.test(k))
+    .filter((k) =>
+      /^(OLLAMA_|REDIS_|CACHE_|EMBED_|UPSTREAM_|HTTP[12]_|MAX_|HEALTH_PROBE_|SHUTDOWN_|WORKERS$|LOG_LEVEL$)/.test(k),
+    )
     .sort();
 }
 
@@ -56,7 +58,10 @@ async function run(opts: BenchOptions): Promise<number> {
   if (runtime.note) ctx.notes.push(runtime.note);
   const inherited = inheritedGatewayEnv();
   if (inherited.length > 0) ctx.notes.push(`Gateway settings inherited from the environment: ${inherited.join(", ")}.`);
-  if (opts.workers !== undefined) ctx.notes.push(`WORKERS=${opts.workers} was passed to every gateway; RSS and CPU include its Node child processes.`);
+  if (opts.workers !== undefined)
+    ctx.notes.push(
+      `WORKERS=${opts.workers} was passed to every gateway; RSS and CPU include its Node child processes.`,
+    );
 
   const machine: MachineFacts = {
     node: process.version,
@@ -67,8 +72,13 @@ async function run(opts: BenchOptions): Promise<number> {
     loadAverageAtStart: os.loadavg(),
     startedAt: startedAt.toISOString(),
     gitCommit: git(["rev-parse", "HEAD"]) || "unknown",
-    gitDirtyFiles: git(["status", "--porcelain"]).split("\n").filter((l) => l.trim() !== "").length,
-    runtime: runtime.kind === "compiled" ? "compiled JavaScript (tsc → .bench/dist, like npm start)" : "TypeScript through tsx",
+    gitDirtyFiles: git(["status", "--porcelain"])
+      .split("\n")
+      .filter((l) => l.trim() !== "").length,
+    runtime:
+      runtime.kind === "compiled"
+        ? "compiled JavaScript (tsc → .bench/dist, like npm start)"
+        : "TypeScript through tsx",
     client: opts.client === "h2" ? "bench/grpc-h2-client.ts (minimal node:http2)" : "connect-node",
     command: ["npm run bench", ...(opts.argv.length > 0 ? ["--", ...opts.argv] : [])].join(" "),
     smoke: opts.smoke,
@@ -101,20 +111,28 @@ async function run(opts: BenchOptions): Promise<number> {
   machine.durationSeconds = Math.round((performance.now() - t0) / 1000);
   const targets = checkTargets(results, opts.smoke);
   const notes = [...ctx.notes, ...derivedNotes(results)];
-  if (broken !== undefined) notes.unshift(`THE RUN BROKE OFF: ${broken instanceof Error ? broken.message : String(broken)}`);
+  if (broken !== undefined)
+    notes.unshift(`THE RUN BROKE OFF: ${broken instanceof Error ? broken.message : String(broken)}`);
   const md = renderMarkdown(machine, results, targets, notes, ctx.gateways);
   const base = join(opts.outDir, `bench-${stamp}`);
-  writeFileSync(`${base}.json`, `${JSON.stringify({ machine, options: { ...opts }, targets, notes, gateways: ctx.gateways, results }, null, 2)}\n`);
+  writeFileSync(
+    `${base}.json`,
+    `${JSON.stringify({ machine, options: { ...opts }, targets, notes, gateways: ctx.gateways, results }, null, 2)}\n`,
+  );
   writeFileSync(`${base}.md`, md);
   process.stdout.write(`\n${md}\nWritten to ${base}.md and ${base}.json (${machine.durationSeconds} s)\n`);
 
   if (broken !== undefined) {
-    process.stderr.write(`bench: the harness failed: ${broken instanceof Error ? (broken.stack ?? broken.message) : String(broken)}\n`);
+    process.stderr.write(
+      `bench: the harness failed: ${broken instanceof Error ? (broken.stack ?? broken.message) : String(broken)}\n`,
+    );
     return 1;
   }
   const failed = allRuns(results).filter((s) => s.errors > 0);
   if (failed.length > 0) {
-    process.stderr.write(`bench: requests failed: ${failed.map((s) => `${s.label}: ${s.errors} (${s.firstError ?? ""})`).join("; ")}\n`);
+    process.stderr.write(
+      `bench: requests failed: ${failed.map((s) => `${s.label}: ${s.errors} (${s.firstError ?? ""})`).join("; ")}\n`,
+    );
     return 1;
   }
   return 0;

@@ -134,8 +134,10 @@ export function mergeResults(results: readonly LoadResult[]): LoadResult {
       p99: Math.max(merged.loopDelay.p99, r.loopDelay.p99),
       max: Math.max(merged.loopDelay.max, r.loopDelay.max),
     };
-    if (r.lastFirstTokenAt !== undefined) merged.lastFirstTokenAt = Math.max(merged.lastFirstTokenAt ?? 0, r.lastFirstTokenAt);
-    if (r.firstFinishAt !== undefined) merged.firstFinishAt = Math.min(merged.firstFinishAt ?? Infinity, r.firstFinishAt);
+    if (r.lastFirstTokenAt !== undefined)
+      merged.lastFirstTokenAt = Math.max(merged.lastFirstTokenAt ?? 0, r.lastFirstTokenAt);
+    if (r.firstFinishAt !== undefined)
+      merged.firstFinishAt = Math.min(merged.firstFinishAt ?? Infinity, r.firstFinishAt);
   }
   return merged;
 }
@@ -182,7 +184,10 @@ export async function measure(pool: LoadGeneratorPool, spec: MeasureSpec): Promi
   const gw0 = spec.gatewayPid !== undefined ? readUsage(gwPids).cpuSeconds : 0;
   const sim0 = readUsage(simPids).cpuSeconds;
   const m0 = machineCpu();
-  const gwSampler = spec.sampleMs && spec.gatewayPid !== undefined ? new ProcSampler(spec.gatewayPid, spec.sampleMs).start() : undefined;
+  const gwSampler =
+    spec.sampleMs && spec.gatewayPid !== undefined
+      ? new ProcSampler(spec.gatewayPid, spec.sampleMs).start()
+      : undefined;
   const simSampler = spec.sampleMs ? new ProcSampler(spec.simPid, spec.sampleMs).start() : undefined;
   let results: LoadResult[];
   try {
@@ -228,7 +233,10 @@ export async function measure(pool: LoadGeneratorPool, spec: MeasureSpec): Promi
       if (kr) summary.byKind[k] = kindSummary(kr, merged.elapsedMs);
     }
     // The flat numbers of a mixed run describe all requests together.
-    const all = mergeKind(merged.kinds.generate ? mergeKind(undefined, merged.kinds.generate) : undefined, merged.kinds.embed ?? EMPTY_KIND);
+    const all = mergeKind(
+      merged.kinds.generate ? mergeKind(undefined, merged.kinds.generate) : undefined,
+      merged.kinds.embed ?? EMPTY_KIND,
+    );
     Object.assign(summary, kindSummary(all, merged.elapsedMs));
   }
   return { summary, merged, results, gatewaySamples: gwSampler?.samples, simSamples: simSampler?.samples };

@@ -91,17 +91,24 @@ export function prepareRuntime(wanted: Runtime["kind"]): Runtime {
   });
   const emitted = existsSync(join(DIST, "main.js")) && existsSync(join(DIST, "simulator", "main.js"));
   if (!emitted) {
-    return { kind: "tsx", note: `tsc emitted nothing (exit ${r.status ?? r.signal}); ran the sources through tsx instead` };
+    return {
+      kind: "tsx",
+      note: `tsc emitted nothing (exit ${r.status ?? r.signal}); ran the sources through tsx instead`,
+    };
   }
   if (r.status !== 0) {
     const first = (r.stdout + r.stderr).split("\n").find((l) => l.includes("error")) ?? "";
-    return { kind: "compiled", note: `tsc reported type errors (first: ${first.trim().slice(0, 160)}); its output was used anyway` };
+    return {
+      kind: "compiled",
+      note: `tsc reported type errors (first: ${first.trim().slice(0, 160)}); its output was used anyway`,
+    };
   }
   return { kind: "compiled" };
 }
 
 function entry(runtime: Runtime, src: string, extraNodeArgs: readonly string[] = []): string[] {
-  if (runtime.kind === "compiled") return [...extraNodeArgs, join(DIST, src.replace(/^src\//, "").replace(/\.ts$/, ".js"))];
+  if (runtime.kind === "compiled")
+    return [...extraNodeArgs, join(DIST, src.replace(/^src\//, "").replace(/\.ts$/, ".js"))];
   return [...extraNodeArgs, ...TSX, src];
 }
 
@@ -236,13 +243,17 @@ export class LoadProcess<Job extends { label: string }, Result> {
   }
 }
 
-
 /**
  * The next IPC message from a child process, as `T`; rejects when the child exits first or
  * stays silent for `timeoutMs` (then `kill` is called), so a stuck load generator cannot
  * hang a benchmark run.
  */
-export function nextChildMessage<T>(child: ChildProcess, timeoutMs: number, what: string, kill: () => void): Promise<T> {
+export function nextChildMessage<T>(
+  child: ChildProcess,
+  timeoutMs: number,
+  what: string,
+  kill: () => void,
+): Promise<T> {
   return new Promise((resolve, reject) => {
     const done = (): void => {
       clearTimeout(timer);

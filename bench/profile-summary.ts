@@ -67,7 +67,9 @@ export function summariseProfile(profile: CpuProfile): { total: number; function
     pl.set(where, (pl.get(where) ?? 0) + us);
   }
   const list = (m: Map<string, number>): SelfTime[] =>
-    [...m.entries()].map(([name, us]) => ({ name, ms: us / 1000, share: total > 0 ? us / total : 0 })).sort((a, b) => b.ms - a.ms);
+    [...m.entries()]
+      .map(([name, us]) => ({ name, ms: us / 1000, share: total > 0 ? us / total : 0 }))
+      .sort((a, b) => b.ms - a.ms);
   return { total: total / 1000, functions: list(fn), places: list(pl) };
 }
 
@@ -78,7 +80,8 @@ if (file === undefined) {
 }
 const top = Number(process.argv[3] ?? 25);
 const s = summariseProfile(JSON.parse(readFileSync(file, "utf8")) as CpuProfile);
-const line = (x: SelfTime): string => `${x.ms.toFixed(0).padStart(8)} ms ${(x.share * 100).toFixed(1).padStart(5)}%  ${x.name}`;
+const line = (x: SelfTime): string =>
+  `${x.ms.toFixed(0).padStart(8)} ms ${(x.share * 100).toFixed(1).padStart(5)}%  ${x.name}`;
 process.stdout.write(`${file}: ${s.total.toFixed(0)} ms of non-idle samples\n\nTop functions by self time:\n`);
 process.stdout.write(`${s.functions.slice(0, top).map(line).join("\n")}\n\nBy file / package:\n`);
 process.stdout.write(`${s.places.slice(0, top).map(line).join("\n")}\n`);

@@ -57,7 +57,14 @@ export const SOAK_LIMITS = { rssMBPerMin: 1, fdsPerMin: 1 } as const;
 /** Judges the targets of issue #5 against the results. */
 export function checkTargets(r: ScenarioResults, smoke: boolean): TargetCheck[] {
   const out: TargetCheck[] = [];
-  const judge = (scenario: ScenarioId, target: string, value: number | undefined, limit: number, measured: string, atLeast = false): void => {
+  const judge = (
+    scenario: ScenarioId,
+    target: string,
+    value: number | undefined,
+    limit: number,
+    measured: string,
+    atLeast = false,
+  ): void => {
     const ok = value !== undefined && Number.isFinite(value) ? (atLeast ? value >= limit : value <= limit) : undefined;
     out.push({ scenario, target, measured, status: smoke || ok === undefined ? "n/a" : ok ? "met" : "not met" });
   };
@@ -68,15 +75,34 @@ export function checkTargets(r: ScenarioResults, smoke: boolean): TargetCheck[] 
   }
   const relay = r.b?.find((x) => x.streams === 64);
   if (relay) {
-    judge("b", "relay ≥ 70% of direct tokens/s at 64 streams", relay.tokensPerSecondRatio, 0.7, `${pct(relay.tokensPerSecondRatio)}`, true);
+    judge(
+      "b",
+      "relay ≥ 70% of direct tokens/s at 64 streams",
+      relay.tokensPerSecondRatio,
+      0.7,
+      `${pct(relay.tokensPerSecondRatio)}`,
+      true,
+    );
     judge("b", "added TTFT p50 ≤ 1 ms (64 streams)", relay.addedTtftP50Ms, 1, `${fmt(relay.addedTtftP50Ms)} ms`);
   }
   if (r.c) {
     const c = r.c;
     const valid = c.gatewayOpen.allOpenTogether;
     const note = valid ? "" : " (not all streams were open at once: not comparable)";
-    judge("c", `peak RSS ≤ 150 MB at ${c.streams} streams`, valid ? c.peakRssMB : undefined, 150, `${fmt(c.peakRssMB)} MB${note}`);
-    judge("c", "≤ 30 KB RSS per stream", valid ? c.rssPerStreamKB : undefined, 30, `${fmt(c.rssPerStreamKB)} KB${note}`);
+    judge(
+      "c",
+      `peak RSS ≤ 150 MB at ${c.streams} streams`,
+      valid ? c.peakRssMB : undefined,
+      150,
+      `${fmt(c.peakRssMB)} MB${note}`,
+    );
+    judge(
+      "c",
+      "≤ 30 KB RSS per stream",
+      valid ? c.rssPerStreamKB : undefined,
+      30,
+      `${fmt(c.rssPerStreamKB)} KB${note}`,
+    );
   }
   if (r.e) {
     const e = r.e;
@@ -117,14 +143,17 @@ export function derivedNotes(r: ScenarioResults): string[] {
     const at = `(a) ${row.kind} c=${row.concurrency}`;
     runs.push([`${at} direct`, row.direct], [`${at} null server`, row.nullServer], [`${at} gateway`, row.gateway]);
   }
-  for (const row of r.b ?? []) runs.push([`(b) ${row.streams} streams direct`, row.direct], [`(b) ${row.streams} streams gateway`, row.gateway]);
+  for (const row of r.b ?? [])
+    runs.push([`(b) ${row.streams} streams direct`, row.direct], [`(b) ${row.streams} streams gateway`, row.gateway]);
   if (r.c) runs.push(["(c) direct", r.c.direct], ["(c) gateway", r.c.gateway]);
   if (r.d) runs.push(["(d) direct", r.d.direct], ["(d) batching off", r.d.batchOff], ["(d) batching on", r.d.batchOn]);
   if (r.e) runs.push(["(e) soak", r.e.gateway]);
 
   const failed = runs.filter(([, s]) => s.errors > 0);
   if (failed.length > 0) {
-    notes.push(`Requests failed in: ${failed.map(([n, s]) => `${n}: ${s.errors} (first: ${s.firstError ?? "?"})`).join("; ")}. The gateway logs are listed below.`);
+    notes.push(
+      `Requests failed in: ${failed.map(([n, s]) => `${n}: ${s.errors} (first: ${s.firstError ?? "?"})`).join("; ")}. The gateway logs are listed below.`,
+    );
   }
   const saturated = runs.filter(([, s]) => s.loadgen.cpuUtil >= 0.85);
   if (saturated.length > 0) {
@@ -134,7 +163,9 @@ export function derivedNotes(r: ScenarioResults): string[] {
     );
   } else if (runs.length > 0) {
     const top = runs.reduce((a, b) => (b[1].loadgen.cpuUtil > a[1].loadgen.cpuUtil ? b : a));
-    notes.push(`Load generators stayed below 85% of a core in every run (highest: ${top[0]}, ${pct(top[1].loadgen.cpuUtil)}).`);
+    notes.push(
+      `Load generators stayed below 85% of a core in every run (highest: ${top[0]}, ${pct(top[1].loadgen.cpuUtil)}).`,
+    );
   }
   const laggy = runs.filter(([, s]) => s.loadgen.loopDelayP99Ms > 20);
   if (laggy.length > 0) {
@@ -150,7 +181,8 @@ export function derivedNotes(r: ScenarioResults): string[] {
         "Those numbers are noisier than the rest.",
     );
   }
-  const cores = (seconds: number | undefined, s: RunSummary): number => (seconds ?? 0) / Math.max(0.001, s.elapsedMs / 1000);
+  const cores = (seconds: number | undefined, s: RunSummary): number =>
+    (seconds ?? 0) / Math.max(0.001, s.elapsedMs / 1000);
   const gwBusy = runs.filter(([, s]) => cores(s.cpuSeconds.gateway, s) >= 0.85);
   if (gwBusy.length > 0) {
     notes.push(
@@ -160,7 +192,9 @@ export function derivedNotes(r: ScenarioResults): string[] {
   }
   const simBusy = runs.filter(([, s]) => cores(s.cpuSeconds.simulator, s) >= 0.85);
   if (simBusy.length > 0) {
-    notes.push(`Simulator at ≥ 85% of one core in: ${simBusy.map(([n, s]) => `${n} (${pct(cores(s.cpuSeconds.simulator, s))})`).join(", ")}: there the upstream is the bottleneck.`);
+    notes.push(
+      `Simulator at ≥ 85% of one core in: ${simBusy.map(([n, s]) => `${n} (${pct(cores(s.cpuSeconds.simulator, s))})`).join(", ")}: there the upstream is the bottleneck.`,
+    );
   }
   const full = runs.filter(([, s]) => cores(s.cpuSeconds.machineBusy, s) >= 0.9 * os.cpus().length);
   if (full.length > 0) {
@@ -169,14 +203,24 @@ export function derivedNotes(r: ScenarioResults): string[] {
     );
   }
   const warm = runs.filter(([, s]) => s.warmupErrors > 0);
-  if (warm.length > 0) notes.push(`Warm-up requests failed in: ${warm.map(([n, s]) => `${n} (${s.warmupErrors})`).join(", ")}.`);
+  if (warm.length > 0)
+    notes.push(`Warm-up requests failed in: ${warm.map(([n, s]) => `${n} (${s.warmupErrors})`).join(", ")}.`);
   return notes;
 }
 
 /** The Markdown report. */
-export function renderMarkdown(machine: MachineFacts, r: ScenarioResults, targets: TargetCheck[], notes: string[], gateways: { name: string; env: Record<string, string>; nodeOptions: string[]; log: string }[]): string {
+export function renderMarkdown(
+  machine: MachineFacts,
+  r: ScenarioResults,
+  targets: TargetCheck[],
+  notes: string[],
+  gateways: { name: string; env: Record<string, string>; nodeOptions: string[]; log: string }[],
+): string {
   const L: string[] = [];
-  L.push(`# Gateway benchmark, ${machine.startedAt}${machine.smoke ? " — SMOKE RUN (tiny counts: the numbers mean nothing)" : ""}`, "");
+  L.push(
+    `# Gateway benchmark, ${machine.startedAt}${machine.smoke ? " — SMOKE RUN (tiny counts: the numbers mean nothing)" : ""}`,
+    "",
+  );
   L.push(`Command: \`${machine.command}\``, "");
   L.push(
     `Machine: ${machine.cpus} × ${machine.cpuModel ?? "?"}, ${machine.memoryGiB} GiB, ${machine.platform}, Node ${machine.node}; ` +
@@ -186,12 +230,15 @@ export function renderMarkdown(machine: MachineFacts, r: ScenarioResults, target
       `Load generator's gRPC client: ${machine.client}. ` +
       `Took ${machine.durationSeconds ?? "?"} s.`,
     "",
-    "Load generator, simulator and gateway are separate processes sharing this machine's cores; the baseline (\"direct\") is the same load sent straight to the simulator over HTTP in the same run, so ratios matter more than absolute numbers. Latency percentiles are nearest-rank; \"added\" = gateway percentile − direct percentile.",
+    'Load generator, simulator and gateway are separate processes sharing this machine\'s cores; the baseline ("direct") is the same load sent straight to the simulator over HTTP in the same run, so ratios matter more than absolute numbers. Latency percentiles are nearest-rank; "added" = gateway percentile − direct percentile.',
     "",
   );
 
   L.push("## Targets", "", "| | target | measured | status |", "|---|---|---|---|");
-  for (const t of targets) L.push(`| ${t.scenario} | ${t.target} | ${t.measured} | ${t.status === "met" ? "met" : t.status === "not met" ? "**not met**" : "n/a"} |`);
+  for (const t of targets)
+    L.push(
+      `| ${t.scenario} | ${t.target} | ${t.measured} | ${t.status === "met" ? "met" : t.status === "not met" ? "**not met**" : "n/a"} |`,
+    );
   if (targets.length === 0) L.push("| | (no scenario with a target ran) | | |");
   L.push("");
 
@@ -200,7 +247,7 @@ export function renderMarkdown(machine: MachineFacts, r: ScenarioResults, target
       "## (a) Generate 1 token, Embed 1 input",
       "",
       "Relay gateway (embedding cache and micro-batching off, so every call goes upstream alone); a new Embed text per request. " +
-        "\"null\" is bench/null-server.ts: connect-node on HTTP/2 answering from memory (no upstream), so null − direct ≈ what a stock gRPC server in Node costs. " +
+        '"null" is bench/null-server.ts: connect-node on HTTP/2 answering from memory (no upstream), so null − direct ≈ what a stock gRPC server in Node costs. ' +
         "The gateway serves these calls on its own gRPC fast path (GRPC_FAST_PATH, on by default), so it can cost less than the null server while doing more.",
       "",
       "| kind | c | rps direct / null / gateway | ratio gw/direct | p50 ms direct / null / gateway | p99 ms direct / null / gateway | added p50 / p99 ms | server CPU µs/req null / gateway | client CPU µs/req direct / gateway | errors d/n/g |",
@@ -299,7 +346,9 @@ export function renderMarkdown(machine: MachineFacts, r: ScenarioResults, target
 
   L.push("## Gateways started", "", "Environment set by the bench (everything else inherited or default):", "");
   for (const g of gateways) {
-    const env = Object.entries(g.env).map(([k, v]) => `${k}=${v}`).join(" ");
+    const env = Object.entries(g.env)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(" ");
     L.push(`- ${g.name}: ${env}${g.nodeOptions.length > 0 ? `; node ${g.nodeOptions.join(" ")}` : ""} (log: ${g.log})`);
   }
   L.push("");

@@ -19,7 +19,12 @@ function log(line: string): void {
   process.stdout.write(`  ${line}\n`);
 }
 
-function job(ctx: BenchContext, target: Started, kind: "direct" | "gateway", fields: Partial<LoadJob> & Pick<LoadJob, "mix" | "concurrency">): LoadJob {
+function job(
+  ctx: BenchContext,
+  target: Started,
+  kind: "direct" | "gateway",
+  fields: Partial<LoadJob> & Pick<LoadJob, "mix" | "concurrency">,
+): LoadJob {
   return {
     ...JOB_DEFAULTS,
     label: kind,
@@ -75,10 +80,22 @@ export async function scenarioA(ctx: BenchContext): Promise<LatencyRow[]> {
   try {
     for (const kind of ["generate", "embed"] as const) {
       for (const concurrency of smoke ? [1, 16] : [1, 16, 64]) {
-        const fields = { mix: kind, concurrency, numPredict: 1, durationMs: smoke ? 400 : 4000, requests: smoke ? 200 : 1_000_000 };
+        const fields = {
+          mix: kind,
+          concurrency,
+          numPredict: 1,
+          durationMs: smoke ? 400 : 4000,
+          requests: smoke ? 200 : 1_000_000,
+        };
         const warmup = smoke ? 5 : 200;
         // Direct first, then the null server, then the gateway: drift on the shared machine hits all three.
-        const direct = await measure(ctx.pool, { label: "direct", jobs: [job(ctx, sim, "direct", fields)], warmup, warmupNumPredict: 1, simPid: sim.pid });
+        const direct = await measure(ctx.pool, {
+          label: "direct",
+          jobs: [job(ctx, sim, "direct", fields)],
+          warmup,
+          warmupNumPredict: 1,
+          simPid: sim.pid,
+        });
         const nullRun = await measure(ctx.pool, {
           label: "null gRPC server",
           jobs: [job(ctx, nul, "gateway", fields)],
@@ -109,7 +126,10 @@ export async function scenarioA(ctx: BenchContext): Promise<LatencyRow[]> {
           throughputRatio: round(ratio(g.rps, d.rps)),
           gatewayCpuUsPerRequest: perRequestUs(g.cpuSeconds.gateway, g),
           nullServerCpuUsPerRequest: perRequestUs(n.cpuSeconds.gateway, n),
-          clientCpuUsPerRequest: { direct: perRequestUs(d.cpuSeconds.loadgen, d), gateway: perRequestUs(g.cpuSeconds.loadgen, g) },
+          clientCpuUsPerRequest: {
+            direct: perRequestUs(d.cpuSeconds.loadgen, d),
+            gateway: perRequestUs(g.cpuSeconds.loadgen, g),
+          },
         };
         rows.push(row);
         log(
@@ -157,9 +177,21 @@ export async function scenarioB(ctx: BenchContext): Promise<RelayRow[]> {
   const rows: RelayRow[] = [];
   for (const streams of [1, 64]) {
     const requests = streams === 1 ? (smoke ? 3 : 20) : smoke ? 64 : 128;
-    const fields = { mix: "generate" as const, concurrency: streams, numPredict: tokens, requests, durationMs: smoke ? 10_000 : 60_000 };
+    const fields = {
+      mix: "generate" as const,
+      concurrency: streams,
+      numPredict: tokens,
+      requests,
+      durationMs: smoke ? 10_000 : 60_000,
+    };
     const warmup = smoke ? 2 : 10;
-    const direct = await measure(ctx.pool, { label: "direct", jobs: [job(ctx, sim, "direct", fields)], warmup, warmupNumPredict: tokens, simPid: sim.pid });
+    const direct = await measure(ctx.pool, {
+      label: "direct",
+      jobs: [job(ctx, sim, "direct", fields)],
+      warmup,
+      warmupNumPredict: tokens,
+      simPid: sim.pid,
+    });
     const gateway = await measure(ctx.pool, {
       label: "gateway",
       jobs: [job(ctx, gw, "gateway", fields)],
@@ -248,7 +280,10 @@ function openCheck(m: Measured, streams: number, simMax: number): OpenCheck {
     streams,
     gotFirstToken: got,
     allOpenTogether:
-      got === streams && r.lastFirstTokenAt !== undefined && r.firstFinishAt !== undefined && r.lastFirstTokenAt < r.firstFinishAt,
+      got === streams &&
+      r.lastFirstTokenAt !== undefined &&
+      r.firstFinishAt !== undefined &&
+      r.lastFirstTokenAt < r.firstFinishAt,
     simulatorMaxInFlight: simMax,
   };
 }
@@ -259,7 +294,9 @@ async function simMaxInFlight(sim: Started, model: string): Promise<number> {
 }
 
 function split(total: number, parts: number): number[] {
-  return Array.from({ length: parts }, (_, i) => Math.floor(total / parts) + (i < total % parts ? 1 : 0)).filter((n) => n > 0);
+  return Array.from({ length: parts }, (_, i) => Math.floor(total / parts) + (i < total % parts ? 1 : 0)).filter(
+    (n) => n > 0,
+  );
 }
 
 /** (c) 1,000 concurrent slow streams (`--streams`, `--stream-token-ms`; smoke: 100 × 20 tokens): gateway RSS, RSS per stream, CPU. */
@@ -270,7 +307,16 @@ export async function scenarioC(ctx: BenchContext): Promise<SlowStreamsResult> {
   const tokenMs = ctx.opts.streamTokenMs;
   const perConnection = 250; // the gateway allows 1,000 streams per HTTP/2 connection; stay well below
   const slots = Math.max(1024, streams);
-  const sim = await ctx.startSimulator(["--load-ms", "0", "--token-ms", String(tokenMs), "--num-parallel", String(slots), "--max-loaded-models", "4"]);
+  const sim = await ctx.startSimulator([
+    "--load-ms",
+    "0",
+    "--token-ms",
+    String(tokenMs),
+    "--num-parallel",
+    String(slots),
+    "--max-loaded-models",
+    "4",
+  ]);
   // The default UPSTREAM_CONNECTIONS (64) would queue all but 64 streams inside the gateway.
   const gw = await ctx.startGateway("slow-streams", sim, Math.min(1024, slots), {
     UPSTREAM_CONNECTIONS: String(streams + 100),
@@ -300,7 +346,12 @@ export async function scenarioC(ctx: BenchContext): Promise<SlowStreamsResult> {
     const directOpen = openCheck(direct, streams, await simMaxInFlight(sim, model));
 
     // Warm the gateway up, let it settle, then take its idle footprint.
-    await ctx.pool.run([{ ...job(ctx, gw, "gateway", { mix: "generate", concurrency: 1, requests: 20, numPredict: 1 }), label: "warm-up" }]);
+    await ctx.pool.run([
+      {
+        ...job(ctx, gw, "gateway", { mix: "generate", concurrency: 1, requests: 20, numPredict: 1 }),
+        label: "warm-up",
+      },
+    ]);
     await new Promise((r) => setTimeout(r, 1500));
     const pids = nodeTree(gw.pid);
     const idleSamples: number[] = [];
@@ -401,12 +452,25 @@ export async function scenarioD(ctx: BenchContext): Promise<BatchingResult> {
   const windowMs = 2;
   const sim = await ctx.mainSim();
   const off = await ctx.relayGateway();
-  const on = await ctx.startGateway("embed-batching", sim, MAIN_SIM_PARALLEL, { EMBED_CACHE: "off", EMBED_BATCH_WINDOW_MS: String(windowMs) });
+  const on = await ctx.startGateway("embed-batching", sim, MAIN_SIM_PARALLEL, {
+    EMBED_CACHE: "off",
+    EMBED_BATCH_WINDOW_MS: String(windowMs),
+  });
   try {
     const concurrency = 64;
-    const fields = { mix: "embed" as const, concurrency, inputs: "distinct" as const, durationMs: smoke ? 400 : 5000, requests: smoke ? 300 : 1_000_000 };
+    const fields = {
+      mix: "embed" as const,
+      concurrency,
+      inputs: "distinct" as const,
+      durationMs: smoke ? 400 : 5000,
+      requests: smoke ? 300 : 1_000_000,
+    };
     const warmup = smoke ? 5 : 200;
-    const run = async (label: string, target: Started, gateway: boolean): Promise<{ m: Measured; upstream: number }> => {
+    const run = async (
+      label: string,
+      target: Started,
+      gateway: boolean,
+    ): Promise<{ m: Measured; upstream: number }> => {
       const before = await embedRequests(sim);
       const m = await measure(ctx.pool, {
         label,
@@ -428,7 +492,10 @@ export async function scenarioD(ctx: BenchContext): Promise<BatchingResult> {
       batchOff: batchOff.m.summary,
       batchOn: batchOn.m.summary,
       windowMs,
-      upstreamPerCall: { off: round(batchOff.upstream / Math.max(1, calls(batchOff))), on: round(batchOn.upstream / Math.max(1, calls(batchOn))) },
+      upstreamPerCall: {
+        off: round(batchOff.upstream / Math.max(1, calls(batchOff))),
+        on: round(batchOn.upstream / Math.max(1, calls(batchOn))),
+      },
       ratioToDirect: {
         off: round(ratio(batchOff.m.summary.rps, direct.m.summary.rps)),
         on: round(ratio(batchOn.m.summary.rps, direct.m.summary.rps)),
@@ -489,13 +556,19 @@ function extent(xs: readonly number[]): Extent {
   return { first: xs[0] ?? NaN, last: xs.at(-1) ?? NaN, max: xs.length ? Math.max(...xs) : NaN };
 }
 
-function secondHalfFloorSlopePerMin(samples: readonly ProcSample[], value: (s: ProcSample) => number, parts = 10): number {
+function secondHalfFloorSlopePerMin(
+  samples: readonly ProcSample[],
+  value: (s: ProcSample) => number,
+  parts = 10,
+): number {
   const end = samples.at(-1)?.atMs ?? 0;
   const half = samples.filter((s) => s.atMs >= end / 2);
   const width = end / 2 / parts;
   const points: { x: number; y: number }[] = [];
   for (let i = 0; i < parts; i++) {
-    const part = half.filter((s) => s.atMs >= end / 2 + i * width && (i === parts - 1 || s.atMs < end / 2 + (i + 1) * width));
+    const part = half.filter(
+      (s) => s.atMs >= end / 2 + i * width && (i === parts - 1 || s.atMs < end / 2 + (i + 1) * width),
+    );
     if (part.length === 0) continue;
     const low = part.reduce((a, b) => (value(b) < value(a) ? b : a));
     points.push({ x: low.atMs / 60_000, y: value(low) });
@@ -554,7 +627,12 @@ export async function scenarioE(ctx: BenchContext): Promise<SoakResult> {
       fdSlopePerMin: round(secondHalfSlopePerMin(samples, (s) => s.fds)),
       rssFloorSlopeMBPerMin: round(secondHalfFloorSlopePerMin(samples, (s) => s.rssBytes / MB)),
       simulatorRssSlopeMBPerMin: round(secondHalfSlopePerMin(m.simSamples ?? [], (s) => s.rssBytes / MB)),
-      timeline: thin(samples, 120).map((s) => ({ s: round(s.atMs / 1000), rssMB: round(s.rssBytes / MB), fds: s.fds, cpuS: round(s.cpuSeconds) })),
+      timeline: thin(samples, 120).map((s) => ({
+        s: round(s.atMs / 1000),
+        rssMB: round(s.rssBytes / MB),
+        fds: s.fds,
+        cpuS: round(s.cpuSeconds),
+      })),
     };
     log(
       `(e) soak ${seconds} s: ${m.summary.requests} requests, ${m.summary.errors} errors; RSS ${result.rssMB.first} → ${result.rssMB.last} MB ` +

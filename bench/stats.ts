@@ -17,7 +17,8 @@ export interface LatencySummary {
 /** Percentiles by the nearest-rank method over a copy of the samples. */
 export function summarize(samples: readonly number[]): LatencySummary {
   const s = [...samples].sort((a, b) => a - b);
-  const at = (q: number): number => (s.length === 0 ? NaN : s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))]!);
+  const at = (q: number): number =>
+    s.length === 0 ? NaN : s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))]!;
   const mean = s.length === 0 ? NaN : s.reduce((a, b) => a + b, 0) / s.length;
   return { n: s.length, mean, p50: at(0.5), p90: at(0.9), p99: at(0.99), max: s.length ? s[s.length - 1]! : NaN };
 }

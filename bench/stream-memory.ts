@@ -30,7 +30,8 @@ function summarise(file: string, top: number): { name: string; mb: number; count
   const byName = new Map<string, { bytes: number; count: number }>();
   for (let i = 0; i < snap.nodes.length; i += width) {
     const type = types[snap.nodes[i + typeAt]!] ?? "?";
-    const name = type === "object" || type === "closure" ? `${type}:${snap.strings[snap.nodes[i + nameAt]!] ?? "?"}` : type;
+    const name =
+      type === "object" || type === "closure" ? `${type}:${snap.strings[snap.nodes[i + nameAt]!] ?? "?"}` : type;
     const e = byName.get(name) ?? { bytes: 0, count: 0 };
     e.bytes += snap.nodes[i + sizeAt]!;
     e.count++;
@@ -69,13 +70,18 @@ async function main(): Promise<void> {
   try {
     const idle = rssMb(gw.pid);
     const sessions = [0, 1, 2, 3].map(() => new Http2SessionManager(gw.url));
-    const clients = sessions.map((s) => createClient(InferenceService, createGrpcTransport({ baseUrl: gw.url, sessionManager: s })));
+    const clients = sessions.map((s) =>
+      createClient(InferenceService, createGrpcTransport({ baseUrl: gw.url, sessionManager: s })),
+    );
     let open = 0;
     let failed = 0;
     const all = Array.from({ length: streams }, async (_, i) => {
       let first = true;
       try {
-        for await (const _m of clients[i % clients.length]!.generate({ model: "llama3.2", prompt: `s${i}`, options: { numPredict: 400 } }, { timeoutMs: 120_000 })) {
+        for await (const _m of clients[i % clients.length]!.generate(
+          { model: "llama3.2", prompt: `s${i}`, options: { numPredict: 400 } },
+          { timeoutMs: 120_000 },
+        )) {
           if (first) open++;
           first = false;
         }
@@ -99,12 +105,18 @@ async function main(): Promise<void> {
     }
     // The snapshot is written synchronously: once the gateway answers again, the file is complete.
     const probe = new Http2SessionManager(gw.url);
-    await createClient(Health, createGrpcTransport({ baseUrl: gw.url, sessionManager: probe })).check({ service: "" }, { timeoutMs: 120_000 });
+    await createClient(Health, createGrpcTransport({ baseUrl: gw.url, sessionManager: probe })).check(
+      { service: "" },
+      { timeoutMs: 120_000 },
+    );
     probe.abort();
-    console.log(`${open}/${streams} streams open; gateway RSS idle ${idle.toFixed(1)} MB, with streams ${peak.toFixed(1)} MB, ${(((peak - idle) * 1000) / streams).toFixed(1)} KB per stream`);
+    console.log(
+      `${open}/${streams} streams open; gateway RSS idle ${idle.toFixed(1)} MB, with streams ${peak.toFixed(1)} MB, ${(((peak - idle) * 1000) / streams).toFixed(1)} KB per stream`,
+    );
     if (file) {
       console.log("heap self size by constructor (top 25):");
-      for (const r of summarise(join(dir, file), 25)) console.log(`  ${r.mb.toFixed(2).padStart(8)} MB  ${String(r.count).padStart(8)}  ${r.name}`);
+      for (const r of summarise(join(dir, file), 25))
+        console.log(`  ${r.mb.toFixed(2).padStart(8)} MB  ${String(r.count).padStart(8)}  ${r.name}`);
     }
     for (const s of sessions) s.abort();
     await Promise.all(all);

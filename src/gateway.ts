@@ -89,7 +89,10 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   // Enough connections for every slot of every model a node may hold (the
   // admission queue bounds what is in flight), and never fewer than configured.
   const nodes = config.nodes.map((n) =>
-    createOllamaNode(n, { ...config.upstream, connections: Math.max(config.upstream.connections, n.parallel * n.maxLoadedModels + 8) }),
+    createOllamaNode(n, {
+      ...config.upstream,
+      connections: Math.max(config.upstream.connections, n.parallel * n.maxLoadedModels + 8),
+    }),
   );
   const cache = createCache({
     redisUrl: config.cache.redisUrl,

@@ -66,7 +66,10 @@ function jsonObjects(text: string): Json[] {
 
 /** Lines of a --list-* answer. */
 function lines(text: string): string[] {
-  return text.split("\n").map((l) => l.trim()).filter((l) => l !== "");
+  return text
+    .split("\n")
+    .map((l) => l.trim())
+    .filter((l) => l !== "");
 }
 
 const GENERATE = "ollama.gateway.v1.InferenceService/Generate";
@@ -91,7 +94,11 @@ describe("buf curl against the gateway, through server reflection", () => {
 
   it("lists the inference, health and reflection services", async () => {
     const services = lines(await bufCurlOk("--list-services", gw.url));
-    for (const s of ["ollama.gateway.v1.InferenceService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"]) {
+    for (const s of [
+      "ollama.gateway.v1.InferenceService",
+      "grpc.health.v1.Health",
+      "grpc.reflection.v1.ServerReflection",
+    ]) {
       assert.ok(services.includes(s), `${s} missing from ${JSON.stringify(services)}`);
     }
   });
@@ -114,7 +121,10 @@ describe("buf curl against the gateway, through server reflection", () => {
       );
       const messages = jsonObjects(out);
       assert.equal(messages.length, 6, `5 tokens and one final message, got:\n${out}`);
-      assert.ok(messages.slice(0, -1).every((m) => typeof m["text"] === "string" && m["done"] === undefined), out);
+      assert.ok(
+        messages.slice(0, -1).every((m) => typeof m["text"] === "string" && m["done"] === undefined),
+        out,
+      );
       const last = messages.at(-1)!;
       assert.equal(last["done"], true);
       assert.equal(last["doneReason"], "DONE_REASON_LENGTH");
@@ -141,7 +151,10 @@ describe("buf curl against the gateway, through server reflection", () => {
     assert.ok(messages.length >= 2, out);
     const content = messages.map((m) => String((m["message"] as Json | undefined)?.["content"] ?? "")).join("");
     assert.ok(content.length > 0, out);
-    assert.ok(messages.every((m) => (m["message"] as Json | undefined)?.["role"] === "ROLE_ASSISTANT"), out);
+    assert.ok(
+      messages.every((m) => (m["message"] as Json | undefined)?.["role"] === "ROLE_ASSISTANT"),
+      out,
+    );
     assert.equal(messages.at(-1)!["done"], true);
   });
 
@@ -162,7 +175,14 @@ describe("buf curl against the gateway, through server reflection", () => {
   });
 
   it("reports the server as SERVING on grpc.health.v1.Health/Check", async () => {
-    const out = await bufCurlOk("--protocol", "grpc", "--http2-prior-knowledge", "-d", "{}", `${gw.url}/grpc.health.v1.Health/Check`);
+    const out = await bufCurlOk(
+      "--protocol",
+      "grpc",
+      "--http2-prior-knowledge",
+      "-d",
+      "{}",
+      `${gw.url}/grpc.health.v1.Health/Check`,
+    );
     assert.deepEqual(jsonObjects(out), [{ status: "SERVING" }]);
   });
 

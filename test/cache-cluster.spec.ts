@@ -28,7 +28,9 @@ describe("cache on a Redis Cluster", { timeout: 20_000 }, () => {
     });
     raw = new Redis(node.url);
     await raw.call("CLUSTER", "ADDSLOTSRANGE", "0", "16383");
-    await waitFor("cluster_state:ok", async () => String(await raw.call("CLUSTER", "INFO")).includes("cluster_state:ok"));
+    await waitFor("cluster_state:ok", async () =>
+      String(await raw.call("CLUSTER", "INFO")).includes("cluster_state:ok"),
+    );
   });
   after(async () => {
     await Promise.all(caches.map((c) => c.close()));
@@ -47,14 +49,20 @@ describe("cache on a Redis Cluster", { timeout: 20_000 }, () => {
     await a.setMany(keys.map((key) => ({ key, value: Buffer.from(key), ttlMs: 60_000 })));
     await a.set("show:d1", Buffer.from("s"), 60_000);
     const got = await b.getMany(keys);
-    assert.deepEqual(got.map((v) => v?.toString()), keys);
+    assert.deepEqual(
+      got.map((v) => v?.toString()),
+      keys,
+    );
     assert.ok((await raw.pttl("ogw:v1:tags:n7")) > 0);
 
     await a.invalidate({ keys: ["tags:n1", "tags:n2"], prefixes: ["tags:n3"] }); // n3, n30…n39
     await waitFor("B hears the invalidation", () => b.stats().invalidationsReceived >= 1, 1000);
     const after = await b.getMany(keys);
     const gone = keys.filter((_, i) => after[i] === undefined);
-    assert.deepEqual(gone.sort(), ["tags:n1", "tags:n2", "tags:n3", ...Array.from({ length: 10 }, (_, i) => `tags:n3${i}`)].sort());
+    assert.deepEqual(
+      gone.sort(),
+      ["tags:n1", "tags:n2", "tags:n3", ...Array.from({ length: 10 }, (_, i) => `tags:n3${i}`)].sort(),
+    );
     assert.equal(await raw.exists("ogw:v1:tags:n35"), 0, "deleted in the cluster too");
     assert.equal(await raw.exists("ogw:v1:tags:n4"), 1);
     assert.equal((await b.get("show:d1"))?.toString(), "s");

@@ -48,7 +48,12 @@ describe("cache when Redis fails", { timeout: 30_000 }, () => {
     const port = await laterPort(); // nothing listens here yet
     const logs = captureLogs();
     const started = performance.now();
-    const cache = createCache({ redisUrl: `redis://127.0.0.1:${port}`, log: logs.log, commandTimeoutMs: TIMEOUT_MS, reconnect: { maxDelayMs: 200 } });
+    const cache = createCache({
+      redisUrl: `redis://127.0.0.1:${port}`,
+      log: logs.log,
+      commandTimeoutMs: TIMEOUT_MS,
+      reconnect: { maxDelayMs: 200 },
+    });
     caches.push(cache);
     assert.ok(performance.now() - started < 50, "createCache does not wait for Redis");
     assert.equal(cache.backend, "redis");
@@ -80,7 +85,12 @@ describe("cache when Redis fails", { timeout: 30_000 }, () => {
     const redis = await startRedis();
     servers.push(redis);
     const logs = captureLogs();
-    const cache = createCache({ redisUrl: redis.url, log: logs.log, commandTimeoutMs: TIMEOUT_MS, reconnect: { maxDelayMs: 200 } });
+    const cache = createCache({
+      redisUrl: redis.url,
+      log: logs.log,
+      commandTimeoutMs: TIMEOUT_MS,
+      reconnect: { maxDelayMs: 200 },
+    });
     caches.push(cache);
     await waitFor("healthy", () => cache.healthy());
 
@@ -126,7 +136,12 @@ describe("cache when Redis fails", { timeout: 30_000 }, () => {
     const redis = await startRedis();
     servers.push(redis);
     const logs = captureLogs();
-    const cache = createCache({ redisUrl: redis.url, log: logs.log, commandTimeoutMs: TIMEOUT_MS, reconnect: { maxDelayMs: 200 } });
+    const cache = createCache({
+      redisUrl: redis.url,
+      log: logs.log,
+      commandTimeoutMs: TIMEOUT_MS,
+      reconnect: { maxDelayMs: 200 },
+    });
     caches.push(cache);
     await waitFor("healthy", () => cache.healthy());
     await cache.set("show:d1", buf("v"), 60_000);
@@ -167,7 +182,12 @@ describe("cache when Redis fails", { timeout: 30_000 }, () => {
     const addr = silent.address();
     const port = typeof addr === "object" && addr !== null ? addr.port : 0;
     const logs = captureLogs();
-    const cache = createCache({ redisUrl: `redis://127.0.0.1:${port}`, log: logs.log, commandTimeoutMs: TIMEOUT_MS, reconnect: { maxDelayMs: 200 } });
+    const cache = createCache({
+      redisUrl: `redis://127.0.0.1:${port}`,
+      log: logs.log,
+      commandTimeoutMs: TIMEOUT_MS,
+      reconnect: { maxDelayMs: 200 },
+    });
     try {
       await waitFor("connected to the silent server", () => sockets.size > 0);
       const rejections: unknown[] = [];

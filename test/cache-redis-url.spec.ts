@@ -24,22 +24,31 @@ describe("Redis URL parsing", () => {
       tls: true,
       password: "secret",
     });
-    assert.deepEqual(parseRedisUrl("redis://[::1]:7000"), { mode: "standalone", host: "::1", port: 7000, db: 0, tls: false });
+    assert.deepEqual(parseRedisUrl("redis://[::1]:7000"), {
+      mode: "standalone",
+      host: "::1",
+      port: 7000,
+      db: 0,
+      tls: false,
+    });
   });
 
   it("reads redis+sentinel:// into sentinels, master name, database and passwords", () => {
-    assert.deepEqual(parseRedisUrl("redis+sentinel://:pw@s1:26379,s2,[fd00::2]:26380/mymaster/3?sentinelPassword=spw"), {
-      mode: "sentinel",
-      sentinels: [
-        { host: "s1", port: 26379 },
-        { host: "s2", port: 26379 },
-        { host: "fd00::2", port: 26380 },
-      ],
-      name: "mymaster",
-      db: 3,
-      password: "pw",
-      sentinelPassword: "spw",
-    });
+    assert.deepEqual(
+      parseRedisUrl("redis+sentinel://:pw@s1:26379,s2,[fd00::2]:26380/mymaster/3?sentinelPassword=spw"),
+      {
+        mode: "sentinel",
+        sentinels: [
+          { host: "s1", port: 26379 },
+          { host: "s2", port: 26379 },
+          { host: "fd00::2", port: 26380 },
+        ],
+        name: "mymaster",
+        db: 3,
+        password: "pw",
+        sentinelPassword: "spw",
+      },
+    );
     assert.deepEqual(parseRedisUrl("redis+sentinel://s1/cache"), {
       mode: "sentinel",
       sentinels: [{ host: "s1", port: 26379 }],

@@ -46,7 +46,14 @@ describe("cache with a shared Redis", { timeout: 20_000 }, () => {
    * commands from falling back to memory on a loaded machine.
    */
   async function replica(extra: Partial<CacheOptions> = {}, logs: LogCapture = captureLogs()): Promise<Cache> {
-    const cache = createCache({ redisUrl: redis.url, namespace: ns, log: logs.log, commandTimeoutMs: 2000, reconnect: { maxDelayMs: 200 }, ...extra });
+    const cache = createCache({
+      redisUrl: redis.url,
+      namespace: ns,
+      log: logs.log,
+      commandTimeoutMs: 2000,
+      reconnect: { maxDelayMs: 200 },
+      ...extra,
+    });
     caches.push(cache);
     await waitFor("cache healthy", () => cache.healthy());
     return cache;
@@ -69,7 +76,12 @@ describe("cache with a shared Redis", { timeout: 20_000 }, () => {
     assert.equal((await b.get("tags:n1"))?.toString(), "[1]");
     assert.deepEqual(
       (await b.getMany(["show:d1", "missing:1", "emb:x", "tags:n1"])).map((v) => v?.toString("hex")),
-      [buf("s1").toString("hex"), undefined, Buffer.from(new Float32Array([1.5, -2]).buffer).toString("hex"), buf("[1]").toString("hex")],
+      [
+        buf("s1").toString("hex"),
+        undefined,
+        Buffer.from(new Float32Array([1.5, -2]).buffer).toString("hex"),
+        buf("[1]").toString("hex"),
+      ],
     );
     const pttl = await raw.pttl(`${ns}tags:n1`);
     assert.ok(pttl > 55_000 && pttl <= 60_000, `PTTL ${pttl}`);
@@ -77,7 +89,11 @@ describe("cache with a shared Redis", { timeout: 20_000 }, () => {
     assert.ok(pttlShow > 25_000 && pttlShow <= 30_000, `PTTL ${pttlShow}`);
     for (const key of await raw.keys(`${ns}*`)) assert.ok((await raw.pttl(key)) > 0, `${key} has a TTL`);
     const kinds = b.stats().kinds;
-    assert.deepEqual(kinds["tags"], { hits: 2, memoryHits: 1, misses: 0, errors: 0 }, "first from Redis, then from memory");
+    assert.deepEqual(
+      kinds["tags"],
+      { hits: 2, memoryHits: 1, misses: 0, errors: 0 },
+      "first from Redis, then from memory",
+    );
     assert.deepEqual(kinds["missing"], { hits: 0, memoryHits: 0, misses: 1, errors: 0 });
     assert.equal(b.stats().backend, "redis");
     assert.equal(b.stats().healthy, true);
@@ -111,7 +127,11 @@ describe("cache with a shared Redis", { timeout: 20_000 }, () => {
     // B hears it through its own subscriber, a moment after A's echo: within milliseconds, not the TTL.
     await waitFor("B hears the invalidation", () => b.stats().invalidationsReceived === 1, 1000);
 
-    assert.deepEqual(await b.getMany(["tags:n1", "tags:n2"]), [undefined, undefined], "gone from B right away, not after the TTL");
+    assert.deepEqual(
+      await b.getMany(["tags:n1", "tags:n2"]),
+      [undefined, undefined],
+      "gone from B right away, not after the TTL",
+    );
     assert.equal((await b.get("show:d1"))?.toString(), "show:d1", "other prefixes untouched");
     assert.equal(await raw.exists(`${ns}tags:n1`, `${ns}tags:n2`), 0, "deleted in Redis");
     assert.equal(await raw.exists(`${ns}show:d1`), 1);
@@ -130,7 +150,11 @@ describe("cache with a shared Redis", { timeout: 20_000 }, () => {
     await b.getMany(["ps:n1", "ps:n2"]);
     await c.getMany(["ps:n1", "ps:n2"]);
     await a.invalidate({ keys: ["ps:n1"] });
-    await waitFor("B and C hear the invalidation", () => b.stats().invalidationsReceived === 1 && c.stats().invalidationsReceived === 1, 1000);
+    await waitFor(
+      "B and C hear the invalidation",
+      () => b.stats().invalidationsReceived === 1 && c.stats().invalidationsReceived === 1,
+      1000,
+    );
     assert.equal(await b.get("ps:n1"), undefined);
     assert.equal(await c.get("ps:n1"), undefined);
     assert.equal((await c.get("ps:n2"))?.toString(), "2");
@@ -153,7 +177,10 @@ describe("cache with a shared Redis", { timeout: 20_000 }, () => {
     try {
       await a.invalidate({ keys });
       await waitFor("all messages seen", () => sizes.length >= 4);
-      assert.ok(sizes.every((s) => s <= 16 * 1024), `message sizes ${sizes.join(",")}`);
+      assert.ok(
+        sizes.every((s) => s <= 16 * 1024),
+        `message sizes ${sizes.join(",")}`,
+      );
       // B reads every message through its own subscriber, a moment after A's echo.
       await waitFor("B applied every message", () => b.stats().memoryEntries === 0, 1000);
       assert.deepEqual(new Set(await b.getMany(keys)), new Set([undefined]));
@@ -206,7 +233,13 @@ describe("cache with a shared Redis", { timeout: 20_000 }, () => {
         keepOnReconnect: ["show"],
       });
       // A2 is cut off the same way but keeps nothing (the default).
-      const a2 = createCache({ redisUrl: `redis://127.0.0.1:${proxy.port}`, namespace: ns, commandTimeoutMs: 2000, log: captureLogs().log, reconnect: { maxDelayMs: 100 } });
+      const a2 = createCache({
+        redisUrl: `redis://127.0.0.1:${proxy.port}`,
+        namespace: ns,
+        commandTimeoutMs: 2000,
+        log: captureLogs().log,
+        reconnect: { maxDelayMs: 100 },
+      });
       caches.push(a, a2);
       await waitFor("A healthy", () => a.healthy() && a2.healthy());
       const b = await replica();
@@ -225,7 +258,11 @@ describe("cache with a shared Redis", { timeout: 20_000 }, () => {
       assert.equal((await a.get("show:d1"))?.toString(), "old");
       assert.equal(a.stats().kinds["show"]?.memoryHits, 1, "a content-addressed kind survived the flush");
       assert.equal((await a2.get("show:d1"))?.toString(), "old");
-      assert.equal(a2.stats().kinds["show"]?.memoryHits, 0, "by default everything is flushed and read again from Redis");
+      assert.equal(
+        a2.stats().kinds["show"]?.memoryHits,
+        0,
+        "by default everything is flushed and read again from Redis",
+      );
       assert.equal(logsA.find("redis unavailable, serving from memory").length, 1);
       assert.equal(logsA.find("redis available again").length, 1);
     } finally {
@@ -237,7 +274,13 @@ describe("cache with a shared Redis", { timeout: 20_000 }, () => {
     fresh();
     const proxy = await startTcpProxy(redis.port);
     try {
-      const a = createCache({ redisUrl: `redis://127.0.0.1:${proxy.port}`, namespace: ns, commandTimeoutMs: 2000, log: captureLogs().log, reconnect: { maxDelayMs: 100 } });
+      const a = createCache({
+        redisUrl: `redis://127.0.0.1:${proxy.port}`,
+        namespace: ns,
+        commandTimeoutMs: 2000,
+        log: captureLogs().log,
+        reconnect: { maxDelayMs: 100 },
+      });
       caches.push(a);
       await waitFor("A healthy", () => a.healthy());
       const b = await replica();

@@ -26,7 +26,10 @@ describe("memory tier", () => {
     tier.get("a"); // a is now the most recently used; b the least
     tier.set("d", buf("d"), 60_000);
     assert.equal(tier.get("b"), undefined);
-    assert.deepEqual(["a", "c", "d"].map((k) => tier.get(k)?.value.toString()), ["a", "c", "d"]);
+    assert.deepEqual(
+      ["a", "c", "d"].map((k) => tier.get(k)?.value.toString()),
+      ["a", "c", "d"],
+    );
     assert.equal(tier.size, 3);
     assert.equal(tier.evictions, 1);
   });
@@ -115,7 +118,9 @@ describe("memory-only cache (no redisUrl)", () => {
   it("bounds its memory by entries and bytes as configured", async () => {
     const cache = createCache({ log: captureLogs().log, memory: { maxEntries: 10, maxBytes: 1000 } });
     try {
-      await cache.setMany(Array.from({ length: 20 }, (_, i) => ({ key: `emb:${i}`, value: Buffer.alloc(8), ttlMs: 60_000 })));
+      await cache.setMany(
+        Array.from({ length: 20 }, (_, i) => ({ key: `emb:${i}`, value: Buffer.alloc(8), ttlMs: 60_000 })),
+      );
       assert.equal(cache.stats().memoryEntries, 10);
       assert.equal(cache.stats().evictions, 10);
       const got = await cache.getMany(Array.from({ length: 20 }, (_, i) => `emb:${i}`));
@@ -156,7 +161,12 @@ describe("memory-only cache (no redisUrl)", () => {
       const seen: { keys: string[]; prefixes: string[] }[] = [];
       const off = cache.onInvalidate((w) => seen.push(w));
       await cache.invalidate({ keys: ["ps:n1", "ps:n1"], prefixes: ["tags:"] });
-      assert.deepEqual(await cache.getMany(["tags:n1", "tags:n2", "ps:n1", "show:d"]), [undefined, undefined, undefined, buf("d")]);
+      assert.deepEqual(await cache.getMany(["tags:n1", "tags:n2", "ps:n1", "show:d"]), [
+        undefined,
+        undefined,
+        undefined,
+        buf("d"),
+      ]);
       assert.deepEqual(seen, [{ keys: ["ps:n1"], prefixes: ["tags:"] }]);
       off();
       await cache.invalidate({ keys: ["show:d"] });

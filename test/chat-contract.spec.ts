@@ -27,7 +27,10 @@ type Json = Record<string, unknown>;
 /** Every transport, plus Connect with the JSON codec (Struct and bytes travel as JSON there). */
 const ALL_TRANSPORTS: NamedTransport[] = [
   ...TRANSPORTS,
-  { name: "Connect JSON over HTTP/1.1", make: (baseUrl) => createConnectTransport({ baseUrl, httpVersion: "1.1", useBinaryFormat: false }) },
+  {
+    name: "Connect JSON over HTTP/1.1",
+    make: (baseUrl) => createConnectTransport({ baseUrl, httpVersion: "1.1", useBinaryFormat: false }),
+  },
 ];
 
 const FORECAST_TOOL = {
@@ -64,7 +67,11 @@ async function generate(client: Inference, req: GenerateInit): Promise<GenerateR
 }
 
 /** Runs `call` and returns its result with the JSON body the simulator received on `path` meanwhile. */
-async function withUpstreamBody<T>(sim: Simulator, path: string, call: () => Promise<T>): Promise<{ body: Json; result: T }> {
+async function withUpstreamBody<T>(
+  sim: Simulator,
+  path: string,
+  call: () => Promise<T>,
+): Promise<{ body: Json; result: T }> {
   const seen = sim.events.next("request", { filter: (e) => e.path === path, signal: AbortSignal.timeout(10_000) });
   const [event, result] = await Promise.all([seen, call()]);
   assert.ok(event.body !== undefined, `the simulator recorded the body of ${path}`);
@@ -99,7 +106,9 @@ describe("the chat and generate contract through the gateway", () => {
       const user = { role: Role.USER, content: "Please call get_forecast for Paris" };
 
       // Leg 1: the model asks for a tool call.
-      const first = await withUpstreamBody(sim, "/api/chat", () => chat(c, { model: "llama3.2", messages: [system, user], tools: [FORECAST_TOOL] }));
+      const first = await withUpstreamBody(sim, "/api/chat", () =>
+        chat(c, { model: "llama3.2", messages: [system, user], tools: [FORECAST_TOOL] }),
+      );
       assert.deepEqual(first.body, {
         model: "llama3.2",
         messages: [
@@ -118,8 +127,12 @@ describe("the chat and generate contract through the gateway", () => {
       assert.deepEqual(call.arguments, { city: "Paris", days: 1, metric: true, unit: "celsius", hours: [] });
       // The same request straight to Ollama: the client got exactly Ollama's tool call.
       const direct = ndjson(await post(`${sim.url}/api/chat`, first.body));
-      const ollamaCalls = direct.flatMap((chunk) => ((chunk["message"] as Json | undefined)?.["tool_calls"] as Json[] | undefined) ?? []);
-      assert.deepEqual(ollamaCalls, [{ id: call.id, function: { index: 0, name: "get_forecast", arguments: call.arguments } }]);
+      const ollamaCalls = direct.flatMap(
+        (chunk) => ((chunk["message"] as Json | undefined)?.["tool_calls"] as Json[] | undefined) ?? [],
+      );
+      assert.deepEqual(ollamaCalls, [
+        { id: call.id, function: { index: 0, name: "get_forecast", arguments: call.arguments } },
+      ]);
       const last = first.result.at(-1)!;
       assert.equal(last.done, true);
       assert.equal(last.doneReason, DoneReason.STOP);
@@ -128,7 +141,15 @@ describe("the chat and generate contract through the gateway", () => {
       const second = {
         id: "call_zz99yy88",
         name: "get_forecast",
-        arguments: { city: "Lyon", days: 2, metric: false, unit: "fahrenheit", hours: [6, 18], note: null, extra: { nested: [1.5, "x"] } },
+        arguments: {
+          city: "Lyon",
+          days: 2,
+          metric: false,
+          unit: "fahrenheit",
+          hours: [6, 18],
+          note: null,
+          extra: { nested: [1.5, "x"] },
+        },
         index: 1,
       };
       const back = await withUpstreamBody(sim, "/api/chat", () =>
@@ -151,14 +172,25 @@ describe("the chat and generate contract through the gateway", () => {
           role: "assistant",
           content: "",
           tool_calls: [
-            { id: call.id, function: { index: 0, name: "get_forecast", arguments: { city: "Paris", days: 1, metric: true, unit: "celsius", hours: [] } } },
+            {
+              id: call.id,
+              function: {
+                index: 0,
+                name: "get_forecast",
+                arguments: { city: "Paris", days: 1, metric: true, unit: "celsius", hours: [] },
+              },
+            },
             { id: "call_zz99yy88", function: { index: 1, name: "get_forecast", arguments: second.arguments } },
           ],
         },
         { role: "tool", content: '{"high":21}', tool_name: "get_forecast", tool_call_id: call.id },
         { role: "tool", content: '{"high":19}' },
       ]);
-      assert.equal(back.result.flatMap((m) => m.message?.toolCalls ?? []).length, 0, "after a tool result the model answers in text");
+      assert.equal(
+        back.result.flatMap((m) => m.message?.toolCalls ?? []).length,
+        0,
+        "after a tool result the model answers in text",
+      );
       assert.ok(content(back.result).length > 0);
       assert.equal(back.result.at(-1)?.doneReason, DoneReason.STOP);
     });
@@ -166,7 +198,10 @@ describe("the chat and generate contract through the gateway", () => {
 
   it("sends chat images as base64 strings and counts them on a vision model", async () => {
     const { body, result } = await withUpstreamBody(sim, "/api/chat", () =>
-      chat(client, { model: "llava", messages: [{ role: Role.USER, content: "What is in this picture?", images: [IMAGE_A, IMAGE_B] }] }),
+      chat(client, {
+        model: "llava",
+        messages: [{ role: Role.USER, content: "What is in this picture?", images: [IMAGE_A, IMAGE_B] }],
+      }),
     );
     assert.deepEqual(body, {
       model: "llava",
@@ -181,13 +216,19 @@ describe("the chat and generate contract through the gateway", () => {
 
   it('sends format "json" as the string json and a JSON-schema Struct as a JSON object, and gets JSON back', async () => {
     const messages = [{ role: Role.USER, content: "Describe a person" }];
-    const json = await withUpstreamBody(sim, "/api/chat", () => chat(client, { model: "llama3.2", messages, format: { kind: { case: "json", value: true } } }));
+    const json = await withUpstreamBody(sim, "/api/chat", () =>
+      chat(client, { model: "llama3.2", messages, format: { kind: { case: "json", value: true } } }),
+    );
     assert.equal(json.body["format"], "json");
     assert.doesNotThrow(() => JSON.parse(content(json.result)), content(json.result));
 
     const schema = {
       type: "object",
-      properties: { name: { type: "string" }, age: { type: "integer" }, tags: { type: "array", items: { type: "string" } } },
+      properties: {
+        name: { type: "string" },
+        age: { type: "integer" },
+        tags: { type: "array", items: { type: "string" } },
+      },
       required: ["name", "age"],
     };
     const structured = await withUpstreamBody(sim, "/api/chat", () =>
@@ -199,8 +240,14 @@ describe("the chat and generate contract through the gateway", () => {
     assert.equal(typeof doc["name"], "string");
     assert.equal(typeof doc["age"], "number");
 
-    const off = await withUpstreamBody(sim, "/api/chat", () => chat(client, { model: "llama3.2", messages, format: { kind: { case: "json", value: false } } }));
-    assert.deepEqual(off.body, { model: "llama3.2", messages: [{ role: "user", content: "Describe a person" }], stream: true }, "json false sends no format");
+    const off = await withUpstreamBody(sim, "/api/chat", () =>
+      chat(client, { model: "llama3.2", messages, format: { kind: { case: "json", value: false } } }),
+    );
+    assert.deepEqual(
+      off.body,
+      { model: "llama3.2", messages: [{ role: "user", content: "Describe a person" }], stream: true },
+      "json false sends no format",
+    );
   });
 
   it("sends generate's system, suffix, images, format, think, every typed option, the extra options and keep_alive", async () => {
@@ -295,12 +342,31 @@ describe("the chat and generate contract through the gateway", () => {
 
   it("sends raw generate requests without a template and a negative keep_alive as forever", async () => {
     const { body, result } = await withUpstreamBody(sim, "/api/generate", () =>
-      generate(client, { model: "llama3.2", prompt: "[INST] hi [/INST]", raw: true, keepAlive: { seconds: -1n, nanos: 0 }, options: { numPredict: 3 } }),
+      generate(client, {
+        model: "llama3.2",
+        prompt: "[INST] hi [/INST]",
+        raw: true,
+        keepAlive: { seconds: -1n, nanos: 0 },
+        options: { numPredict: 3 },
+      }),
     );
-    assert.deepEqual(body, { model: "llama3.2", prompt: "[INST] hi [/INST]", stream: true, raw: true, options: { num_predict: 3 }, keep_alive: -1 });
+    assert.deepEqual(body, {
+      model: "llama3.2",
+      prompt: "[INST] hi [/INST]",
+      stream: true,
+      raw: true,
+      options: { num_predict: 3 },
+      keep_alive: -1,
+    });
     assert.equal(result.at(-1)?.usage?.completionTokens, 3);
     // Ollama stores "forever" as the largest duration (MaxInt64 ns): centuries away.
     const centuries = 100 * 365 * 24 * 3600 * 1000;
-    assert.ok(await eventually(() => sim.loaded().some((r) => r.name === "llama3.2:latest" && r.refCount === 0 && r.expiresAt - Date.now() > centuries)));
+    assert.ok(
+      await eventually(() =>
+        sim
+          .loaded()
+          .some((r) => r.name === "llama3.2:latest" && r.refCount === 0 && r.expiresAt - Date.now() > centuries),
+      ),
+    );
   });
 });

@@ -46,7 +46,10 @@ describe("configuration from the environment", () => {
       () => loadConfig({ REDIS_URL: "memcached://:pw123@x:11211" }),
       (e: unknown) => e instanceof ConfigError && /REDIS_URL/.test(e.message) && !e.message.includes("pw123"),
     );
-    assert.equal(loadConfig({ REDIS_URL: "redis+sentinel://s1:26379,s2:26379/mymaster" }).cache.redisUrl, "redis+sentinel://s1:26379,s2:26379/mymaster");
+    assert.equal(
+      loadConfig({ REDIS_URL: "redis+sentinel://s1:26379,s2:26379/mymaster" }).cache.redisUrl,
+      "redis+sentinel://s1:26379,s2:26379/mymaster",
+    );
   });
 
   it("refuses two nodes with the same name", () => {

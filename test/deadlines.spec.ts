@@ -77,7 +77,10 @@ async function drain(stream: AsyncIterable<unknown>): Promise<number> {
 async function serverEnd(gw: TestGateway, method: string): Promise<{ code: string; ms: number; line: string }> {
   const full = `ollama.gateway.v1.${method}`;
   const find = (): Record<string, unknown> | undefined => gw.logs.find("rpc").find((l) => l["method"] === full);
-  assert.ok(await eventually(() => find() !== undefined, DEADLINE_MS + 2 * SLACK_MS), `the gateway never finished ${method}`);
+  assert.ok(
+    await eventually(() => find() !== undefined, DEADLINE_MS + 2 * SLACK_MS),
+    `the gateway never finished ${method}`,
+  );
   const line = find()!;
   return { code: String(line["code"]), ms: Number(line["ms"]), line: JSON.stringify(line) };
 }
@@ -119,7 +122,9 @@ describe("an RPC whose Ollama node stalls", { timeout: 60_000 }, () => {
   });
 
   /** A fresh memory-only gateway (nothing cached yet) for one test. */
-  async function withGateway(body: (gw: TestGateway, c: { models: Models; inference: Inference }) => Promise<void>): Promise<void> {
+  async function withGateway(
+    body: (gw: TestGateway, c: { models: Models; inference: Inference }) => Promise<void>,
+  ): Promise<void> {
     const gw = await startTestGateway({ OLLAMA_URL: sim.url });
     try {
       await body(gw, clients(gw));
@@ -143,7 +148,11 @@ describe("an RPC whose Ollama node stalls", { timeout: 60_000 }, () => {
       stall(sim, "/api/tags");
       const t0 = performance.now();
       const cut = disconnectOn(sim, "/api/tags");
-      await assertDeadline(gw, "ModelService/ListModels", await failure(() => models.listModels({}, wireDeadline(DEADLINE_MS))));
+      await assertDeadline(
+        gw,
+        "ModelService/ListModels",
+        await failure(() => models.listModels({}, wireDeadline(DEADLINE_MS))),
+      );
       // The shared load had only this caller: it must not run on to its own 10 s bound.
       assert.ok((await cut) - t0 < DEADLINE_MS + SLACK_MS);
     });
@@ -153,7 +162,11 @@ describe("an RPC whose Ollama node stalls", { timeout: 60_000 }, () => {
     await withGateway(async (gw, { models }) => {
       stall(sim, "/api/tags");
       const cut = disconnectOn(sim, "/api/tags");
-      await assertDeadline(gw, "ModelService/GetModel", await failure(() => models.getModel({ model: "llama3.2" }, wireDeadline(DEADLINE_MS))));
+      await assertDeadline(
+        gw,
+        "ModelService/GetModel",
+        await failure(() => models.getModel({ model: "llama3.2" }, wireDeadline(DEADLINE_MS))),
+      );
       await cut;
     });
   });
@@ -164,7 +177,11 @@ describe("an RPC whose Ollama node stalls", { timeout: 60_000 }, () => {
       stall(sim, "/api/show");
       const t0 = performance.now();
       const cut = disconnectOn(sim, "/api/show");
-      await assertDeadline(gw, "ModelService/GetModel", await failure(() => models.getModel({ model: "qwen3" }, wireDeadline(DEADLINE_MS))));
+      await assertDeadline(
+        gw,
+        "ModelService/GetModel",
+        await failure(() => models.getModel({ model: "qwen3" }, wireDeadline(DEADLINE_MS))),
+      );
       assert.ok((await cut) - t0 < DEADLINE_MS + SLACK_MS);
     });
   });
@@ -185,7 +202,11 @@ describe("an RPC whose Ollama node stalls", { timeout: 60_000 }, () => {
       assert.ok(patient.ms >= 700, "the patient caller got the stalled answer");
       assert.equal((sim.stats.requests["/api/show"] ?? 0) - shows, 1, "one shared /api/show");
       assert.equal(sim.stats.disconnects - disconnects, 0, "the shared call was not cut for the caller that stayed");
-      assert.equal((await serverEnd(gw, "ModelService/GetModel")).code, "DeadlineExceeded", "the first to end was the impatient one");
+      assert.equal(
+        (await serverEnd(gw, "ModelService/GetModel")).code,
+        "DeadlineExceeded",
+        "the first to end was the impatient one",
+      );
     });
   });
 
@@ -193,7 +214,11 @@ describe("an RPC whose Ollama node stalls", { timeout: 60_000 }, () => {
     await withGateway(async (gw, { models }) => {
       stall(sim, "/api/pull");
       const cut = disconnectOn(sim, "/api/pull");
-      await assertDeadline(gw, "ModelService/PullModel", await failure(() => drain(models.pullModel({ model: "tinyllama" }, wireDeadline(DEADLINE_MS)))));
+      await assertDeadline(
+        gw,
+        "ModelService/PullModel",
+        await failure(() => drain(models.pullModel({ model: "tinyllama" }, wireDeadline(DEADLINE_MS)))),
+      );
       await cut;
     });
   });
@@ -205,7 +230,9 @@ describe("an RPC whose Ollama node stalls", { timeout: 60_000 }, () => {
       assert.equal(pulled.status, 200, pulled.text);
       stall(sim, "/api/tags");
       const cut = disconnectOn(sim, "/api/tags");
-      const result = await failure(() => drain(inference.generate({ model: "mistral", prompt: "hi" }, wireDeadline(DEADLINE_MS))));
+      const result = await failure(() =>
+        drain(inference.generate({ model: "mistral", prompt: "hi" }, wireDeadline(DEADLINE_MS))),
+      );
       await assertDeadline(gw, "InferenceService/Generate", result);
       await cut;
       assert.equal(sim.stats.requests["/api/generate"] ?? 0, 0, "nothing was generated");
@@ -216,7 +243,11 @@ describe("an RPC whose Ollama node stalls", { timeout: 60_000 }, () => {
     await withGateway(async (gw, { inference }) => {
       stall(sim, "/api/tags");
       const cut = disconnectOn(sim, "/api/tags");
-      await assertDeadline(gw, "InferenceService/Embed", await failure(() => inference.embed({ model: "all-minilm", inputs: ["a"] }, wireDeadline(DEADLINE_MS))));
+      await assertDeadline(
+        gw,
+        "InferenceService/Embed",
+        await failure(() => inference.embed({ model: "all-minilm", inputs: ["a"] }, wireDeadline(DEADLINE_MS))),
+      );
       await cut;
     });
   });
@@ -228,7 +259,9 @@ describe("an RPC whose Ollama node stalls", { timeout: 60_000 }, () => {
       stall(sim, "/api/tags");
       const embeds = sim.stats.requests["/api/embed"] ?? 0;
       const cut = disconnectOn(sim, "/api/tags", 4 * SLACK_MS);
-      const second = await timed(() => inference.embed({ model: "all-minilm", inputs: ["confirm me"] }, wireDeadline(5000)));
+      const second = await timed(() =>
+        inference.embed({ model: "all-minilm", inputs: ["confirm me"] }, wireDeadline(5000)),
+      );
       assert.equal(second.value.cachedInputs, 0, "not served from the cache");
       assert.deepEqual(second.value.embeddings[0]!.values, first.embeddings[0]!.values);
       assert.equal((sim.stats.requests["/api/embed"] ?? 0) - embeds, 1, "embedded by Ollama instead");
@@ -241,7 +274,11 @@ describe("an RPC whose Ollama node stalls", { timeout: 60_000 }, () => {
     await withGateway(async (gw, { models }) => {
       stall(sim, "/api/ps");
       const cut = disconnectOn(sim, "/api/ps");
-      await assertDeadline(gw, "ModelService/ListRunningModels", await failure(() => models.listRunningModels({}, wireDeadline(DEADLINE_MS))));
+      await assertDeadline(
+        gw,
+        "ModelService/ListRunningModels",
+        await failure(() => models.listRunningModels({}, wireDeadline(DEADLINE_MS))),
+      );
       await cut;
     });
   });
@@ -249,7 +286,11 @@ describe("an RPC whose Ollama node stalls", { timeout: 60_000 }, () => {
   it("ends UnloadModel with DEADLINE_EXCEEDED, not an empty success, when /api/ps stalls", async () => {
     await withGateway(async (gw, { models }) => {
       stall(sim, "/api/ps");
-      await assertDeadline(gw, "ModelService/UnloadModel", await failure(() => models.unloadModel({ model: "llama3.2" }, wireDeadline(DEADLINE_MS))));
+      await assertDeadline(
+        gw,
+        "ModelService/UnloadModel",
+        await failure(() => models.unloadModel({ model: "llama3.2" }, wireDeadline(DEADLINE_MS))),
+      );
     });
   });
 });
@@ -340,7 +381,10 @@ describe("a gateway whose Redis accepts connections but never answers", { timeou
     const a = clients(gw).models;
     const b = clients(slow).models;
     await bothHealthy();
-    assert.ok(!(await b.listModels({})).models.some((m) => m.name === "seen-at-once:latest"), "B has the old list cached");
+    assert.ok(
+      !(await b.listModels({})).models.some((m) => m.name === "seen-at-once:latest"),
+      "B has the old list cached",
+    );
     await a.copyModel({ source: "llama3.2", destination: "seen-at-once" }, wireDeadline(2000));
     assert.ok((await b.listModels({})).models.some((m) => m.name === "seen-at-once:latest"));
   });
@@ -375,9 +419,14 @@ describe("the vectors of a model pulled again with new weights", { timeout: 60_0
   });
 
   it("are new in the simulator itself once it pulls a newer registry version", async () => {
-    const other = await startSimulator({ pullMs: 5, models: [{ name: "all-minilm" }], registry: [{ name: "all-minilm", digest: NEW_MINILM }] });
+    const other = await startSimulator({
+      pullMs: 5,
+      models: [{ name: "all-minilm" }],
+      registry: [{ name: "all-minilm", digest: NEW_MINILM }],
+    });
     try {
-      const tags = async (): Promise<string> => json<{ models: { digest: string }[] }>(await send("GET", `${other.url}/api/tags`)).models[0]!.digest;
+      const tags = async (): Promise<string> =>
+        json<{ models: { digest: string }[] }>(await send("GET", `${other.url}/api/tags`)).models[0]!.digest;
       const old = await tags();
       assert.notEqual(old, NEW_MINILM);
       const before = await directVector(other, "all-minilm", "weights");
@@ -420,7 +469,10 @@ describe("the vectors of a model pulled again with new weights", { timeout: 60_0
       await delay(25);
     }
     assert.ok(switchedAfter !== undefined, "the old vector was still served 3 s after the re-pull");
-    assert.ok(switchedAfter < DIGEST_MAX_AGE_MS + 400, `the new vector came ${switchedAfter.toFixed(0)} ms after the re-pull`);
+    assert.ok(
+      switchedAfter < DIGEST_MAX_AGE_MS + 400,
+      `the new vector came ${switchedAfter.toFixed(0)} ms after the re-pull`,
+    );
     const again = await inference.embed({ model: "nomic-embed-text", inputs: [input] });
     assert.equal(again.cachedInputs, 1, "the new vector is cached under the new digest");
     assert.deepEqual(again.embeddings[0]!.values, fresh);
@@ -499,14 +551,27 @@ describe("the cache's callers when Redis hangs", { timeout: 30_000 }, () => {
       redis.pause();
       try {
         const t0 = performance.now();
-        await assert.rejects(cache.get("tags:n1", AbortSignal.timeout(100)), (e: unknown) => e instanceof DOMException && e.name === "TimeoutError");
-        await assert.rejects(cache.set("tags:n1", Buffer.from("v"), 60_000, AbortSignal.timeout(100)), (e: unknown) => e instanceof DOMException);
+        await assert.rejects(
+          cache.get("tags:n1", AbortSignal.timeout(100)),
+          (e: unknown) => e instanceof DOMException && e.name === "TimeoutError",
+        );
+        await assert.rejects(
+          cache.set("tags:n1", Buffer.from("v"), 60_000, AbortSignal.timeout(100)),
+          (e: unknown) => e instanceof DOMException,
+        );
         await cache.invalidate({ keys: ["ps:n1"] }, AbortSignal.timeout(100));
         const took = performance.now() - t0;
         assert.ok(took < 3 * 100 + 400, `three calls took ${took.toFixed(0)} ms (each Redis command may take 1000 ms)`);
         assert.equal(cache.stats().pendingInvalidations, 0, "the invalidation's Redis part is still running");
-        assert.ok(await eventually(() => cache.stats().pendingInvalidations === 1, 2000), "it gave up at its own bound and waits to be replayed");
-        assert.equal((await cache.get("tags:n1"))?.toString(), "v", "the write reached memory although its caller left");
+        assert.ok(
+          await eventually(() => cache.stats().pendingInvalidations === 1, 2000),
+          "it gave up at its own bound and waits to be replayed",
+        );
+        assert.equal(
+          (await cache.get("tags:n1"))?.toString(),
+          "v",
+          "the write reached memory although its caller left",
+        );
       } finally {
         redis.resume();
       }

@@ -41,14 +41,20 @@ describe("Embed micro-batching", () => {
       assert.equal(a.embeddings.length, 2);
       a.embeddings.forEach((e, j) => {
         const want = direct.embeddings[i * 2 + j]!;
-        assert.ok(e.values.every((x, k) => Math.abs(x - want[k]!) < 1e-6), `call ${i} input ${j}`);
+        assert.ok(
+          e.values.every((x, k) => Math.abs(x - want[k]!) < 1e-6),
+          `call ${i} input ${j}`,
+        );
       });
     });
   });
 
   it("sends the first call at once when nothing else is in flight", async () => {
     const t0 = performance.now();
-    await createClient(InferenceService, TRANSPORTS[0]!.make(batched.url)).embed({ model: "all-minilm", inputs: ["alone"] });
+    await createClient(InferenceService, TRANSPORTS[0]!.make(batched.url)).embed({
+      model: "all-minilm",
+      inputs: ["alone"],
+    });
     assert.ok(performance.now() - t0 < 1000);
     const before = sim.stats.requests["/api/embed"] ?? 0;
     await client.embed({ model: "all-minilm", inputs: ["alone again"] });
@@ -95,7 +101,12 @@ describe("the Embed batcher with a controllable node", () => {
           sent.push({
             input,
             signal,
-            answer: () => resolve({ raw: { embeddings: input.map((t) => [t.length]), prompt_eval_count: input.length }, node: "fake", queueMs: 0 }),
+            answer: () =>
+              resolve({
+                raw: { embeddings: input.map((t) => [t.length]), prompt_eval_count: input.length },
+                node: "fake",
+                queueMs: 0,
+              }),
           });
         }),
     });
@@ -144,6 +155,9 @@ describe("the Embed batcher with a controllable node", () => {
     assert.equal(sent[1]!.signal.aborted, true);
     sent[0]!.answer();
     await blocker;
-    assert.deepEqual((await settled).map((r) => r.status), ["rejected", "rejected"]);
+    assert.deepEqual(
+      (await settled).map((r) => r.status),
+      ["rejected", "rejected"],
+    );
   });
 });

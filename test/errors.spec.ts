@@ -85,7 +85,10 @@ describe("errors reach clients with the right code and details", () => {
     const { error } = await generate(client, { model: "", prompt: "hi" });
     assert.equal(error?.code, Code.InvalidArgument);
     const bad = error?.findDetails(BadRequestSchema)[0];
-    assert.deepEqual(bad?.fieldViolations.map((v) => v.field), ["model"]);
+    assert.deepEqual(
+      bad?.fieldViolations.map((v) => v.field),
+      ["model"],
+    );
     assert.equal(sim.stats.requests["/api/generate"] ?? 0, sentBefore, "nothing reached Ollama");
   });
 
@@ -109,18 +112,34 @@ describe("errors reach clients with the right code and details", () => {
   });
 
   it("sends the partial answer and then INTERNAL when Ollama fails mid-stream", async () => {
-    sim.faults.add({ kind: "error-mid-stream", path: "/api/generate", afterTokens: 3, message: "an error was encountered while running the model" });
-    const { messages, error } = await generate(client, { model: "llama3.2", prompt: "hi", options: { numPredict: 20 } });
+    sim.faults.add({
+      kind: "error-mid-stream",
+      path: "/api/generate",
+      afterTokens: 3,
+      message: "an error was encountered while running the model",
+    });
+    const { messages, error } = await generate(client, {
+      model: "llama3.2",
+      prompt: "hi",
+      options: { numPredict: 20 },
+    });
     assert.equal(messages.length, 3);
     assert.ok(messages.every((m) => !m.done));
     assert.equal(error?.code, Code.Internal);
     assert.equal(reason(error), "UPSTREAM_ERROR");
-    assert.equal(error?.findDetails(ErrorInfoSchema)[0]?.metadata["upstream_message"], "an error was encountered while running the model");
+    assert.equal(
+      error?.findDetails(ErrorInfoSchema)[0]?.metadata["upstream_message"],
+      "an error was encountered while running the model",
+    );
   });
 
   it("ends with UNAVAILABLE when the node drops the connection mid-stream", async () => {
     sim.faults.add({ kind: "drop-connection", path: "/api/generate", afterTokens: 2 });
-    const { messages, error } = await generate(client, { model: "llama3.2", prompt: "hi", options: { numPredict: 20 } });
+    const { messages, error } = await generate(client, {
+      model: "llama3.2",
+      prompt: "hi",
+      options: { numPredict: 20 },
+    });
     assert.equal(messages.length, 2);
     assert.equal(error?.code, Code.Unavailable);
   });
@@ -132,7 +151,11 @@ describe("errors reach clients with the right code and details", () => {
     assert.equal(reason(error), "UPSTREAM_PROTOCOL_ERROR");
     const ok = await generate(client, { model: "llama3.2", prompt: "hi" });
     assert.equal(ok.error, undefined);
-    assert.deepEqual(await healthOf(gw.url), [ServingStatus.SERVING, ServingStatus.SERVING], "a bad line does not make the node unhealthy");
+    assert.deepEqual(
+      await healthOf(gw.url),
+      [ServingStatus.SERVING, ServingStatus.SERVING],
+      "a bad line does not make the node unhealthy",
+    );
   });
 
   it("answers INTERNAL for an endless line without buffering it, and keeps serving", async () => {
@@ -147,7 +170,11 @@ describe("errors reach clients with the right code and details", () => {
     assert.ok(grown < 64 * 1024 * 1024, `RSS grew by ${grown} bytes`);
     const ok = await generate(client, { model: "llama3.2", prompt: "hi" });
     assert.equal(ok.error, undefined);
-    assert.deepEqual(await healthOf(gw.url), [ServingStatus.SERVING, ServingStatus.SERVING], "an endless line does not make the node unhealthy");
+    assert.deepEqual(
+      await healthOf(gw.url),
+      [ServingStatus.SERVING, ServingStatus.SERVING],
+      "an endless line does not make the node unhealthy",
+    );
   });
 
   it("ends a pull of a model that does not exist with NOT_FOUND, Ollama's message in the status, reserved characters removed", async () => {
@@ -164,7 +191,10 @@ describe("errors reach clients with the right code and details", () => {
     assert.equal(reason(error), "MODEL_NOT_FOUND");
     const upstream = error?.findDetails(ErrorInfoSchema)[0]?.metadata["upstream_message"];
     assert.equal(upstream, "pull model manifest: file does not exist", "the verbatim text stays in ErrorInfo");
-    assert.equal(error?.rawMessage, "model no-such-model-anywhere not found in its registry - pull model manifest file does not exist");
+    assert.equal(
+      error?.rawMessage,
+      "model no-such-model-anywhere not found in its registry - pull model manifest file does not exist",
+    );
     assert.doesNotMatch(error?.rawMessage ?? "", /[:/?#&=+,;@$]/);
   });
 
@@ -174,12 +204,19 @@ describe("errors reach clients with the right code and details", () => {
     try {
       const c = createClient(InferenceService, TRANSPORTS[0]!.make(slow.url));
       const disconnected = nextDisconnect(slowSim);
-      const { messages, error } = await generate(c, { model: "llama3.2", prompt: "hi", options: { numPredict: 200 } }, { timeoutMs: 400 });
+      const { messages, error } = await generate(
+        c,
+        { model: "llama3.2", prompt: "hi", options: { numPredict: 200 } },
+        { timeoutMs: 400 },
+      );
       const failedAt = performance.now();
       assert.equal(error?.code, Code.DeadlineExceeded);
       assert.ok(messages.length > 0 && messages.length < 20, `${messages.length} messages`);
       const at = await disconnected;
-      assert.ok(Math.abs(at - failedAt) < 100, `upstream saw the disconnect ${Math.round(at - failedAt)} ms after the deadline`);
+      assert.ok(
+        Math.abs(at - failedAt) < 100,
+        `upstream saw the disconnect ${Math.round(at - failedAt)} ms after the deadline`,
+      );
       assert.equal(slowSim.stats.inFlight["llama3.2"] ?? 0, 0);
     } finally {
       await slow.close();
@@ -198,7 +235,10 @@ describe("errors reach clients with the right code and details", () => {
         let cancelledAt = 0;
         let count = 0;
         await assert.rejects(async () => {
-          for await (const _ of c.generate({ model: "llama3.2", prompt: "hi", options: { numPredict: 200 } }, { signal: controller.signal })) {
+          for await (const _ of c.generate(
+            { model: "llama3.2", prompt: "hi", options: { numPredict: 200 } },
+            { signal: controller.signal },
+          )) {
             if (++count === 3) {
               cancelledAt = performance.now();
               controller.abort();
@@ -206,7 +246,10 @@ describe("errors reach clients with the right code and details", () => {
           }
         });
         const at = await disconnected;
-        assert.ok(at - cancelledAt < 100, `${t.name}: upstream saw the cancel after ${Math.round(at - cancelledAt)} ms`);
+        assert.ok(
+          at - cancelledAt < 100,
+          `${t.name}: upstream saw the cancel after ${Math.round(at - cancelledAt)} ms`,
+        );
       }
     } finally {
       await slow.close();
@@ -231,13 +274,22 @@ describe("errors reach clients with the right code and details", () => {
       assert.ok(performance.now() - t0 < 1000, `took ${Math.round(performance.now() - t0)} ms`);
       assert.ok(error?.findDetails(RetryInfoSchema).length === 1);
 
-      const notServing = await waitFor(async () => (await health.check({ service: "" })).status === ServingStatus.NOT_SERVING, 2000);
+      const notServing = await waitFor(
+        async () => (await health.check({ service: "" })).status === ServingStatus.NOT_SERVING,
+        2000,
+      );
       assert.ok(notServing, "health did not turn NOT_SERVING");
-      assert.equal((await health.check({ service: "ollama.gateway.v1.InferenceService" })).status, ServingStatus.NOT_SERVING);
+      assert.equal(
+        (await health.check({ service: "ollama.gateway.v1.InferenceService" })).status,
+        ServingStatus.NOT_SERVING,
+      );
 
       const back = await startSimulator({ port });
       try {
-        const serving = await waitFor(async () => (await health.check({ service: "" })).status === ServingStatus.SERVING, 2000);
+        const serving = await waitFor(
+          async () => (await health.check({ service: "" })).status === ServingStatus.SERVING,
+          2000,
+        );
         assert.ok(serving, "health did not return to SERVING");
         const ok = await generate(c, { model: "llama3.2", prompt: "hi" });
         assert.equal(ok.error, undefined);
@@ -283,10 +335,13 @@ describe("errors reach clients with the right code and details", () => {
     // A stream that just ends is what Ollama's repeat detector produces.
     const cut = http.createServer((req, res) => {
       if (req.url === "/api/version") return void res.end(JSON.stringify({ version: "0.12.6" }));
-      if (req.url === "/api/tags") return void res.end(JSON.stringify({ models: [{ name: "m:latest", digest: "ab".repeat(32) }] }));
+      if (req.url === "/api/tags")
+        return void res.end(JSON.stringify({ models: [{ name: "m:latest", digest: "ab".repeat(32) }] }));
       if (req.url === "/api/ps") return void res.end(JSON.stringify({ models: [] }));
       res.writeHead(200, { "content-type": "application/x-ndjson" });
-      res.write(`${JSON.stringify({ model: "m", created_at: new Date().toISOString(), response: "a", done: false })}\n`);
+      res.write(
+        `${JSON.stringify({ model: "m", created_at: new Date().toISOString(), response: "a", done: false })}\n`,
+      );
       res.end();
     });
     await new Promise<void>((r) => cut.listen(0, "127.0.0.1", r));

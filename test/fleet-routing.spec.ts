@@ -31,7 +31,10 @@ describe("routing across a fleet of Ollama nodes", () => {
         jobs.push(run(f.client, { model, prompt: `p${i}`, think: 1, options: { numPredict: 5 } }));
       }
       const results = (await Promise.all(jobs)) as Awaited<ReturnType<typeof run>>[];
-      assert.deepEqual(results.map((r) => r.error?.message), results.map(() => undefined));
+      assert.deepEqual(
+        results.map((r) => r.error?.message),
+        results.map(() => undefined),
+      );
       assert.equal(loads(f.sims), 2, `loads per node: ${f.sims.map((s) => s.stats.loadsTotal).join(", ")}`);
       for (const s of f.sims) {
         for (const [model, n] of Object.entries(s.stats.maxInFlight)) assert.ok(n <= 1, `${model} ran ${n} at once`);
@@ -45,10 +48,13 @@ describe("routing across a fleet of Ollama nodes", () => {
     const f = await fleet(2, { loadMs: 50, tokenMs: 2 }, {}, 2, 2);
     try {
       const results = await Promise.all(
-        Array.from({ length: 30 }, (_, i) => run(f.client, { model: "llama3.2", prompt: `x${i}`, options: { numPredict: 10 } })),
+        Array.from({ length: 30 }, (_, i) =>
+          run(f.client, { model: "llama3.2", prompt: `x${i}`, options: { numPredict: 10 } }),
+        ),
       );
       assert.ok(results.every((r) => r.error === undefined));
-      for (const s of f.sims) assert.ok((s.stats.maxInFlight["llama3.2:latest"] ?? 0) <= 2, JSON.stringify(s.stats.maxInFlight));
+      for (const s of f.sims)
+        assert.ok((s.stats.maxInFlight["llama3.2:latest"] ?? 0) <= 2, JSON.stringify(s.stats.maxInFlight));
       const status = await f.status.getStatus({});
       assert.deepEqual(status.queues, []);
       assert.ok(status.nodes.every((n) => n.inFlight === 0 && n.circuitState === "closed"));
@@ -60,15 +66,23 @@ describe("routing across a fleet of Ollama nodes", () => {
   it("refuses at once with RESOURCE_EXHAUSTED and RetryInfo when the model's queue is full", async () => {
     const f = await fleet(1, { tokenMs: 20 }, { QUEUE_MAX_PER_MODEL: "2" });
     try {
-      const running = [0, 1, 2].map((i) => run(f.client, { model: "llama3.2", prompt: `busy${i}`, options: { numPredict: 30 } }));
+      const running = [0, 1, 2].map((i) =>
+        run(f.client, { model: "llama3.2", prompt: `busy${i}`, options: { numPredict: 30 } }),
+      );
       await new Promise((r) => setTimeout(r, 150));
       const t0 = performance.now();
       const over = await run(f.client, { model: "llama3.2", prompt: "one too many" });
-      assert.ok(performance.now() - t0 < 500, `refused without waiting (${Math.round(performance.now() - t0)} ms, ${over.error?.code})`);
+      assert.ok(
+        performance.now() - t0 < 500,
+        `refused without waiting (${Math.round(performance.now() - t0)} ms, ${over.error?.code})`,
+      );
       assert.equal(over.error?.code, Code.ResourceExhausted);
       assert.equal(reason(over.error), "QUEUE_FULL");
       assert.ok(over.error?.findDetails(RetryInfoSchema)[0]?.retryDelay !== undefined);
-      assert.ok((await Promise.all(running)).every((r) => r.error === undefined), "the queued ones were served");
+      assert.ok(
+        (await Promise.all(running)).every((r) => r.error === undefined),
+        "the queued ones were served",
+      );
     } finally {
       await f.close();
     }
@@ -98,7 +112,9 @@ describe("routing across a fleet of Ollama nodes", () => {
     try {
       // Teach the gateway how long a request takes (~0.5 s).
       await run(f.client, { model: "llama3.2", prompt: "measure", options: { numPredict: 50 } });
-      const busy = [0, 1, 2].map((i) => run(f.client, { model: "llama3.2", prompt: `b${i}`, options: { numPredict: 50 } }));
+      const busy = [0, 1, 2].map((i) =>
+        run(f.client, { model: "llama3.2", prompt: `b${i}`, options: { numPredict: 50 } }),
+      );
       await new Promise((r) => setTimeout(r, 50));
       const t0 = performance.now();
       const hopeless = await run(f.client, { model: "llama3.2", prompt: "now" }, { timeoutMs: 400 });
@@ -119,7 +135,10 @@ describe("routing across a fleet of Ollama nodes", () => {
       const controller = new AbortController();
       const queued = run(f.client, { model: "llama3.2", prompt: "queued" }, { signal: controller.signal });
       await new Promise((r) => setTimeout(r, 100));
-      assert.deepEqual((await f.status.getStatus({})).queues.map((q) => [q.model, q.depth]), [["llama3.2:latest", 1]]);
+      assert.deepEqual(
+        (await f.status.getStatus({})).queues.map((q) => [q.model, q.depth]),
+        [["llama3.2:latest", 1]],
+      );
       const before = f.sims[0]!.stats.requests["/api/generate"] ?? 0;
       controller.abort();
       await queued;
@@ -127,7 +146,11 @@ describe("routing across a fleet of Ollama nodes", () => {
       assert.deepEqual((await f.status.getStatus({})).queues, []);
       await long;
       await new Promise((r) => setTimeout(r, 100));
-      assert.equal(f.sims[0]!.stats.requests["/api/generate"] ?? 0, before, "the cancelled request never reached Ollama");
+      assert.equal(
+        f.sims[0]!.stats.requests["/api/generate"] ?? 0,
+        before,
+        "the cancelled request never reached Ollama",
+      );
     } finally {
       await f.close();
     }
@@ -138,7 +161,11 @@ describe("routing across a fleet of Ollama nodes", () => {
     try {
       const order: string[] = [];
       const tracked = (name: string, priority: number, numPredict = 5) =>
-        run(f.client, { model: "llama3.2", prompt: name, options: { numPredict } }, { headers: { "x-priority": String(priority) } }).then(() => order.push(name));
+        run(
+          f.client,
+          { model: "llama3.2", prompt: name, options: { numPredict } },
+          { headers: { "x-priority": String(priority) } },
+        ).then(() => order.push(name));
       // "first" holds the only slot for ~400 ms, so both others are surely queued behind it.
       const first = tracked("first", 0, 40);
       await new Promise((r) => setTimeout(r, 30));
@@ -155,10 +182,21 @@ describe("routing across a fleet of Ollama nodes", () => {
   it("keeps a session on its node while both nodes have the model loaded", async () => {
     const f = await fleet(2, {}, {}, 4, 2);
     try {
-      await Promise.all([0, 1, 2, 3].map((i) => run(f.client, { model: "llama3.2", prompt: `warm${i}`, options: { numPredict: 2 } })));
+      await Promise.all(
+        [0, 1, 2, 3].map((i) => run(f.client, { model: "llama3.2", prompt: `warm${i}`, options: { numPredict: 2 } })),
+      );
       const nodes = new Set<string | undefined>();
       for (let i = 0; i < 6; i++) {
-        nodes.add((await run(f.client, { model: "llama3.2", prompt: `turn ${i}`, sessionKey: "user-42", options: { numPredict: 2 } })).node);
+        nodes.add(
+          (
+            await run(f.client, {
+              model: "llama3.2",
+              prompt: `turn ${i}`,
+              sessionKey: "user-42",
+              options: { numPredict: 2 },
+            })
+          ).node,
+        );
       }
       assert.equal(nodes.size, 1);
     } finally {
@@ -191,7 +229,11 @@ describe("routing across a fleet of Ollama nodes", () => {
       const stream = (async () => {
         const got: GenerateResponse[] = [];
         try {
-          for await (const m of f.client.generate({ model: "llama3.2", prompt: "where", options: { numPredict: 200 } })) {
+          for await (const m of f.client.generate({
+            model: "llama3.2",
+            prompt: "where",
+            options: { numPredict: 200 },
+          })) {
             got.push(m);
             if (++count === 3) void f.sims[victim]!.close();
           }
@@ -220,7 +262,9 @@ describe("routing across a fleet of Ollama nodes", () => {
       }
       assert.ok(healthy, "the node is routable again");
       // Two long requests at once need both nodes.
-      const both = await Promise.all([0, 1].map((i) => run(f.client, { model: "llama3.2", prompt: `both${i}`, options: { numPredict: 20 } })));
+      const both = await Promise.all(
+        [0, 1].map((i) => run(f.client, { model: "llama3.2", prompt: `both${i}`, options: { numPredict: 20 } })),
+      );
       assert.deepEqual(new Set(both.map((b) => b.node)).size, 2);
     } finally {
       await f.close();
@@ -235,13 +279,23 @@ describe("routing across a fleet of Ollama nodes", () => {
       const c = run(f.client, { model: "llama3.2", prompt: "s3", options: { numPredict: 20 } });
       await new Promise((r) => setTimeout(r, 150));
       const status = await f.status.getStatus({});
-      assert.deepEqual(status.nodes.map((n) => [n.name, n.circuitState, n.parallel, n.maxLoadedModels]), [
-        ["n0", "closed", 1, 1],
-        ["n1", "closed", 1, 1],
-      ]);
-      assert.equal(status.nodes.reduce((n, x) => n + x.inFlight, 0), 2, JSON.stringify(status.nodes.map((n) => [n.name, n.inFlight, n.models.map((m) => [m.model, m.inFlight])])));
+      assert.deepEqual(
+        status.nodes.map((n) => [n.name, n.circuitState, n.parallel, n.maxLoadedModels]),
+        [
+          ["n0", "closed", 1, 1],
+          ["n1", "closed", 1, 1],
+        ],
+      );
+      assert.equal(
+        status.nodes.reduce((n, x) => n + x.inFlight, 0),
+        2,
+        JSON.stringify(status.nodes.map((n) => [n.name, n.inFlight, n.models.map((m) => [m.model, m.inFlight])])),
+      );
       assert.ok(status.nodes.every((n) => n.models.some((m) => m.model === "llama3.2:latest" && m.slots === 1)));
-      assert.deepEqual(status.queues.map((q) => [q.model, q.depth]), [["llama3.2:latest", 1]]);
+      assert.deepEqual(
+        status.queues.map((q) => [q.model, q.depth]),
+        [["llama3.2:latest", 1]],
+      );
       await Promise.all([a, b, c]);
     } finally {
       await f.close();

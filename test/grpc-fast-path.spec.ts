@@ -58,7 +58,8 @@ describe("the gRPC fast path (Generate, Chat and Embed on raw HTTP/2 streams)", 
       assert.equal(r.messages.length, 6, "5 tokens and the final message");
     }
     assert.equal(a.headers["x-request-id"], "fast-1");
-    const text = (r: RawGrpcReply): string => r.messages.map((m) => fromBinary(GenerateResponseSchema, m).text).join("");
+    const text = (r: RawGrpcReply): string =>
+      r.messages.map((m) => fromBinary(GenerateResponseSchema, m).text).join("");
     assert.equal(text(a), text(b));
     const last = fromBinary(GenerateResponseSchema, a.messages.at(-1)!);
     assert.equal(last.done, true);
@@ -105,17 +106,42 @@ describe("the gRPC fast path (Generate, Chat and Embed on raw HTTP/2 streams)", 
   describe("answers broken requests like connect-node, and never leaves the stream open", () => {
     const cases: { name: string; call: RawGrpcCall; code: number; message: RegExp }[] = [
       { name: "no message at all", call: { body: [] }, code: 12, message: /missing input message/ },
-      { name: "a truncated frame header", call: { body: [Buffer.from([0, 0, 0])] }, code: 3, message: /incomplete envelope/ },
-      { name: "a frame shorter than it says", call: { body: [generateFrame("x").subarray(0, 12)] }, code: 3, message: /incomplete envelope/ },
-      { name: "two messages", call: { body: [generateFrame("a"), generateFrame("b")] }, code: 12, message: /extra input message/ },
+      {
+        name: "a truncated frame header",
+        call: { body: [Buffer.from([0, 0, 0])] },
+        code: 3,
+        message: /incomplete envelope/,
+      },
+      {
+        name: "a frame shorter than it says",
+        call: { body: [generateFrame("x").subarray(0, 12)] },
+        code: 3,
+        message: /incomplete envelope/,
+      },
+      {
+        name: "two messages",
+        call: { body: [generateFrame("a"), generateFrame("b")] },
+        code: 12,
+        message: /extra input message/,
+      },
       {
         name: "a compressed frame without grpc-encoding",
         call: { body: [frame(Buffer.from("xyz"), 1)] },
         code: 13,
         message: /compressed envelope/,
       },
-      { name: "bytes that are not a GenerateRequest", call: { body: [frame(Buffer.from([0xff, 0xff, 0xff]))] }, code: 13, message: /parse binary/ },
-      { name: "an unparseable grpc-timeout", call: { body: [generateFrame("x")], headers: { "grpc-timeout": "soon" } }, code: 3, message: /timeout/ },
+      {
+        name: "bytes that are not a GenerateRequest",
+        call: { body: [frame(Buffer.from([0xff, 0xff, 0xff]))] },
+        code: 13,
+        message: /parse binary/,
+      },
+      {
+        name: "an unparseable grpc-timeout",
+        call: { body: [generateFrame("x")], headers: { "grpc-timeout": "soon" } },
+        code: 3,
+        message: /timeout/,
+      },
       {
         name: "a frame that announces more than MAX_MESSAGE_BYTES",
         call: { body: [Buffer.from([0, 0x7f, 0xff, 0xff, 0xff])] },
@@ -132,7 +158,11 @@ describe("the gRPC fast path (Generate, Chat and Embed on raw HTTP/2 streams)", 
     for (const [i, c] of cases.entries()) {
       it(c.name, async () => {
         const id = `broken-${i}`;
-        const a = await rawGrpc(fast.url, GENERATE, { ...c.call, headers: { ...c.call.headers, "x-request-id": id }, timeoutMs: 5000 });
+        const a = await rawGrpc(fast.url, GENERATE, {
+          ...c.call,
+          headers: { ...c.call.headers, "x-request-id": id },
+          timeoutMs: 5000,
+        });
         assert.equal(a.status, c.code, `fast path: ${a.message}`);
         assert.match(a.message, c.message);
         assert.ok(await eventually(() => rpcLines(fast, id).length > 0), "the refused call is logged");
@@ -149,7 +179,9 @@ describe("the gRPC fast path (Generate, Chat and Embed on raw HTTP/2 streams)", 
 
   it("leaves gzip-compressed requests to connect-node, which decompresses them", async () => {
     const { gzipSync } = await import("node:zlib");
-    const payload = gzipSync(encode(GenerateRequestSchema, { model: "llama3.2", prompt: "zipped", options: { numPredict: 2 } }));
+    const payload = gzipSync(
+      encode(GenerateRequestSchema, { model: "llama3.2", prompt: "zipped", options: { numPredict: 2 } }),
+    );
     const r = await rawGrpc(fast.url, GENERATE, { body: [frame(payload, 1)], headers: { "grpc-encoding": "gzip" } });
     assert.equal(r.status, 0, r.message);
     assert.equal(r.messages.length, 3);
@@ -159,7 +191,9 @@ describe("the gRPC fast path (Generate, Chat and Embed on raw HTTP/2 streams)", 
     const slow = await startSimulator({ tokenMs: 50 });
     const gw = await startTestGateway({ OLLAMA_URL: slow.url });
     try {
-      const disconnected = new Promise<number>((resolve) => slow.events.once("disconnect", (e: { tokens: number }) => resolve(e.tokens)));
+      const disconnected = new Promise<number>((resolve) =>
+        slow.events.once("disconnect", (e: { tokens: number }) => resolve(e.tokens)),
+      );
       const r = await rawGrpc(gw.url, GENERATE, {
         body: [generateFrame("cancel me", 1000)],
         headers: { "x-request-id": "cancel-1" },
@@ -176,7 +210,11 @@ describe("the gRPC fast path (Generate, Chat and Embed on raw HTTP/2 streams)", 
       assert.ok(await eventually(() => rpcLines(gw, "cancel-1").length > 0));
       assert.equal(rpcLines(gw, "cancel-1")[0]!["code"], "Canceled");
       const status = createClient(GatewayService, createGrpcTransport({ baseUrl: gw.url }));
-      assert.equal((await status.getStatus({})).activeCalls, 0, "the call no longer counts against MAX_CONCURRENT_RPCS");
+      assert.equal(
+        (await status.getStatus({})).activeCalls,
+        0,
+        "the call no longer counts against MAX_CONCURRENT_RPCS",
+      );
     } finally {
       await gw.close();
       await slow.close();
@@ -189,7 +227,10 @@ describe("the gRPC fast path (Generate, Chat and Embed on raw HTTP/2 streams)", 
     try {
       const disconnected = new Promise<void>((resolve) => slow.events.once("disconnect", () => resolve()));
       const started = performance.now();
-      const r = await rawGrpc(gw.url, GENERATE, { body: [generateFrame("too slow", 1000)], headers: { "grpc-timeout": "300m" } });
+      const r = await rawGrpc(gw.url, GENERATE, {
+        body: [generateFrame("too slow", 1000)],
+        headers: { "grpc-timeout": "300m" },
+      });
       assert.equal(r.status, 4, r.message);
       assert.ok(r.messages.length > 0, "tokens arrived before the deadline");
       assert.ok(performance.now() - started < 3000);

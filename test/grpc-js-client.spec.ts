@@ -107,11 +107,17 @@ describe("a @grpc/grpc-js client", () => {
       ),
     );
     assert.equal(err.code, grpc.status.DEADLINE_EXCEEDED, `${grpc.status[err.code]}: ${err.details}`);
-    assert.ok(err.received.length > 0 && err.received.length < 200, `${err.received.length} messages before the deadline`);
+    assert.ok(
+      err.received.length > 0 && err.received.length < 200,
+      `${err.received.length} messages before the deadline`,
+    );
     assertReadableMessage(err);
     const cut = await generateDisconnect();
     const gap = cut.at - at;
-    assert.ok(Math.abs(gap) <= DISCONNECT_WITHIN_MS, `the simulator saw the disconnect ${gap.toFixed(1)} ms after the client's error`);
+    assert.ok(
+      Math.abs(gap) <= DISCONNECT_WITHIN_MS,
+      `the simulator saw the disconnect ${gap.toFixed(1)} ms after the client's error`,
+    );
   });
 
   it("closes Ollama's request at once when the client cancels after three messages", async () => {
@@ -134,7 +140,10 @@ describe("a @grpc/grpc-js client", () => {
     assert.equal(count, 3, "no message after the cancel");
     const cut = await generateDisconnect();
     const gap = cut.at - cancelledAt;
-    assert.ok(gap >= 0 && gap <= DISCONNECT_WITHIN_MS, `the simulator saw the disconnect ${gap.toFixed(1)} ms after the cancel`);
+    assert.ok(
+      gap >= 0 && gap <= DISCONNECT_WITHIN_MS,
+      `the simulator saw the disconnect ${gap.toFixed(1)} ms after the cancel`,
+    );
   });
 
   it("gets NOT_FOUND for an unknown model, with ErrorInfo MODEL_NOT_FOUND in grpc-status-details-bin", async () => {
@@ -156,9 +165,18 @@ describe("a @grpc/grpc-js client", () => {
 
   it("shows status messages unescaped even when Ollama's error text has reserved characters", async () => {
     const upstreamMessage = "runner failed: see /var/log/ollama?level=error&id=1, then retry; cost $0 + @admin #42";
-    sim.faults.add({ kind: "error-before-stream", status: 500, message: upstreamMessage, path: "/api/generate", model: "llama3.2" });
+    sim.faults.add({
+      kind: "error-before-stream",
+      status: 500,
+      message: upstreamMessage,
+      path: "/api/generate",
+      model: "llama3.2",
+    });
     const { err } = await failure(
-      grpcJsServerStream(client, GENERATE, GenerateRequestSchema, GenerateResponseSchema, { model: "llama3.2", prompt: "hi" }),
+      grpcJsServerStream(client, GENERATE, GenerateRequestSchema, GenerateResponseSchema, {
+        model: "llama3.2",
+        prompt: "hi",
+      }),
     );
     assert.equal(err.code, grpc.status.INTERNAL, `${grpc.status[err.code]}: ${err.details}`);
     assert.match(err.details, /runner failed/);

@@ -197,15 +197,12 @@ describe("health service", () => {
 
   it("lists every registered service with its status", async () => {
     const res = await client.list({});
-    assert.deepEqual(
-      Object.fromEntries(Object.entries(res.statuses).map(([k, v]) => [k, v.status])),
-      {
-        "": ServingStatus.SERVING,
-        [INFERENCE]: ServingStatus.SERVING,
-        "test.Registered": ServingStatus.NOT_SERVING,
-        "test.Late": ServingStatus.SERVING,
-      },
-    );
+    assert.deepEqual(Object.fromEntries(Object.entries(res.statuses).map(([k, v]) => [k, v.status])), {
+      "": ServingStatus.SERVING,
+      [INFERENCE]: ServingStatus.SERVING,
+      "test.Registered": ServingStatus.NOT_SERVING,
+      "test.Late": ServingStatus.SERVING,
+    });
   });
 
   it("flips every service and the server with setAll", async () => {
@@ -255,7 +252,10 @@ describe("health service", () => {
     } finally {
       process.off("warning", onWarning);
     }
-    assert.deepEqual(warnings.filter((n) => n === "MaxListenersExceededWarning"), []);
+    assert.deepEqual(
+      warnings.filter((n) => n === "MaxListenersExceededWarning"),
+      [],
+    );
   });
 
   it("answers a @grpc/grpc-js health check", async () => {
@@ -293,9 +293,9 @@ describe("health service watch internals", () => {
     health.register("svc", ServingStatus.SERVING);
     const ctx = watchContext();
     const baseline = getEventListeners(ctx.signal, "abort").length;
-    const it = health.implementation.watch(create(HealthCheckRequestSchema, { service: "svc" }), ctx)[
-      Symbol.asyncIterator
-    ]();
+    const it = health.implementation
+      .watch(create(HealthCheckRequestSchema, { service: "svc" }), ctx)
+      [Symbol.asyncIterator]();
     assert.equal((await it.next()).value?.status, ServingStatus.SERVING);
     for (let i = 0; i < 1000; i++) {
       const next = i % 2 === 0 ? ServingStatus.NOT_SERVING : ServingStatus.SERVING;
@@ -315,9 +315,9 @@ describe("health service watch internals", () => {
     const ctx = watchContext(); // one long-lived signal shared by every cycle
     const baseline = getEventListeners(ctx.signal, "abort").length;
     for (let i = 0; i < 500; i++) {
-      const it = health.implementation.watch(create(HealthCheckRequestSchema, { service: "" }), ctx)[
-        Symbol.asyncIterator
-      ]();
+      const it = health.implementation
+        .watch(create(HealthCheckRequestSchema, { service: "" }), ctx)
+        [Symbol.asyncIterator]();
       assert.equal((await it.next()).value?.status, ServingStatus.SERVING);
       await it.return?.(undefined); // what the adapter does when the response is finished
     }

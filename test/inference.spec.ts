@@ -39,7 +39,11 @@ describe("inference through the gateway", () => {
       it("streams Generate as deltas that end in one done message with usage", async () => {
         const client = createClient(InferenceService, t.make(gw.url));
         const got: GenerateResponse[] = [];
-        for await (const m of client.generate({ model: "llama3.2", prompt: "Tell me about llamas", options: { numPredict: 12 } })) {
+        for await (const m of client.generate({
+          model: "llama3.2",
+          prompt: "Tell me about llamas",
+          options: { numPredict: 12 },
+        })) {
           got.push(m);
         }
         assert.equal(got.length, 13, "12 tokens and one final message");
@@ -114,7 +118,10 @@ describe("inference through the gateway", () => {
       it("embeds a batch as L2-normalised float vectors in input order", async () => {
         const client = createClient(InferenceService, t.make(gw.url));
         // Texts differ per protocol so the embedding cache does not answer.
-        const res = await client.embed({ model: "all-minilm", inputs: [`alpha ${t.name}`, `beta ${t.name}`, `alpha ${t.name}`] });
+        const res = await client.embed({
+          model: "all-minilm",
+          inputs: [`alpha ${t.name}`, `beta ${t.name}`, `alpha ${t.name}`],
+        });
         assert.equal(res.embeddings.length, 3);
         for (const e of res.embeddings) {
           assert.equal(e.values.length, 384);
@@ -130,7 +137,10 @@ describe("inference through the gateway", () => {
 
   it("accepts gzip-compressed requests", async () => {
     const transport = createGrpcTransport({ baseUrl: gw.url, sendCompression: compressionGzip, compressMinBytes: 0 });
-    const res = await createClient(InferenceService, transport).embed({ model: "all-minilm", inputs: ["compressed ".repeat(200)] });
+    const res = await createClient(InferenceService, transport).embed({
+      model: "all-minilm",
+      inputs: ["compressed ".repeat(200)],
+    });
     assert.equal(res.embeddings[0]!.values.length, 384);
   });
 
@@ -151,7 +161,11 @@ describe("inference through the gateway", () => {
 
   it("logs one line per RPC with request id, method, model, node and code", async () => {
     const client = createClient(InferenceService, TRANSPORTS[0]!.make(gw.url));
-    for await (const _ of client.generate({ model: "llama3.2", prompt: "log me" }, { headers: { "x-request-id": "req-42" } })) void _;
+    for await (const _ of client.generate(
+      { model: "llama3.2", prompt: "log me" },
+      { headers: { "x-request-id": "req-42" } },
+    ))
+      void _;
     await new Promise((r) => setTimeout(r, 50));
     const lines = gw.logs.find("rpc").filter((l) => l["requestId"] === "req-42");
     assert.equal(lines.length, 1);

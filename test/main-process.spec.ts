@@ -67,14 +67,15 @@ describe("the gateway process (npm start)", () => {
         }
       });
       assert.equal(r.code, 0, r.stderr);
-      const lines = r.stdout.trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>);
+      const lines = r.stdout
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l) as Record<string, unknown>);
       const msgs = lines.map((l) => l["msg"]);
-      assert.deepEqual(msgs.filter((m) => m !== "ollama node is reachable"), [
-        "effective configuration",
-        "gateway listening",
-        "shutting down",
-        "stopped",
-      ]);
+      assert.deepEqual(
+        msgs.filter((m) => m !== "ollama node is reachable"),
+        ["effective configuration", "gateway listening", "shutting down", "stopped"],
+      );
       assert.ok(!r.stdout.includes("hunter2"), "the password is not logged");
       assert.ok(r.stdout.includes("***"));
     } finally {
@@ -95,13 +96,18 @@ describe("the gateway process (npm start)", () => {
           void (async () => {
             const client = createClient(InferenceService, TRANSPORTS[2]!.make(`http://127.0.0.1:${port}`));
             // New HTTP/1.1 connections each time, so the cluster can spread them.
-            await Promise.all(Array.from({ length: 20 }, (_, i) => client.embed({ model: "all-minilm", inputs: [`w${i}`] })));
+            await Promise.all(
+              Array.from({ length: 20 }, (_, i) => client.embed({ model: "all-minilm", inputs: [`w${i}`] })),
+            );
             kill();
           })();
         }
       });
       assert.equal(r.code, 0, r.stderr);
-      const lines = r.stdout.trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>);
+      const lines = r.stdout
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l) as Record<string, unknown>);
       const servedBy = new Set(lines.filter((l) => l["msg"] === "rpc").map((l) => l["pid"]));
       assert.equal(servedBy.size, 2, `calls served by ${[...servedBy].join(", ")}`);
       assert.equal(lines.filter((l) => l["msg"] === "stopped").length, 2);

@@ -28,7 +28,10 @@ async function codeOf(p: Promise<unknown>): Promise<{ code: Code; reason?: strin
   throw new Error("expected the call to fail");
 }
 
-async function pull(client: Client<typeof ModelService>, model: string): Promise<{ messages: PullModelResponse[]; error?: ConnectError }> {
+async function pull(
+  client: Client<typeof ModelService>,
+  model: string,
+): Promise<{ messages: PullModelResponse[]; error?: ConnectError }> {
   const messages: PullModelResponse[] = [];
   try {
     for await (const m of client.pullModel({ model })) messages.push(m);
@@ -92,7 +95,11 @@ describe("the model lifecycle API", () => {
     const after = (a.stats.requests["/api/show"] ?? 0) + (b.stats.requests["/api/show"] ?? 0);
     assert.equal(after - before, 1);
     await models.getModel({ model: "llava" });
-    assert.equal((a.stats.requests["/api/show"] ?? 0) + (b.stats.requests["/api/show"] ?? 0), after, "then served from the cache");
+    assert.equal(
+      (a.stats.requests["/api/show"] ?? 0) + (b.stats.requests["/api/show"] ?? 0),
+      after,
+      "then served from the cache",
+    );
   });
 
   it("answers NOT_FOUND for an unknown model and INVALID_ARGUMENT for an invalid name", async () => {
@@ -130,7 +137,10 @@ describe("the model lifecycle API", () => {
     assert.equal(messages[0]?.status, "pulling manifest");
     assert.ok(messages.some((m) => m.status.startsWith("pulling ") && m.total > 0n && m.completed <= m.total));
     assert.deepEqual(
-      messages.filter((m) => m.status === "success").map((m) => m.node).sort(),
+      messages
+        .filter((m) => m.status === "success")
+        .map((m) => m.node)
+        .sort(),
       ["a", "b"],
     );
     const listed = await models.listModels({});
@@ -164,10 +174,13 @@ describe("the model lifecycle API", () => {
     const status = await createClient(GatewayService, TRANSPORTS[0]!.make(gw.url)).getStatus({});
     assert.match(status.version, /^\d+\.\d+\.\d+/);
     assert.ok(status.uptime !== undefined);
-    assert.deepEqual(status.nodes.map((n) => [n.name, n.healthy]), [
-      ["a", true],
-      ["b", true],
-    ]);
+    assert.deepEqual(
+      status.nodes.map((n) => [n.name, n.healthy]),
+      [
+        ["a", true],
+        ["b", true],
+      ],
+    );
     assert.equal(status.nodes[0]!.ollamaVersion, "0.12.6");
     assert.equal(status.cache?.backend, "memory");
     assert.equal(status.cache?.healthy, true);
@@ -198,16 +211,32 @@ describe("the embedding cache", () => {
     const second = await client.embed({ model: "all-minilm", inputs: ["one fish", "two fish"] });
     assert.equal(second.cachedInputs, 2);
     assert.equal(sim.stats.requests["/api/embed"] ?? 0, calls);
-    assert.deepEqual(second.embeddings.map((e) => e.values), first.embeddings.map((e) => e.values));
+    assert.deepEqual(
+      second.embeddings.map((e) => e.values),
+      first.embeddings.map((e) => e.values),
+    );
   });
 
   it("sends only the misses of a partly cached batch upstream and keeps input order", async () => {
     await client.embed({ model: "all-minilm", inputs: ["red", "green"] });
-    const mixed = await client.embed({ model: "all-minilm", inputs: ["blue sky", "red", "pale yellow moon", "green", "blue sky"] });
+    const mixed = await client.embed({
+      model: "all-minilm",
+      inputs: ["blue sky", "red", "pale yellow moon", "green", "blue sky"],
+    });
     assert.equal(mixed.cachedInputs, 2);
-    assert.equal(mixed.usage?.promptTokens, 5, "only 'blue sky' and 'pale yellow moon' were embedded (words are tokens)");
-    const direct = await client.embed({ model: "all-minilm", inputs: ["blue sky", "red", "pale yellow moon", "green", "blue sky"] });
-    assert.deepEqual(mixed.embeddings.map((e) => e.values), direct.embeddings.map((e) => e.values));
+    assert.equal(
+      mixed.usage?.promptTokens,
+      5,
+      "only 'blue sky' and 'pale yellow moon' were embedded (words are tokens)",
+    );
+    const direct = await client.embed({
+      model: "all-minilm",
+      inputs: ["blue sky", "red", "pale yellow moon", "green", "blue sky"],
+    });
+    assert.deepEqual(
+      mixed.embeddings.map((e) => e.values),
+      direct.embeddings.map((e) => e.values),
+    );
     assert.deepEqual(mixed.embeddings[0]!.values, mixed.embeddings[4]!.values);
   });
 

@@ -95,7 +95,10 @@ describe("reading an Ollama NDJSON response", () => {
               got.push(...batch);
               return true;
             });
-      await assert.rejects(run, (e: unknown) => isUpstreamError(e) && e.kind === "stream" && /unexpectedly stopped/.test(e.message));
+      await assert.rejects(
+        run,
+        (e: unknown) => isUpstreamError(e) && e.kind === "stream" && /unexpectedly stopped/.test(e.message),
+      );
       assert.deepEqual(got, [{ t: "ok" }], mode);
     }
   });

@@ -3,7 +3,10 @@ import assert from "node:assert/strict";
 import { createNdjsonSplitter, NdjsonError } from "../src/upstream/ndjson.js";
 
 /** The splitter over a byte stream, as the upstream reader drives it: one batch per chunk that completed a line. */
-async function* parseNdjson(body: AsyncIterable<Buffer>, maxLineBytes: number): AsyncGenerator<Record<string, unknown>[]> {
+async function* parseNdjson(
+  body: AsyncIterable<Buffer>,
+  maxLineBytes: number,
+): AsyncGenerator<Record<string, unknown>[]> {
   const split = createNdjsonSplitter(maxLineBytes);
   for await (const chunk of body) {
     const batch = split.push(chunk);
@@ -46,7 +49,7 @@ describe("NDJSON parsing", () => {
   it("hands over everything that arrived together as one batch, so a slow reader can coalesce", async () => {
     async function* body(): AsyncGenerator<Buffer> {
       yield Buffer.from('{"a":1}\n{"b":2}\n{"c"');
-      yield Buffer.from(':3}\n');
+      yield Buffer.from(":3}\n");
     }
     const batches: unknown[] = [];
     for await (const batch of parseNdjson(body(), 1024)) batches.push(batch);

@@ -7,12 +7,23 @@ import { fleet, loads, reason, run } from "./helpers/fleet.js";
 import type { Fleet, GenerateInit } from "./helpers/fleet.js";
 
 /** Keeps `clients` requests for `model` in flight until `stop` is set; returns every outcome. */
-async function closedLoop(f: Fleet, model: string, clients: number, stop: { now: boolean }, tokens = 8): Promise<Awaited<ReturnType<typeof run>>[]> {
+async function closedLoop(
+  f: Fleet,
+  model: string,
+  clients: number,
+  stop: { now: boolean },
+  tokens = 8,
+): Promise<Awaited<ReturnType<typeof run>>[]> {
   const out: Awaited<ReturnType<typeof run>>[] = [];
   await Promise.all(
     Array.from({ length: clients }, async (_, c) => {
       for (let i = 0; !stop.now; i++) {
-        const req: GenerateInit = { model, prompt: `${model} ${c} ${i}`, think: ThinkMode.OFF, options: { numPredict: tokens } };
+        const req: GenerateInit = {
+          model,
+          prompt: `${model} ${c} ${i}`,
+          think: ThinkMode.OFF,
+          options: { numPredict: tokens },
+        };
         out.push(await run(f.client, req, { timeoutMs: 10_000 }));
       }
     }),
@@ -20,7 +31,8 @@ async function closedLoop(f: Fleet, model: string, clients: number, stop: { now:
   return out;
 }
 
-const errors = (rs: Awaited<ReturnType<typeof run>>[]): string[] => rs.filter((r) => r.error).map((r) => `${r.error!.code} ${r.error!.message}`);
+const errors = (rs: Awaited<ReturnType<typeof run>>[]): string[] =>
+  rs.filter((r) => r.error).map((r) => `${r.error!.code} ${r.error!.message}`);
 
 describe("moving models between nodes as demand shifts", { timeout: 60_000 }, () => {
   it("serves a model loaded nowhere while two busier models keep every node occupied", async () => {
@@ -32,12 +44,17 @@ describe("moving models between nodes as demand shifts", { timeout: 60_000 }, ()
       const seen = new Set<string>();
       const watching = (async () => {
         while (!stop.now) {
-          for (const n of (await f.status.getStatus({})).nodes) if (n.drainingFor) seen.add(`${n.name}:${n.drainingFor}`);
+          for (const n of (await f.status.getStatus({})).nodes)
+            if (n.drainingFor) seen.add(`${n.name}:${n.drainingFor}`);
           await sleep(15);
         }
       })();
       const started = Date.now();
-      const rare = await run(f.client, { model: "llava", prompt: "a rare request", options: { numPredict: 4 } }, { timeoutMs: 5_000 });
+      const rare = await run(
+        f.client,
+        { model: "llava", prompt: "a rare request", options: { numPredict: 4 } },
+        { timeoutMs: 5_000 },
+      );
       const took = Date.now() - started;
       stop.now = true;
       const [a, b] = await Promise.all(busy);
@@ -45,7 +62,10 @@ describe("moving models between nodes as demand shifts", { timeout: 60_000 }, ()
       assert.equal(rare.error, undefined, `llava: ${rare.error?.message}`);
       assert.ok(took < 4_000, `llava waited ${took} ms`);
       assert.deepEqual(errors([...a!, ...b!]), [], "the busy models kept being served");
-      assert.ok([...seen].some((s) => s.endsWith(":llava:latest")), `GetStatus showed the drain: ${[...seen].join(", ") || "nothing"}`);
+      assert.ok(
+        [...seen].some((s) => s.endsWith(":llava:latest")),
+        `GetStatus showed the drain: ${[...seen].join(", ") || "nothing"}`,
+      );
     } finally {
       stop.now = true;
       await f.close();
@@ -58,11 +78,18 @@ describe("moving models between nodes as demand shifts", { timeout: 60_000 }, ()
     try {
       const busy = [closedLoop(f, "llama3.2", 2, stop), closedLoop(f, "qwen3", 2, stop)];
       await sleep(800);
-      const rare = await run(f.client, { model: "llava", prompt: "a rare request", options: { numPredict: 4 } }, { timeoutMs: 1_500 });
+      const rare = await run(
+        f.client,
+        { model: "llava", prompt: "a rare request", options: { numPredict: 4 } },
+        { timeoutMs: 1_500 },
+      );
       stop.now = true;
       await Promise.all(busy);
       assert.equal(rare.error?.code, Code.DeadlineExceeded, "nothing made room for it");
-      assert.equal(f.sims.reduce((n, s) => n + (s.stats.loads["llava:latest"] ?? 0), 0), 0);
+      assert.equal(
+        f.sims.reduce((n, s) => n + (s.stats.loads["llava:latest"] ?? 0), 0),
+        0,
+      );
     } finally {
       stop.now = true;
       await f.close();
@@ -74,10 +101,17 @@ describe("moving models between nodes as demand shifts", { timeout: 60_000 }, ()
     try {
       // llama3.2 on one node, qwen3 on the other, then qwen3 goes quiet.
       const first = await run(f.client, { model: "llama3.2", prompt: "warm", options: { numPredict: 2 } });
-      const other = await run(f.client, { model: "qwen3", prompt: "warm", think: ThinkMode.OFF, options: { numPredict: 2 } });
+      const other = await run(f.client, {
+        model: "qwen3",
+        prompt: "warm",
+        think: ThinkMode.OFF,
+        options: { numPredict: 2 },
+      });
       assert.notEqual(first.node, other.node);
       const burst = await Promise.all(
-        Array.from({ length: 16 }, (_, i) => run(f.client, { model: "llama3.2", prompt: `burst ${i}`, options: { numPredict: 20 } })),
+        Array.from({ length: 16 }, (_, i) =>
+          run(f.client, { model: "llama3.2", prompt: `burst ${i}`, options: { numPredict: 20 } }),
+        ),
       );
       assert.deepEqual(errors(burst), []);
       const byNode = new Map<string, number>();
@@ -102,7 +136,10 @@ describe("moving models between nodes as demand shifts", { timeout: 60_000 }, ()
       stop.now = true;
       const [a, b] = await Promise.all(busy);
       assert.deepEqual(errors([...a!, ...b!]), []);
-      assert.ok(a!.length > 20 && b!.length > 20, `${a!.length} and ${b!.length} requests; loads ${f.sims.map((s) => JSON.stringify(s.stats.loads)).join(" ")}; qwen nodes ${b!.map((r) => r.node).join("")}`);
+      assert.ok(
+        a!.length > 20 && b!.length > 20,
+        `${a!.length} and ${b!.length} requests; loads ${f.sims.map((s) => JSON.stringify(s.stats.loads)).join(" ")}; qwen nodes ${b!.map((r) => r.node).join("")}`,
+      );
       assert.equal(loads(f.sims), 2, `loads per node: ${f.sims.map((s) => JSON.stringify(s.stats.loads)).join(" ")}`);
     } finally {
       stop.now = true;
@@ -119,7 +156,11 @@ describe("a queue wait budget (QUEUE_MAX_WAIT_MS)", { timeout: 30_000 }, () => {
       const long = run(f.client, { model: "llama3.2", prompt: "long", options: { numPredict: 30 } });
       await sleep(50);
       const started = Date.now();
-      const refused = await run(f.client, { model: "llama3.2", prompt: "late", options: { numPredict: 30 } }, { timeoutMs: 30_000 });
+      const refused = await run(
+        f.client,
+        { model: "llama3.2", prompt: "late", options: { numPredict: 30 } },
+        { timeoutMs: 30_000 },
+      );
       assert.equal(refused.error?.code, Code.ResourceExhausted);
       assert.equal(reason(refused.error), "QUEUE_WAIT_TOO_LONG");
       assert.ok(Date.now() - started < 250, "refused at once");
@@ -136,7 +177,11 @@ describe("a queue wait budget (QUEUE_MAX_WAIT_MS)", { timeout: 30_000 }, () => {
       const long = run(f.client, { model: "llama3.2", prompt: "long", options: { numPredict: 50 } });
       await sleep(50);
       const started = Date.now();
-      const queued = await run(f.client, { model: "llama3.2", prompt: "queued", options: { numPredict: 5 } }, { timeoutMs: 30_000 });
+      const queued = await run(
+        f.client,
+        { model: "llama3.2", prompt: "queued", options: { numPredict: 5 } },
+        { timeoutMs: 30_000 },
+      );
       const waited = Date.now() - started;
       assert.equal(queued.error?.code, Code.ResourceExhausted);
       assert.equal(reason(queued.error), "QUEUE_WAIT_TOO_LONG");

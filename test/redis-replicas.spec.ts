@@ -76,17 +76,26 @@ describe("two gateway processes sharing one Redis", { timeout: 60_000 }, () => {
     await redis?.stop();
   });
 
-  it("hides a model deleted through A from ListModels on B on the very next call, round after round", { timeout: 20_000 }, async () => {
+  it("hides a model deleted through A from ListModels on B on the very next call, round after round", {
+    timeout: 20_000,
+  }, async () => {
     const s = sim!;
     await modelsB.listModels({}, { timeoutMs: 5000 }); // B caches the installed list
     for (let round = 0; round < 6; round++) {
       const copy = `replica-copy-${round}:latest`;
       await modelsA.copyModel({ source: "llama3.2", destination: copy }, { timeoutMs: 5000 });
-      assert.ok(names(await modelsB.listModels({}, { timeoutMs: 5000 })).includes(copy), `round ${round}: B lists the copy at once`);
+      assert.ok(
+        names(await modelsB.listModels({}, { timeoutMs: 5000 })).includes(copy),
+        `round ${round}: B lists the copy at once`,
+      );
 
       const tags = s.stats.requests["/api/tags"] ?? 0;
       assert.ok(names(await modelsB.listModels({}, { timeoutMs: 5000 })).includes(copy));
-      assert.equal(s.stats.requests["/api/tags"] ?? 0, tags, `round ${round}: B answers from its cache between changes`);
+      assert.equal(
+        s.stats.requests["/api/tags"] ?? 0,
+        tags,
+        `round ${round}: B answers from its cache between changes`,
+      );
 
       await modelsA.deleteModel({ model: copy }, { timeoutMs: 5000 });
       const onB = names(await modelsB.listModels({}, { timeoutMs: 5000 }));
@@ -98,7 +107,10 @@ describe("two gateway processes sharing one Redis", { timeout: 60_000 }, () => {
   it("lists a model pulled through A on B at once, not after the 60 s tags TTL", { timeout: 15_000 }, async () => {
     const s = sim!;
     for (const model of ["mistral:latest", "tinyllama:latest"]) {
-      assert.ok(!names(await modelsB.listModels({}, { timeoutMs: 5000 })).includes(model), `${model} is not installed yet`);
+      assert.ok(
+        !names(await modelsB.listModels({}, { timeoutMs: 5000 })).includes(model),
+        `${model} is not installed yet`,
+      );
       const tags = s.stats.requests["/api/tags"] ?? 0;
       assert.ok(!names(await modelsB.listModels({}, { timeoutMs: 5000 })).includes(model));
       assert.equal(s.stats.requests["/api/tags"] ?? 0, tags, "B answers from its cache");
@@ -110,24 +122,38 @@ describe("two gateway processes sharing one Redis", { timeout: 60_000 }, () => {
     }
   });
 
-  it("shows LoadModel and UnloadModel through A in ListRunningModels on B at once, not after the 60 s ps TTL", { timeout: 15_000 }, async () => {
+  it("shows LoadModel and UnloadModel through A in ListRunningModels on B at once, not after the 60 s ps TTL", {
+    timeout: 15_000,
+  }, async () => {
     const s = sim!;
     for (let round = 0; round < 3; round++) {
-      assert.ok(!running(await modelsB.listRunningModels({}, { timeoutMs: 5000 })).includes("llama3.2:latest"), `round ${round}: not loaded yet`);
+      assert.ok(
+        !running(await modelsB.listRunningModels({}, { timeoutMs: 5000 })).includes("llama3.2:latest"),
+        `round ${round}: not loaded yet`,
+      );
       const ps = s.stats.requests["/api/ps"] ?? 0;
       assert.ok(!running(await modelsB.listRunningModels({}, { timeoutMs: 5000 })).includes("llama3.2:latest"));
       assert.equal(s.stats.requests["/api/ps"] ?? 0, ps, `round ${round}: B answers ListRunningModels from its cache`);
 
       await modelsA.loadModel({ model: "llama3.2", keepAlive: { seconds: 600n } }, { timeoutMs: 5000 });
-      assert.ok(s.loaded().some((r) => r.name === "llama3.2:latest"), "the simulator has it loaded");
+      assert.ok(
+        s.loaded().some((r) => r.name === "llama3.2:latest"),
+        "the simulator has it loaded",
+      );
       const loaded = running(await modelsB.listRunningModels({}, { timeoutMs: 5000 }));
-      assert.ok(loaded.includes("llama3.2:latest"), `round ${round}: B shows the model A loaded: [${loaded.join(", ")}]`);
+      assert.ok(
+        loaded.includes("llama3.2:latest"),
+        `round ${round}: B shows the model A loaded: [${loaded.join(", ")}]`,
+      );
 
       const unloaded = await modelsA.unloadModel({ model: "llama3.2" }, { timeoutMs: 5000 });
       assert.equal(unloaded.nodes.length, 1);
       assert.ok(!s.loaded().some((r) => r.name === "llama3.2:latest"), "the simulator unloaded it");
       const after = running(await modelsB.listRunningModels({}, { timeoutMs: 5000 }));
-      assert.ok(!after.includes("llama3.2:latest"), `round ${round}: B still shows the model A unloaded: [${after.join(", ")}]`);
+      assert.ok(
+        !after.includes("llama3.2:latest"),
+        `round ${round}: B still shows the model A unloaded: [${after.join(", ")}]`,
+      );
     }
   });
 });

@@ -12,14 +12,8 @@ import { Code, ConnectError, createClient, createHandlerContext } from "@connect
 import type { Client, ConnectRouter } from "@connectrpc/connect";
 import { connectNodeAdapter, createGrpcTransport } from "@connectrpc/connect-node";
 import { Health } from "../src/gen/grpc/health/v1/health_pb.js";
-import {
-  ServerReflection,
-  ServerReflectionRequestSchema,
-} from "../src/gen/grpc/reflection/v1/reflection_pb.js";
-import type {
-  ServerReflectionRequest,
-  ServerReflectionResponse,
-} from "../src/gen/grpc/reflection/v1/reflection_pb.js";
+import { ServerReflection, ServerReflectionRequestSchema } from "../src/gen/grpc/reflection/v1/reflection_pb.js";
+import type { ServerReflectionRequest, ServerReflectionResponse } from "../src/gen/grpc/reflection/v1/reflection_pb.js";
 import { ServerReflection as ServerReflectionV1Alpha } from "../src/gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { InferenceService } from "../src/gen/ollama/gateway/v1/inference_pb.js";
 import { createHealthService } from "../src/transport/health-service.js";
@@ -124,8 +118,11 @@ describe("reflection service", () => {
 
     it("calls Generate over gRPC using only the reflected schema", async () => {
       const out = await bufCurl(
-        "--protocol", "grpc", "--http2-prior-knowledge",
-        "-d", '{"model":"m","prompt":"hi"}',
+        "--protocol",
+        "grpc",
+        "--http2-prior-knowledge",
+        "-d",
+        '{"model":"m","prompt":"hi"}',
         `${baseUrl}/ollama.gateway.v1.InferenceService/Generate`,
       );
       assert.deepEqual(JSON.parse(out), { text: "echo hi from m", done: true });
@@ -133,9 +130,13 @@ describe("reflection service", () => {
 
     it("calls Generate when the client only speaks reflection v1alpha", async () => {
       const out = await bufCurl(
-        "--reflect-protocol", "grpc-v1alpha",
-        "--protocol", "grpc", "--http2-prior-knowledge",
-        "-d", '{"model":"m","prompt":"alpha"}',
+        "--reflect-protocol",
+        "grpc-v1alpha",
+        "--protocol",
+        "grpc",
+        "--http2-prior-knowledge",
+        "-d",
+        '{"model":"m","prompt":"alpha"}',
         `${baseUrl}/ollama.gateway.v1.InferenceService/Generate`,
       );
       assert.deepEqual(JSON.parse(out), { text: "echo alpha from m", done: true });
@@ -143,8 +144,10 @@ describe("reflection service", () => {
 
     it("calls Generate over the Connect protocol too", async () => {
       const out = await bufCurl(
-        "--protocol", "connect",
-        "-d", '{"model":"m","prompt":"connect"}',
+        "--protocol",
+        "connect",
+        "-d",
+        '{"model":"m","prompt":"connect"}',
         `${baseUrl}/ollama.gateway.v1.InferenceService/Generate`,
       );
       assert.deepEqual(JSON.parse(out), { text: "echo connect from m", done: true });
@@ -152,8 +155,12 @@ describe("reflection service", () => {
 
     it("checks health", async () => {
       const out = await bufCurl(
-        "--protocol", "grpc", "--http2-prior-knowledge", "--emit-defaults",
-        "-d", '{"service":""}',
+        "--protocol",
+        "grpc",
+        "--http2-prior-knowledge",
+        "--emit-defaults",
+        "-d",
+        '{"service":""}',
         `${baseUrl}/grpc.health.v1.Health/Check`,
       );
       assert.deepEqual(JSON.parse(out), { status: "SERVING" });
@@ -198,15 +205,12 @@ describe("reflection service", () => {
       ]);
       const names = fileNames(first);
       assert.equal(names[0], "ollama/gateway/v1/inference.proto", "the requested file comes first");
-      assert.deepEqual(
-        [...names].sort(),
-        [
-          "google/protobuf/duration.proto",
-          "google/protobuf/struct.proto",
-          "ollama/gateway/v1/inference.proto",
-          "ollama/gateway/v1/types.proto",
-        ],
-      );
+      assert.deepEqual([...names].sort(), [
+        "google/protobuf/duration.proto",
+        "google/protobuf/struct.proto",
+        "ollama/gateway/v1/inference.proto",
+        "ollama/gateway/v1/types.proto",
+      ]);
       assert.deepEqual(fileNames(second), ["ollama/gateway/v1/types.proto"]);
       assert.deepEqual(fileNames(third), ["ollama/gateway/v1/inference.proto"]);
     });

@@ -2,7 +2,11 @@ import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { create, toBinary } from "@bufbuild/protobuf";
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { ChatResponseSchema, EmbedResponseSchema, GenerateResponseSchema } from "../src/gen/ollama/gateway/v1/inference_pb.js";
+import {
+  ChatResponseSchema,
+  EmbedResponseSchema,
+  GenerateResponseSchema,
+} from "../src/gen/ollama/gateway/v1/inference_pb.js";
 import { DoneReason, Role } from "../src/gen/ollama/gateway/v1/types_pb.js";
 import { chatDeltaFrame, embedFrame, generateDeltaFrame } from "../src/services/reply-frames.js";
 
@@ -24,7 +28,7 @@ const TEXTS = [
   "y".repeat(16_383),
   "y".repeat(16_384),
   "z".repeat(300_000),
-  "\u0000\n\t\"{}",
+  '\u0000\n\t"{}',
 ];
 
 describe("hand-written frames for the hottest replies", () => {
@@ -41,7 +45,9 @@ describe("hand-written frames for the hottest replies", () => {
   it("encode a Chat delta exactly as toBinary does", () => {
     for (const content of TEXTS) {
       for (const thinking of ["", "pondering", "t".repeat(200)]) {
-        const m: MessageInitShape<typeof ChatResponseSchema> = { message: { role: Role.ASSISTANT, content, thinking, toolCalls: [] } };
+        const m: MessageInitShape<typeof ChatResponseSchema> = {
+          message: { role: Role.ASSISTANT, content, thinking, toolCalls: [] },
+        };
         const want = generic(toBinary(ChatResponseSchema, create(ChatResponseSchema, m)));
         assert.deepEqual(chatDeltaFrame(m), want, `content ${content.length} chars, thinking ${thinking.length}`);
       }
@@ -52,7 +58,10 @@ describe("hand-written frames for the hottest replies", () => {
     assert.equal(generateDeltaFrame({ text: "", done: true, doneReason: DoneReason.STOP }), undefined);
     assert.equal(generateDeltaFrame({ text: "a", usage: { node: "n" } }), undefined);
     assert.equal(chatDeltaFrame({ message: { role: Role.ASSISTANT }, done: true }), undefined);
-    assert.equal(chatDeltaFrame({ message: { role: Role.ASSISTANT, toolCalls: [{ name: "f", index: 0 }] } }), undefined);
+    assert.equal(
+      chatDeltaFrame({ message: { role: Role.ASSISTANT, toolCalls: [{ name: "f", index: 0 }] } }),
+      undefined,
+    );
     assert.equal(chatDeltaFrame({ message: { role: Role.USER, content: "x" } }), undefined);
     assert.equal(chatDeltaFrame({}), undefined);
   });
@@ -68,7 +77,10 @@ describe("hand-written frames for the hottest replies", () => {
       { embeddings: [{ values: [0, -0, 1, -1, 3.4e38, 1e-45, 0.1, Number.NaN, Infinity, -Infinity] }] },
       { embeddings: [{ values: vector(384) }], usage: { promptTokens: 4, node: "n1", model: "all-minilm" } },
       { embeddings: [{ values: vector(31) }, { values: vector(32) }, { values: vector(33) }], cachedInputs: 2 },
-      { embeddings: Array.from({ length: 20 }, (_, i) => ({ values: vector(4096 + i) })), usage: { totalDuration: { seconds: 1n, nanos: 5 } } },
+      {
+        embeddings: Array.from({ length: 20 }, (_, i) => ({ values: vector(4096 + i) })),
+        usage: { totalDuration: { seconds: 1n, nanos: 5 } },
+      },
     ];
     for (const m of cases) {
       const want = generic(toBinary(EmbedResponseSchema, create(EmbedResponseSchema, m)));

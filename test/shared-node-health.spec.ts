@@ -79,7 +79,8 @@ async function fleet(redisUrl: string): Promise<Fleet> {
 async function generate(r: Replica, prompt: string, numPredict = 2): Promise<{ node?: string; error?: ConnectError }> {
   try {
     let node: string | undefined;
-    for await (const m of r.client.generate({ model: "llama3.2", prompt, options: { numPredict } } as GenerateRequest)) node = m.usage?.node ?? node;
+    for await (const m of r.client.generate({ model: "llama3.2", prompt, options: { numPredict } } as GenerateRequest))
+      node = m.usage?.node ?? node;
     return { node };
   } catch (e) {
     return { error: ConnectError.from(e) };
@@ -92,10 +93,15 @@ async function generateOnBoth(r: Replica, tag: string): Promise<{ node?: string;
 }
 
 const waitShared = (...rs: Replica[]): Promise<void> =>
-  waitFor("both replicas share node health", () => rs.every((r) => r.gw.logs.find(HEALTH_SHARED_MSG).length + r.gw.logs.find(HEALTH_SHARED_AGAIN_MSG).length > 0));
+  waitFor("both replicas share node health", () =>
+    rs.every((r) => r.gw.logs.find(HEALTH_SHARED_MSG).length + r.gw.logs.find(HEALTH_SHARED_AGAIN_MSG).length > 0),
+  );
 
 /** Closes the node that served a first call through `a`, then sends traffic through `a` until its circuit for that node opens. */
-async function killNodeThroughA(f: Fleet, a: Replica): Promise<{ victim: string; index: number; port: number; openedAt: number }> {
+async function killNodeThroughA(
+  f: Fleet,
+  a: Replica,
+): Promise<{ victim: string; index: number; port: number; openedAt: number }> {
   const first = await generate(a, "where");
   assert.equal(first.error, undefined);
   const victim = first.node!;
@@ -109,7 +115,11 @@ async function killNodeThroughA(f: Fleet, a: Replica): Promise<{ victim: string;
     await f.sims[index]!.close();
     for (let i = 0; i < 10 && openedAt === 0; i++) {
       const results = await generateOnBoth(a, `after-kill-${i}-`);
-      assert.deepEqual(results.map((x) => x.error?.message), [undefined, undefined], "retried on the other node");
+      assert.deepEqual(
+        results.map((x) => x.error?.message),
+        [undefined, undefined],
+        "retried on the other node",
+      );
     }
   } finally {
     stop();
@@ -142,7 +152,9 @@ describe("node health shared between gateway replicas through Redis", { timeout:
     await redis.stop();
   });
 
-  it("makes replica B stop routing to a node within a second of replica A's circuit opening, without B sending it anything", { timeout: 20_000 }, async () => {
+  it("makes replica B stop routing to a node within a second of replica A's circuit opening, without B sending it anything", {
+    timeout: 20_000,
+  }, async () => {
     const f = await fleet(redis.url);
     try {
       const a = await f.replica();
@@ -170,7 +182,9 @@ describe("node health shared between gateway replicas through Redis", { timeout:
     }
   });
 
-  it("lets replica B try a node again as soon as replica A sees it succeed, without waiting for B's probe or open timer", { timeout: 20_000 }, async () => {
+  it("lets replica B try a node again as soon as replica A sees it succeed, without waiting for B's probe or open timer", {
+    timeout: 20_000,
+  }, async () => {
     const f = await fleet(redis.url);
     try {
       // A half-opens after 300 ms so its traffic tries the node; B would wait a minute on its own.
@@ -237,7 +251,7 @@ describe("node health shared between gateway replicas through Redis", { timeout:
         "null",
         "42",
         '"down"',
-        "[1,\"tester\",\"n1\",\"down\"]",
+        '[1,"tester","n1","down"]',
         JSON.stringify({ v: 2, o: "tester", n: "n1", s: "down" }),
         JSON.stringify({ v: "1", o: "tester", n: "n1", s: "down" }),
         JSON.stringify({ v: 1, n: "n1", s: "down" }),
@@ -269,7 +283,9 @@ describe("node health shared between gateway replicas through Redis", { timeout:
     }
   });
 
-  it("starts, serves and judges nodes alone while Redis is unreachable, warning once, and shares again by itself once Redis is back", { timeout: 30_000 }, async () => {
+  it("starts, serves and judges nodes alone while Redis is unreachable, warning once, and shares again by itself once Redis is back", {
+    timeout: 30_000,
+  }, async () => {
     const port = await laterPort();
     const f = await fleet(`redis://127.0.0.1:${port}`);
     let late: RedisServer | undefined;
@@ -290,7 +306,11 @@ describe("node health shared between gateway replicas through Redis", { timeout:
 
       // Redis comes up: sharing resumes without a restart.
       late = await startRedis({ port });
-      await waitFor("sharing resumed", () => [a, b].every((r) => r.gw.logs.find(HEALTH_SHARED_AGAIN_MSG).length === 1), 8000);
+      await waitFor(
+        "sharing resumed",
+        () => [a, b].every((r) => r.gw.logs.find(HEALTH_SHARED_AGAIN_MSG).length === 1),
+        8000,
+      );
       const other = victim === "n0" ? "n1" : "n0";
       a.gw.nodeHealth.reportFailure(other, "unreachable");
       await waitFor("B applies A's verdict again", () => b.gw.nodeHealth.state(other) === "open", 1500);

@@ -12,7 +12,9 @@ import { TRANSPORTS } from "./helpers/transports.js";
  * Runs 8 Generate calls through each of two gateway processes at once (separate OS processes, as
  * sidecars are); returns the node's peak of concurrent requests.
  */
-async function peakWithTwoReplicas(redisUrl: string | undefined): Promise<{ peak: number; failures: number; shared: boolean[] }> {
+async function peakWithTwoReplicas(
+  redisUrl: string | undefined,
+): Promise<{ peak: number; failures: number; shared: boolean[] }> {
   // The simulator accepts up to 8 at once, so its peak shows how many the
   // gateways sent; the gateways are told the node has 1 slot.
   const sim = await startSimulator({ tokenMs: 5, numParallel: 8 });
@@ -34,7 +36,8 @@ async function peakWithTwoReplicas(redisUrl: string | undefined): Promise<{ peak
         const client = createClient(InferenceService, TRANSPORTS[0]!.make(g.url));
         return Array.from({ length: 8 }, async (_, i) => {
           try {
-            for await (const _m of client.generate({ model: "llama3.2", prompt: `r${i}`, options: { numPredict: 10 } })) void _m;
+            for await (const _m of client.generate({ model: "llama3.2", prompt: `r${i}`, options: { numPredict: 10 } }))
+              void _m;
           } catch {
             failures++;
           }

@@ -69,7 +69,9 @@ describe("graceful shutdown", () => {
     const gw = await startTestGateway({ OLLAMA_URL: sim.url, SHUTDOWN_GRACE_MS: "300" });
     try {
       const client = createClient(InferenceService, TRANSPORTS[0]!.make(gw.url));
-      const disconnected = new Promise<number>((resolve) => sim.events.once("disconnect", (e: { at: number }) => resolve(e.at)));
+      const disconnected = new Promise<number>((resolve) =>
+        sim.events.once("disconnect", (e: { at: number }) => resolve(e.at)),
+      );
       let closeStarted = 0;
       let closed: Promise<void> | undefined;
       let count = 0;
@@ -90,7 +92,10 @@ describe("graceful shutdown", () => {
         },
       );
       const at = await disconnected;
-      assert.ok(at - closeStarted >= 250 && at - closeStarted < 1500, `upstream aborted ${Math.round(at - closeStarted)} ms after close`);
+      assert.ok(
+        at - closeStarted >= 250 && at - closeStarted < 1500,
+        `upstream aborted ${Math.round(at - closeStarted)} ms after close`,
+      );
       await closed;
       assert.equal(gw.health.get(""), ServingStatus.NOT_SERVING);
     } finally {

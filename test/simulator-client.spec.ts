@@ -55,7 +55,11 @@ describe("the simulator, driven by the official ollama client", () => {
   });
 
   it("streams a chat answer token by token and ends with a done message carrying metrics", async () => {
-    const stream = await client.chat({ model: "llama3.2", messages: [{ role: "user", content: "Why is the sky blue?" }], stream: true });
+    const stream = await client.chat({
+      model: "llama3.2",
+      messages: [{ role: "user", content: "Why is the sky blue?" }],
+      stream: true,
+    });
     const parts: string[] = [];
     let last;
     for await (const chunk of stream) {
@@ -92,7 +96,11 @@ describe("the simulator, driven by the official ollama client", () => {
     assert.equal(a.eval_count, 7);
     assert.ok((longer.response ?? "").startsWith(a.response ?? "-"), "a shorter answer is a prefix of a longer one");
     assert.ok(Array.isArray(a.context) && a.context.length > 0, "generate returns a context");
-    const other = await client.generate({ model: "llama3.2", prompt: "Something else entirely", options: { num_predict: 7 } });
+    const other = await client.generate({
+      model: "llama3.2",
+      prompt: "Something else entirely",
+      options: { num_predict: 7 },
+    });
     assert.notEqual(other.response, a.response);
   });
 
@@ -101,7 +109,11 @@ describe("the simulator, driven by the official ollama client", () => {
     const text = full.response ?? "";
     const words = text.split(" ");
     const stopAt = words[5] ?? "";
-    const cut = await client.generate({ model: "llama3.2", prompt: "stop test", options: { num_predict: 20, stop: [` ${stopAt}`] } });
+    const cut = await client.generate({
+      model: "llama3.2",
+      prompt: "stop test",
+      options: { num_predict: 20, stop: [` ${stopAt}`] },
+    });
     assert.equal(cut.done_reason, "stop");
     assert.ok(stopAt !== "" && text.includes(` ${stopAt}`));
     assert.equal(cut.response, text.slice(0, text.indexOf(` ${stopAt}`)));
@@ -111,7 +123,11 @@ describe("the simulator, driven by the official ollama client", () => {
     let thinking = "";
     let content = "";
     let thinkingAfterContent = false;
-    for await (const chunk of await client.chat({ model: "qwen3", messages: [{ role: "user", content: "hi" }], stream: true })) {
+    for await (const chunk of await client.chat({
+      model: "qwen3",
+      messages: [{ role: "user", content: "hi" }],
+      stream: true,
+    })) {
       if (chunk.message.thinking) {
         if (content !== "") thinkingAfterContent = true;
         thinking += chunk.message.thinking;
@@ -138,7 +154,10 @@ describe("the simulator, driven by the official ollama client", () => {
     assert.equal(res.done_reason, "stop");
     const calls = res.message.tool_calls ?? [];
     assert.equal(calls.length, 1);
-    const call = calls[0] as unknown as { id: string; function: { index: number; name: string; arguments: Record<string, unknown> } };
+    const call = calls[0] as unknown as {
+      id: string;
+      function: { index: number; name: string; arguments: Record<string, unknown> };
+    };
     assert.match(call.id, /^call_[a-z0-9]{8}$/);
     assert.equal(call.function.index, 0);
     assert.equal(call.function.name, "get_weather");
@@ -230,7 +249,8 @@ describe("the simulator, driven by the official ollama client", () => {
 
   it("pulls a model with streamed progress, then lists it", async () => {
     const statuses: string[] = [];
-    for await (const progress of await client.pull({ model: "tinyllama", stream: true })) statuses.push(progress.status);
+    for await (const progress of await client.pull({ model: "tinyllama", stream: true }))
+      statuses.push(progress.status);
     assert.equal(statuses[0], "pulling manifest");
     assert.ok(statuses.some((s) => /^pulling [0-9a-f]{12}$/.test(s)));
     assert.deepEqual(statuses.slice(-3), ["verifying sha256 digest", "writing manifest", "success"]);
@@ -282,11 +302,27 @@ describe("the simulator, driven by the official ollama client", () => {
       [client.chat({ model: "nope", messages: [{ role: "user", content: "x" }] }), 404, "model 'nope' not found"],
       [client.embed({ model: "nope", input: "x" }), 404, 'model "nope" not found, try pulling it first'],
       [client.chat({ model: "", messages: [] }), 400, "model is required"],
-      [client.chat({ model: "llama3.2", messages: [{ role: "user", content: "x" }], think: true }), 400, '"llama3.2" does not support thinking'],
-      [client.chat({ model: "llava", messages: [{ role: "user", content: "x" }], tools: [weatherTool] }), 400, "registry.ollama.ai/library/llava:latest does not support tools"],
+      [
+        client.chat({ model: "llama3.2", messages: [{ role: "user", content: "x" }], think: true }),
+        400,
+        '"llama3.2" does not support thinking',
+      ],
+      [
+        client.chat({ model: "llava", messages: [{ role: "user", content: "x" }], tools: [weatherTool] }),
+        400,
+        "registry.ollama.ai/library/llava:latest does not support tools",
+      ],
       [client.generate({ model: "all-minilm", prompt: "x" }), 400, '"all-minilm" does not support generate'],
-      [client.chat({ model: "all-minilm", messages: [{ role: "user", content: "x" }] }), 400, '"all-minilm" does not support chat'],
-      [client.generate({ model: "llama3.2", prompt: "x", raw: true, system: "s" }), 400, "raw mode does not support template, system, or context"],
+      [
+        client.chat({ model: "all-minilm", messages: [{ role: "user", content: "x" }] }),
+        400,
+        '"all-minilm" does not support chat',
+      ],
+      [
+        client.generate({ model: "llama3.2", prompt: "x", raw: true, system: "s" }),
+        400,
+        "raw mode does not support template, system, or context",
+      ],
       [client.delete({ model: "nope" }), 404, "model 'nope' not found"],
       [client.copy({ source: "nope", destination: "x" }), 404, 'model "nope" not found'],
       [client.pull({ model: "Bad Name!" }), 400, "invalid model name"],
@@ -303,7 +339,12 @@ describe("the simulator, driven by the official ollama client", () => {
     const slow = await startSimulator({ tokenMs: 20 });
     try {
       const c = new Ollama({ host: slow.url });
-      const stream = await c.generate({ model: "llama3.2", prompt: "long", stream: true, options: { num_predict: 500 } });
+      const stream = await c.generate({
+        model: "llama3.2",
+        prompt: "long",
+        stream: true,
+        options: { num_predict: 500 },
+      });
       const seen = slow.events.next("disconnect");
       let count = 0;
       const error = await rejection(

@@ -3,7 +3,14 @@
 import assert from "node:assert/strict";
 import { after, afterEach, before, describe, it } from "node:test";
 import { request } from "undici";
-import { CLI_USAGE, parseCliArgs, parseFaultSpecs, SERVER_BUSY_MESSAGE, startSimulator, type Simulator } from "../src/simulator/index.js";
+import {
+  CLI_USAGE,
+  parseCliArgs,
+  parseFaultSpecs,
+  SERVER_BUSY_MESSAGE,
+  startSimulator,
+  type Simulator,
+} from "../src/simulator/index.js";
 import { startSimulatorProcess } from "./helpers/sim-process.js";
 import { delay, eventually, json, ndjson, post, send, streamLines } from "./helpers/sim-http.js";
 
@@ -35,7 +42,11 @@ describe("the simulator's faults", () => {
   });
 
   it("streams afterTokens chunks then one error line, with 200 and no done line", async () => {
-    sim.faults.add({ kind: "error-mid-stream", afterTokens: 3, message: "an error was encountered while running the model" });
+    sim.faults.add({
+      kind: "error-mid-stream",
+      afterTokens: 3,
+      message: "an error was encountered while running the model",
+    });
     const res = await post(`${sim.url}/api/chat`, chat);
     assert.equal(res.status, 200);
     const lines = ndjson(res);
@@ -85,11 +96,14 @@ describe("the simulator's faults", () => {
     assert.equal((JSON.parse(lines.at(-1) ?? "{}") as { done: boolean }).done, true);
   });
 
-  it("ends the stream right after the malformed line when then is \"end\"", async () => {
+  it('ends the stream right after the malformed line when then is "end"', async () => {
     sim.faults.add({ kind: "malformed-line", afterTokens: 2, then: "end" });
     const lines = (await post(`${sim.url}/api/chat`, chat)).text.trimEnd().split("\n");
     assert.equal(lines.length, 3);
-    assert.equal(lines.some((l) => l.includes('"done":true')), false);
+    assert.equal(
+      lines.some((l) => l.includes('"done":true')),
+      false,
+    );
   });
 
   it("writes an endless unterminated line until the client gives up", async () => {
@@ -165,8 +179,13 @@ describe("the simulator's admin API", () => {
     const chat = { model: "llama3.2", messages: [{ role: "user", content: "x" }] };
     assert.equal((await post(`${sim.url}/api/chat`, chat)).status, 503);
     assert.equal((await post(`${sim.url}/api/chat`, chat)).status, 503);
-    const listed = json<{ faults: Array<{ kind: string; remaining: number | null }> }>(await send("GET", `${sim.url}/_sim/faults`));
-    assert.deepEqual(listed.faults.map((f) => [f.kind, f.remaining]), [["busy", null]]);
+    const listed = json<{ faults: Array<{ kind: string; remaining: number | null }> }>(
+      await send("GET", `${sim.url}/_sim/faults`),
+    );
+    assert.deepEqual(
+      listed.faults.map((f) => [f.kind, f.remaining]),
+      [["busy", null]],
+    );
     assert.deepEqual(json(await send("DELETE", `${sim.url}/_sim/faults`)), { cleared: 1 });
     assert.equal((await post(`${sim.url}/api/chat`, chat)).status, 200);
   });
@@ -178,10 +197,20 @@ describe("the simulator's admin API", () => {
   });
 
   it("serves live stats, not counting admin calls, and resets them", async () => {
-    await post(`${sim.url}/api/generate`, { model: "llama3.2", prompt: "x", stream: false, options: { num_predict: 4 } });
-    const stats = json<{ requests: Record<string, number>; tokensEmitted: number; completed: number }>(await send("GET", `${sim.url}/_sim/stats`));
+    await post(`${sim.url}/api/generate`, {
+      model: "llama3.2",
+      prompt: "x",
+      stream: false,
+      options: { num_predict: 4 },
+    });
+    const stats = json<{ requests: Record<string, number>; tokensEmitted: number; completed: number }>(
+      await send("GET", `${sim.url}/_sim/stats`),
+    );
     assert.ok((stats.requests["/api/generate"] ?? 0) >= 1);
-    assert.equal(Object.keys(stats.requests).some((p) => p.startsWith("/_sim")), false);
+    assert.equal(
+      Object.keys(stats.requests).some((p) => p.startsWith("/_sim")),
+      false,
+    );
     assert.ok(stats.tokensEmitted >= 4);
     const state = json<{ loaded: Array<{ name: string }> }>(await send("GET", `${sim.url}/_sim/state`));
     assert.ok(state.loaded.some((m) => m.name === "llama3.2:latest"));
@@ -194,7 +223,11 @@ describe("the simulator's admin API", () => {
   it("keeps in-flight gauges truthful across a reset", async () => {
     const slow = await startSimulator({ tokenMs: 20 });
     try {
-      const running = post(`${slow.url}/api/generate`, { model: "llama3.2", prompt: "x", options: { num_predict: 10 } });
+      const running = post(`${slow.url}/api/generate`, {
+        model: "llama3.2",
+        prompt: "x",
+        options: { num_predict: 10 },
+      });
       assert.ok(await eventually(() => slow.stats.inFlight["llama3.2:latest"] === 1));
       slow.reset();
       assert.equal(slow.stats.inFlight["llama3.2:latest"], 1);
@@ -216,11 +249,18 @@ describe("faults armed at start by flag, environment or option", () => {
       { kind: "busy", path: "/api/chat", times: Number.POSITIVE_INFINITY },
       { kind: "error-mid-stream", afterTokens: 3, message: "boom" },
     ]);
-    assert.deepEqual(parseFaultSpecs('[{"kind":"stall","ms":5,"model":"qwen3"},{"kind":"error-before-stream","status":502,"message":"a, b; c"}]'), [
-      { kind: "stall", ms: 5, model: "qwen3" },
-      { kind: "error-before-stream", status: 502, message: "a, b; c" },
+    assert.deepEqual(
+      parseFaultSpecs(
+        '[{"kind":"stall","ms":5,"model":"qwen3"},{"kind":"error-before-stream","status":502,"message":"a, b; c"}]',
+      ),
+      [
+        { kind: "stall", ms: 5, model: "qwen3" },
+        { kind: "error-before-stream", status: 502, message: "a, b; c" },
+      ],
+    );
+    assert.deepEqual(parseFaultSpecs("error-before-stream,status=500,message=404"), [
+      { kind: "error-before-stream", status: 500, message: "404" },
     ]);
-    assert.deepEqual(parseFaultSpecs("error-before-stream,status=500,message=404"), [{ kind: "error-before-stream", status: 500, message: "404" }]);
     assert.throws(() => parseFaultSpecs("explode"), /unknown fault kind "explode"/);
     assert.throws(() => parseFaultSpecs("error-before-stream,status=999"), /status must be an HTTP status code/);
     assert.throws(() => parseFaultSpecs("stall,ms"), /must be name=value/);
@@ -231,7 +271,10 @@ describe("faults armed at start by flag, environment or option", () => {
     const { options } = parseCliArgs(["--fault", "busy,path=/api/chat", "--fault=drop-connection,afterTokens=2"], {
       SIM_FAULTS: '{"kind":"error-before-stream","status":500,"message":"from env"}',
     });
-    assert.deepEqual(options.faults?.map((f) => f.kind), ["error-before-stream", "busy", "drop-connection"]);
+    assert.deepEqual(
+      options.faults?.map((f) => f.kind),
+      ["error-before-stream", "busy", "drop-connection"],
+    );
     assert.match(CLI_USAGE, /--fault <spec>/);
     assert.match(CLI_USAGE, /SIM_FAULTS/);
     assert.throws(() => parseCliArgs(["--fault", "busy,times=0"], {}), /--fault: times must be an integer >= 1/);
@@ -240,7 +283,16 @@ describe("faults armed at start by flag, environment or option", () => {
 
   it("fires faults parsed from the CLI once the simulator starts, then serves normally", async () => {
     const { options } = parseCliArgs(
-      ["--port", "0", "--load-ms", "0", "--fault", "busy,path=/api/chat", "--fault", "error-mid-stream,path=/api/generate,afterTokens=2,message=boom"],
+      [
+        "--port",
+        "0",
+        "--load-ms",
+        "0",
+        "--fault",
+        "busy,path=/api/chat",
+        "--fault",
+        "error-mid-stream,path=/api/generate,afterTokens=2,message=boom",
+      ],
       { SIM_FAULTS: "drop-connection,path=/api/tags" },
     );
     const sim = await startSimulator(options);
@@ -249,7 +301,9 @@ describe("faults armed at start by flag, environment or option", () => {
       const busy = await post(`${sim.url}/api/chat`, chat);
       assert.equal(busy.status, 503);
       assert.equal(json(busy).error, SERVER_BUSY_MESSAGE);
-      const cut = ndjson(await post(`${sim.url}/api/generate`, { model: "llama3.2", prompt: "hi", options: { num_predict: 6 } }));
+      const cut = ndjson(
+        await post(`${sim.url}/api/generate`, { model: "llama3.2", prompt: "hi", options: { num_predict: 6 } }),
+      );
       assert.equal(cut.length, 3);
       assert.deepEqual(cut[2], { error: "boom" });
       await assert.rejects(send("GET", `${sim.url}/api/tags`), /other side closed|socket|ECONNRESET/i);
@@ -271,7 +325,8 @@ describe("faults armed at start by flag, environment or option", () => {
       const output = sim.output();
       assert.ok(url, `printed a URL: ${output}`);
       assert.match(output, /faults armed: busy, error-before-stream/);
-      for (let i = 0; i < 2; i++) assert.equal((await post(`${url}/api/chat`, chat)).status, 503, "times=-1 keeps firing");
+      for (let i = 0; i < 2; i++)
+        assert.equal((await post(`${url}/api/chat`, chat)).status, 503, "times=-1 keeps firing");
       const show = await post(`${url}/api/show`, { model: "llama3.2" });
       assert.equal(show.status, 502);
       assert.deepEqual(json(show), { error: "flagged" });

@@ -42,14 +42,19 @@ describe("the simulator's scheduler", () => {
         const results = await Promise.all(
           Array.from({ length: 6 }, () => generate(sim, { model: "llama3.2", options: { num_predict: 8 } })),
         );
-        assert.deepEqual(results.map((r) => r.status), [200, 200, 200, 200, 200, 200]);
+        assert.deepEqual(
+          results.map((r) => r.status),
+          [200, 200, 200, 200, 200, 200],
+        );
         assert.equal(sim.stats.maxInFlight["llama3.2:latest"], 2);
         assert.equal(sim.stats.loads["llama3.2:latest"], 1, "Ollama never loads the same model twice");
       }));
 
     it("gives embedding models a single slot whatever NUM_PARALLEL says", () =>
       withSim({ numParallel: 4, firstTokenMs: 20 }, async (sim) => {
-        await Promise.all([1, 2, 3].map((i) => post(`${sim.url}/api/embed`, { model: "all-minilm", input: `text ${i}` })));
+        await Promise.all(
+          [1, 2, 3].map((i) => post(`${sim.url}/api/embed`, { model: "all-minilm", input: `text ${i}` })),
+        );
         assert.equal(sim.stats.maxInFlight["all-minilm:latest"], 1);
       }));
   });
@@ -76,8 +81,13 @@ describe("the simulator's scheduler", () => {
 
     it("lets requests for a model that is already loading attach without using the queue", () =>
       withSim({ loadMs: 150, maxQueue: 1 }, async (sim) => {
-        const results = await Promise.all(Array.from({ length: 5 }, () => post(`${sim.url}/api/generate`, { model: "llama3.2" })));
-        assert.deepEqual(results.map((r) => r.status), [200, 200, 200, 200, 200]);
+        const results = await Promise.all(
+          Array.from({ length: 5 }, () => post(`${sim.url}/api/generate`, { model: "llama3.2" })),
+        );
+        assert.deepEqual(
+          results.map((r) => r.status),
+          [200, 200, 200, 200, 200],
+        );
         assert.equal(sim.stats.loadsTotal, 1);
       }));
 
@@ -100,7 +110,10 @@ describe("the simulator's scheduler", () => {
         sim.events.on("unload", (e) => unloads.push(`${e.model}:${e.reason}`));
         await generate(sim, { model: "llama3.2" });
         await generate(sim, { model: "qwen3" });
-        assert.deepEqual(sim.loaded().map((r) => r.name), ["qwen3:latest"]);
+        assert.deepEqual(
+          sim.loaded().map((r) => r.name),
+          ["qwen3:latest"],
+        );
         assert.deepEqual(unloads, ["llama3.2:latest:evicted"]);
         assert.equal(sim.stats.evictions, 1);
       }));
@@ -130,7 +143,13 @@ describe("the simulator's scheduler", () => {
         await generate(sim, { model: "llama3.2", keep_alive: "1h" });
         await generate(sim, { model: "qwen3", keep_alive: "2m" });
         await generate(sim, { model: "llava" });
-        assert.deepEqual(sim.loaded().map((r) => r.name).sort(), ["llama3.2:latest", "llava:latest"]);
+        assert.deepEqual(
+          sim
+            .loaded()
+            .map((r) => r.name)
+            .sort(),
+          ["llama3.2:latest", "llava:latest"],
+        );
       }));
 
     it("reloads a model when num_ctx changes, and reuses it when it does not", () =>
@@ -179,7 +198,10 @@ describe("the simulator's scheduler", () => {
         const inNinety = Date.now() + 90 * 60_000;
         assert.ok(Math.abs((sim.loaded()[0]?.expiresAt ?? 0) - inNinety) < 5000);
         await generate(sim, { model: "llama3.2" });
-        assert.ok(Math.abs((sim.loaded()[0]?.expiresAt ?? 0) - (Date.now() + 90 * 60_000)) < 5000, "absent keep_alive keeps 1h30m");
+        assert.ok(
+          Math.abs((sim.loaded()[0]?.expiresAt ?? 0) - (Date.now() + 90 * 60_000)) < 5000,
+          "absent keep_alive keeps 1h30m",
+        );
       }));
 
     it("uses the configured default keep-alive for fresh loads", () =>
@@ -198,11 +220,15 @@ describe("the simulator's scheduler", () => {
         const lines: string[] = [];
         let abortedAt = 0;
         await assert.rejects(async () => {
-          for await (const line of streamLines(`${sim.url}/api/chat`, {
-            model: "llama3.2",
-            messages: [{ role: "user", content: "a long answer please" }],
-            options: { num_predict: 1000 },
-          }, controller.signal)) {
+          for await (const line of streamLines(
+            `${sim.url}/api/chat`,
+            {
+              model: "llama3.2",
+              messages: [{ role: "user", content: "a long answer please" }],
+              options: { num_predict: 1000 },
+            },
+            controller.signal,
+          )) {
             lines.push(line);
             if (lines.length === 2) {
               abortedAt = performance.now();
@@ -222,7 +248,13 @@ describe("the simulator's scheduler", () => {
         assert.equal(sim.stats.tokensEmitted, 2, "tokens counted until the cut");
         await delay(250);
         assert.equal(sim.stats.tokensEmitted, 2, "no tokens after the cut");
-        const next = ndjson(await post(`${sim.url}/api/chat`, { model: "llama3.2", messages: [{ role: "user", content: "x" }], options: { num_predict: 1 } }));
+        const next = ndjson(
+          await post(`${sim.url}/api/chat`, {
+            model: "llama3.2",
+            messages: [{ role: "user", content: "x" }],
+            options: { num_predict: 1 },
+          }),
+        );
         assert.equal(next.at(-1)?.done, true, "the freed slot serves the next request");
       }));
 
@@ -231,7 +263,11 @@ describe("the simulator's scheduler", () => {
         const first = generate(sim, { model: "llama3.2", options: { num_predict: 10 } });
         await delay(30);
         const controller = new AbortController();
-        const waiting = post(`${sim.url}/api/generate`, { model: "llama3.2", prompt: "x", options: { num_predict: 10 } }, { signal: controller.signal });
+        const waiting = post(
+          `${sim.url}/api/generate`,
+          { model: "llama3.2", prompt: "x", options: { num_predict: 10 } },
+          { signal: controller.signal },
+        );
         await delay(20);
         assert.equal(sim.loaded()[0]?.refCount, 2, "the second request is attached, waiting for the slot");
         controller.abort();

@@ -2,7 +2,14 @@
 // CLI parsing) and the standalone CLI process end to end.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { cosine, defaultCatalog, inferCapabilities, parseCliArgs, parseFault, resolveModelSpec } from "../src/simulator/index.js";
+import {
+  cosine,
+  defaultCatalog,
+  inferCapabilities,
+  parseCliArgs,
+  parseFault,
+  resolveModelSpec,
+} from "../src/simulator/index.js";
 import { applyDimensions, embed } from "../src/simulator/embedding.js";
 import { parseGoDuration, parseKeepAlive } from "../src/simulator/go-duration.js";
 import { displayName, fullName, parseModelName } from "../src/simulator/model-name.js";
@@ -123,13 +130,21 @@ describe("the text model", () => {
           name: "lookup_city",
           parameters: {
             type: "object",
-            properties: { city: { type: "string" }, days: { type: "integer" }, metric: { type: "boolean" }, tags: { type: "array" } },
+            properties: {
+              city: { type: "string" },
+              days: { type: "integer" },
+              metric: { type: "boolean" },
+              tags: { type: "array" },
+            },
           },
         },
       ],
     });
     assert.deepEqual(plan.toolCalls[0]?.function.arguments, { city: "Berlin", days: 1, metric: true, tags: [] });
-    assert.equal(planCompletion({ ...base, lastRole: "tool", tools: [{ name: "hello", parameters: {} }] }).toolCalls.length, 0);
+    assert.equal(
+      planCompletion({ ...base, lastRole: "tool", tools: [{ name: "hello", parameters: {} }] }).toolCalls.length,
+      0,
+    );
   });
 });
 
@@ -182,22 +197,28 @@ describe("small utilities", () => {
 
 describe("the CLI", () => {
   it("reads flags over environment over defaults", () => {
-    const { options } = parseCliArgs(["--port", "9999", "--token-ms=5", "--models", "llama3.2,mine:1b=completion+tools"], {
-      OLLAMA_NUM_PARALLEL: "4",
-      SIM_PORT: "1234",
-      OLLAMA_KEEP_ALIVE: "-1",
-      OLLAMA_MAX_QUEUE: "7",
-    });
+    const { options } = parseCliArgs(
+      ["--port", "9999", "--token-ms=5", "--models", "llama3.2,mine:1b=completion+tools"],
+      {
+        OLLAMA_NUM_PARALLEL: "4",
+        SIM_PORT: "1234",
+        OLLAMA_KEEP_ALIVE: "-1",
+        OLLAMA_MAX_QUEUE: "7",
+      },
+    );
     assert.equal(options.port, 9999);
     assert.equal(options.tokenMs, 5);
     assert.equal(options.loadMs, 500);
     assert.equal(options.numParallel, 4);
     assert.equal(options.maxQueue, 7);
     assert.equal(options.keepAliveMs, Number.POSITIVE_INFINITY);
-    assert.deepEqual(options.models?.map((m) => [m.name, m.capabilities]), [
-      ["llama3.2:latest", ["completion", "tools"]],
-      ["mine:1b", ["completion", "tools"]],
-    ]);
+    assert.deepEqual(
+      options.models?.map((m) => [m.name, m.capabilities]),
+      [
+        ["llama3.2:latest", ["completion", "tools"]],
+        ["mine:1b", ["completion", "tools"]],
+      ],
+    );
     assert.equal(parseCliArgs([], { OLLAMA_HOST: "0.0.0.0:11500" }).options.port, 11500);
   });
 

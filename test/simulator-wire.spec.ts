@@ -6,7 +6,14 @@ import { startSimulator, type Simulator } from "../src/simulator/index.js";
 import { json, ndjson, post, send } from "./helpers/sim-http.js";
 
 const CREATED_AT = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$/;
-const METRICS = ["total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration"];
+const METRICS = [
+  "total_duration",
+  "load_duration",
+  "prompt_eval_count",
+  "prompt_eval_duration",
+  "eval_count",
+  "eval_duration",
+];
 
 describe("the simulator's wire format", () => {
   let sim: Simulator;
@@ -27,7 +34,11 @@ describe("the simulator's wire format", () => {
       const lines = ndjson(res);
       assert.equal(lines.length, 5, "4 token chunks and the done chunk");
       for (const chunk of lines.slice(0, -1)) {
-        assert.deepEqual(Object.keys(chunk), ["model", "created_at", "response", "done"], "intermediate chunks carry no metrics");
+        assert.deepEqual(
+          Object.keys(chunk),
+          ["model", "created_at", "response", "done"],
+          "intermediate chunks carry no metrics",
+        );
         assert.equal(chunk.done, false);
         assert.match(String(chunk.created_at), CREATED_AT);
       }
@@ -36,14 +47,28 @@ describe("the simulator's wire format", () => {
       assert.equal(done.response, "");
       assert.equal(done.done_reason, "length");
       assert.ok(Array.isArray(done.context), "non-raw generate carries context");
-      for (const key of METRICS) assert.ok(Number.isInteger(done[key]) && Number(done[key]) > 0, `${key} is a positive integer`);
+      for (const key of METRICS)
+        assert.ok(Number.isInteger(done[key]) && Number(done[key]) > 0, `${key} is a positive integer`);
     });
 
     it("streams chat chunks with an assistant message and no context", async () => {
-      const res = await post(api("/api/chat"), { model: "llama3.2", messages: [{ role: "user", content: "hi" }], options: { num_predict: 3 } });
+      const res = await post(api("/api/chat"), {
+        model: "llama3.2",
+        messages: [{ role: "user", content: "hi" }],
+        options: { num_predict: 3 },
+      });
       const lines = ndjson(res);
-      assert.deepEqual(lines[0]?.message, { role: "assistant", content: (lines[0]?.message as { content: string } | undefined)?.content });
-      assert.deepEqual(Object.keys(lines.at(-1) ?? {}).slice(0, 5), ["model", "created_at", "message", "done_reason", "done"]);
+      assert.deepEqual(lines[0]?.message, {
+        role: "assistant",
+        content: (lines[0]?.message as { content: string } | undefined)?.content,
+      });
+      assert.deepEqual(Object.keys(lines.at(-1) ?? {}).slice(0, 5), [
+        "model",
+        "created_at",
+        "message",
+        "done_reason",
+        "done",
+      ]);
       assert.equal("context" in (lines.at(-1) ?? {}), false);
     });
 
@@ -59,7 +84,12 @@ describe("the simulator's wire format", () => {
     });
 
     it("omits zero-valued metrics instead of sending 0", async () => {
-      const res = await post(api("/api/chat"), { model: "llama3.2", messages: [{ role: "user", content: "hi" }], options: { num_predict: 0 }, stream: false });
+      const res = await post(api("/api/chat"), {
+        model: "llama3.2",
+        messages: [{ role: "user", content: "hi" }],
+        options: { num_predict: 0 },
+        stream: false,
+      });
       const body = json(res);
       assert.equal(body.done_reason, "length");
       assert.equal("eval_count" in body, false);
@@ -73,10 +103,23 @@ describe("the simulator's wire format", () => {
     });
 
     it("returns valid JSON content for format json and schema", async () => {
-      const plain = json(await post(api("/api/generate"), { model: "llama3.2", prompt: "x", format: "json", stream: false }));
+      const plain = json(
+        await post(api("/api/generate"), { model: "llama3.2", prompt: "x", format: "json", stream: false }),
+      );
       assert.equal(typeof (JSON.parse(String(plain.response)) as { response: unknown }).response, "string");
-      const schema = { type: "object", properties: { name: { type: "string" }, age: { type: "integer" } }, required: ["name", "age"] };
-      const shaped = json(await post(api("/api/chat"), { model: "llama3.2", messages: [{ role: "user", content: "x" }], format: schema, stream: false }));
+      const schema = {
+        type: "object",
+        properties: { name: { type: "string" }, age: { type: "integer" } },
+        required: ["name", "age"],
+      };
+      const shaped = json(
+        await post(api("/api/chat"), {
+          model: "llama3.2",
+          messages: [{ role: "user", content: "x" }],
+          format: schema,
+          stream: false,
+        }),
+      );
       const parsed = JSON.parse((shaped.message as { content: string }).content) as Record<string, unknown>;
       assert.deepEqual(Object.keys(parsed), ["name", "age"]);
       assert.equal(parsed.age, 1);
@@ -94,7 +137,10 @@ describe("the simulator's wire format", () => {
         const body = json(res);
         assert.deepEqual(Object.keys(body), ["model", "created_at", "response", "done", "done_reason"]);
         assert.equal(body.done_reason, "load");
-        assert.deepEqual(own.loaded().map((r) => r.name), ["qwen3:latest"]);
+        assert.deepEqual(
+          own.loaded().map((r) => r.name),
+          ["qwen3:latest"],
+        );
 
         const unload = json(await post(`${own.url}/api/generate`, { model: "qwen3", keep_alive: 0 }));
         assert.equal(unload.done_reason, "unload");
@@ -112,7 +158,10 @@ describe("the simulator's wire format", () => {
       assert.ok(sim.loaded().some((r) => r.name === "llava:latest"));
       const unload = json(await post(api("/api/chat"), { model: "llava", keep_alive: "0s" }));
       assert.equal(unload.done_reason, "unload");
-      assert.equal(sim.loaded().some((r) => r.name === "llava:latest"), false);
+      assert.equal(
+        sim.loaded().some((r) => r.name === "llava:latest"),
+        false,
+      );
     });
 
     it("answers an unload for a model that is not loaded with 200, and for an unknown model with 404", async () => {
@@ -123,7 +172,9 @@ describe("the simulator's wire format", () => {
     it("loads an embedding model for empty input and returns no embeddings", async () => {
       const res = await post(api("/api/embed"), { model: "all-minilm", input: [] });
       assert.deepEqual(json(res), { model: "all-minilm", embeddings: [] });
-      assert.deepEqual(json(await post(api("/api/embeddings"), { model: "all-minilm", prompt: "" })), { embedding: [] });
+      assert.deepEqual(json(await post(api("/api/embeddings"), { model: "all-minilm", prompt: "" })), {
+        embedding: [],
+      });
     });
   });
 
@@ -158,7 +209,9 @@ describe("the simulator's wire format", () => {
     });
 
     it("matches model names case-insensitively and echoes the request string", async () => {
-      const body = json(await post(api("/api/generate"), { model: "Qwen3:LATEST", prompt: "hi", think: false, stream: false }));
+      const body = json(
+        await post(api("/api/generate"), { model: "Qwen3:LATEST", prompt: "hi", think: false, stream: false }),
+      );
       assert.equal(body.model, "Qwen3:LATEST");
       assert.equal("thinking" in body, false);
     });
@@ -167,22 +220,88 @@ describe("the simulator's wire format", () => {
   describe("errors", () => {
     const cases: Array<[string, string, unknown, number, string]> = [
       ["an empty body", "/api/generate", "", 400, "missing request body"],
-      ["malformed JSON", "/api/chat", "{not json", 400, "invalid character 'n' looking for beginning of object key string"],
-      ["a wrongly typed field", "/api/chat", { model: "llama3.2", stream: "yes" }, 400, "json: cannot unmarshal string into Go struct field ChatRequest.stream of type bool"],
+      [
+        "malformed JSON",
+        "/api/chat",
+        "{not json",
+        400,
+        "invalid character 'n' looking for beginning of object key string",
+      ],
+      [
+        "a wrongly typed field",
+        "/api/chat",
+        { model: "llama3.2", stream: "yes" },
+        400,
+        "json: cannot unmarshal string into Go struct field ChatRequest.stream of type bool",
+      ],
       ["an empty generate model", "/api/generate", { model: "" }, 404, "model '' not found"],
       ["an invalid model name", "/api/generate", { model: "bad name!", prompt: "x" }, 400, "invalid model name"],
-      ["an invalid think value", "/api/chat", { model: "qwen3", think: "extreme" }, 400, 'invalid think value: "extreme" (must be "high", "medium", "low", "max", true, or false)'],
-      ["top_logprobs out of range", "/api/generate", { model: "llama3.2", top_logprobs: 21 }, 400, "top_logprobs must be between 0 and 20"],
-      ["a unitless keep_alive string", "/api/generate", { model: "llama3.2", keep_alive: "-1" }, 400, 'time: missing unit in duration "-1"'],
-      ["a suffix on a model without insert", "/api/generate", { model: "llama3.2", prompt: "a", suffix: "b" }, 400, "registry.ollama.ai/library/llama3.2:latest does not support insert"],
-      ["an invalid format", "/api/generate", { model: "llama3.2", prompt: "a", format: "yaml" }, 500, 'invalid format: "\\"yaml\\""; expected "json" or a valid JSON Schema object'],
-      ["a wrongly typed option", "/api/generate", { model: "llama3.2", prompt: "a", options: { top_k: "many" } }, 500, 'option "top_k" must be of type integer'],
+      [
+        "an invalid think value",
+        "/api/chat",
+        { model: "qwen3", think: "extreme" },
+        400,
+        'invalid think value: "extreme" (must be "high", "medium", "low", "max", true, or false)',
+      ],
+      [
+        "top_logprobs out of range",
+        "/api/generate",
+        { model: "llama3.2", top_logprobs: 21 },
+        400,
+        "top_logprobs must be between 0 and 20",
+      ],
+      [
+        "a unitless keep_alive string",
+        "/api/generate",
+        { model: "llama3.2", keep_alive: "-1" },
+        400,
+        'time: missing unit in duration "-1"',
+      ],
+      [
+        "a suffix on a model without insert",
+        "/api/generate",
+        { model: "llama3.2", prompt: "a", suffix: "b" },
+        400,
+        "registry.ollama.ai/library/llama3.2:latest does not support insert",
+      ],
+      [
+        "an invalid format",
+        "/api/generate",
+        { model: "llama3.2", prompt: "a", format: "yaml" },
+        500,
+        'invalid format: "\\"yaml\\""; expected "json" or a valid JSON Schema object',
+      ],
+      [
+        "a wrongly typed option",
+        "/api/generate",
+        { model: "llama3.2", prompt: "a", options: { top_k: "many" } },
+        500,
+        'option "top_k" must be of type integer',
+      ],
       ["non-string embed input", "/api/embed", { model: "all-minilm", input: [1, 2] }, 400, "invalid input type"],
-      ["an embed input longer than the context", "/api/embed", { model: "all-minilm", input: "word ".repeat(600), truncate: false }, 400, "the input length exceeds the context length"],
-      ["a legacy embeddings request for an unknown model", "/api/embeddings", { model: "ghost", prompt: "x" }, 404, 'model "ghost" not found, try pulling it first'],
+      [
+        "an embed input longer than the context",
+        "/api/embed",
+        { model: "all-minilm", input: "word ".repeat(600), truncate: false },
+        400,
+        "the input length exceeds the context length",
+      ],
+      [
+        "a legacy embeddings request for an unknown model",
+        "/api/embeddings",
+        { model: "ghost", prompt: "x" },
+        404,
+        'model "ghost" not found, try pulling it first',
+      ],
       ["show without a model", "/api/show", {}, 400, "model is required"],
       ["show of an unknown model", "/api/show", { model: "Ghost" }, 404, "model 'Ghost:latest' not found"],
-      ["copy to an invalid name", "/api/copy", { source: "llama3.2", destination: "no good" }, 400, 'destination "no good" is invalid'],
+      [
+        "copy to an invalid name",
+        "/api/copy",
+        { source: "llama3.2", destination: "no good" },
+        400,
+        'destination "no good" is invalid',
+      ],
       ["delete of an invalid name", "/api/delete", { model: "no good" }, 400, 'name "no good" is invalid'],
     ];
     for (const [what, path, body, status, message] of cases) {
@@ -204,16 +323,32 @@ describe("the simulator's wire format", () => {
       assert.equal(rejected.headers["content-type"], "application/json; charset=utf-8");
       assert.ok(String(json(rejected).error).startsWith(tooLong), rejected.text);
       // One message of 15 words counts 16 tokens (a word per message for its role).
-      const chat = { model: "llama3.2", messages: [{ role: "user", content: "word ".repeat(15) }], options, shift: false };
+      const chat = {
+        model: "llama3.2",
+        messages: [{ role: "user", content: "word ".repeat(15) }],
+        options,
+        shift: false,
+      };
       const chatRejected = await post(api("/api/chat"), chat);
       assert.equal(chatRejected.status, 400, chatRejected.text);
       assert.ok(String(json(chatRejected).error).startsWith(tooLong), chatRejected.text);
 
-      assert.equal((await post(api("/api/generate"), { ...generate, prompt: "word ".repeat(15) })).status, 200, "15 tokens fit in 16");
-      assert.equal((await post(api("/api/generate"), { ...generate, shift: true })).status, 200, "shift on accepts any length");
+      assert.equal(
+        (await post(api("/api/generate"), { ...generate, prompt: "word ".repeat(15) })).status,
+        200,
+        "15 tokens fit in 16",
+      );
+      assert.equal(
+        (await post(api("/api/generate"), { ...generate, shift: true })).status,
+        200,
+        "shift on accepts any length",
+      );
       assert.equal((await post(api("/api/chat"), { ...chat, shift: undefined })).status, 200, "shift defaults to on");
       assert.equal(sim.stats.inFlight["llama3.2:latest"] ?? 0, 0);
-      assert.ok(sim.loaded().every((r) => r.refCount === 0), "the rejected requests released the runner");
+      assert.ok(
+        sim.loaded().every((r) => r.refCount === 0),
+        "the rejected requests released the runner",
+      );
     });
 
     it("truncates long embed input by default", async () => {
@@ -227,9 +362,21 @@ describe("the simulator's wire format", () => {
       await post(api("/api/generate"), { model: "llama3.2", keep_alive: "1h" });
       await post(api("/api/generate"), { model: "qwen3", keep_alive: "10m" });
       const { models } = json<{ models: Array<Record<string, unknown>> }>(await send("GET", api("/api/ps")));
-      assert.deepEqual(models.slice(0, 2).map((m) => m.name), ["llama3.2:latest", "qwen3:latest"]);
+      assert.deepEqual(
+        models.slice(0, 2).map((m) => m.name),
+        ["llama3.2:latest", "qwen3:latest"],
+      );
       const first = models[0] ?? {};
-      assert.deepEqual(Object.keys(first), ["name", "model", "size", "digest", "details", "expires_at", "size_vram", "context_length"]);
+      assert.deepEqual(Object.keys(first), [
+        "name",
+        "model",
+        "size",
+        "digest",
+        "details",
+        "expires_at",
+        "size_vram",
+        "context_length",
+      ]);
       assert.match(String(first.expires_at), /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$/);
       assert.ok(Number(first.size) > 2019393189, "loaded size includes the KV cache");
     });

@@ -102,7 +102,11 @@ describe("slot leases", { timeout: 15_000 }, () => {
     assert.equal(await b.held("n1", "llama3:8b"), 2);
     assert.equal(await raw.zcard(KEY), 2, "the leases are the members of the node's and model's set");
     assert.ok((await raw.pttl(KEY)) > 0, "the set expires by itself");
-    assert.equal(await raw.exists("ogw:v1:slots:n1%3Allama3:8b"), 0, "a ':' in the model does not move the node/model boundary");
+    assert.equal(
+      await raw.exists("ogw:v1:slots:n1%3Allama3:8b"),
+      0,
+      "a ':' in the model does not move the node/model boundary",
+    );
     await Promise.all(won.map((l) => l.release()));
     assert.equal(await raw.zcard(KEY), 0);
 
@@ -143,7 +147,10 @@ describe("slot leases", { timeout: 15_000 }, () => {
     const a = replica({ redisUrl: `redis://127.0.0.1:${proxy.port}`, leaseMs, renewEveryMs, log: aLogs.log });
     const b = replica({ redisUrl: redis.url, leaseMs, renewEveryMs, log: captureLogs().log });
     await waitFor("both replicas share the view", () => a.shared() && b.shared());
-    const held = [definedLease(await a.tryAcquire("n-crash", "m", 2), "A's first"), definedLease(await a.tryAcquire("n-crash", "m", 2), "A's second")];
+    const held = [
+      definedLease(await a.tryAcquire("n-crash", "m", 2), "A's first"),
+      definedLease(await a.tryAcquire("n-crash", "m", 2), "A's second"),
+    ];
     assert.equal(await b.tryAcquire("n-crash", "m", 2), undefined);
 
     proxy.cut(); // A can no longer reach Redis: it neither renews nor releases
@@ -155,7 +162,10 @@ describe("slot leases", { timeout: 15_000 }, () => {
         if (bLeases.length === 0) {
           const after = performance.now() - cutAt;
           // A's last renewal was at most renewEveryMs before the cut.
-          assert.ok(after >= leaseMs - renewEveryMs - 50, `a slot came back after ${after.toFixed(0)} ms, before A's lease ran out`);
+          assert.ok(
+            after >= leaseMs - renewEveryMs - 50,
+            `a slot came back after ${after.toFixed(0)} ms, before A's lease ran out`,
+          );
         }
         bLeases.push(l);
       } else await sleep(20);
@@ -202,7 +212,11 @@ describe("slot leases", { timeout: 15_000 }, () => {
     await own.restart(); // an empty Redis: data is not kept
     await waitFor("shared again", () => a.shared());
     assert.equal(logs.find(SLOTS_SHARED_AGAIN_MSG).length, 1);
-    assert.equal(await ownRaw.zcard(KEY), 1, "the lease still held was registered in the new Redis, the released one was not");
+    assert.equal(
+      await ownRaw.zcard(KEY),
+      1,
+      "the lease still held was registered in the new Redis, the released one was not",
+    );
     assert.equal(logs.find(SLOTS_LOCAL_MSG).length, 1);
   });
 
@@ -229,7 +243,8 @@ describe("slot leases", { timeout: 15_000 }, () => {
         timed(() => a.tryAcquire("n-hang", "m", 3)),
         timed(() => a.held("n-hang", "m")),
       ]);
-      for (const t of [x, y, z, held, released]) assert.ok(t.ms < TIMEOUT_MS + MARGIN_MS, `call took ${t.ms.toFixed(0)} ms`);
+      for (const t of [x, y, z, held, released])
+        assert.ok(t.ms < TIMEOUT_MS + MARGIN_MS, `call took ${t.ms.toFixed(0)} ms`);
       assert.ok(x.ms >= TIMEOUT_MS - 5, "tryAcquire really waited on Redis and gave up");
       const granted = [x, y, z].flatMap((t) => (t.value === undefined ? [] : [t.value]));
       assert.equal(granted.length, 2, "the local count admits exactly the free slots");

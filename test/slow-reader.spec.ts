@@ -3,7 +3,11 @@ import assert from "node:assert/strict";
 import * as http2 from "node:http2";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
-import { GenerateRequestSchema, GenerateResponseSchema, InferenceService } from "../src/gen/ollama/gateway/v1/inference_pb.js";
+import {
+  GenerateRequestSchema,
+  GenerateResponseSchema,
+  InferenceService,
+} from "../src/gen/ollama/gateway/v1/inference_pb.js";
 import type { GenerateResponse } from "../src/gen/ollama/gateway/v1/inference_pb.js";
 import { startSimulator } from "../src/simulator/simulator.js";
 import type { Simulator } from "../src/simulator/simulator.js";
@@ -19,7 +23,11 @@ const TOKENS = 20_000;
  * gateway, as with a real slow consumer. (grpc-js keeps reading into its own
  * buffer when paused, so it cannot play this part.)
  */
-async function slowGenerate(url: string, request: Parameters<typeof create<typeof GenerateRequestSchema>>[1], pauseMs: number): Promise<GenerateResponse[]> {
+async function slowGenerate(
+  url: string,
+  request: Parameters<typeof create<typeof GenerateRequestSchema>>[1],
+  pauseMs: number,
+): Promise<GenerateResponse[]> {
   const session = http2.connect(url);
   try {
     const msg = toBinary(GenerateRequestSchema, create(GenerateRequestSchema, request));
@@ -81,7 +89,8 @@ describe("a client that reads slower than tokens arrive", () => {
   it("gets every token exactly once and in order, and the final message, despite the backpressure", async () => {
     const request = { model: "llama3.2", prompt: "a long story", options: { numPredict: TOKENS } };
     let fastText = "";
-    for await (const m of createClient(InferenceService, TRANSPORTS[0]!.make(gw.url)).generate(request)) fastText += m.text;
+    for await (const m of createClient(InferenceService, TRANSPORTS[0]!.make(gw.url)).generate(request))
+      fastText += m.text;
 
     const got = await slowGenerate(gw.url, request, 1500);
     const text = got.map((m) => m.text).join("");

@@ -85,7 +85,10 @@ export function createCache(options: CacheOptions): Cache {
       label: maskRedisUrl(options.redisUrl),
       channel: `${namespace}invalidate`,
       commandTimeoutMs,
-      reconnect: { minDelayMs: options.reconnect?.minDelayMs ?? 100, maxDelayMs: options.reconnect?.maxDelayMs ?? 2000 },
+      reconnect: {
+        minDelayMs: options.reconnect?.minDelayMs ?? 100,
+        maxDelayMs: options.reconnect?.maxDelayMs ?? 2000,
+      },
       log,
       onMessage,
       onUp: () => {
@@ -162,7 +165,10 @@ export function createCache(options: CacheOptions): Cache {
     const del = await deleteInRedis(link, namespace, keys, prefixes, Math.max(2000, 20 * commandTimeoutMs));
     redisErrors += del.errors;
     if (del.truncated) {
-      log.warn({ prefixes: prefixes.slice(0, 10) }, "cache prefix invalidation stopped at its time budget; the remaining Redis entries expire by TTL");
+      log.warn(
+        { prefixes: prefixes.slice(0, 10) },
+        "cache prefix invalidation stopped at its time budget; the remaining Redis entries expire by TTL",
+      );
     }
     if (!del.ok) return false;
     return publish(keys, prefixes);
@@ -203,7 +209,10 @@ export function createCache(options: CacheOptions): Cache {
     });
   };
 
-  const writeAll = async (entries: readonly { key: string; value: Buffer; ttlMs: number }[], signal?: AbortSignal): Promise<void> => {
+  const writeAll = async (
+    entries: readonly { key: string; value: Buffer; ttlMs: number }[],
+    signal?: AbortSignal,
+  ): Promise<void> => {
     const store: { key: string; value: Buffer; ttl: number }[] = [];
     const drop: string[] = [];
     for (const { key, value, ttlMs } of entries) {
@@ -232,29 +241,30 @@ export function createCache(options: CacheOptions): Cache {
   };
 
   const getMany = async (keys: readonly string[], signal?: AbortSignal): Promise<(Buffer | undefined)[]> => {
-      const result: (Buffer | undefined)[] = [];
-      const missing: string[] = [];
-      const missingAt: number[] = [];
-      keys.forEach((key, i) => {
-        const hit = memory.get(key);
-        result.push(hit?.value);
-        if (hit !== undefined) counters.hit(key, true);
-        else {
-          missing.push(key);
-          missingAt.push(i);
-        }
-      });
-      if (missing.length > 0) {
-        const fetched = link === undefined ? missing.map(() => undefined) : await untilAborted(readRedis(missing), signal);
-        fetched.forEach((value, j) => {
-          const key = missing[j] ?? "";
-          const at = missingAt[j] ?? 0;
-          result[at] = value;
-          if (value === undefined) counters.miss(key);
-          else counters.hit(key, false);
-        });
+    const result: (Buffer | undefined)[] = [];
+    const missing: string[] = [];
+    const missingAt: number[] = [];
+    keys.forEach((key, i) => {
+      const hit = memory.get(key);
+      result.push(hit?.value);
+      if (hit !== undefined) counters.hit(key, true);
+      else {
+        missing.push(key);
+        missingAt.push(i);
       }
-      return result;
+    });
+    if (missing.length > 0) {
+      const fetched =
+        link === undefined ? missing.map(() => undefined) : await untilAborted(readRedis(missing), signal);
+      fetched.forEach((value, j) => {
+        const key = missing[j] ?? "";
+        const at = missingAt[j] ?? 0;
+        result[at] = value;
+        if (value === undefined) counters.miss(key);
+        else counters.hit(key, false);
+      });
+    }
+    return result;
   };
 
   return {
@@ -286,7 +296,10 @@ export function createCache(options: CacheOptions): Cache {
         dropLocal(keys, prefixes);
       })().catch((err: unknown) => {
         addPending(keys, prefixes);
-        log.warn({ err: err instanceof Error ? err.message : String(err) }, "cache invalidation failed; it is replayed when Redis is back");
+        log.warn(
+          { err: err instanceof Error ? err.message : String(err) },
+          "cache invalidation failed; it is replayed when Redis is back",
+        );
       });
       invalidating.add(work);
       void work.finally(() => invalidating.delete(work));

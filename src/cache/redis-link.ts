@@ -42,7 +42,11 @@ export interface RedisLinkOptions {
 }
 
 /** The cache's log lines for its link's changes of state. */
-const CACHE_MESSAGES = { up: "redis connected", upAgain: "redis available again", down: "redis unavailable, serving from memory" };
+const CACHE_MESSAGES = {
+  up: "redis connected",
+  upAgain: "redis available again",
+  down: "redis unavailable, serving from memory",
+};
 
 /**
  * Connections to Redis for one pub/sub channel: a command connection (auto-pipelined, failing
@@ -99,7 +103,11 @@ function createClients(o: RedisLinkOptions): { main: Client; sub: Client } {
     return { main, sub: main.duplicate([], { enableAutoPipelining: false }) };
   }
   // The subscriber resubscribes itself on every "ready", so ioredis' own resubscription is off.
-  const sub = main.duplicate({ autoResubscribe: false, enableAutoPipelining: false, connectionName: `${o.connectionName ?? "ogw-cache"}-sub` });
+  const sub = main.duplicate({
+    autoResubscribe: false,
+    enableAutoPipelining: false,
+    connectionName: `${o.connectionName ?? "ogw-cache"}-sub`,
+  });
   return { main, sub };
 }
 

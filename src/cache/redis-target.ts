@@ -103,7 +103,10 @@ export function parseRedisUrl(url: string): RedisTarget {
   const allowed = scheme === "redis+sentinel:" ? ["sentinelUsername", "sentinelPassword"] : [];
   for (const name of query.keys()) {
     if (!allowed.includes(name)) {
-      return fail(url, `unsupported query parameter "${name}"${allowed.length > 0 ? ` (supported: ${allowed.join(", ")})` : ""}`);
+      return fail(
+        url,
+        `unsupported query parameter "${name}"${allowed.length > 0 ? ` (supported: ${allowed.join(", ")})` : ""}`,
+      );
     }
   }
 
@@ -112,7 +115,13 @@ export function parseRedisUrl(url: string): RedisTarget {
     const [name, db, ...rest] = path;
     if (name === undefined) return fail(url, "the master name is missing (redis+sentinel://hosts/<masterName>[/<db>])");
     if (rest.length > 0) return fail(url, "too many path segments");
-    const target: RedisTarget = { mode: "sentinel", sentinels, name: decode(url, name), db: db === undefined ? 0 : parseDb(url, db), ...auth };
+    const target: RedisTarget = {
+      mode: "sentinel",
+      sentinels,
+      name: decode(url, name),
+      db: db === undefined ? 0 : parseDb(url, db),
+      ...auth,
+    };
     const sUser = query.get("sentinelUsername");
     const sPass = query.get("sentinelPassword");
     if (sUser !== null && sUser !== "") target.sentinelUsername = sUser;
@@ -125,7 +134,8 @@ export function parseRedisUrl(url: string): RedisTarget {
   }
   const hosts = parseHosts(url, m[3] ?? "", 6379);
   const [only] = hosts;
-  if (only === undefined || hosts.length > 1) return fail(url, "one host only (use redis+sentinel:// or redis+cluster:// for several)");
+  if (only === undefined || hosts.length > 1)
+    return fail(url, "one host only (use redis+sentinel:// or redis+cluster:// for several)");
   if (path.length > 1) return fail(url, "too many path segments");
   const db = path[0] === undefined ? 0 : parseDb(url, path[0]);
   return { mode: "standalone", host: only.host, port: only.port, db, tls: scheme === "rediss:", ...auth };

@@ -9,7 +9,11 @@ import { abortReason, untilAborted } from "./until-aborted.js";
  * signal (`fn`'s argument), which aborts when every caller that joined it has left — a caller
  * without a signal never leaves. Its own bound (a timeout) is for `fn` to add.
  */
-export type SingleFlight<T> = (key: string, fn: (signal: AbortSignal) => Promise<T>, signal?: AbortSignal) => Promise<T>;
+export type SingleFlight<T> = (
+  key: string,
+  fn: (signal: AbortSignal) => Promise<T>,
+  signal?: AbortSignal,
+) => Promise<T>;
 
 interface Flight<T> {
   readonly result: Promise<T>;

@@ -33,7 +33,9 @@ export function untilAborted<T>(p: Promise<T>, signal: AbortSignal | undefined, 
 /** The reason an aborted signal carries (connect puts its DEADLINE_EXCEEDED / CANCELLED ConnectError there). */
 export function abortReason(signal: AbortSignal): Error {
   const reason: unknown = signal.reason;
-  return reason instanceof Error ? reason : new DOMException(String(reason ?? "This operation was aborted"), "AbortError");
+  return reason instanceof Error
+    ? reason
+    : new DOMException(String(reason ?? "This operation was aborted"), "AbortError");
 }
 
 /**

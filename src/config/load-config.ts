@@ -57,7 +57,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     }
   }
   const numCtx = new Map<string, number>();
-  for (const [model, value] of Object.entries(fileNumCtx(file, problems))) numCtx.set(model === "*" ? "*" : canonicalModelName(model), value);
+  for (const [model, value] of Object.entries(fileNumCtx(file, problems)))
+    numCtx.set(model === "*" ? "*" : canonicalModelName(model), value);
   for (const part of (env["MODEL_NUM_CTX"] ?? "").split(",")) {
     if (!part.trim()) continue;
     const [model, raw] = part.split("=").map((x) => x.trim());
@@ -89,7 +90,12 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       redisUrl: env["REDIS_URL"]?.trim() || undefined,
       redisCommandTimeoutMs: int("REDIS_COMMAND_TIMEOUT_MS", DEFAULTS.cache.redisCommandTimeoutMs, 10, 60_000),
       memoryMaxEntries: int("CACHE_MEMORY_MAX_ENTRIES", DEFAULTS.cache.memoryMaxEntries, 100, 100_000_000),
-      memoryMaxBytes: int("CACHE_MEMORY_MAX_BYTES", DEFAULTS.cache.memoryMaxBytes, 1024 * 1024, 64 * 1024 * 1024 * 1024),
+      memoryMaxBytes: int(
+        "CACHE_MEMORY_MAX_BYTES",
+        DEFAULTS.cache.memoryMaxBytes,
+        1024 * 1024,
+        64 * 1024 * 1024 * 1024,
+      ),
       tagsTtlMs: int("CACHE_TAGS_TTL_MS", DEFAULTS.cache.tagsTtlMs, 100, 24 * 3600 * 1000),
       psTtlMs: int("CACHE_PS_TTL_MS", DEFAULTS.cache.psTtlMs, 100, 3600 * 1000),
       showTtlMs: int("CACHE_SHOW_TTL_MS", DEFAULTS.cache.showTtlMs, 1000, 365 * 24 * 3600 * 1000),
@@ -111,7 +117,12 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       connectTimeoutMs: int("UPSTREAM_CONNECT_TIMEOUT_MS", DEFAULTS.upstream.connectTimeoutMs, 10, 120_000),
       idleTimeoutMs: int("UPSTREAM_IDLE_TIMEOUT_MS", DEFAULTS.upstream.idleTimeoutMs, 1000, 24 * 3600 * 1000),
       maxLineBytes: int("UPSTREAM_MAX_LINE_BYTES", DEFAULTS.upstream.maxLineBytes, 1024, 1024 * 1024 * 1024),
-      maxResponseBytes: int("UPSTREAM_MAX_RESPONSE_BYTES", DEFAULTS.upstream.maxResponseBytes, 1024, 4 * 1024 * 1024 * 1024),
+      maxResponseBytes: int(
+        "UPSTREAM_MAX_RESPONSE_BYTES",
+        DEFAULTS.upstream.maxResponseBytes,
+        1024,
+        4 * 1024 * 1024 * 1024,
+      ),
     },
   };
   if (config.cache.redisUrl !== undefined) {
@@ -207,7 +218,11 @@ function readConfigFile(path: string | undefined, problems: string[]): ConfigFil
  * Nodes from the config file: `{"nodes":[{"name":"gpu1","url":"http://h:11434",
  * "parallel":2,"maxLoadedModels":2,"weight":1}]}`; name optional, limits default to the env's.
  */
-function fileNodes(file: ConfigFile, problems: string[], defaults: { parallel: number; maxLoadedModels: number }): NodeConfig[] {
+function fileNodes(
+  file: ConfigFile,
+  problems: string[],
+  defaults: { parallel: number; maxLoadedModels: number },
+): NodeConfig[] {
   if (file.nodes === undefined) return [];
   if (!Array.isArray(file.nodes)) {
     problems.push("config file: nodes must be an array");
@@ -217,12 +232,22 @@ function fileNodes(file: ConfigFile, problems: string[], defaults: { parallel: n
   file.nodes.forEach((raw: unknown, i) => {
     const n = (typeof raw === "object" && raw !== null ? raw : {}) as Record<string, unknown>;
     const url = typeof n["url"] === "string" ? n["url"] : "";
-    const parsed = parseNodes({ OLLAMA_URLS: typeof n["name"] === "string" ? `${n["name"]}=${url}` : url }, problems, defaults)[0];
+    const parsed = parseNodes(
+      { OLLAMA_URLS: typeof n["name"] === "string" ? `${n["name"]}=${url}` : url },
+      problems,
+      defaults,
+    )[0];
     if (parsed === undefined) return;
     const num = (key: string, fallback: number, min: number, max: number): number => {
       const v = n[key];
       if (v === undefined) return fallback;
-      if (typeof v !== "number" || !Number.isFinite(v) || v < min || v > max || (key !== "weight" && !Number.isInteger(v))) {
+      if (
+        typeof v !== "number" ||
+        !Number.isFinite(v) ||
+        v < min ||
+        v > max ||
+        (key !== "weight" && !Number.isInteger(v))
+      ) {
         problems.push(`config file: nodes[${i}].${key} must be a number from ${min} to ${max}`);
         return fallback;
       }
@@ -251,7 +276,8 @@ function fileNumCtx(file: ConfigFile, problems: string[]): Record<string, number
   }
   const out: Record<string, number> = {};
   for (const [k, v] of Object.entries(m)) {
-    if (typeof v !== "number" || !Number.isInteger(v) || v < 256) problems.push(`config file: modelNumCtx.${k} must be a whole number of 256 or more`);
+    if (typeof v !== "number" || !Number.isInteger(v) || v < 256)
+      problems.push(`config file: modelNumCtx.${k} must be a whole number of 256 or more`);
     else out[k] = v;
   }
   return out;

@@ -33,11 +33,7 @@ export const RETRY_AFTER_MS = 1_000;
  * else is a gateway bug: INTERNAL with a generic message, cause kept for logs.
  * `facts` (model, node ...) go into the ErrorInfo metadata of upstream errors.
  */
-export function toConnectError(
-  err: unknown,
-  signal?: AbortSignal,
-  facts: Record<string, string> = {},
-): ConnectError {
+export function toConnectError(err: unknown, signal?: AbortSignal, facts: Record<string, string> = {}): ConnectError {
   if (signal?.aborted && signal.reason instanceof ConnectError) return signal.reason;
   if (err instanceof ConnectError) return err;
   if (isUpstreamError(err)) return fromUpstream(err, facts);
@@ -60,7 +56,14 @@ export function toConnectError(
 
 // Of those, the ones that mean "nothing listens there" rather than "a
 // connection broke": they open a node's circuit at once.
-const DOWN_CODES = new Set(["ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH", "ENOTFOUND", "EAI_AGAIN", "UND_ERR_CONNECT_TIMEOUT"]);
+const DOWN_CODES = new Set([
+  "ECONNREFUSED",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "UND_ERR_CONNECT_TIMEOUT",
+]);
 
 /** True when the node could not be connected to at all (as opposed to a connection that broke). */
 export function isNodeDown(err: unknown): boolean {
@@ -82,24 +85,35 @@ export function isUnreachable(err: unknown): boolean {
 
 // Ollama messages that mean the runner process died: transient, so the
 // client may retry (on another node) rather than treat it as a bug.
-const RUNNER_DIED = /runner (process )?has (unexpectedly stopped|terminated)|timed out waiting for (llama|llama-server)/i;
+const RUNNER_DIED =
+  /runner (process )?has (unexpectedly stopped|terminated)|timed out waiting for (llama|llama-server)/i;
 
 function fromUpstream(err: UpstreamError, facts: Record<string, string>): ConnectError {
   const metadata: Record<string, string> = { ...facts, node: err.node, upstream_message: err.message };
   if (err.status) metadata["upstream_status"] = String(err.status);
   if (err.kind === "protocol") {
-    return gatewayError(Code.Internal, "UPSTREAM_PROTOCOL_ERROR", `the Ollama node sent an invalid response (${err.message})`, {
-      metadata,
-      cause: err,
-    });
+    return gatewayError(
+      Code.Internal,
+      "UPSTREAM_PROTOCOL_ERROR",
+      `the Ollama node sent an invalid response (${err.message})`,
+      {
+        metadata,
+        cause: err,
+      },
+    );
   }
   if (err.kind === "stream") {
     const died = RUNNER_DIED.test(err.message);
-    return gatewayError(died ? Code.Unavailable : Code.Internal, "UPSTREAM_ERROR", `Ollama failed during generation - ${err.message}`, {
-      metadata,
-      retryAfterMs: died ? RETRY_AFTER_MS : undefined,
-      cause: err,
-    });
+    return gatewayError(
+      died ? Code.Unavailable : Code.Internal,
+      "UPSTREAM_ERROR",
+      `Ollama failed during generation - ${err.message}`,
+      {
+        metadata,
+        retryAfterMs: died ? RETRY_AFTER_MS : undefined,
+        cause: err,
+      },
+    );
   }
   switch (err.status) {
     case 400:

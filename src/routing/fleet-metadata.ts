@@ -148,14 +148,16 @@ export function createFleetMetadata(nodes: readonly OllamaNode[], cache: Cache, 
     return shared as Promise<T>;
   }
 
-  const fetchTags = (node: OllamaNode) => async (s: AbortSignal): Promise<OllamaTag[]> => {
-    const key = `tags:${node.name}`;
-    const at = Date.now();
-    const started = generation(key);
-    const tags = parseTags(await node.call("GET", "/api/tags", undefined, s));
-    if (generation(key) === started) confirmed.set(node.name, { at, generation: started, tags });
-    return tags;
-  };
+  const fetchTags =
+    (node: OllamaNode) =>
+    async (s: AbortSignal): Promise<OllamaTag[]> => {
+      const key = `tags:${node.name}`;
+      const at = Date.now();
+      const started = generation(key);
+      const tags = parseTags(await node.call("GET", "/api/tags", undefined, s));
+      if (generation(key) === started) confirmed.set(node.name, { at, generation: started, tags });
+      return tags;
+    };
 
   /** A node's tags from a request this process made at most `digestMaxAgeMs` ago (or now). */
   async function recentTags(node: OllamaNode, signal: AbortSignal): Promise<OllamaTag[]> {
@@ -173,10 +175,11 @@ export function createFleetMetadata(nodes: readonly OllamaNode[], cache: Cache, 
   }
 
   const self: FleetMetadata = {
-    tags: (node, signal, fresh = false) =>
-      cached(`tags:${node.name}`, ttl.tagsMs, signal, fresh, fetchTags(node)),
+    tags: (node, signal, fresh = false) => cached(`tags:${node.name}`, ttl.tagsMs, signal, fresh, fetchTags(node)),
     ps: (node, signal, fresh = false) =>
-      cached(`ps:${node.name}`, ttl.psMs, signal, fresh, async (s) => parsePs(await node.call("GET", "/api/ps", undefined, s))),
+      cached(`ps:${node.name}`, ttl.psMs, signal, fresh, async (s) =>
+        parsePs(await node.call("GET", "/api/ps", undefined, s)),
+      ),
     show: (node, name, digest, signal) =>
       cached(`show:${digest || `${node.name}:${canonicalModelName(name)}`}`, ttl.showMs, signal, false, async (s) =>
         parseShow(await node.call("POST", "/api/show", { model: name }, s)),
@@ -190,7 +193,10 @@ export function createFleetMetadata(nodes: readonly OllamaNode[], cache: Cache, 
         await Promise.all(
           nodes.map(async (node, i) => {
             try {
-              const tags = options.recent === true && !fresh ? await recentTags(node, signal) : await self.tags(node, signal, fresh);
+              const tags =
+                options.recent === true && !fresh
+                  ? await recentTags(node, signal)
+                  : await self.tags(node, signal, fresh);
               const tag = byCanonicalName(tags).get(wanted);
               if (tag) found[i] = { node, tag };
             } catch (e) {

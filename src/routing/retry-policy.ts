@@ -15,7 +15,12 @@ export interface RetryPolicy {
 }
 
 /** The defaults documented on RetryPolicy. */
-export const DEFAULT_RETRY_POLICY: RetryPolicy = { maxAttempts: 3, initialBackoffMs: 50, maxBackoffMs: 1000, multiplier: 2 };
+export const DEFAULT_RETRY_POLICY: RetryPolicy = {
+  maxAttempts: 3,
+  initialBackoffMs: 50,
+  maxBackoffMs: 1000,
+  multiplier: 2,
+};
 
 // Failures that say nothing about the request itself: another node (or the
 // same one a moment later) may well succeed.

@@ -330,7 +330,9 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     if (state === undefined) return false;
     // Reserve before the first await, so concurrent placements see the slot taken.
     fleet.begin(state, w.model, w.embeddingOnly);
-    const slot = await deps.gate.tryAcquire(state.node.name, w.model, fleet.slots(state, w.embeddingOnly)).catch(() => undefined);
+    const slot = await deps.gate
+      .tryAcquire(state.node.name, w.model, fleet.slots(state, w.embeddingOnly))
+      .catch(() => undefined);
     if (slot === undefined) {
       fleet.end(state, w.model);
       // Another replica holds the slots: look again shortly.
@@ -412,7 +414,10 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         if (!health.isHealthy(s.node.name)) return;
         try {
           const ps = await deps.metadata.ps(s.node, AbortSignal.timeout(2_000));
-          fleet.sync(s.node.name, ps.map((r) => canonicalModelName(r.name)));
+          fleet.sync(
+            s.node.name,
+            ps.map((r) => canonicalModelName(r.name)),
+          );
         } catch {
           // keep the last view; health probes deal with dead nodes
         }
@@ -490,14 +495,28 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
           if (expected !== undefined && expected > budget) {
             return reject(
               budgetLimited
-                ? gatewayError(Code.ResourceExhausted, "QUEUE_WAIT_TOO_LONG", `the expected wait for ${req.model} is longer than the queue allows`, {
-                    retryAfterMs: clampRetry(expected),
-                    metadata: { model: req.model, expected_wait_ms: String(Math.round(expected)), max_wait_ms: String(maxWaitMs) },
-                  })
-                : gatewayError(Code.ResourceExhausted, "DEADLINE_TOO_SHORT", `the expected wait for ${req.model} is longer than the deadline`, {
-                    retryAfterMs: clampRetry(expected),
-                    metadata: { model: req.model, expected_wait_ms: String(Math.round(expected)) },
-                  }),
+                ? gatewayError(
+                    Code.ResourceExhausted,
+                    "QUEUE_WAIT_TOO_LONG",
+                    `the expected wait for ${req.model} is longer than the queue allows`,
+                    {
+                      retryAfterMs: clampRetry(expected),
+                      metadata: {
+                        model: req.model,
+                        expected_wait_ms: String(Math.round(expected)),
+                        max_wait_ms: String(maxWaitMs),
+                      },
+                    },
+                  )
+                : gatewayError(
+                    Code.ResourceExhausted,
+                    "DEADLINE_TOO_SHORT",
+                    `the expected wait for ${req.model} is longer than the deadline`,
+                    {
+                      retryAfterMs: clampRetry(expected),
+                      metadata: { model: req.model, expected_wait_ms: String(Math.round(expected)) },
+                    },
+                  ),
             );
           }
           req.signal.addEventListener("abort", onAbort, { once: true });
@@ -507,10 +526,15 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
               if (!remove(w)) return;
               w.cleanup();
               reject(
-                gatewayError(Code.ResourceExhausted, "QUEUE_WAIT_TOO_LONG", `waited ${maxWaitMs} ms in the queue for ${req.model}`, {
-                  retryAfterMs: clampRetry(expectedWaitMs(model, 1, candidates, embeddingOnly)),
-                  metadata: { model: req.model, max_wait_ms: String(maxWaitMs) },
-                }),
+                gatewayError(
+                  Code.ResourceExhausted,
+                  "QUEUE_WAIT_TOO_LONG",
+                  `waited ${maxWaitMs} ms in the queue for ${req.model}`,
+                  {
+                    retryAfterMs: clampRetry(expectedWaitMs(model, 1, candidates, embeddingOnly)),
+                    metadata: { model: req.model, max_wait_ms: String(maxWaitMs) },
+                  },
+                ),
               );
               void pump();
             }, maxWaitMs);
@@ -523,7 +547,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       });
     },
 
-    queues: () => [...queues].map(([model, q]) => ({ model, depth: q.length })).sort((a, b) => (a.model < b.model ? -1 : 1)),
+    queues: () =>
+      [...queues].map(([model, q]) => ({ model, depth: q.length })).sort((a, b) => (a.model < b.model ? -1 : 1)),
 
     draining: () => [...draining].map(([node, model]) => ({ node, model })),
 
@@ -559,7 +584,12 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
    * was measured: rounds of the model's service time over the slots it has, plus a load when it
    * is loaded nowhere.
    */
-  function expectedWaitMs(model: string, position: number, candidates: ReadonlySet<string>, embeddingOnly: boolean): number | undefined {
+  function expectedWaitMs(
+    model: string,
+    position: number,
+    candidates: ReadonlySet<string>,
+    embeddingOnly: boolean,
+  ): number | undefined {
     const svc = serviceMs.get(model);
     if (svc === undefined) return undefined;
     let slots = 0;

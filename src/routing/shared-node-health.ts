@@ -126,7 +126,8 @@ export function createSharedNodeHealth(options: SharedNodeHealthOptions): Shared
       const before = health.state(m.node);
       health.applyRemote(m.node, m.verdict);
       const after = health.state(m.node);
-      if (after !== before) log.info({ node: m.node, verdict: m.verdict, from: m.origin, circuit: after }, HEALTH_REMOTE_MSG);
+      if (after !== before)
+        log.info({ node: m.node, verdict: m.verdict, from: m.origin, circuit: after }, HEALTH_REMOTE_MSG);
     },
   });
 

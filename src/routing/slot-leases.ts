@@ -231,7 +231,8 @@ export function createSlotLeases(options: SlotLeasesOptions): SlotLeases {
 
     /** Runs commands bounded by commandTimeoutMs; fails at once while disconnected. Never rejects. */
     const run = <T>(op: (c: SharedRedisClient) => Promise<T>): Promise<Outcome<T>> => {
-      if (client.status !== "ready") return Promise.resolve({ ok: false, error: new Error(lastError ?? "redis not ready") });
+      if (client.status !== "ready")
+        return Promise.resolve({ ok: false, error: new Error(lastError ?? "redis not ready") });
       return withTimeout(() => op(client), commandTimeoutMs).then((out) => {
         if (out.ok) lastAnswerAt = Date.now();
         else goDown(errorMessage(out.error));
@@ -316,7 +317,8 @@ export function createSlotLeases(options: SlotLeasesOptions): SlotLeases {
         // Leases taken locally while this renewal was in flight are registered by another one at
         // once, and so are releases queued meanwhile: the renewal may have re-added those leases
         // in Redis, where they would block the slot for every replica until the next renewal.
-        if (pendingRemovals.size > 0 || [...leases.values()].some((m) => [...m.values()].some((r) => !r.registered))) tickAgain = true;
+        if (pendingRemovals.size > 0 || [...leases.values()].some((m) => [...m.values()].some((r) => !r.registered)))
+          tickAgain = true;
       } catch (err) {
         log.warn({ redis: label, err: errorMessage(err) }, "slot lease renewal failed");
       }
@@ -341,7 +343,10 @@ export function createSlotLeases(options: SlotLeasesOptions): SlotLeases {
         for (const r of records) queueRemoval(r.key, r.id);
         const removals = [...pendingRemovals].map(([id, p]) => ({ id, ...p }));
         if (removals.length > 0 && client.status === "ready") {
-          await withTimeout(() => Promise.all([...groupByKey(removals)].map(([key, ids]) => client.zrem(key, ...ids))), commandTimeoutMs);
+          await withTimeout(
+            () => Promise.all([...groupByKey(removals)].map(([key, ids]) => client.zrem(key, ...ids))),
+            commandTimeoutMs,
+          );
         }
         pendingRemovals.clear();
         await closeSharedRedisClient(client, commandTimeoutMs);

@@ -117,7 +117,13 @@ export function createEmbedBatcher(options: EmbedBatcherOptions): EmbedBatcher {
       const vectors = obj["embeddings"];
       if (!Array.isArray(vectors) || vectors.length !== texts.length) {
         // Let the caller's shape check report it.
-        for (const m of live) m.resolve({ vectors: Array.isArray(vectors) ? vectors : [], raw: obj, node: answer.node, queueMs: answer.queueMs });
+        for (const m of live)
+          m.resolve({
+            vectors: Array.isArray(vectors) ? vectors : [],
+            raw: obj,
+            node: answer.node,
+            queueMs: answer.queueMs,
+          });
         return;
       }
       const index = new Map(texts.map((t, i) => [t, i]));

@@ -27,7 +27,12 @@ export interface EmbeddingCache {
   /** The cached vector of each input, or undefined. Rejects with the signal's reason once it aborts. */
   lookup(key: EmbeddingKey, inputs: readonly string[], signal?: AbortSignal): Promise<(Float32Array | undefined)[]>;
   /** Stores vectors for inputs (same order). Rejects with the signal's reason once it aborts (memory is written by then). */
-  store(key: EmbeddingKey, inputs: readonly string[], vectors: readonly (readonly number[])[], signal?: AbortSignal): Promise<void>;
+  store(
+    key: EmbeddingKey,
+    inputs: readonly string[],
+    vectors: readonly (readonly number[])[],
+    signal?: AbortSignal,
+  ): Promise<void>;
 }
 
 /** Creates the embedding cache on top of the shared cache. */
@@ -37,9 +42,14 @@ export function createEmbeddingCache(cache: Cache, ttlMs: number): EmbeddingCach
   return {
     async lookup(key, inputs, signal) {
       const p = prefix(key);
-      const values = await cache.getMany(inputs.map((i) => p + hash(i)), signal);
+      const values = await cache.getMany(
+        inputs.map((i) => p + hash(i)),
+        signal,
+      );
       return values.map((b) =>
-        b === undefined || b.length % 4 !== 0 ? undefined : new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length)),
+        b === undefined || b.length % 4 !== 0
+          ? undefined
+          : new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length)),
       );
     },
     async store(key, inputs, vectors, signal) {

@@ -99,11 +99,20 @@ export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
   function normalise(body: OllamaBody, model: string): OllamaBody {
     const forced = deps.numCtx?.get(canonicalModelName(model)) ?? deps.numCtx?.get("*");
     if (forced === undefined) return body;
-    const options = typeof body["options"] === "object" && body["options"] !== null && !Array.isArray(body["options"]) ? body["options"] : {};
+    const options =
+      typeof body["options"] === "object" && body["options"] !== null && !Array.isArray(body["options"])
+        ? body["options"]
+        : {};
     return { ...body, options: { ...options, num_ctx: forced } };
   }
 
-  function admission(ctx: HandlerContext, model: string, affinity: string | undefined, signal: AbortSignal, exclude: ReadonlySet<string>) {
+  function admission(
+    ctx: HandlerContext,
+    model: string,
+    affinity: string | undefined,
+    signal: AbortSignal,
+    exclude: ReadonlySet<string>,
+  ) {
     const raw = Number(ctx.requestHeader.get("x-priority") ?? "0");
     return deps.scheduler.acquire({
       model,
@@ -172,14 +181,20 @@ export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
         if (finished) return;
         // Ollama ends a stream without a final chunk when its repeat detector
         // fires; the client must still be able to tell the answer was cut.
-        throw gatewayError(Code.Internal, "UPSTREAM_PROTOCOL_ERROR", "the Ollama stream ended before its final message", {
-          metadata: { model, node },
-        });
+        throw gatewayError(
+          Code.Internal,
+          "UPSTREAM_PROTOCOL_ERROR",
+          "the Ollama stream ended before its final message",
+          {
+            metadata: { model, node },
+          },
+        );
       } catch (e) {
         const err = fail(e, node, model, signal);
         wait = backoffMs(attempt + 1, policy);
         const remaining = ctx.timeoutMs() ?? deps.maxDeadlineMs;
-        if (sent || signal.aborted || !isRetryable(err) || attempt >= policy.maxAttempts || remaining <= wait) throw err;
+        if (sent || signal.aborted || !isRetryable(err) || attempt >= policy.maxAttempts || remaining <= wait)
+          throw err;
         tried.add(node);
         lastError = err;
       } finally {
@@ -200,7 +215,13 @@ export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
       const model = String(body["model"]);
       const tried = new Set<string>();
       for (let attempt = 1; ; attempt++) {
-        const dispatch = await deps.scheduler.acquire({ model, priority: 0, signal, remainingMs: deps.maxDeadlineMs, exclude: tried });
+        const dispatch = await deps.scheduler.acquire({
+          model,
+          priority: 0,
+          signal,
+          remainingMs: deps.maxDeadlineMs,
+          exclude: tried,
+        });
         const node = dispatch.node.name;
         let loadMs: number | undefined;
         try {
@@ -227,7 +248,15 @@ export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
   function generateInto(req: GenerateRequest, ctx: HandlerContext, sink: MessageSink<GenerateReply>): Promise<void> {
     const session = req.sessionKey || ctx.requestHeader.get("x-session-id") || undefined;
     const affinity = affinityKey(canonicalModelName(req.model), session, `${req.system}\u0000${req.prompt}`);
-    return relay("/api/generate", normalise(generateBody(req), req.model), req.model, affinity, ctx, generateChunk, sink);
+    return relay(
+      "/api/generate",
+      normalise(generateBody(req), req.model),
+      req.model,
+      affinity,
+      ctx,
+      generateChunk,
+      sink,
+    );
   }
 
   /** Chat into a sink (the request is valid). */
@@ -319,7 +348,10 @@ export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
     try {
       // Digests from a recent /api/tags answer, not the tags cache (see LocateOptions.recent);
       // a node slow to give one makes this call go without the cache rather than wait.
-      const where = await within(untilAborted(deps.metadata.locate(req.model, signal, { recent: true }), signal), DIGEST_WAIT_MS);
+      const where = await within(
+        untilAborted(deps.metadata.locate(req.model, signal, { recent: true }), signal),
+        DIGEST_WAIT_MS,
+      );
       if (where === undefined) return undefined;
       const digests = new Set(where.located.map((l) => l.tag.digest));
       const [digest] = digests;

@@ -63,7 +63,9 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
   }
 
   function notFound(model: string): Error {
-    return gatewayError(Code.NotFound, "MODEL_NOT_FOUND", `model ${model} not found on any node`, { metadata: { model } });
+    return gatewayError(Code.NotFound, "MODEL_NOT_FOUND", `model ${model} not found on any node`, {
+      metadata: { model },
+    });
   }
 
   function fail(e: unknown, node: OllamaNode | undefined, signal: AbortSignal, facts: Record<string, string>): Error {
@@ -77,7 +79,12 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
   }
 
   /** Runs `op` on each node concurrently; all must succeed. */
-  async function onEach<T>(nodes: OllamaNode[], signal: AbortSignal, facts: Record<string, string>, op: (n: OllamaNode) => Promise<T>): Promise<T[]> {
+  async function onEach<T>(
+    nodes: OllamaNode[],
+    signal: AbortSignal,
+    facts: Record<string, string>,
+    op: (n: OllamaNode) => Promise<T>,
+  ): Promise<T[]> {
     const results = await Promise.allSettled(nodes.map(op));
     const failed = results.findIndex((r) => r.status === "rejected");
     if (failed !== -1) throw fail((results[failed] as PromiseRejectedResult).reason, nodes[failed], signal, facts);
@@ -151,7 +158,9 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
       const first = where.located.find((l) => deps.health.isHealthy(l.node.name)) ?? where.located[0];
       if (first === undefined) {
         if (where.unavailable.length === deps.nodes.length) {
-          throw gatewayError(Code.Unavailable, "UPSTREAM_UNAVAILABLE", "no Ollama node answered", { retryAfterMs: 1000 });
+          throw gatewayError(Code.Unavailable, "UPSTREAM_UNAVAILABLE", "no Ollama node answered", {
+            retryAfterMs: 1000,
+          });
         }
         throw notFound(req.model);
       }
@@ -241,7 +250,10 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
       }
       const ms = performance.now() - t0;
       await deps.metadata.invalidate(node!.name, ["ps"], invalidationWait(ctx, signal));
-      return { node: node!.name, loadDuration: { seconds: BigInt(Math.floor(ms / 1000)), nanos: Math.round((ms % 1000) * 1e6) } };
+      return {
+        node: node!.name,
+        loadDuration: { seconds: BigInt(Math.floor(ms / 1000)), nanos: Math.round((ms % 1000) * 1e6) },
+      };
     },
 
     async unloadModel(req, ctx) {
@@ -275,18 +287,21 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
       const signal = begin(ctx, req.model);
       const nodes = targetNodes(req.nodes, "nodes");
       try {
-        yield* mergeStreams(
-          nodes.map((node) => pullFrom(node, req.model, req.insecure, signal)),
-        );
+        yield* mergeStreams(nodes.map((node) => pullFrom(node, req.model, req.insecure, signal)));
       } catch (e) {
         const failedNode = e instanceof PullError ? e.node : undefined;
         const cause = e instanceof PullError ? e.cause : e;
         if (isUpstreamError(cause) && /file does not exist|not found/i.test(cause.message) && !signal.aborted) {
           // gatewayError sanitises the status message; the verbatim text stays in upstream_message.
-          throw gatewayError(Code.NotFound, "MODEL_NOT_FOUND", `model ${req.model} not found in its registry - ${cause.message}`, {
-            metadata: { model: req.model, node: cause.node, upstream_message: cause.message },
-            cause,
-          });
+          throw gatewayError(
+            Code.NotFound,
+            "MODEL_NOT_FOUND",
+            `model ${req.model} not found in its registry - ${cause.message}`,
+            {
+              metadata: { model: req.model, node: cause.node, upstream_message: cause.message },
+              cause,
+            },
+          );
         }
         throw fail(cause, failedNode, signal, { model: req.model });
       } finally {
@@ -298,8 +313,12 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
       requireModel(req.model);
       const signal = begin(ctx, req.model);
       const nodes = await nodesWith(req.model, req.nodes, "nodes", signal);
-      await onEach(nodes, signal, { model: req.model }, (n) => n.call("DELETE", "/api/delete", { model: req.model }, signal));
-      await Promise.all(nodes.map((n) => deps.metadata.invalidate(n.name, ["tags", "ps"], invalidationWait(ctx, signal))));
+      await onEach(nodes, signal, { model: req.model }, (n) =>
+        n.call("DELETE", "/api/delete", { model: req.model }, signal),
+      );
+      await Promise.all(
+        nodes.map((n) => deps.metadata.invalidate(n.name, ["tags", "ps"], invalidationWait(ctx, signal))),
+      );
       return { nodes: nodes.map((n) => n.name) };
     },
 
@@ -319,7 +338,12 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
   };
 
   /** Nodes (among those named, or all) that have `model`; NOT_FOUND when none does. */
-  async function nodesWith(model: string, names: readonly string[], field: string, signal: AbortSignal): Promise<OllamaNode[]> {
+  async function nodesWith(
+    model: string,
+    names: readonly string[],
+    field: string,
+    signal: AbortSignal,
+  ): Promise<OllamaNode[]> {
     const allowed = new Set(targetNodes(names, field));
     const where = await deps.metadata.locate(model, signal).catch((e: unknown) => {
       throw fail(e, undefined, signal, { model });
@@ -348,24 +372,27 @@ async function* pullFrom(
 ): AsyncGenerator<MessageInitShape<typeof PullModelResponseSchema>> {
   let success = false;
   try {
-    for await (const batch of node.stream("/api/pull", { model, insecure, stream: true }, signal)) for (const p of batch) {
-      const status = typeof p["status"] === "string" ? p["status"] : "";
-      if (status === "success") success = true;
-      yield {
-        status,
-        digest: typeof p["digest"] === "string" ? p["digest"] : "",
-        total: BigInt(Math.round(typeof p["total"] === "number" ? p["total"] : 0)),
-        completed: BigInt(Math.round(typeof p["completed"] === "number" ? p["completed"] : 0)),
-        node: node.name,
-      };
-    }
+    for await (const batch of node.stream("/api/pull", { model, insecure, stream: true }, signal))
+      for (const p of batch) {
+        const status = typeof p["status"] === "string" ? p["status"] : "";
+        if (status === "success") success = true;
+        yield {
+          status,
+          digest: typeof p["digest"] === "string" ? p["digest"] : "",
+          total: BigInt(Math.round(typeof p["total"] === "number" ? p["total"] : 0)),
+          completed: BigInt(Math.round(typeof p["completed"] === "number" ? p["completed"] : 0)),
+          node: node.name,
+        };
+      }
   } catch (e) {
     throw new PullError(node, e);
   }
   if (!success) {
     throw new PullError(
       node,
-      gatewayError(Code.Internal, "UPSTREAM_PROTOCOL_ERROR", "the pull ended without success", { metadata: { node: node.name, model } }),
+      gatewayError(Code.Internal, "UPSTREAM_PROTOCOL_ERROR", "the pull ended without success", {
+        metadata: { node: node.name, model },
+      }),
     );
   }
 }
@@ -378,7 +405,10 @@ async function* pullFrom(
 export async function* mergeStreams<T>(sources: AsyncGenerator<T>[]): AsyncGenerator<T> {
   const pending = new Map<number, Promise<{ i: number; r: IteratorResult<T> }>>();
   const pull = (i: number): void => {
-    pending.set(i, sources[i]!.next().then((r) => ({ i, r })));
+    pending.set(
+      i,
+      sources[i]!.next().then((r) => ({ i, r })),
+    );
   };
   for (let i = 0; i < sources.length; i++) pull(i);
   try {

@@ -1,9 +1,6 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { JsonObject } from "@bufbuild/protobuf";
-import type {
-  ChatResponseSchema,
-  GenerateResponseSchema,
-} from "../gen/ollama/gateway/v1/inference_pb.js";
+import type { ChatResponseSchema, GenerateResponseSchema } from "../gen/ollama/gateway/v1/inference_pb.js";
 import { DoneReason, Role } from "../gen/ollama/gateway/v1/types_pb.js";
 import type { ToolCallSchema, UsageSchema } from "../gen/ollama/gateway/v1/types_pb.js";
 

@@ -34,7 +34,8 @@ export function chatDeltaFrame(m: ChatReply): Buffer | undefined {
   if (m.done === true || m.doneReason !== undefined || m.usage !== undefined) return undefined;
   const msg = m.message;
   if (msg === undefined || msg.role !== Role.ASSISTANT) return undefined;
-  if ((msg.toolCalls?.length ?? 0) > 0 || (msg.images?.length ?? 0) > 0 || msg.toolName || msg.toolCallId) return undefined;
+  if ((msg.toolCalls?.length ?? 0) > 0 || (msg.images?.length ?? 0) > 0 || msg.toolName || msg.toolCallId)
+    return undefined;
   const content = msg.content ?? "";
   const thinking = msg.thinking ?? "";
   const c = Buffer.byteLength(content);

@@ -56,7 +56,10 @@ export function validateChat(req: ChatRequest): void {
     }
     m.toolCalls.forEach((c, j) => {
       if (!TOOL_NAME.test(c.name)) {
-        v.push({ field: `messages[${i}].tool_calls[${j}].name`, description: "must be 1-128 letters, digits, _ . or -" });
+        v.push({
+          field: `messages[${i}].tool_calls[${j}].name`,
+          description: "must be 1-128 letters, digits, _ . or -",
+        });
       }
     });
   });
@@ -117,7 +120,10 @@ function checkOptions(o: Options | undefined, v: FieldViolation[]): void {
   }
   for (const key of keys) {
     if (!OPTION_KEY.test(key)) {
-      v.push({ field: `options.extra[${key.slice(0, 64)}]`, description: "keys are Ollama option names (a-z, 0-9, _)" });
+      v.push({
+        field: `options.extra[${key.slice(0, 64)}]`,
+        description: "keys are Ollama option names (a-z, 0-9, _)",
+      });
     } else if (OPTION_NAMES.has(key)) {
       v.push({ field: `options.extra[${key}]`, description: `use the typed field options.${key} instead` });
     }

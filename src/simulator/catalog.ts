@@ -178,13 +178,58 @@ export function defaultCatalog(): SimModelSpec[] {
 export function defaultRegistry(): SimModelSpec[] {
   return [
     ...defaultCatalog(),
-    { name: "llama3.2:1b", capabilities: ["completion", "tools"], size: 1321098329, parameterSize: "1.2B", embeddingLength: 2048 },
-    { name: "tinyllama:latest", capabilities: ["completion"], size: 637700138, parameterSize: "1B", contextLength: 2048, embeddingLength: 2048 },
-    { name: "mistral:latest", capabilities: ["completion", "tools"], size: 4372824384, parameterSize: "7.2B", quantizationLevel: "Q4_0" },
-    { name: "gemma3:latest", capabilities: ["completion", "vision"], size: 3338801804, architecture: "gemma3", parameterSize: "4.3B" },
-    { name: "deepseek-r1:latest", capabilities: ["completion", "thinking"], size: 5225376047, architecture: "qwen3", parameterSize: "8.2B" },
-    { name: "mxbai-embed-large:latest", capabilities: ["embedding"], size: 669615493, architecture: "bert", parameterSize: "334M", embeddingLength: 1024, contextLength: 512 },
-    { name: "qwen2.5-coder:latest", capabilities: ["completion", "tools", "insert"], size: 4683087332, architecture: "qwen2", parameterSize: "7.6B" },
+    {
+      name: "llama3.2:1b",
+      capabilities: ["completion", "tools"],
+      size: 1321098329,
+      parameterSize: "1.2B",
+      embeddingLength: 2048,
+    },
+    {
+      name: "tinyllama:latest",
+      capabilities: ["completion"],
+      size: 637700138,
+      parameterSize: "1B",
+      contextLength: 2048,
+      embeddingLength: 2048,
+    },
+    {
+      name: "mistral:latest",
+      capabilities: ["completion", "tools"],
+      size: 4372824384,
+      parameterSize: "7.2B",
+      quantizationLevel: "Q4_0",
+    },
+    {
+      name: "gemma3:latest",
+      capabilities: ["completion", "vision"],
+      size: 3338801804,
+      architecture: "gemma3",
+      parameterSize: "4.3B",
+    },
+    {
+      name: "deepseek-r1:latest",
+      capabilities: ["completion", "thinking"],
+      size: 5225376047,
+      architecture: "qwen3",
+      parameterSize: "8.2B",
+    },
+    {
+      name: "mxbai-embed-large:latest",
+      capabilities: ["embedding"],
+      size: 669615493,
+      architecture: "bert",
+      parameterSize: "334M",
+      embeddingLength: 1024,
+      contextLength: 512,
+    },
+    {
+      name: "qwen2.5-coder:latest",
+      capabilities: ["completion", "tools", "insert"],
+      size: 4683087332,
+      architecture: "qwen2",
+      parameterSize: "7.6B",
+    },
   ];
 }
 
@@ -199,7 +244,8 @@ export function inferCapabilities(name: string): Capability[] {
   if (/(embed|minilm|bge-|^bge|e5-|gte-|snowflake-arctic-embed)/.test(n)) return ["embedding"];
   const caps: Capability[] = ["completion"];
   if (/(qwen3|deepseek-r1|gpt-oss|magistral|qwq|phi4-reasoning)/.test(n)) caps.push("tools", "thinking");
-  else if (/(llama3\.[123]|mistral|qwen2\.5|qwen2|command-r|granite|firefunction|hermes|llama4|smollm2)/.test(n)) caps.push("tools");
+  else if (/(llama3\.[123]|mistral|qwen2\.5|qwen2|command-r|granite|firefunction|hermes|llama4|smollm2)/.test(n))
+    caps.push("tools");
   if (/(coder|starcoder|codellama|codegemma|deepseek-coder)/.test(n)) caps.push("insert");
   if (/(llava|vision|gemma3|moondream|minicpm-v|bakllava|qwen2\.5vl|qwen3-vl)/.test(n)) caps.push("vision");
   return [...new Set(caps)];
@@ -220,7 +266,9 @@ export function parseModelEntry(entry: string): SimModelSpec {
     .filter((c) => c !== "");
   for (const c of list) {
     if (!(ALL_CAPABILITIES as readonly string[]).includes(c)) {
-      throw new Error(`unknown capability ${JSON.stringify(c)} for model ${name} (known: ${ALL_CAPABILITIES.join(", ")})`);
+      throw new Error(
+        `unknown capability ${JSON.stringify(c)} for model ${name} (known: ${ALL_CAPABILITIES.join(", ")})`,
+      );
     }
   }
   return { name, capabilities: list as Capability[] };

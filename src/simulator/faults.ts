@@ -97,7 +97,8 @@ export function createFaultInjector(onFire: (fault: Fault) => void = () => {}): 
  * `null`, `"Infinity"` or `-1` (the last three mean forever, since JSON has no Infinity).
  */
 export function parseFault(input: unknown): Fault {
-  if (typeof input !== "object" || input === null || Array.isArray(input)) throw new Error("fault must be a JSON object");
+  if (typeof input !== "object" || input === null || Array.isArray(input))
+    throw new Error("fault must be a JSON object");
   const o = input as Record<string, unknown>;
   const scope: FaultScope = {};
   if (o.path !== undefined) scope.path = requireString(o.path, "path");
@@ -113,7 +114,12 @@ export function parseFault(input: unknown): Fault {
     case "error-before-stream": {
       const status = requireCount(o.status ?? 500, "status", 100);
       if (status > 599) throw new Error("status must be an HTTP status code");
-      return { ...scope, kind: "error-before-stream", status, message: requireString(o.message ?? "internal error", "message") };
+      return {
+        ...scope,
+        kind: "error-before-stream",
+        status,
+        message: requireString(o.message ?? "internal error", "message"),
+      };
     }
     case "busy":
       return { ...scope, kind: "busy" };
@@ -129,7 +135,12 @@ export function parseFault(input: unknown): Fault {
     case "malformed-line": {
       const then = o.then ?? "continue";
       if (then !== "continue" && then !== "end") throw new Error(`then must be "continue" or "end"`);
-      return { ...scope, kind: "malformed-line", afterTokens: requireCount(o.afterTokens ?? 0, "afterTokens", 0), then };
+      return {
+        ...scope,
+        kind: "malformed-line",
+        afterTokens: requireCount(o.afterTokens ?? 0, "afterTokens", 0),
+        then,
+      };
     }
     case "endless-line":
       return { ...scope, kind: "endless-line" };

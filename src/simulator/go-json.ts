@@ -195,9 +195,11 @@ function checkField(struct: string, field: string, spec: FieldSpec, value: unkno
           if (v !== undefined && v !== null && typeof v !== "string") fail(jsonKind(v), `${field}.${key}`, "string");
         }
         const images = m.images;
-        if (images !== undefined && images !== null && !Array.isArray(images)) fail(jsonKind(images), `${field}.images`, "[]api.ImageData");
+        if (images !== undefined && images !== null && !Array.isArray(images))
+          fail(jsonKind(images), `${field}.images`, "[]api.ImageData");
         const calls = m.tool_calls;
-        if (calls !== undefined && calls !== null && !Array.isArray(calls)) fail(jsonKind(calls), `${field}.tool_calls`, "[]api.ToolCall");
+        if (calls !== undefined && calls !== null && !Array.isArray(calls))
+          fail(jsonKind(calls), `${field}.tool_calls`, "[]api.ToolCall");
       }
       return;
   }

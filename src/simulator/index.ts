@@ -2,7 +2,13 @@
  * Public entry point of the Ollama simulator: import from here in tests and tools.
  */
 export { startSimulator, type Simulator } from "./simulator.js";
-export { resolveOptions, parseCliArgs, CLI_USAGE, type SimulatorOptions, type ResolvedSimulatorOptions } from "./options.js";
+export {
+  resolveOptions,
+  parseCliArgs,
+  CLI_USAGE,
+  type SimulatorOptions,
+  type ResolvedSimulatorOptions,
+} from "./options.js";
 export {
   defaultCatalog,
   defaultRegistry,
@@ -13,7 +19,15 @@ export {
   type ResolvedModel,
   type SimModelSpec,
 } from "./catalog.js";
-export { parseFault, parseFaultSpecs, type ActiveFault, type Fault, type FaultInjector, type FaultKind, type FaultScope } from "./faults.js";
+export {
+  parseFault,
+  parseFaultSpecs,
+  type ActiveFault,
+  type Fault,
+  type FaultInjector,
+  type FaultKind,
+  type FaultScope,
+} from "./faults.js";
 export type { SimulatorStats } from "./stats.js";
 export type {
   DisconnectEvent,

@@ -59,7 +59,8 @@ export function resolveOptions(options: SimulatorOptions = {}): ResolvedSimulato
     numParallel: options.numParallel ?? 1,
     maxLoadedModels: options.maxLoadedModels ?? 3,
     maxQueue: options.maxQueue ?? 512,
-    keepAliveMs: (options.keepAliveMs ?? 5 * 60_000) < 0 ? Number.POSITIVE_INFINITY : (options.keepAliveMs ?? 5 * 60_000),
+    keepAliveMs:
+      (options.keepAliveMs ?? 5 * 60_000) < 0 ? Number.POSITIVE_INFINITY : (options.keepAliveMs ?? 5 * 60_000),
     defaultNumCtx: options.defaultNumCtx ?? 4096,
     registry: [...models, ...(options.registry ?? defaultRegistry())],
     pullMs: options.pullMs ?? 30,
@@ -92,11 +93,17 @@ const FLAGS: Record<string, { env: readonly string[]; apply: (o: SimulatorOption
   "--host": { env: ["SIM_HOST"], apply: (o, v) => void (o.host = v) },
   "--port": { env: ["SIM_PORT"], apply: (o, v) => void (o.port = int(v, "port")) },
   "--load-ms": { env: ["SIM_LOAD_MS"], apply: (o, v) => void (o.loadMs = num(v, "load-ms")) },
-  "--first-token-ms": { env: ["SIM_FIRST_TOKEN_MS"], apply: (o, v) => void (o.firstTokenMs = num(v, "first-token-ms")) },
+  "--first-token-ms": {
+    env: ["SIM_FIRST_TOKEN_MS"],
+    apply: (o, v) => void (o.firstTokenMs = num(v, "first-token-ms")),
+  },
   "--token-ms": { env: ["SIM_TOKEN_MS"], apply: (o, v) => void (o.tokenMs = num(v, "token-ms")) },
   "--models": { env: ["SIM_MODELS"], apply: (o, v) => void (o.models = parseModels(v)) },
   "--num-parallel": { env: ["OLLAMA_NUM_PARALLEL"], apply: (o, v) => void (o.numParallel = int(v, "num-parallel")) },
-  "--max-loaded-models": { env: ["OLLAMA_MAX_LOADED_MODELS"], apply: (o, v) => void (o.maxLoadedModels = int(v, "max-loaded-models")) },
+  "--max-loaded-models": {
+    env: ["OLLAMA_MAX_LOADED_MODELS"],
+    apply: (o, v) => void (o.maxLoadedModels = int(v, "max-loaded-models")),
+  },
   "--max-queue": { env: ["OLLAMA_MAX_QUEUE"], apply: (o, v) => void (o.maxQueue = int(v, "max-queue")) },
   "--keep-alive": { env: ["OLLAMA_KEEP_ALIVE"], apply: (o, v) => void (o.keepAliveMs = keepAlive(v)) },
   "--num-ctx": { env: ["OLLAMA_CONTEXT_LENGTH"], apply: (o, v) => void (o.defaultNumCtx = int(v, "num-ctx")) },
@@ -146,7 +153,10 @@ Flags (environment variable in brackets; flags win over the environment):
  * Parses CLI arguments and environment: defaults suited to a standalone server (port 11434,
  * 500 ms loads), then environment, then flags (`--flag value` or `--flag=value`).
  */
-export function parseCliArgs(argv: readonly string[], env: Readonly<Record<string, string | undefined>>): CliParseResult {
+export function parseCliArgs(
+  argv: readonly string[],
+  env: Readonly<Record<string, string | undefined>>,
+): CliParseResult {
   const options: SimulatorOptions = { port: 11434, loadMs: 500 };
   const ollamaHost = env.OLLAMA_HOST;
   if (ollamaHost !== undefined && ollamaHost !== "") applyOllamaHost(options, ollamaHost);
@@ -212,7 +222,8 @@ function parseModels(value: string): SimModelSpec[] {
 
 function num(value: string, name: string): number {
   const n = Number(value);
-  if (value.trim() === "" || !Number.isFinite(n) || n < 0) throw new Error(`${name} must be a number >= 0, got ${JSON.stringify(value)}`);
+  if (value.trim() === "" || !Number.isFinite(n) || n < 0)
+    throw new Error(`${name} must be a number >= 0, got ${JSON.stringify(value)}`);
   return n;
 }
 

@@ -9,7 +9,14 @@ import { decodeBody, STRUCTS } from "./go-json.js";
 import { parseKeepAlive } from "./go-duration.js";
 import { CHAT_KEYS, orderKeys } from "./json-order.js";
 import { fullName, parseModelName } from "./model-name.js";
-import { checkPromptFits, checkTopLogprobs, parseFormat, parseThink, parseTools, wantsThinking } from "./request-fields.js";
+import {
+  checkPromptFits,
+  checkTopLogprobs,
+  parseFormat,
+  parseThink,
+  parseTools,
+  wantsThinking,
+} from "./request-fields.js";
 import { resolveRequestOptions } from "./request-options.js";
 import { since, stringField, type Handler } from "./sim-context.js";
 import { countWords, planCompletion, type ToolCall } from "./text-model.js";
@@ -100,7 +107,10 @@ export const handleChat: Handler = async (ex, ctx) => {
   const images = messages.reduce((n, m) => n + (Array.isArray(m.images) ? m.images.length : 0), 0);
   const plan = planCompletion({
     model: spec.digest,
-    prompt: JSON.stringify([messages.map((m) => [role(m), text(m), m.tool_calls ?? null, m.tool_name ?? null]), tools.map((t) => t.name)]),
+    prompt: JSON.stringify([
+      messages.map((m) => [role(m), text(m), m.tool_calls ?? null, m.tool_name ?? null]),
+      tools.map((t) => t.name),
+    ]),
     lastMessage: text(last),
     lastRole: role(last),
     tools,
@@ -148,7 +158,10 @@ export const handleChat: Handler = async (ex, ctx) => {
       const content = (acc?.message.content ?? "") + chunk.message.content;
       const thinking = (acc?.message.thinking ?? "") + (chunk.message.thinking ?? "");
       const calls = [...(acc?.message.tool_calls ?? []), ...(chunk.message.tool_calls ?? [])];
-      return orderKeys({ ...chunk, message: message(content, thinking, calls.length > 0 ? calls : undefined) }, CHAT_KEYS);
+      return orderKeys(
+        { ...chunk, message: message(content, thinking, calls.length > 0 ? calls : undefined) },
+        CHAT_KEYS,
+      );
     },
   });
 };

@@ -77,7 +77,14 @@ export const handleEmbed: Handler = async (ex, ctx) => {
     return true;
   });
   if (!ok) return;
-  const m = metrics({ total: since(ex.startedAt), load: loadNs, promptEvalCount, promptEval: 0n, evalCount: 0, evalDuration: 0n });
+  const m = metrics({
+    total: since(ex.startedAt),
+    load: loadNs,
+    promptEvalCount,
+    promptEval: 0n,
+    evalCount: 0,
+    evalDuration: 0n,
+  });
   if (await sink.push({ model: requested, embeddings, ...m }, true)) ctx.stats.completed++;
 };
 
@@ -116,7 +123,13 @@ function acquire(
   runner: RunnerOptions,
   keepAliveMs: number | undefined,
 ): Promise<RunnerLease> {
-  return ctx.scheduler.acquire({ model: installed.spec, name: installed.display, options: runner, keepAliveMs, signal: ex.signal });
+  return ctx.scheduler.acquire({
+    model: installed.spec,
+    name: installed.display,
+    options: runner,
+    keepAliveMs,
+    signal: ex.signal,
+  });
 }
 
 /**
@@ -124,7 +137,12 @@ function acquire(
  * have one slot, so it is effectively serial). Releases slot and lease however it ends;
  * resolves false when the client went away or a fault ended the answer.
  */
-async function withSlots(ex: Exchange, ctx: SimContext, lease: RunnerLease, work: () => Promise<boolean>): Promise<boolean> {
+async function withSlots(
+  ex: Exchange,
+  ctx: SimContext,
+  lease: RunnerLease,
+  work: () => Promise<boolean>,
+): Promise<boolean> {
   const model = lease.runner.name;
   let release: (() => void) | undefined;
   try {

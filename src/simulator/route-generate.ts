@@ -52,7 +52,8 @@ export const handleGenerate: Handler = async (ex, ctx) => {
   if (caps.includes("thinking")) think ??= true;
   else if (wantsThinking(think)) throw new ApiError(400, `${JSON.stringify(requested)} does not support thinking`);
   if (!caps.includes("completion")) throw new ApiError(400, `${JSON.stringify(requested)} does not support generate`);
-  if (suffix !== "" && !caps.includes("insert")) throw new ApiError(400, `${fullName(installed.name)} does not support insert`);
+  if (suffix !== "" && !caps.includes("insert"))
+    throw new ApiError(400, `${fullName(installed.name)} does not support insert`);
 
   const options = resolveRequestOptions(body.options, spec, ctx.config.defaultNumCtx);
   const lease = await ctx.scheduler.acquire({
@@ -93,7 +94,11 @@ export const handleGenerate: Handler = async (ex, ctx) => {
   });
   const promptTokens = Math.max(
     1,
-    countWords(system) + countWords(prompt) + countWords(suffix) + context.length + (caps.includes("vision") ? images * 576 : 0),
+    countWords(system) +
+      countWords(prompt) +
+      countWords(suffix) +
+      context.length +
+      (caps.includes("vision") ? images * 576 : 0),
   );
   try {
     checkPromptFits(body.shift, promptTokens, options.runner.numCtx);
@@ -101,7 +106,9 @@ export const handleGenerate: Handler = async (ex, ctx) => {
     lease.release();
     throw error;
   }
-  const finalContext = raw ? undefined : [...context, ...tokenIds(`${system} ${prompt}`), ...tokenIds(plan.content.join(""))];
+  const finalContext = raw
+    ? undefined
+    : [...context, ...tokenIds(`${system} ${prompt}`), ...tokenIds(plan.content.join(""))];
 
   await runCompletion<GenerateChunk>({
     ex,

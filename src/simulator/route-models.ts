@@ -180,7 +180,9 @@ function projectorInfo(): Record<string, unknown> {
 }
 
 function tensors(spec: ResolvedModel): Array<{ name: string; type: string; shape: number[] }> {
-  const type = spec.quantizationLevel.startsWith("Q") ? spec.quantizationLevel.replace(/_[KMS]+$/, "_K") : spec.quantizationLevel;
+  const type = spec.quantizationLevel.startsWith("Q")
+    ? spec.quantizationLevel.replace(/_[KMS]+$/, "_K")
+    : spec.quantizationLevel;
   return [
     { name: "token_embd.weight", type, shape: [spec.embeddingLength, 32000] },
     { name: "blk.0.attn_q.weight", type, shape: [spec.embeddingLength, spec.embeddingLength] },

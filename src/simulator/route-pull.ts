@@ -75,7 +75,9 @@ function layersOf(spec: ResolvedModel): Array<{ digest: string; size: number }> 
   const small = texts
     .filter(([, text]) => text !== "")
     .map(([kind, text]) => ({ digest: sha256Hex(`${spec.digest}:${kind}`), size: Buffer.byteLength(text) }));
-  const projector = spec.capabilities.includes("vision") ? [{ digest: sha256Hex(`${spec.digest}:projector`), size: 624_434_368 }] : [];
+  const projector = spec.capabilities.includes("vision")
+    ? [{ digest: sha256Hex(`${spec.digest}:projector`), size: 624_434_368 }]
+    : [];
   const used = [...small, ...projector].reduce((n, l) => n + l.size, 0);
   return [{ digest: sha256Hex(`${spec.digest}:model`), size: Math.max(1, spec.size - used) }, ...projector, ...small];
 }

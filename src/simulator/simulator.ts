@@ -19,7 +19,15 @@ import { handleAdmin } from "./route-admin.js";
 import { handleChat } from "./route-chat.js";
 import { handleEmbed, handleEmbeddings } from "./route-embed.js";
 import { handleGenerate } from "./route-generate.js";
-import { handleCopy, handleDelete, handlePs, handleRoot, handleShow, handleTags, handleVersion } from "./route-models.js";
+import {
+  handleCopy,
+  handleDelete,
+  handlePs,
+  handleRoot,
+  handleShow,
+  handleTags,
+  handleVersion,
+} from "./route-models.js";
 import { handlePull } from "./route-pull.js";
 import { handlePush } from "./route-push.js";
 import { createScheduler, type LoadedRunner } from "./scheduler.js";

@@ -59,5 +59,6 @@ export function concurrencyInterceptor(max: number, exempt: ReadonlySet<string>)
     }
     return { ...res, message: watchStream(res.message, { onEnd: release }) };
   };
-  return Object.assign(Object.defineProperty(interceptor, "active", { get: () => active }), { enter }) as Interceptor & ConcurrencyGauge;
+  return Object.assign(Object.defineProperty(interceptor, "active", { get: () => active }), { enter }) as Interceptor &
+    ConcurrencyGauge;
 }

@@ -55,19 +55,22 @@ export function listenDualProtocol(handler: NodeHandlerFn, options: ListenOption
     maxSessionMemory: 32,
   });
   const fastPath = options.fastPath;
-  h2.on("stream", (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, _flags: number, rawHeaders: string[]) => {
-    if (fastPath?.handle(stream, headers)) return;
-    const req = new http2.Http2ServerRequest(stream, headers, {}, rawHeaders);
-    const res = new http2.Http2ServerResponse(stream);
-    if (headers[":method"] === "CONNECT" || (headers.expect !== undefined && headers.expect !== "100-continue")) {
-      // What Node's own request handling answers when no listener takes these.
-      res.statusCode = headers[":method"] === "CONNECT" ? 405 : 417;
-      res.end();
-      return;
-    }
-    if (headers.expect === "100-continue") res.writeContinue();
-    handler(req, res);
-  });
+  h2.on(
+    "stream",
+    (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, _flags: number, rawHeaders: string[]) => {
+      if (fastPath?.handle(stream, headers)) return;
+      const req = new http2.Http2ServerRequest(stream, headers, {}, rawHeaders);
+      const res = new http2.Http2ServerResponse(stream);
+      if (headers[":method"] === "CONNECT" || (headers.expect !== undefined && headers.expect !== "100-continue")) {
+        // What Node's own request handling answers when no listener takes these.
+        res.statusCode = headers[":method"] === "CONNECT" ? 405 : 417;
+        res.end();
+        return;
+      }
+      if (headers.expect === "100-continue") res.writeContinue();
+      handler(req, res);
+    },
+  );
   const h1 = http.createServer({ keepAliveTimeout: options.keepAliveTimeoutMs, headersTimeout: 30_000 }, handler);
   h1.keepAliveTimeout = options.keepAliveTimeoutMs;
   // Above the keep-alive timeout, so an idle connection is closed by us, not mid-request.

@@ -1,7 +1,14 @@
 import { constants as h2constants } from "node:http2";
 import type { IncomingHttpHeaders, OutgoingHttpHeaders, ServerHttp2Stream } from "node:http2";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import type { DescMessage, DescMethod, DescMethodServerStreaming, DescMethodUnary, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
+import type {
+  DescMessage,
+  DescMethod,
+  DescMethodServerStreaming,
+  DescMethodUnary,
+  MessageInitShape,
+  MessageShape,
+} from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { ContextValues, HandlerContext } from "@connectrpc/connect";
 import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
@@ -26,7 +33,8 @@ export interface FastRoute {
 export function unaryRoute<I extends DescMessage, O extends DescMessage>(
   method: DescMethodUnary<I, O>,
   impl: (req: MessageShape<I>, ctx: HandlerContext) => Promise<MessageInitShape<O>> | MessageInitShape<O>,
-  encodeFrame: (message: MessageInitShape<O>) => Buffer = (m) => frame(toBinary(method.output, create(method.output, m))),
+  encodeFrame: (message: MessageInitShape<O>) => Buffer = (m) =>
+    frame(toBinary(method.output, create(method.output, m))),
 ): FastRoute {
   return {
     method,
@@ -51,7 +59,8 @@ export function serverStreamingRoute<I extends DescMessage, O extends DescMessag
     run(request, ctx, frames) {
       const req = decode(method.input, request);
       return impl(req, ctx, {
-        send: (message) => frames.send(encodeFrame(message) ?? frame(toBinary(method.output, create(method.output, message)))),
+        send: (message) =>
+          frames.send(encodeFrame(message) ?? frame(toBinary(method.output, create(method.output, message)))),
         drained: () => frames.drained(),
       });
     },
@@ -137,9 +146,20 @@ export function createGrpcFastPath(options: GrpcFastPathOptions): GrpcFastPath {
   };
 }
 
-function serve(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, route: FastRoute, options: GrpcFastPathOptions): void {
+function serve(
+  stream: ServerHttp2Stream,
+  headers: IncomingHttpHeaders,
+  route: FastRoute,
+  options: GrpcFastPathOptions,
+): void {
   const timeout = parseTimeout(single(headers["grpc-timeout"]) ?? null, Number.MAX_SAFE_INTEGER);
-  const ctx = callContext(route.method, headers, timeout.timeoutMs, options.shutdownSignal, options.contextValues(headers, stream.session?.socket?.remoteAddress));
+  const ctx = callContext(
+    route.method,
+    headers,
+    timeout.timeoutMs,
+    options.shutdownSignal,
+    options.contextValues(headers, stream.session?.socket?.remoteAddress),
+  );
   const canceled = (): ConnectError => new ConnectError("the client cancelled the call", Code.Canceled);
 
   let responded = false;
@@ -160,7 +180,10 @@ function serve(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, route: F
 
   const respond = (): void => {
     responded = true;
-    stream.respond({ ":status": 200, "content-type": CONTENT_TYPE, ...outgoing(ctx.responseHeader) }, { waitForTrailers: true });
+    stream.respond(
+      { ":status": 200, "content-type": CONTENT_TYPE, ...outgoing(ctx.responseHeader) },
+      { waitForTrailers: true },
+    );
     stream.once("wantTrailers", () => stream.sendTrailers(trailers));
   };
   // Messages written but not yet taken by HTTP/2 (flow control, a full socket). While one is
@@ -178,7 +201,10 @@ function serve(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, route: F
     send(frame) {
       if (stream.destroyed || stream.closed) throw canceled();
       if (frame.length - 5 > options.writeMaxBytes) {
-        throw new ConnectError(`message size ${frame.length - 5} is larger than configured writeMaxBytes ${options.writeMaxBytes}`, Code.ResourceExhausted);
+        throw new ConnectError(
+          `message size ${frame.length - 5} is larger than configured writeMaxBytes ${options.writeMaxBytes}`,
+          Code.ResourceExhausted,
+        );
       }
       if (!responded) respond();
       unsent++;
@@ -202,7 +228,10 @@ function serve(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, route: F
       trailers = outgoing(setTrailerStatus(new Headers(), error));
       if (!responded) {
         // Trailers-only: status in the one HEADERS frame, as gRPC allows for a call with no messages.
-        stream.respond({ ":status": 200, "content-type": CONTENT_TYPE, ...outgoing(ctx.responseHeader), ...trailers }, { endStream: true });
+        stream.respond(
+          { ":status": 200, "content-type": CONTENT_TYPE, ...outgoing(ctx.responseHeader), ...trailers },
+          { endStream: true },
+        );
         // A request we stopped reading (too large, refused) must not keep the stream open.
         if (!requestRead) stream.close(h2constants.NGHTTP2_NO_ERROR);
       } else {
@@ -297,7 +326,12 @@ function readRequest(stream: ServerHttp2Stream, readMaxBytes: number, signal: Ab
       if (size > readMaxBytes + 5) {
         cleanup();
         stream.pause();
-        reject(new ConnectError(`message size is larger than configured readMaxBytes ${readMaxBytes}`, Code.ResourceExhausted));
+        reject(
+          new ConnectError(
+            `message size is larger than configured readMaxBytes ${readMaxBytes}`,
+            Code.ResourceExhausted,
+          ),
+        );
       }
     };
     const onEnd = (): void => {
@@ -318,16 +352,22 @@ function readRequest(stream: ServerHttp2Stream, readMaxBytes: number, signal: Ab
 /** The one message of a unary or server-streaming request, with connect-node's protocol errors. */
 function requestMessage(body: Buffer, readMaxBytes: number, method: DescMethod): Uint8Array {
   const kind = method.methodKind === "unary" ? "unary" : "server_streaming";
-  if (body.length === 0) throw new ConnectError(`protocol error: missing input message for ${kind} method`, Code.Unimplemented);
+  if (body.length === 0)
+    throw new ConnectError(`protocol error: missing input message for ${kind} method`, Code.Unimplemented);
   if (body.length < 5) throw new ConnectError("protocol error: incomplete envelope", Code.InvalidArgument);
   const flags = body[0]!;
   const length = body.readUInt32BE(1);
   if (length > readMaxBytes) {
-    throw new ConnectError(`message size ${length} is larger than configured readMaxBytes ${readMaxBytes}`, Code.ResourceExhausted);
+    throw new ConnectError(
+      `message size ${length} is larger than configured readMaxBytes ${readMaxBytes}`,
+      Code.ResourceExhausted,
+    );
   }
   if (body.length < 5 + length) throw new ConnectError("protocol error: incomplete envelope", Code.InvalidArgument);
-  if (body.length > 5 + length) throw new ConnectError(`protocol error: received extra input message for ${kind} method`, Code.Unimplemented);
-  if ((flags & 1) === 1) throw new ConnectError("received compressed envelope, but do not know how to decompress", Code.Internal);
+  if (body.length > 5 + length)
+    throw new ConnectError(`protocol error: received extra input message for ${kind} method`, Code.Unimplemented);
+  if ((flags & 1) === 1)
+    throw new ConnectError("received compressed envelope, but do not know how to decompress", Code.Internal);
   if (flags !== 0) throw new ConnectError(`protocol error: invalid envelope flags ${flags}`, Code.InvalidArgument);
   return body.subarray(5);
 }

@@ -170,10 +170,7 @@ export function createHealthService(options: HealthServiceOptions = {}): HealthS
     return { status };
   }
 
-  async function* watch(
-    req: HealthCheckRequest,
-    ctx: HandlerContext,
-  ): AsyncGenerator<CheckResponseInit> {
+  async function* watch(req: HealthCheckRequest, ctx: HandlerContext): AsyncGenerator<CheckResponseInit> {
     if (closed) {
       throw new ConnectError("health service is shutting down", Code.Unavailable);
     }

@@ -2,7 +2,11 @@ import { createClient, ConnectError } from "@connectrpc/connect";
 import type { Client } from "@connectrpc/connect";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { InferenceService } from "../../src/gen/ollama/gateway/v1/inference_pb.js";
-import type { GenerateRequest, GenerateRequestSchema, GenerateResponse } from "../../src/gen/ollama/gateway/v1/inference_pb.js";
+import type {
+  GenerateRequest,
+  GenerateRequestSchema,
+  GenerateResponse,
+} from "../../src/gen/ollama/gateway/v1/inference_pb.js";
 import { GatewayService } from "../../src/gen/ollama/gateway/v1/gateway_pb.js";
 import { ErrorInfoSchema } from "../../src/gen/google/rpc/error_details_pb.js";
 import { startSimulator } from "../../src/simulator/simulator.js";
@@ -23,8 +27,16 @@ export interface Fleet {
 }
 
 /** Simulators named n0, n1, ... behind one gateway. */
-export async function fleet(count: number, sim: SimulatorOptions, env: Record<string, string> = {}, parallel = 1, maxLoaded = 1): Promise<Fleet> {
-  const sims = await Promise.all(Array.from({ length: count }, () => startSimulator({ numParallel: parallel, maxLoadedModels: maxLoaded, ...sim })));
+export async function fleet(
+  count: number,
+  sim: SimulatorOptions,
+  env: Record<string, string> = {},
+  parallel = 1,
+  maxLoaded = 1,
+): Promise<Fleet> {
+  const sims = await Promise.all(
+    Array.from({ length: count }, () => startSimulator({ numParallel: parallel, maxLoadedModels: maxLoaded, ...sim })),
+  );
   const gw = await startTestGateway({
     OLLAMA_URLS: sims.map((s, i) => `n${i}=${s.url}`).join(","),
     OLLAMA_NUM_PARALLEL: String(parallel),

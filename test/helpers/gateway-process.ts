@@ -43,7 +43,10 @@ async function stopChild(child: ChildProcess, graceMs: number): Promise<void> {
  * "gateway listening". Rejects — after killing the process — if it exits first or is not
  * listening within `readyTimeoutMs`.
  */
-export async function spawnGateway(env: Record<string, string>, options: { readyTimeoutMs?: number } = {}): Promise<GatewayProcess> {
+export async function spawnGateway(
+  env: Record<string, string>,
+  options: { readyTimeoutMs?: number } = {},
+): Promise<GatewayProcess> {
   const readyTimeoutMs = options.readyTimeoutMs ?? 20_000;
   const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
     cwd: repoRoot,
@@ -82,8 +85,13 @@ export async function spawnGateway(env: Record<string, string>, options: { ready
   let timer: NodeJS.Timeout | undefined;
   try {
     const url = await new Promise<string>((resolve, reject) => {
-      timer = setTimeout(() => reject(new Error(`gateway process was not listening within ${readyTimeoutMs} ms: ${err.trim()}`)), readyTimeoutMs);
-      child.once("exit", (code, signal) => reject(new Error(`gateway process exited (${code ?? signal}) before listening: ${err.trim()}`)));
+      timer = setTimeout(
+        () => reject(new Error(`gateway process was not listening within ${readyTimeoutMs} ms: ${err.trim()}`)),
+        readyTimeoutMs,
+      );
+      child.once("exit", (code, signal) =>
+        reject(new Error(`gateway process exited (${code ?? signal}) before listening: ${err.trim()}`)),
+      );
       onLine = (line) => {
         if (line["msg"] === "gateway listening" && typeof line["url"] === "string") resolve(line["url"]);
       };

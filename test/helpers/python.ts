@@ -57,10 +57,14 @@ export async function findGrpcPython(): Promise<string | undefined> {
  */
 export async function generatePythonStubs(python: string, outDir: string): Promise<void> {
   const descriptorSet = join(outDir, "gateway.binpb");
-  await run(join(REPO_ROOT, "node_modules", ".bin", "buf"), ["build", "--as-file-descriptor-set", "-o", descriptorSet], {
-    cwd: REPO_ROOT,
-    timeout: 30_000,
-  });
+  await run(
+    join(REPO_ROOT, "node_modules", ".bin", "buf"),
+    ["build", "--as-file-descriptor-set", "-o", descriptorSet],
+    {
+      cwd: REPO_ROOT,
+      timeout: 30_000,
+    },
+  );
   const args = [
     "protoc",
     `--descriptor_set_in=${descriptorSet}`,

@@ -139,7 +139,10 @@ async function killChild(child: ChildProcess | undefined): Promise<void> {
   child.kill("SIGKILL");
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`redis-server pid ${child.pid ?? "?"} did not exit within 5 s of SIGKILL`)), 5000);
+    timer = setTimeout(
+      () => reject(new Error(`redis-server pid ${child.pid ?? "?"} did not exit within 5 s of SIGKILL`)),
+      5000,
+    );
   });
   try {
     await Promise.race([exited, timeout]);
@@ -223,7 +226,13 @@ export async function startSentinel(masterName: string, masterPort: number): Pro
   const conf = join(dir, "sentinel.conf");
   writeFileSync(
     conf,
-    [`port ${port}`, "bind 127.0.0.1", `dir ${dir}`, `sentinel monitor ${masterName} 127.0.0.1 ${masterPort} 1`, ""].join("\n"),
+    [
+      `port ${port}`,
+      "bind 127.0.0.1",
+      `dir ${dir}`,
+      `sentinel monitor ${masterName} 127.0.0.1 ${masterPort} 1`,
+      "",
+    ].join("\n"),
   );
   const s = spawnRedis([conf, "--sentinel"]);
   try {

@@ -14,7 +14,11 @@ export interface SimulatorProcess {
 }
 
 /** Starts `src/simulator/main.ts` with `args` (and `env` on top of this process's) and waits up to `waitMs` for its URL. */
-export async function startSimulatorProcess(args: readonly string[], env: Record<string, string> = {}, waitMs = 5000): Promise<SimulatorProcess> {
+export async function startSimulatorProcess(
+  args: readonly string[],
+  env: Record<string, string> = {},
+  waitMs = 5000,
+): Promise<SimulatorProcess> {
   const child = spawn(process.execPath, ["--import", "tsx", "src/simulator/main.ts", ...args], {
     cwd: new URL("../..", import.meta.url),
     env: { ...process.env, ...env },

@@ -1,4 +1,9 @@
-import { compressionGzip, createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import {
+  compressionGzip,
+  createConnectTransport,
+  createGrpcTransport,
+  createGrpcWebTransport,
+} from "@connectrpc/connect-node";
 import type { Transport } from "@connectrpc/connect";
 
 /** A named way to reach the gateway, so one test body runs over every protocol. */
