@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { setMaxListeners } from "node:events";
 import { readFileSync } from "node:fs";
 import type { IncomingHttpHeaders } from "node:http";
-import { Code, ConnectError, createContextValues } from "@connectrpc/connect";
+import { createContextValues } from "@connectrpc/connect";
 import type { ConnectRouter, ContextValues } from "@connectrpc/connect";
 import { compressionGzip, connectNodeAdapter } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "./gen/grpc/health/v1/health_pb.js";
@@ -23,7 +23,7 @@ import { createScheduler, LOCAL_GATE } from "./routing/scheduler.js";
 import { createSharedNodeHealth } from "./routing/shared-node-health.js";
 import { createSlotLeases } from "./routing/slot-leases.js";
 import type { Scheduler } from "./routing/scheduler.js";
-import { chatDeltaFrame, embedFrame, generateDeltaFrame } from "./services/reply-frames.js";
+import { chatDeltaFrame, embedFrame, generateDeltaFrame } from "./transport/reply-frames.js";
 import { createEmbeddingCache } from "./services/embedding-cache.js";
 import { createGatewayService } from "./services/gateway-service.js";
 import { createInferenceService } from "./services/inference-service.js";
@@ -37,6 +37,7 @@ import { registerReflection } from "./transport/reflection-service.js";
 import { createNodeHealth } from "./upstream/node-health.js";
 import type { NodeHealth } from "./upstream/node-health.js";
 import { createOllamaNode } from "./upstream/ollama-node.js";
+import { shuttingDown } from "./errors/domain-errors.js";
 
 /** A running gateway. */
 export interface Gateway {
@@ -290,7 +291,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
         const clean = await server.drained(config.shutdownGraceMs);
         if (!clean) {
           log.warn({ graceMs: config.shutdownGraceMs }, "grace period over: cancelling the remaining calls");
-          shutdown.abort(new ConnectError("server shutting down", Code.Unavailable));
+          shutdown.abort(shuttingDown());
           if (!(await server.drained(1_000))) server.destroy();
         }
         scheduler.stop();

@@ -1,8 +1,8 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { sinkIterable } from "../src/transport/message-sink.js";
-import type { MessageSink } from "../src/transport/message-sink.js";
+import { sinkIterable } from "../src/services/message-sink.js";
+import type { MessageSink } from "../src/services/message-sink.js";
 
 /** A producer that sends `n` numbers, honouring backpressure, and records how far it got. */
 function counter(n: number, progress: { sent: number; error?: unknown }) {

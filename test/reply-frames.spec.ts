@@ -8,7 +8,7 @@ import {
   GenerateResponseSchema,
 } from "../src/gen/ollama/gateway/v1/inference_pb.js";
 import { DoneReason, Role } from "../src/gen/ollama/gateway/v1/types_pb.js";
-import { chatDeltaFrame, embedFrame, generateDeltaFrame } from "../src/services/reply-frames.js";
+import { chatDeltaFrame, embedFrame, generateDeltaFrame } from "../src/transport/reply-frames.js";
 
 /** What the generic path sends: the 5-byte gRPC prefix and toBinary's bytes. */
 function generic(bytes: Uint8Array): Buffer {

@@ -1,7 +1,7 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { watchStream } from "../src/transport/watch-stream.js";
-import type { StreamEnd } from "../src/transport/watch-stream.js";
+import { watchStream } from "../src/util/watch-stream.js";
+import type { StreamEnd } from "../src/util/watch-stream.js";
 
 async function* numbers(n: number, failAt?: number): AsyncGenerator<number> {
   for (let i = 0; i < n; i++) {

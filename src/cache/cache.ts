@@ -12,8 +12,8 @@ export type {
   KindStats,
 } from "./cache-types.js";
 export { createCache } from "./create-cache.js";
-export { createSingleFlight, singleFlight } from "./single-flight.js";
-export type { SingleFlight } from "./single-flight.js";
-export { maskRedisUrl, parseRedisUrl } from "./redis-target.js";
-export type { RedisAddress, RedisAuth, RedisTarget } from "./redis-target.js";
+export { createSingleFlight, singleFlight } from "../util/single-flight.js";
+export type { SingleFlight } from "../util/single-flight.js";
+export { maskRedisUrl, parseRedisUrl } from "../redis/redis-target.js";
+export type { RedisAddress, RedisAuth, RedisTarget } from "../redis/redis-target.js";
 export { kindOf } from "./kind-stats.js";

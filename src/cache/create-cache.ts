@@ -4,11 +4,11 @@ import { decodeInvalidation, encodeInvalidation, splitInvalidation } from "./inv
 import { createKindCounters, kindOf } from "./kind-stats.js";
 import { createMemoryTier } from "./memory-tier.js";
 import { deleteInRedis } from "./redis-delete.js";
-import { NOT_READY, createRedisLink } from "./redis-link.js";
-import type { RedisCommands, RedisLink } from "./redis-link.js";
-import { maskRedisUrl, parseRedisUrl } from "./redis-target.js";
-import { untilAborted } from "./until-aborted.js";
-import type { Outcome } from "./with-timeout.js";
+import { NOT_READY, createRedisLink } from "../redis/redis-link.js";
+import type { RedisCommands, RedisLink } from "../redis/redis-link.js";
+import { maskRedisUrl, parseRedisUrl } from "../redis/redis-target.js";
+import { untilAborted } from "../util/until-aborted.js";
+import type { Outcome } from "../util/with-timeout.js";
 
 const MiB = 1024 * 1024;
 /** Most keys + prefixes remembered for replay while Redis is unreachable; beyond it the whole namespace is invalidated on return. */

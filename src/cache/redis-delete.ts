@@ -1,5 +1,5 @@
-import { NOT_READY } from "./redis-link.js";
-import type { RedisCommands, RedisLink } from "./redis-link.js";
+import { NOT_READY } from "../redis/redis-link.js";
+import type { RedisCommands, RedisLink } from "../redis/redis-link.js";
 
 /** How a Redis-side deletion went. */
 export interface RedisDeleteResult {

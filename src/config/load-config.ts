@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import { parseRedisUrl } from "../cache/redis-target.js";
+import { parseRedisUrl } from "../redis/redis-target.js";
 import { canonicalModelName } from "../upstream/model-name.js";
 import { DEFAULTS } from "./config.js";
 import type { GatewayConfig, NodeConfig } from "./config.js";

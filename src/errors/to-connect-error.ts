@@ -1,27 +1,10 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { errors as undiciErrors } from "undici";
+import { isUnreachable } from "../upstream/network-errors.js";
 import { isUpstreamError } from "../upstream/upstream-error.js";
 import type { UpstreamError } from "../upstream/upstream-error.js";
+import { internalError, RETRY_AFTER_MS } from "./domain-errors.js";
 import { gatewayError } from "./gateway-error.js";
-
-/** Node and undici error codes that mean "the node cannot be reached". */
-const UNREACHABLE_CODES = new Set([
-  "ECONNREFUSED",
-  "ECONNRESET",
-  "EPIPE",
-  "ETIMEDOUT",
-  "EHOSTUNREACH",
-  "ENETUNREACH",
-  "ENOTFOUND",
-  "EAI_AGAIN",
-  "UND_ERR_SOCKET",
-  "UND_ERR_CONNECT_TIMEOUT",
-  "UND_ERR_CLOSED",
-  "UND_ERR_DESTROYED",
-]);
-
-/** How long a client should wait before retrying a busy or unreachable node. */
-export const RETRY_AFTER_MS = 1_000;
 
 /**
  * The one place where foreign errors become gRPC statuses.
@@ -51,36 +34,7 @@ export function toConnectError(err: unknown, signal?: AbortSignal, facts: Record
       cause: err,
     });
   }
-  return new ConnectError("internal error", Code.Internal, undefined, undefined, err);
-}
-
-// Of those, the ones that mean "nothing listens there" rather than "a
-// connection broke": they open a node's circuit at once.
-const DOWN_CODES = new Set([
-  "ECONNREFUSED",
-  "EHOSTUNREACH",
-  "ENETUNREACH",
-  "ENOTFOUND",
-  "EAI_AGAIN",
-  "UND_ERR_CONNECT_TIMEOUT",
-]);
-
-/** True when the node could not be connected to at all (as opposed to a connection that broke). */
-export function isNodeDown(err: unknown): boolean {
-  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
-    const code = (e as { code?: unknown }).code;
-    if (typeof code === "string" && DOWN_CODES.has(code)) return true;
-  }
-  return false;
-}
-
-/** True when an error (or its cause chain) is a connection-level failure. */
-export function isUnreachable(err: unknown): boolean {
-  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
-    const code = (e as { code?: unknown }).code;
-    if (typeof code === "string" && UNREACHABLE_CODES.has(code)) return true;
-  }
-  return false;
+  return internalError(err);
 }
 
 // Ollama messages that mean the runner process died: transient, so the

@@ -4,7 +4,7 @@ import { errorReason } from "../errors/gateway-error.js";
 import type { Logger } from "./logger.js";
 import { kRpcInfo } from "./rpc-info.js";
 import type { RpcInfo } from "./rpc-info.js";
-import { watchStream } from "../transport/watch-stream.js";
+import { watchStream } from "../util/watch-stream.js";
 
 /**
  * Starts one RPC's log line: call the returned function exactly once when the call ends, with

@@ -1,5 +1,5 @@
 import type { Cache } from "../cache/cache.js";
-import { createSingleFlight } from "../cache/single-flight.js";
+import { createSingleFlight } from "../util/single-flight.js";
 import { canonicalModelName } from "../upstream/model-name.js";
 import { parsePs, parseShow, parseTags } from "../upstream/ollama-metadata.js";
 import type { OllamaRunning, OllamaShow, OllamaTag } from "../upstream/ollama-metadata.js";

@@ -1,5 +1,13 @@
-import { Code } from "@connectrpc/connect";
-import { gatewayError } from "../errors/gateway-error.js";
+import {
+  deadlineTooShort,
+  expectedWaitTooLong,
+  modelNotFound,
+  noHealthyNodeFor,
+  noNodeAnswered,
+  queueFull,
+  shuttingDown,
+  waitedTooLong,
+} from "../errors/domain-errors.js";
 import { canonicalModelName } from "../upstream/model-name.js";
 import type { NodeHealth } from "../upstream/node-health.js";
 import type { OllamaNode } from "../upstream/ollama-node.js";
@@ -432,23 +440,15 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       const where = await deps.metadata.locate(req.model, req.signal);
       if (where.located.length === 0) {
         if (where.unavailable.length === fleet.nodes.length) {
-          throw gatewayError(Code.Unavailable, "UPSTREAM_UNAVAILABLE", "no Ollama node answered", {
-            retryAfterMs: 1000,
-            metadata: { model: req.model },
-          });
+          throw noNodeAnswered({ model: req.model });
         }
-        throw gatewayError(Code.NotFound, "MODEL_NOT_FOUND", `model ${req.model} not found on any node`, {
-          metadata: { model: req.model },
-        });
+        throw modelNotFound(req.model);
       }
       const candidates = new Set(where.located.map((l) => l.node.name));
       const caps = where.located[0]!.tag.capabilities;
       const embeddingOnly = caps.includes("embedding") && !caps.includes("completion");
       if (![...candidates].some((n) => health.isHealthy(n) && !req.exclude?.has(n))) {
-        throw gatewayError(Code.Unavailable, "UPSTREAM_UNAVAILABLE", "no healthy Ollama node has this model", {
-          retryAfterMs: 1000,
-          metadata: { model: req.model },
-        });
+        throw noHealthyNodeFor(req.model);
       }
 
       return new Promise<Dispatch>((resolve, reject) => {
@@ -483,40 +483,15 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
           const depth = queues.get(model)?.length ?? 0;
           const expected = expectedWaitMs(model, depth + 1, candidates, embeddingOnly);
           if (depth >= deps.admission.maxQueuedPerModel || queued >= deps.admission.maxQueuedTotal) {
-            return reject(
-              gatewayError(Code.ResourceExhausted, "QUEUE_FULL", `the queue for ${req.model} is full`, {
-                retryAfterMs: clampRetry(expected),
-                metadata: { model: req.model, queued: String(depth) },
-              }),
-            );
+            return reject(queueFull(req.model, depth, expected));
           }
           const budgetLimited = maxWaitMs > 0 && maxWaitMs < req.remainingMs;
           const budget = budgetLimited ? maxWaitMs : req.remainingMs;
           if (expected !== undefined && expected > budget) {
             return reject(
               budgetLimited
-                ? gatewayError(
-                    Code.ResourceExhausted,
-                    "QUEUE_WAIT_TOO_LONG",
-                    `the expected wait for ${req.model} is longer than the queue allows`,
-                    {
-                      retryAfterMs: clampRetry(expected),
-                      metadata: {
-                        model: req.model,
-                        expected_wait_ms: String(Math.round(expected)),
-                        max_wait_ms: String(maxWaitMs),
-                      },
-                    },
-                  )
-                : gatewayError(
-                    Code.ResourceExhausted,
-                    "DEADLINE_TOO_SHORT",
-                    `the expected wait for ${req.model} is longer than the deadline`,
-                    {
-                      retryAfterMs: clampRetry(expected),
-                      metadata: { model: req.model, expected_wait_ms: String(Math.round(expected)) },
-                    },
-                  ),
+                ? expectedWaitTooLong(req.model, expected, maxWaitMs)
+                : deadlineTooShort(req.model, expected),
             );
           }
           req.signal.addEventListener("abort", onAbort, { once: true });
@@ -525,17 +500,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
             waitTimer = setTimeout(() => {
               if (!remove(w)) return;
               w.cleanup();
-              reject(
-                gatewayError(
-                  Code.ResourceExhausted,
-                  "QUEUE_WAIT_TOO_LONG",
-                  `waited ${maxWaitMs} ms in the queue for ${req.model}`,
-                  {
-                    retryAfterMs: clampRetry(expectedWaitMs(model, 1, candidates, embeddingOnly)),
-                    metadata: { model: req.model, max_wait_ms: String(maxWaitMs) },
-                  },
-                ),
-              );
+              reject(waitedTooLong(req.model, maxWaitMs, expectedWaitMs(model, 1, candidates, embeddingOnly)));
               void pump();
             }, maxWaitMs);
             waitTimer.unref();
@@ -570,7 +535,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       for (const q of queues.values()) {
         for (const w of q) {
           w.cleanup();
-          w.reject(gatewayError(Code.Unavailable, "SHUTTING_DOWN", "server shutting down"));
+          w.reject(shuttingDown());
         }
       }
       queues.clear();
@@ -601,8 +566,4 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     const load = slots === 0 ? (loadMs.get(model) ?? 0) : 0;
     return load + Math.ceil(position / Math.max(1, slots)) * svc;
   }
-}
-
-function clampRetry(ms: number | undefined): number {
-  return Math.min(30_000, Math.max(100, ms ?? 1_000));
 }

@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
-import { createRedisLink } from "../cache/redis-link.js";
-import { maskRedisUrl, parseRedisUrl } from "../cache/redis-target.js";
+import { createRedisLink } from "../redis/redis-link.js";
+import { maskRedisUrl, parseRedisUrl } from "../redis/redis-target.js";
 import type { NodeHealth, NodeVerdict } from "../upstream/node-health.js";
 
 /**

@@ -1,9 +1,9 @@
 import { randomBytes } from "node:crypto";
-import { maskRedisUrl, parseRedisUrl } from "../cache/redis-target.js";
-import { TimeoutError, withTimeout } from "../cache/with-timeout.js";
-import type { Outcome } from "../cache/with-timeout.js";
-import { closeSharedRedisClient, createSharedRedisClient, dropConnections } from "../cache/redis-client.js";
-import type { SharedRedisClient } from "../cache/redis-client.js";
+import { maskRedisUrl, parseRedisUrl } from "../redis/redis-target.js";
+import { TimeoutError, withTimeout } from "../util/with-timeout.js";
+import type { Outcome } from "../util/with-timeout.js";
+import { closeSharedRedisClient, createSharedRedisClient, dropConnections } from "../redis/redis-client.js";
+import type { SharedRedisClient } from "../redis/redis-client.js";
 
 /** One slot held on a (node, model); the holder releases it when its request to the node ends. */
 export interface SlotLease {

@@ -11,18 +11,19 @@ import type {
 } from "../gen/ollama/gateway/v1/inference_pb.js";
 import { Role } from "../gen/ollama/gateway/v1/types_pb.js";
 import type { UsageSchema } from "../gen/ollama/gateway/v1/types_pb.js";
-import { untilAborted, within } from "../cache/until-aborted.js";
-import { gatewayError } from "../errors/gateway-error.js";
-import { isNodeDown, toConnectError } from "../errors/to-connect-error.js";
+import { untilAborted, within } from "../util/until-aborted.js";
+import { streamEndedEarly, wrongEmbeddings } from "../errors/domain-errors.js";
+import { toConnectError } from "../errors/to-connect-error.js";
+import { isNodeDown } from "../upstream/network-errors.js";
 import { rpcInfo } from "../observability/rpc-info.js";
 import { affinityKey } from "../routing/affinity.js";
 import type { FleetMetadata } from "../routing/fleet-metadata.js";
 import { backoffMs, DEFAULT_RETRY_POLICY, isRetryable, sleep } from "../routing/retry-policy.js";
 import type { RetryPolicy } from "../routing/retry-policy.js";
 import type { Dispatch, Scheduler } from "../routing/scheduler.js";
-import { sinkIterable } from "../transport/message-sink.js";
-import type { MessageSink } from "../transport/message-sink.js";
-import { rpcSignal } from "../transport/rpc-signal.js";
+import { sinkIterable } from "./message-sink.js";
+import type { MessageSink } from "./message-sink.js";
+import { rpcSignal } from "./rpc-signal.js";
 import { canonicalModelName } from "../upstream/model-name.js";
 import type { NodeHealth } from "../upstream/node-health.js";
 import type { NdjsonStream } from "../upstream/ndjson-reader.js";
@@ -181,14 +182,7 @@ export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
         if (finished) return;
         // Ollama ends a stream without a final chunk when its repeat detector
         // fires; the client must still be able to tell the answer was cut.
-        throw gatewayError(
-          Code.Internal,
-          "UPSTREAM_PROTOCOL_ERROR",
-          "the Ollama stream ended before its final message",
-          {
-            metadata: { model, node },
-          },
-        );
+        throw streamEndedEarly(model, node);
       } catch (e) {
         const err = fail(e, node, model, signal);
         wait = backoffMs(attempt + 1, policy);
@@ -377,12 +371,7 @@ function embedVectors(vectors: unknown, expected: number, ctx: UsageContext, mod
     vectors.length === expected &&
     vectors.every((v) => Array.isArray(v) && v.every((x) => typeof x === "number"));
   if (!valid) {
-    throw gatewayError(
-      Code.Internal,
-      "UPSTREAM_PROTOCOL_ERROR",
-      `the Ollama node answered with ${Array.isArray(vectors) ? vectors.length : "no"} embeddings for ${expected} inputs`,
-      { metadata: { model, node: ctx.node } },
-    );
+    throw wrongEmbeddings(model, ctx.node, Array.isArray(vectors) ? vectors.length : undefined, expected);
   }
   return vectors as number[][];
 }

@@ -1,4 +1,3 @@
-import { Code } from "@connectrpc/connect";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { JsonObject } from "@bufbuild/protobuf";
@@ -6,12 +5,14 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import type { ModelService } from "../gen/ollama/gateway/v1/model_pb.js";
 import type { ModelDetailsSchema, ModelSchema, PullModelResponseSchema } from "../gen/ollama/gateway/v1/model_pb.js";
-import { gatewayError, invalidArgument } from "../errors/gateway-error.js";
+import { invalidArgument } from "../errors/gateway-error.js";
+import { modelNotFound, modelNotInRegistry, noNodeAnswered, pullWithoutSuccess } from "../errors/domain-errors.js";
 import type { FieldViolation } from "../errors/gateway-error.js";
-import { isNodeDown, toConnectError } from "../errors/to-connect-error.js";
+import { toConnectError } from "../errors/to-connect-error.js";
+import { isNodeDown } from "../upstream/network-errors.js";
 import { rpcInfo } from "../observability/rpc-info.js";
 import type { FleetMetadata } from "../routing/fleet-metadata.js";
-import { rpcSignal } from "../transport/rpc-signal.js";
+import { rpcSignal } from "./rpc-signal.js";
 import { canonicalModelName } from "../upstream/model-name.js";
 import type { OllamaDetails } from "../upstream/ollama-metadata.js";
 import type { NodeHealth } from "../upstream/node-health.js";
@@ -60,12 +61,6 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
     const v: FieldViolation[] = [];
     checkModel(model, v, field);
     if (v.length > 0) throw invalidArgument(v);
-  }
-
-  function notFound(model: string): Error {
-    return gatewayError(Code.NotFound, "MODEL_NOT_FOUND", `model ${model} not found on any node`, {
-      metadata: { model },
-    });
   }
 
   function fail(e: unknown, node: OllamaNode | undefined, signal: AbortSignal, facts: Record<string, string>): Error {
@@ -134,10 +129,7 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
         }),
       );
       if (unavailable.length === nodes.length) {
-        throw gatewayError(Code.Unavailable, "UPSTREAM_UNAVAILABLE", "no Ollama node answered", {
-          retryAfterMs: 1000,
-          metadata: { nodes: unavailable.sort().join(" ") },
-        });
+        throw noNodeAnswered({ nodes: unavailable });
       }
       const order = new Map(deps.nodes.map((n, i) => [n.name, i]));
       const models = [...merged.values()]
@@ -158,11 +150,9 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
       const first = where.located.find((l) => deps.health.isHealthy(l.node.name)) ?? where.located[0];
       if (first === undefined) {
         if (where.unavailable.length === deps.nodes.length) {
-          throw gatewayError(Code.Unavailable, "UPSTREAM_UNAVAILABLE", "no Ollama node answered", {
-            retryAfterMs: 1000,
-          });
+          throw noNodeAnswered();
         }
-        throw notFound(req.model);
+        throw modelNotFound(req.model);
       }
       rpcInfo(ctx).node = first.node.name;
       let show;
@@ -203,7 +193,7 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
         }),
       );
       if (unavailable.length === nodes.length) {
-        throw gatewayError(Code.Unavailable, "UPSTREAM_UNAVAILABLE", "no Ollama node answered", { retryAfterMs: 1000 });
+        throw noNodeAnswered();
       }
       return {
         models: perNode.flatMap(({ node, running }) =>
@@ -235,7 +225,7 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
           throw fail(e, undefined, signal, { model: req.model });
         });
         node = (where.located.find((l) => deps.health.isHealthy(l.node.name)) ?? where.located[0])?.node;
-        if (node === undefined) throw notFound(req.model);
+        if (node === undefined) throw modelNotFound(req.model);
       }
       rpcInfo(ctx).node = node!.name;
       const body: Record<string, unknown> = { model: req.model, prompt: "", stream: false };
@@ -292,16 +282,8 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
         const failedNode = e instanceof PullError ? e.node : undefined;
         const cause = e instanceof PullError ? e.cause : e;
         if (isUpstreamError(cause) && /file does not exist|not found/i.test(cause.message) && !signal.aborted) {
-          // gatewayError sanitises the status message; the verbatim text stays in upstream_message.
-          throw gatewayError(
-            Code.NotFound,
-            "MODEL_NOT_FOUND",
-            `model ${req.model} not found in its registry - ${cause.message}`,
-            {
-              metadata: { model: req.model, node: cause.node, upstream_message: cause.message },
-              cause,
-            },
-          );
+          // The status message is sanitised; the verbatim text stays in upstream_message.
+          throw modelNotInRegistry(req.model, cause.node, cause.message, cause);
         }
         throw fail(cause, failedNode, signal, { model: req.model });
       } finally {
@@ -349,7 +331,7 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
       throw fail(e, undefined, signal, { model });
     });
     const nodes = where.located.map((l) => l.node).filter((n) => allowed.has(n));
-    if (nodes.length === 0) throw notFound(model);
+    if (nodes.length === 0) throw modelNotFound(model);
     return nodes;
   }
 }
@@ -388,12 +370,7 @@ async function* pullFrom(
     throw new PullError(node, e);
   }
   if (!success) {
-    throw new PullError(
-      node,
-      gatewayError(Code.Internal, "UPSTREAM_PROTOCOL_ERROR", "the pull ended without success", {
-        metadata: { node: node.name, model },
-      }),
-    );
+    throw new PullError(node, pullWithoutSuccess(model, node.name));
   }
 }
 

@@ -1,7 +1,6 @@
-import { Code } from "@connectrpc/connect";
 import type { Interceptor } from "@connectrpc/connect";
-import { gatewayError } from "../errors/gateway-error.js";
-import { watchStream } from "./watch-stream.js";
+import { watchStream } from "../util/watch-stream.js";
+import { gatewayOverloaded } from "../errors/domain-errors.js";
 
 /** Current number of RPCs being handled, for status and tests. */
 export interface ConcurrencyGauge {
@@ -26,9 +25,7 @@ export function concurrencyInterceptor(max: number, exempt: ReadonlySet<string>)
   const enter = (service: string): (() => void) => {
     if (exempt.has(service)) return () => {};
     if (active >= max) {
-      throw gatewayError(Code.ResourceExhausted, "QUEUE_FULL", `the gateway is handling its maximum of ${max} calls`, {
-        retryAfterMs: 250,
-      });
+      throw gatewayOverloaded(max);
     }
     active++;
     let released = false;

@@ -13,7 +13,8 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import type { ContextValues, HandlerContext } from "@connectrpc/connect";
 import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { toConnectError } from "../errors/to-connect-error.js";
-import type { MessageSink } from "./message-sink.js";
+import type { MessageSink } from "../services/message-sink.js";
+import { callEnded, clientCancelled, deadlineExceeded } from "../errors/domain-errors.js";
 
 /**
  * One method the fast path serves. Built with `unaryRoute` or `serverStreamingRoute`, which keep
@@ -115,7 +116,6 @@ export interface GrpcFastPath {
 const CONTENT_TYPE = "application/grpc+proto";
 // Handed to a call's signal once it has ended (so timers and listeners tied to it are freed):
 // one shared reason instead of the DOMException with a stack trace that abort() builds per call.
-const CALL_ENDED = new ConnectError("the call has ended", Code.Canceled);
 
 /**
  * The gRPC protocol (binary protobuf, uncompressed requests) for a few hot methods, on the raw
@@ -160,7 +160,7 @@ function serve(
     options.shutdownSignal,
     options.contextValues(headers, stream.session?.socket?.remoteAddress),
   );
-  const canceled = (): ConnectError => new ConnectError("the client cancelled the call", Code.Canceled);
+  const canceled = clientCancelled;
 
   let responded = false;
   let ended = false;
@@ -238,7 +238,7 @@ function serve(
         stream.end();
       }
     }
-    ctx.abort(CALL_ENDED);
+    ctx.abort(callEnded());
   };
 
   const run = async (): Promise<void> => {
@@ -284,7 +284,7 @@ function callContext(
   if (shutdownSignal.aborted) abort(shutdownSignal.reason);
   else shutdownSignal.addEventListener("abort", onShutdown);
   if (timeoutMs !== undefined) {
-    const expire = (): void => abort(new ConnectError("the operation timed out", Code.DeadlineExceeded));
+    const expire = (): void => abort(deadlineExceeded());
     if (timeoutMs <= 0) expire();
     else timer = setTimeout(expire, timeoutMs);
   }

@@ -1,4 +1,4 @@
-import { isNodeDown } from "../errors/to-connect-error.js";
+import { isNodeDown } from "./network-errors.js";
 import type { OllamaNode } from "./ollama-node.js";
 
 /** Probe and circuit-breaker settings. */

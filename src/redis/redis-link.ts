@@ -1,9 +1,9 @@
 import { createSharedRedisClient } from "./redis-client.js";
 import { Cluster, type Redis } from "ioredis";
-import type { CacheLogger } from "./cache-types.js";
+import type { CacheLogger } from "../cache/cache-types.js";
 import type { RedisTarget } from "./redis-target.js";
-import { TimeoutError, withTimeout } from "./with-timeout.js";
-import type { Outcome } from "./with-timeout.js";
+import { TimeoutError, withTimeout } from "../util/with-timeout.js";
+import type { Outcome } from "../util/with-timeout.js";
 
 /** The Redis commands the cache sends, common to a standalone/Sentinel client and a Cluster. */
 export interface RedisCommands {

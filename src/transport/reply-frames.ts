@@ -1,7 +1,7 @@
 import { create, toBinary } from "@bufbuild/protobuf";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { EmbedResponseSchema } from "../gen/ollama/gateway/v1/inference_pb.js";
-import type { ChatReply, GenerateReply } from "./inference-service.js";
+import type { ChatReply, GenerateReply } from "../services/inference-service.js";
 import { Role } from "../gen/ollama/gateway/v1/types_pb.js";
 
 /**

@@ -1,7 +1,7 @@
 import { Cluster, Redis } from "ioredis";
 import type { ClusterOptions, RedisOptions } from "ioredis";
 import type { RedisTarget } from "./redis-target.js";
-import { withTimeout } from "./with-timeout.js";
+import { withTimeout } from "../util/with-timeout.js";
 
 /**
  * One connection to the Redis that gateway replicas share for fleet state (slot leases, …): a

@@ -1,5 +1,5 @@
-import { Code, ConnectError } from "@connectrpc/connect";
 import type { HandlerContext } from "@connectrpc/connect";
+import { maxDeadlinePassed } from "../errors/domain-errors.js";
 
 /**
  * The signal that bounds one RPC's work: the client's deadline, cancel and
@@ -13,10 +13,7 @@ export function rpcSignal(ctx: HandlerContext, maxMs: number): AbortSignal {
   if (remaining !== undefined && remaining <= maxMs) return ctx.signal;
   if (ctx.signal.aborted) return ctx.signal;
   const controller = new AbortController();
-  const timer = setTimeout(
-    () => controller.abort(new ConnectError("the gateway's maximum deadline passed", Code.DeadlineExceeded)),
-    maxMs,
-  );
+  const timer = setTimeout(() => controller.abort(maxDeadlinePassed()), maxMs);
   ctx.signal.addEventListener(
     "abort",
     () => {

@@ -1,4 +1,4 @@
-import { Code, ConnectError } from "@connectrpc/connect";
+import { clientStoppedReading } from "../errors/domain-errors.js";
 
 /**
  * Where a server-streaming handler writes its messages: push-based, with backpressure. The
@@ -13,7 +13,7 @@ export interface MessageSink<T> {
   drained(): Promise<void>;
 }
 
-const GONE = (): ConnectError => new ConnectError("the client stopped reading", Code.Canceled);
+const GONE = clientStoppedReading;
 
 /**
  * Runs `produce` as an async iterable, for handlers served by connect-node: it starts on the

@@ -1,0 +1,193 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { gatewayError } from "./gateway-error.js";
+
+/**
+ * The catalogue of the gateway's own errors: one function per situation, so a situation reads
+ * the same (code, reason, message, RetryInfo) wherever it is raised, and every call gets a fresh
+ * error object (handlers and the pipeline may add metadata to it; a shared instance would carry
+ * one call's facts into another's trailers). Errors that come from Ollama are converted in
+ * `to-connect-error.ts`; request validation lives in `invalidArgument`. The reasons are the
+ * contract listed in the README's error table.
+ */
+
+/** How long a client should wait before retrying a busy or unreachable node. */
+export const RETRY_AFTER_MS = 1_000;
+/** How long a client should wait before retrying a gateway at its call limit: calls end quickly. */
+export const OVERLOADED_RETRY_AFTER_MS = 250;
+
+/** Bounds of a RetryInfo derived from a predicted wait. */
+const MIN_RETRY_MS = 100;
+const MAX_RETRY_MS = 30_000;
+
+/** A predicted wait as a RetryInfo delay: at least 100 ms, at most 30 s, 1 s when nothing was predicted. */
+export function retryDelayMs(expectedMs: number | undefined): number {
+  return Math.min(MAX_RETRY_MS, Math.max(MIN_RETRY_MS, expectedMs ?? RETRY_AFTER_MS));
+}
+
+/** No Ollama node answered at all (every node down or unreachable). `facts`: the model, the nodes tried. */
+export function noNodeAnswered(facts: { model?: string; nodes?: readonly string[] } = {}): ConnectError {
+  const metadata: Record<string, string> = {};
+  if (facts.model !== undefined) metadata["model"] = facts.model;
+  if (facts.nodes !== undefined) metadata["nodes"] = [...facts.nodes].sort().join(" ");
+  return gatewayError(Code.Unavailable, "UPSTREAM_UNAVAILABLE", "no Ollama node answered", {
+    retryAfterMs: RETRY_AFTER_MS,
+    metadata,
+  });
+}
+
+/** The model is installed only on nodes that are out of rotation (circuit open) or were excluded. */
+export function noHealthyNodeFor(model: string): ConnectError {
+  return gatewayError(Code.Unavailable, "UPSTREAM_UNAVAILABLE", "no healthy Ollama node has this model", {
+    retryAfterMs: RETRY_AFTER_MS,
+    metadata: { model },
+  });
+}
+
+/** No node that answered has the model. */
+export function modelNotFound(model: string): ConnectError {
+  return gatewayError(Code.NotFound, "MODEL_NOT_FOUND", `model ${model} not found on any node`, {
+    metadata: { model },
+  });
+}
+
+/** A pull failed because the registry does not know the model; Ollama's own words go in `upstream_message`. */
+export function modelNotInRegistry(model: string, node: string, upstreamMessage: string, cause: unknown): ConnectError {
+  return gatewayError(
+    Code.NotFound,
+    "MODEL_NOT_FOUND",
+    `model ${model} not found in its registry - ${upstreamMessage}`,
+    {
+      metadata: { model, node, upstream_message: upstreamMessage },
+      cause,
+    },
+  );
+}
+
+/** The gateway is handling its maximum number of calls (`MAX_CONCURRENT_RPCS`): not one model's queue. */
+export function gatewayOverloaded(maxCalls: number): ConnectError {
+  return gatewayError(
+    Code.ResourceExhausted,
+    "GATEWAY_OVERLOADED",
+    `the gateway is handling its maximum of ${maxCalls} calls`,
+    { retryAfterMs: OVERLOADED_RETRY_AFTER_MS, metadata: { max_calls: String(maxCalls) } },
+  );
+}
+
+/** The model's admission queue (or the gateway's total of queued requests) is full. */
+export function queueFull(model: string, queued: number, expectedWaitMs: number | undefined): ConnectError {
+  return gatewayError(Code.ResourceExhausted, "QUEUE_FULL", `the queue for ${model} is full`, {
+    retryAfterMs: retryDelayMs(expectedWaitMs),
+    metadata: { model, queued: String(queued) },
+  });
+}
+
+/** The predicted wait for a slot is longer than the call's deadline. */
+export function deadlineTooShort(model: string, expectedWaitMs: number): ConnectError {
+  return gatewayError(
+    Code.ResourceExhausted,
+    "DEADLINE_TOO_SHORT",
+    `the expected wait for ${model} is longer than the deadline`,
+    {
+      retryAfterMs: retryDelayMs(expectedWaitMs),
+      metadata: { model, expected_wait_ms: String(Math.round(expectedWaitMs)) },
+    },
+  );
+}
+
+/** The predicted wait for a slot is longer than the queue's latency budget (`QUEUE_MAX_WAIT_MS`). */
+export function expectedWaitTooLong(model: string, expectedWaitMs: number, maxWaitMs: number): ConnectError {
+  return gatewayError(
+    Code.ResourceExhausted,
+    "QUEUE_WAIT_TOO_LONG",
+    `the expected wait for ${model} is longer than the queue allows`,
+    {
+      retryAfterMs: retryDelayMs(expectedWaitMs),
+      metadata: {
+        model,
+        expected_wait_ms: String(Math.round(expectedWaitMs)),
+        max_wait_ms: String(maxWaitMs),
+      },
+    },
+  );
+}
+
+/** A queued request waited the whole latency budget (`QUEUE_MAX_WAIT_MS`) without getting a slot. */
+export function waitedTooLong(model: string, maxWaitMs: number, expectedWaitMs: number | undefined): ConnectError {
+  return gatewayError(
+    Code.ResourceExhausted,
+    "QUEUE_WAIT_TOO_LONG",
+    `waited ${maxWaitMs} ms in the queue for ${model}`,
+    {
+      retryAfterMs: retryDelayMs(expectedWaitMs),
+      metadata: { model, max_wait_ms: String(maxWaitMs) },
+    },
+  );
+}
+
+/** The gateway is shutting down: queued requests and, past the grace period, running calls end with this. */
+export function shuttingDown(): ConnectError {
+  return gatewayError(Code.Unavailable, "SHUTTING_DOWN", "server shutting down");
+}
+
+/** Ollama ended a stream without its final (`done`) chunk, e.g. when its repeat detector fired. */
+export function streamEndedEarly(model: string, node: string): ConnectError {
+  return gatewayError(Code.Internal, "UPSTREAM_PROTOCOL_ERROR", "the Ollama stream ended before its final message", {
+    metadata: { model, node },
+  });
+}
+
+/** Ollama answered an /api/embed with a different number of vectors than inputs, or not numbers. */
+export function wrongEmbeddings(model: string, node: string, got: number | undefined, expected: number): ConnectError {
+  return gatewayError(
+    Code.Internal,
+    "UPSTREAM_PROTOCOL_ERROR",
+    `the Ollama node answered with ${got ?? "no"} embeddings for ${expected} inputs`,
+    { metadata: { model, node } },
+  );
+}
+
+/** A pull's progress stream ended without Ollama's `success` status. */
+export function pullWithoutSuccess(model: string, node: string): ConnectError {
+  return gatewayError(Code.Internal, "UPSTREAM_PROTOCOL_ERROR", "the pull ended without success", {
+    metadata: { node, model },
+  });
+}
+
+/** The client cancelled the call (reset its stream, closed its connection). */
+export function clientCancelled(): ConnectError {
+  return new ConnectError("the client cancelled the call", Code.Canceled);
+}
+
+/** The client stopped reading a stream before it ended. */
+export function clientStoppedReading(): ConnectError {
+  return new ConnectError("the client stopped reading", Code.Canceled);
+}
+
+/** The call's deadline (the client's, capped by `MAX_DEADLINE_MS`) passed. */
+export function deadlineExceeded(): ConnectError {
+  return new ConnectError("the operation timed out", Code.DeadlineExceeded);
+}
+
+/** The gateway's own upper bound of a call's duration passed (`MAX_DEADLINE_MS`, also for calls without a deadline). */
+export function maxDeadlinePassed(): ConnectError {
+  return new ConnectError("the gateway's maximum deadline passed", Code.DeadlineExceeded);
+}
+
+/**
+ * The reason a call's signal is aborted with once the call has ended, so timers and listeners tied
+ * to it are freed. Built without a stack trace: it is made once per call and never reaches a client.
+ */
+export function callEnded(): ConnectError {
+  const limit = Error.stackTraceLimit;
+  Error.stackTraceLimit = 0;
+  try {
+    return new ConnectError("the call has ended", Code.Canceled);
+  } finally {
+    Error.stackTraceLimit = limit;
+  }
+}
+
+/** Anything that is not one of the above: a gateway bug. The cause is kept for the log, never sent. */
+export function internalError(cause: unknown): ConnectError {
+  return new ConnectError("internal error", Code.Internal, undefined, undefined, cause);
+}
