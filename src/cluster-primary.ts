@@ -11,7 +11,7 @@ import type { Logger } from "./observability/logger.js";
 export function runPrimary(workers: number, log: Logger): void {
   let stopping = false;
   const restarts: number[] = [];
-  const fork = (): Worker => cluster.fork({ GATEWAY_WORKER: "1" });
+  const fork = (): Worker => cluster.fork();
   for (let i = 0; i < workers; i++) fork();
   cluster.on("exit", (worker, code, signal) => {
     if (stopping) {

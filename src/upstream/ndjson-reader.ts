@@ -3,9 +3,9 @@ import { createNdjsonSplitter, NdjsonError } from "./ndjson.js";
 import { UpstreamError } from "./upstream-error.js";
 
 /**
- * An Ollama NDJSON response being read, pull-based: nothing is read from the socket until the
- * caller asks, so a slow client slows the upstream read (and Ollama, through TCP) instead of
- * filling memory.
+ * An Ollama NDJSON response being read, in pull mode (`next`) or push mode (`pump`, what the
+ * streaming relay uses): either way nothing more is read from the socket while the consumer is
+ * busy, so a slow client slows the upstream read (and Ollama, through TCP) instead of filling memory.
  */
 export interface NdjsonStream {
   /**

@@ -43,8 +43,8 @@ export interface OllamaNode {
    */
   stream(path: string, body: unknown, signal: AbortSignal): AsyncGenerator<Record<string, unknown>[], void, undefined>;
   /**
-   * Like `stream`, as a pull-based reader without an async generator (the streaming relay's hot
-   * path). Resolves once the response headers arrived (non-2xx throws UpstreamError("http")); the
+   * Like `stream`, as a reader without an async generator (the streaming relay's hot path reads
+   * it in push mode, `NdjsonStream.pump`). Resolves once the response headers arrived (non-2xx throws UpstreamError("http")); the
    * caller must `close()` it.
    */
   open(path: string, body: unknown, signal: AbortSignal): Promise<NdjsonStream>;
