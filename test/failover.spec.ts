@@ -1,7 +1,7 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { ErrorInfoSchema } from "../src/gen/google/rpc/error_details_pb.js";
+import { ErrorInfoSchema, RetryInfoSchema } from "../src/gen/google/rpc/error_details_pb.js";
 import { noHealthyNodeFor } from "../src/errors/domain-errors.js";
 import { errorReason } from "../src/errors/gateway-error.js";
 import { toConnectError } from "../src/errors/to-connect-error.js";
@@ -12,6 +12,8 @@ import { createFailover, healthVerdict } from "../src/services/failover.js";
 import type { Attempt, FailoverRequest } from "../src/services/failover.js";
 import type { OllamaNode } from "../src/upstream/ollama-node.js";
 import { UpstreamError } from "../src/upstream/upstream-error.js";
+import { fleet, reason, run } from "./helpers/fleet.js";
+import type { Fleet } from "./helpers/fleet.js";
 
 /** Ollama's 503: retryable. */
 const busy = (node: string): UpstreamError => new UpstreamError("http", "server busy", node, 503);
@@ -306,5 +308,86 @@ describe("what a failed try tells node health", () => {
   ];
   for (const c of cases) {
     it(c.name, () => assert.equal(healthVerdict(c.e, toConnectError(c.e)), c.want));
+  }
+});
+
+describe("failover through the gateway: Embed as Generate", { timeout: 60_000 }, () => {
+  /** One call of each kind: the node that served it, or the error it ended with. */
+  const kinds: {
+    name: string;
+    path: string;
+    call(f: Fleet, text: string): Promise<{ node?: string; error?: ConnectError }>;
+  }[] = [
+    {
+      name: "Generate",
+      path: "/api/generate",
+      call: async (f, text) => {
+        const r = await run(f.client, { model: "llama3.2", prompt: text, options: { numPredict: 2 } });
+        return { node: r.node, error: r.error };
+      },
+    },
+    {
+      name: "Embed",
+      path: "/api/embed",
+      call: (f, text) =>
+        f.client.embed({ model: "all-minilm", inputs: [text] }).then(
+          (r) => ({ node: r.usage?.node }),
+          (e: unknown) => ({ error: ConnectError.from(e) }),
+        ),
+    },
+  ];
+  /** Two nodes with room for both models, one slot each, no embedding cache. */
+  const twoNodes = (): Promise<Fleet> => fleet(2, {}, { EMBED_CACHE: "off" }, 1, 2);
+  const index = (node: string | undefined): number => Number(node?.slice(1));
+
+  for (const kind of kinds) {
+    it(`${kind.name}: a node that answers busy before anything was sent is left for the other node`, async () => {
+      const f = await twoNodes();
+      try {
+        const warm = await kind.call(f, "warm");
+        assert.equal(warm.error, undefined);
+        const loadedOn = index(warm.node);
+        f.sims[loadedOn]!.faults.add({ kind: "busy", path: kind.path, times: 1 });
+        const r = await kind.call(f, "retry me");
+        assert.equal(r.error, undefined);
+        assert.equal(f.sims[loadedOn]!.stats.faultsTriggered, 1, "the node where the model was loaded refused first");
+        assert.equal(r.node, `n${1 - loadedOn}`, "and the other node served it");
+      } finally {
+        await f.close();
+      }
+    });
+
+    it(`${kind.name}: a node that is down is left for the other node`, async () => {
+      const f = await twoNodes();
+      try {
+        const warm = await kind.call(f, "warm");
+        const loadedOn = index(warm.node);
+        await f.sims[loadedOn]!.close();
+        const r = await kind.call(f, "elsewhere");
+        assert.equal(r.error, undefined);
+        assert.equal(r.node, `n${1 - loadedOn}`);
+      } finally {
+        await f.close();
+      }
+    });
+
+    it(`${kind.name}: when every node is busy the client gets the last node's UPSTREAM_BUSY, not "no node"`, async () => {
+      const f = await twoNodes();
+      try {
+        for (const sim of f.sims) sim.faults.add({ kind: "busy", path: kind.path, times: Number.POSITIVE_INFINITY });
+        const r = await kind.call(f, "nobody");
+        assert.equal(r.error?.code, Code.Unavailable, r.error?.message);
+        assert.equal(reason(r.error), "UPSTREAM_BUSY");
+        assert.match(r.error?.findDetails(ErrorInfoSchema)[0]?.metadata["node"] ?? "", /^n[01]$/);
+        assert.equal(r.error?.findDetails(RetryInfoSchema).length, 1);
+        assert.deepEqual(
+          f.sims.map((s) => s.stats.faultsTriggered),
+          [1, 1],
+          "each node was tried once",
+        );
+      } finally {
+        await f.close();
+      }
+    });
   }
 });
