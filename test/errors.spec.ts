@@ -111,6 +111,19 @@ describe("errors reach clients with the right code and details", () => {
     assert.ok(error?.findDetails(RetryInfoSchema)[0]?.retryDelay !== undefined);
   });
 
+  it("answers an Embed UNAVAILABLE with RetryInfo when Ollama is busy (503), as it does a Generate, and serves the next", async () => {
+    sim.faults.add({ kind: "busy", path: "/api/embed" });
+    const error = await client.embed({ model: "all-minilm", inputs: ["busy node"] }).then(
+      () => undefined,
+      (e: unknown) => ConnectError.from(e),
+    );
+    assert.equal(error?.code, Code.Unavailable);
+    assert.equal(reason(error), "UPSTREAM_BUSY");
+    assert.ok(error?.findDetails(RetryInfoSchema)[0]?.retryDelay !== undefined);
+    // A node that was busy once serves the next call (and its circuit counts a success again).
+    assert.equal((await client.embed({ model: "all-minilm", inputs: ["not busy now"] })).embeddings.length, 1);
+  });
+
   it("sends the partial answer and then INTERNAL when Ollama fails mid-stream", async () => {
     sim.faults.add({
       kind: "error-mid-stream",

@@ -45,6 +45,33 @@ export function backoffMs(attempt: number, policy: RetryPolicy, random: () => nu
   return Math.round(random() * cap);
 }
 
+/** What is known about a failed try when deciding whether to make another. */
+export interface FailedTry {
+  /** The failure as the client would see it. */
+  error: ConnectError;
+  /** Which try failed: 1 = the first. */
+  attempt: number;
+  /** Something already reached the client: the call is never replayed. */
+  sent: boolean;
+  /** Time left before the call's deadline, ms. */
+  remainingMs: number;
+}
+
+/**
+ * The backoff before the next try, or undefined when the failure is final: the error is not
+ * retryable, a message already reached the client, the tries are used up, or the backoff would
+ * not end before the deadline. The one decision both streams and unary calls follow.
+ */
+export function nextTryDelayMs(
+  failed: FailedTry,
+  policy: RetryPolicy,
+  random: () => number = Math.random,
+): number | undefined {
+  if (failed.sent || !isRetryable(failed.error) || failed.attempt >= policy.maxAttempts) return undefined;
+  const wait = backoffMs(failed.attempt + 1, policy, random);
+  return wait < failed.remainingMs ? wait : undefined;
+}
+
 /** Waits `ms`, or rejects with the signal's reason when it aborts first. */
 export function sleep(ms: number, signal: AbortSignal): Promise<void> {
   if (signal.aborted) return Promise.reject(signal.reason as Error);

@@ -1,3 +1,4 @@
+import type { Urgency } from "./failover.js";
 import type { OllamaBody } from "./ollama-request.js";
 
 /** Micro-batching settings. */
@@ -8,9 +9,9 @@ export interface EmbedBatcherOptions {
   maxInputs: number;
   /**
    * Sends one /api/embed body (choosing the node, holding its slot) and
-   * returns Ollama's answer and what it cost.
+   * returns Ollama's answer and what it cost. `urgency` is the batch's: see `batchUrgency`.
    */
-  send(body: OllamaBody, signal: AbortSignal): Promise<EmbedAnswer>;
+  send(body: OllamaBody, signal: AbortSignal, urgency: Urgency): Promise<EmbedAnswer>;
   /** True for errors that belong to the inputs (Ollama rejected the request), not to the node. */
   isRejection(e: unknown): boolean;
 }
@@ -47,20 +48,28 @@ export interface EmbedShare {
  * lone request never waits; calls that arrive while one is in flight wait
  * up to `windowMs` to be sent together.
  *
- * A caller that cancels leaves its batch at once without cancelling the
- * others; the upstream call is aborted only when every caller in it is gone. When a batch
+ * A batch is admitted as urgently as its most urgent caller (see `batchUrgency`); a lone call
+ * with exactly its own priority and deadline.
+ *
+ * A caller that cancels, or whose deadline passes, leaves its batch at once (waiting or in
+ * flight) without cancelling the others; the upstream call is aborted only when every caller in
+ * it is gone. When a batch
  * with several callers is rejected by Ollama (400, e.g. one input too long),
  * each caller is retried alone so the error reaches only the caller it
  * belongs to. Other failures (node down, busy) reach every caller.
  */
 export interface EmbedBatcher {
-  /** Embeds `inputs` with `body`'s options (its `input` is replaced). */
-  embed(body: OllamaBody, inputs: readonly string[], signal: AbortSignal): Promise<EmbedShare>;
+  /**
+   * Embeds `inputs` with `body`'s options (its `input` is replaced). `signal` is the caller's
+   * (cancel, deadline); `urgency` its priority and time left.
+   */
+  embed(body: OllamaBody, inputs: readonly string[], signal: AbortSignal, urgency: Urgency): Promise<EmbedShare>;
 }
 
 interface Member {
   inputs: readonly string[];
   signal: AbortSignal;
+  urgency: Urgency;
   resolve(share: EmbedShare): void;
   reject(e: unknown): void;
   /** Stops listening for the member leaving a waiting batch. */
@@ -106,12 +115,17 @@ export function createEmbedBatcher(options: EmbedBatcherOptions): EmbedBatcher {
     const texts = [...new Set(live.flatMap((m) => m.inputs))];
     const controller = new AbortController();
     let remaining = live.length;
-    const onAbort = (): void => {
-      if (--remaining === 0) controller.abort(live[0]!.signal.reason);
-    };
-    for (const m of live) m.signal.addEventListener("abort", onAbort, { once: true });
+    // A caller that leaves is answered at once; the others' request goes on without it.
+    const listeners = live.map((m) => ({
+      signal: m.signal,
+      leave: (): void => {
+        m.reject(m.signal.reason);
+        if (--remaining === 0) controller.abort(m.signal.reason);
+      },
+    }));
+    for (const l of listeners) l.signal.addEventListener("abort", l.leave, { once: true });
     try {
-      const answer = await options.send({ ...body, input: texts }, controller.signal);
+      const answer = await options.send({ ...body, input: texts }, controller.signal, batchUrgency(live));
       const raw = answer.raw;
       const obj = (typeof raw === "object" && raw !== null ? raw : {}) as Record<string, unknown>;
       const vectors = obj["embeddings"];
@@ -146,14 +160,14 @@ export function createEmbedBatcher(options: EmbedBatcherOptions): EmbedBatcher {
         for (const m of live) m.reject(e);
       }
     } finally {
-      for (const m of live) m.signal.removeEventListener("abort", onAbort);
+      for (const l of listeners) l.signal.removeEventListener("abort", l.leave);
     }
   }
 
   return {
-    embed(body, inputs, signal) {
+    embed(body, inputs, signal, urgency) {
       return new Promise<EmbedShare>((resolve, reject) => {
-        const member: Member = { inputs, signal, resolve, reject };
+        const member: Member = { inputs, signal, urgency, resolve, reject };
         if (options.windowMs <= 0) return void run(body, [member]);
         const key = JSON.stringify(body);
         if (!inFlight.has(key) && !open.has(key)) return void tracked(key, body, [member]);
@@ -185,5 +199,24 @@ export function createEmbedBatcher(options: EmbedBatcherOptions): EmbedBatcher {
         if (b.inputs >= options.maxInputs) send(b);
       });
     },
+  };
+}
+
+/**
+ * The urgency a batch asks the scheduler for: the highest priority and the longest time left
+ * among its members still waiting. A batch serves all its members, so it must neither wait
+ * behind work its most urgent member would overtake, nor be refused (`DEADLINE_TOO_SHORT`) while
+ * one member could still be served in time; a member with less time left than that leaves the
+ * batch when its own deadline passes, and the others go on. Read at each admission, so members
+ * that left no longer count; a lone call gets exactly its own priority and deadline.
+ */
+export function batchUrgency(members: readonly { signal: AbortSignal; urgency: Urgency }[]): Urgency {
+  const current = (): readonly { urgency: Urgency }[] => {
+    const waiting = members.filter((m) => !m.signal.aborted);
+    return waiting.length > 0 ? waiting : members;
+  };
+  return {
+    priority: () => Math.max(...current().map((m) => m.urgency.priority())),
+    remainingMs: () => Math.max(...current().map((m) => m.urgency.remainingMs())),
   };
 }

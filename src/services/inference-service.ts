@@ -1,4 +1,4 @@
-import { Code, type ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { InferenceService } from "../gen/ollama/gateway/v1/inference_pb.js";
@@ -13,25 +13,24 @@ import { Role } from "../gen/ollama/gateway/v1/types_pb.js";
 import type { UsageSchema } from "../gen/ollama/gateway/v1/types_pb.js";
 import { untilAborted, within } from "../util/until-aborted.js";
 import { streamEndedEarly, wrongEmbeddings } from "../errors/domain-errors.js";
+import { errorReason } from "../errors/gateway-error.js";
 import { toConnectError } from "../errors/to-connect-error.js";
-import { isNodeDown } from "../upstream/network-errors.js";
 import { rpcInfo } from "../observability/rpc-info.js";
 import { affinityKey } from "../routing/affinity.js";
 import type { FleetMetadata } from "../routing/fleet-metadata.js";
-import { backoffMs, DEFAULT_RETRY_POLICY, isRetryable, sleep } from "../routing/retry-policy.js";
 import type { RetryPolicy } from "../routing/retry-policy.js";
-import type { Dispatch, Scheduler } from "../routing/scheduler.js";
+import type { Scheduler } from "../routing/scheduler.js";
 import { sinkIterable } from "./message-sink.js";
 import type { MessageSink } from "./message-sink.js";
 import { rpcSignal } from "./rpc-signal.js";
 import { canonicalModelName } from "../upstream/model-name.js";
 import type { NodeHealth } from "../upstream/node-health.js";
-import type { NdjsonStream } from "../upstream/ndjson-reader.js";
-import { isUpstreamError } from "../upstream/upstream-error.js";
 import { coalesceChunks } from "./coalesce-chunks.js";
 import { createEmbedBatcher } from "./embed-batcher.js";
 import type { EmbedShare } from "./embed-batcher.js";
 import type { EmbeddingCache, EmbeddingKey } from "./embedding-cache.js";
+import { createFailover } from "./failover.js";
+import type { Urgency } from "./failover.js";
 import { chatBody, embedBody, generateBody, optionsJson } from "./ollama-request.js";
 import type { OllamaBody } from "./ollama-request.js";
 import { chatChunk, generateChunk, usage } from "./ollama-response.js";
@@ -78,24 +77,17 @@ export interface InferenceHandlers {
 
 /**
  * Generate, Chat and Embed: validate, wait for a slot on a node (the
- * scheduler), call Ollama with the RPC's signal, translate each chunk as it
- * arrives. Nothing is buffered: streams write into a sink and wait while the
- * client's buffer is full, so a slow client slows the upstream read. A call that fails before its first message
- * (node down, busy) is retried on another node with backoff, within the
- * deadline; once tokens were sent it is never replayed.
+ * scheduler, with the call's `x-priority` and deadline), call Ollama with the
+ * RPC's signal, translate each chunk as it arrives. Nothing is buffered:
+ * streams write into a sink and wait while the client's buffer is full, so a
+ * slow client slows the upstream read. All three go through one failover
+ * loop (`failover.ts`): a call that fails before its first message (node
+ * down, busy) is retried on another node with backoff, within the deadline;
+ * once tokens were sent it is never replayed. Embed calls go through the
+ * micro-batcher, which admits a batch as urgently as its most urgent caller.
  */
 export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
-  const policy = deps.retry ?? DEFAULT_RETRY_POLICY;
-
-  /** Reports the outcome to the node's circuit breaker and converts the error. */
-  function fail(e: unknown, node: string, model: string, signal: AbortSignal): ConnectError {
-    const err = toConnectError(e, signal, { model, node });
-    if (!signal.aborted) {
-      if (isNodeDown(e)) deps.health.reportFailure(node, "unreachable");
-      else if (err.code === Code.Unavailable || err.code === Code.Internal) deps.health.reportFailure(node, "error");
-    }
-    return err;
-  }
+  const failover = createFailover({ scheduler: deps.scheduler, health: deps.health, policy: deps.retry });
 
   function normalise(body: OllamaBody, model: string): OllamaBody {
     const forced = deps.numCtx?.get(canonicalModelName(model)) ?? deps.numCtx?.get("*");
@@ -107,22 +99,14 @@ export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
     return { ...body, options: { ...options, num_ctx: forced } };
   }
 
-  function admission(
-    ctx: HandlerContext,
-    model: string,
-    affinity: string | undefined,
-    signal: AbortSignal,
-    exclude: ReadonlySet<string>,
-  ) {
-    const raw = Number(ctx.requestHeader.get("x-priority") ?? "0");
-    return deps.scheduler.acquire({
-      model,
-      priority: Number.isFinite(raw) ? Math.max(-100, Math.min(100, Math.trunc(raw))) : 0,
-      affinity,
-      exclude,
-      signal,
-      remainingMs: ctx.timeoutMs() ?? deps.maxDeadlineMs,
-    });
+  /** The call's priority (`x-priority`) and time left: the client's deadline, within the gateway's own bound. */
+  function urgencyOf(ctx: HandlerContext): Urgency {
+    const priority = parsePriority(ctx.requestHeader.get("x-priority"));
+    const bound = Date.now() + deps.maxDeadlineMs;
+    return {
+      priority: () => priority,
+      remainingMs: () => Math.min(ctx.timeoutMs() ?? Number.POSITIVE_INFINITY, bound - Date.now()),
+    };
   }
 
   async function relay<T extends { done?: boolean }>(
@@ -137,28 +121,14 @@ export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
     const info = rpcInfo(ctx);
     info.model = model;
     const signal = rpcSignal(ctx, deps.maxDeadlineMs);
-    const tried = new Set<string>();
-    let lastError: ConnectError | undefined;
-    let wait = 0;
-    for (let attempt = 1; ; attempt++) {
-      let dispatch: Dispatch;
-      try {
-        dispatch = await admission(ctx, model, affinity, signal, tried);
-      } catch (e) {
-        // Every node that has the model failed this request: say why.
-        if (lastError && !signal.aborted) throw lastError;
-        throw toConnectError(e, signal, { model });
-      }
-      const node = dispatch.node.name;
+    await failover.run({ model, affinity, signal, ...urgencyOf(ctx) }, async (attempt) => {
+      const node = attempt.node.name;
       info.node = node;
-      const usageCtx: UsageContext = { node, queueMs: dispatch.queueMs };
-      let sent = false;
+      const usageCtx: UsageContext = { node, queueMs: attempt.queueMs };
       let finished = false;
       let after = 0;
-      let loadMs: number | undefined;
-      let upstream: NdjsonStream | undefined;
+      const upstream = await attempt.node.open(path, body, signal);
       try {
-        upstream = await dispatch.node.open(path, body, signal);
         await upstream.pump((batch) => {
           // After the final chunk, read on to the end of the response (it
           // comes at once) so the connection goes back to the pool instead of
@@ -168,73 +138,38 @@ export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
           for (const chunk of coalesceChunks(batch)) {
             const message = translate(chunk, usageCtx);
             info.messages++;
-            sent = true;
+            attempt.sent();
             more = sink.send(message) && more;
             if (message.done === true) {
-              loadMs = nanosToMs(chunk["load_duration"]);
-              deps.health.reportSuccess(node);
+              attempt.loaded(nanosToMs(chunk["load_duration"]));
               finished = true;
               return true;
             }
           }
           return more || sink.drained();
         });
-        if (finished) return;
-        // Ollama ends a stream without a final chunk when its repeat detector
-        // fires; the client must still be able to tell the answer was cut.
-        throw streamEndedEarly(model, node);
-      } catch (e) {
-        const err = fail(e, node, model, signal);
-        wait = backoffMs(attempt + 1, policy);
-        const remaining = ctx.timeoutMs() ?? deps.maxDeadlineMs;
-        if (sent || signal.aborted || !isRetryable(err) || attempt >= policy.maxAttempts || remaining <= wait)
-          throw err;
-        tried.add(node);
-        lastError = err;
       } finally {
-        upstream?.close();
-        dispatch.release({ loadMs });
+        upstream.close();
       }
-      await sleep(wait, signal).catch((e: unknown) => {
-        throw toConnectError(e, signal, { model });
-      });
-    }
+      // Ollama ends a stream without a final chunk when its repeat detector
+      // fires; the client must still be able to tell the answer was cut.
+      if (!finished) throw streamEndedEarly(model, node);
+    });
   }
 
   const batcher = createEmbedBatcher({
     windowMs: deps.embedBatchWindowMs ?? 0,
     maxInputs: 256,
-    isRejection: (e) => isUpstreamError(e) && e.kind === "http" && e.status === 400,
-    async send(body, signal) {
+    // Ollama's 400 belongs to the inputs: the batcher retries each caller alone.
+    isRejection: (e) =>
+      e instanceof ConnectError && e.code === Code.InvalidArgument && errorReason(e) === "UPSTREAM_REJECTED",
+    send(body, signal, urgency) {
       const model = String(body["model"]);
-      const tried = new Set<string>();
-      for (let attempt = 1; ; attempt++) {
-        const dispatch = await deps.scheduler.acquire({
-          model,
-          priority: 0,
-          signal,
-          remainingMs: deps.maxDeadlineMs,
-          exclude: tried,
-        });
-        const node = dispatch.node.name;
-        let loadMs: number | undefined;
-        try {
-          const raw = await dispatch.node.call("POST", "/api/embed", body, signal);
-          deps.health.reportSuccess(node);
-          loadMs = nanosToMs((raw as Record<string, unknown> | undefined)?.["load_duration"]);
-          return { raw, node, queueMs: dispatch.queueMs };
-        } catch (e) {
-          const err = fail(e, node, model, signal);
-          if (signal.aborted || !isRetryable(err) || attempt >= policy.maxAttempts) {
-            // Keep Ollama's own error for rejections, so the batcher can attribute them.
-            throw isUpstreamError(e) ? e : err;
-          }
-          tried.add(node);
-        } finally {
-          dispatch.release({ loadMs });
-        }
-        await sleep(backoffMs(attempt + 1, policy), signal);
-      }
+      return failover.run({ model, signal, ...urgency }, async (attempt) => {
+        const raw = await attempt.node.call("POST", "/api/embed", body, signal);
+        attempt.loaded(nanosToMs((raw as Record<string, unknown> | undefined)?.["load_duration"]));
+        return { raw, node: attempt.node.name, queueMs: attempt.queueMs };
+      });
     },
   });
 
@@ -282,6 +217,7 @@ export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
       const info = rpcInfo(ctx);
       info.model = req.model;
       const signal = rpcSignal(ctx, deps.maxDeadlineMs);
+      const urgency = urgencyOf(ctx);
 
       const key = deps.embeddings && req.inputs.length > 0 ? await embeddingKey(req, signal) : undefined;
       // The cache gives up on Redis after its command timeout, and on the RPC when its signal aborts.
@@ -297,7 +233,7 @@ export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
       if (missing.length > 0 || req.inputs.length === 0) {
         let share: EmbedShare;
         try {
-          share = await batcher.embed(normalise(embedBody(req, []), req.model), missing, signal);
+          share = await batcher.embed(normalise(embedBody(req, []), req.model), missing, signal, urgency);
         } catch (e) {
           throw toConnectError(e, signal, { model: req.model });
         }
@@ -374,6 +310,12 @@ function embedVectors(vectors: unknown, expected: number, ctx: UsageContext, mod
     throw wrongEmbeddings(model, ctx.node, Array.isArray(vectors) ? vectors.length : undefined, expected);
   }
   return vectors as number[][];
+}
+
+/** The `x-priority` header as a queue priority: an integer in -100..100; absent or not a number = 0. */
+export function parsePriority(header: string | null): number {
+  const raw = Number(header ?? "0");
+  return Number.isFinite(raw) ? Math.max(-100, Math.min(100, Math.trunc(raw))) : 0;
 }
 
 /** Ollama's nanosecond durations (e.g. `load_duration`) in ms; undefined when absent or odd. */

@@ -1,0 +1,146 @@
+import { Code } from "@connectrpc/connect";
+import type { ConnectError } from "@connectrpc/connect";
+import { toConnectError } from "../errors/to-connect-error.js";
+import { DEFAULT_RETRY_POLICY, nextTryDelayMs, sleep } from "../routing/retry-policy.js";
+import type { RetryPolicy } from "../routing/retry-policy.js";
+import type { Dispatch, Scheduler } from "../routing/scheduler.js";
+import { isNodeDown } from "../upstream/network-errors.js";
+import type { NodeHealth } from "../upstream/node-health.js";
+import type { OllamaNode } from "../upstream/ollama-node.js";
+
+/**
+ * How urgent a call is to the scheduler. Read again before every admission: a call's time left
+ * shrinks, and a batch serving several calls changes as its members leave.
+ */
+export interface Urgency {
+  /** Queue priority (the `x-priority` header, -100..100): higher goes first. */
+  priority(): number;
+  /** Time left before the call's deadline, ms. */
+  remainingMs(): number;
+}
+
+/** One call (or one Embed batch) to run on some node that has its model. */
+export interface FailoverRequest extends Urgency {
+  /** Model name as the client wrote it. */
+  model: string;
+  /** Session or conversation key for node affinity. */
+  affinity?: string;
+  /** Aborts when the call is cancelled, expires or the gateway shuts down. */
+  signal: AbortSignal;
+}
+
+/** One try on one node, holding one of its slots. */
+export interface Attempt {
+  /** The node the scheduler chose. */
+  readonly node: OllamaNode;
+  /** Time this try waited in the admission queue, ms. */
+  readonly queueMs: number;
+  /** Which try this is: 1 = the first. */
+  readonly number: number;
+  /** A message reached the client: from now on a failure is final (a stream is never replayed). */
+  sent(): void;
+  /** The model load time Ollama reported (`load_duration`, ms), given to the scheduler with the slot. */
+  loaded(ms: number | undefined): void;
+}
+
+/** What the failover needs from the rest of the gateway. */
+export interface FailoverDeps {
+  /** Admission and node choice. */
+  scheduler: Pick<Scheduler, "acquire">;
+  /** Told about every try's outcome (passive health, circuit breakers). */
+  health: Pick<NodeHealth, "reportSuccess" | "reportFailure">;
+  /** Which failures are tried again, how often, with what backoff. @default DEFAULT_RETRY_POLICY */
+  policy?: RetryPolicy;
+  /** Jitter of the backoff, in [0, 1). @default Math.random */
+  random?: () => number;
+}
+
+/**
+ * Runs one upstream call with failover; the one loop Generate, Chat and Embed share, so they
+ * follow the same rules (README, "Failures").
+ */
+export interface Failover {
+  /**
+   * Takes a slot on a node (with the request's priority, affinity and time left), runs `attempt`
+   * there and gives the slot back, exactly once per try. A try that fails retryably before it
+   * sent anything is reported to node health and tried again on another node after a backoff,
+   * while the policy and the deadline allow. When no node is left to try, the last try's error
+   * is what the caller gets, not the scheduler's "no node". Every error is a ConnectError.
+   */
+  run<T>(req: FailoverRequest, attempt: (a: Attempt) => Promise<T>): Promise<T>;
+}
+
+/** Creates the failover loop. */
+export function createFailover(deps: FailoverDeps): Failover {
+  const policy = deps.policy ?? DEFAULT_RETRY_POLICY;
+  const random = deps.random ?? Math.random;
+
+  return {
+    async run(req, attempt) {
+      const { model, signal } = req;
+      const tried = new Set<string>();
+      let last: ConnectError | undefined;
+      for (let number = 1; ; number++) {
+        let dispatch: Dispatch;
+        try {
+          dispatch = await deps.scheduler.acquire({
+            model,
+            priority: req.priority(),
+            affinity: req.affinity,
+            exclude: tried,
+            signal,
+            remainingMs: Math.max(0, req.remainingMs()),
+          });
+        } catch (e) {
+          // Every node that has the model failed this call: say why.
+          if (last !== undefined && !signal.aborted) throw last;
+          throw toConnectError(e, signal, { model });
+        }
+        const node = dispatch.node.name;
+        let sent = false;
+        let loadMs: number | undefined;
+        let wait = 0;
+        try {
+          const value = await attempt({
+            node: dispatch.node,
+            queueMs: dispatch.queueMs,
+            number,
+            sent: () => void (sent = true),
+            loaded: (ms) => void (loadMs = ms),
+          });
+          deps.health.reportSuccess(node);
+          return value;
+        } catch (e) {
+          const err = toConnectError(e, signal, { model, node });
+          if (signal.aborted) throw err; // the caller's doing, not the node's
+          const verdict = healthVerdict(e, err);
+          if (verdict !== undefined) deps.health.reportFailure(node, verdict);
+          const delay = nextTryDelayMs(
+            { error: err, attempt: number, sent, remainingMs: req.remainingMs() },
+            policy,
+            random,
+          );
+          if (delay === undefined) throw err;
+          tried.add(node);
+          last = err;
+          wait = delay;
+        } finally {
+          dispatch.release({ loadMs });
+        }
+        await sleep(wait, signal).catch((e: unknown) => {
+          throw toConnectError(e, signal, { model });
+        });
+      }
+    },
+  };
+}
+
+/**
+ * What a failed try tells the node's circuit breaker: a node that could not be connected to is
+ * down; other UNAVAILABLE and INTERNAL failures count as errors; the rest (a rejected request,
+ * a model not found) say nothing about the node.
+ */
+export function healthVerdict(e: unknown, err: ConnectError): "unreachable" | "error" | undefined {
+  if (isNodeDown(e)) return "unreachable";
+  return err.code === Code.Unavailable || err.code === Code.Internal ? "error" : undefined;
+}
