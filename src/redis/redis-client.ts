@@ -83,6 +83,9 @@ export function createSubscriberClient(main: RedisClient, connectionName: string
   if (main instanceof Cluster) {
     return main.duplicate([], {
       enableAutoPipelining: false,
+      // No CLUSTER INFO ready check: it would hold a pool connection open just for that, and
+      // pub/sub does not depend on the cluster's slot coverage.
+      enableReadyCheck: false,
       redisOptions: { ...main.options.redisOptions, connectionName },
     });
   }
