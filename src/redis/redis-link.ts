@@ -116,17 +116,18 @@ export interface RedisLinkStats {
  * leases: a replica holds **two connections** for standalone and Sentinel Redis — the command
  * connection (auto-pipelined, no offline queue, commands bounded by `commandTimeoutMs`) and one
  * subscriber carrying every channel, with per-channel handlers (plus a short-lived connection to a
- * Sentinel while the master is looked up). In cluster mode ioredis connects the command client to
- * each master it sends to and the subscriber client to one node, plus the node its subscription
- * lives on. The subscriber is opened with the first subscription, so a link without one holds one
- * connection. Connections reconnect forever by themselves, hung ones are detected and redialled
- * (see startHeartbeat), and each user's health changes are reported once per change.
+ * Sentinel while the master is looked up). In cluster mode it holds one command connection per
+ * master (as ioredis does) plus one subscriber connection on one node (which ioredis names
+ * `ioredis-cluster(subscriber):<name>-sub`), and a short-lived one for each slot refresh. The
+ * subscriber is opened with the first subscription, so a link without one holds one connection.
+ * Connections reconnect forever by themselves, hung ones are detected and redialled (see
+ * startHeartbeat), and each user's health changes are reported once per change.
  */
 export interface RedisLink {
   readonly label: string;
   readonly cluster: boolean;
   readonly commandTimeoutMs: number;
-  /** Adds a user; its first health report comes after the current turn of the event loop. */
+  /** Adds a user; its first health report comes in a later microtask, never from inside attach(). */
   attach(user: LinkUserOptions): LinkUser;
   stats(): RedisLinkStats;
   /** Closes both connections (QUIT, bounded); every user's commands fail at once from then on. Users detach first, after their own clean-up. */
@@ -137,7 +138,7 @@ export interface RedisLink {
 const HEARTBEAT_MS = 1000;
 
 /** How long a connection may leave a PING (or its connect handshake) unanswered before it is dropped and redialled. */
-export function hangTimeoutMs(commandTimeoutMs: number): number {
+function hangTimeoutMs(commandTimeoutMs: number): number {
   return Math.max(1000, 4 * commandTimeoutMs);
 }
 
