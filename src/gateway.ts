@@ -20,6 +20,7 @@ import { createAffinityTable } from "./routing/affinity.js";
 import { createFleetState } from "./routing/fleet-state.js";
 import { DEFAULT_RETRY_POLICY } from "./routing/retry-policy.js";
 import { createScheduler, LOCAL_GATE } from "./routing/scheduler.js";
+import { createRedisLink } from "./redis/redis-link.js";
 import { createSharedNodeHealth } from "./routing/shared-node-health.js";
 import { createSlotLeases } from "./routing/slot-leases.js";
 import type { Scheduler } from "./routing/scheduler.js";
@@ -95,11 +96,15 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
       connections: Math.max(config.upstream.connections, n.parallel * n.maxLoadedModels + 8),
     }),
   );
+  // One Redis link per replica (a command connection and one subscriber), shared by the cache,
+  // node-health sharing and slot leases; closed after all three.
+  const redis = config.cache.redisUrl
+    ? createRedisLink({ url: config.cache.redisUrl, commandTimeoutMs: config.cache.redisCommandTimeoutMs, log })
+    : undefined;
   const cache = createCache({
-    redisUrl: config.cache.redisUrl,
+    redis,
     namespace: "ogw:v1:",
     memory: { maxEntries: config.cache.memoryMaxEntries, maxBytes: config.cache.memoryMaxBytes },
-    commandTimeoutMs: config.cache.redisCommandTimeoutMs,
     // Keyed by content digest, so never stale: no need to drop them after a
     // Redis outage (tags and ps are, and get refetched).
     keepOnReconnect: ["show", "emb"],
@@ -133,23 +138,15 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
 
   // With Redis, replicas share slot accounting: together they never run
   // more on a node than its slots, and a crashed replica's leases expire.
-  const leases = config.cache.redisUrl
-    ? createSlotLeases({
-        redisUrl: config.cache.redisUrl,
-        namespace: "ogw:v1:",
-        commandTimeoutMs: config.cache.redisCommandTimeoutMs,
-        log,
-      })
-    : undefined;
+  const leases = redis ? createSlotLeases({ redis, namespace: "ogw:v1:", log }) : undefined;
   // And node health: a circuit one replica opens (or closes after a success) is applied by the
   // others at once, instead of each finding a dead node with its own failed requests.
-  const sharedHealth = config.cache.redisUrl
+  const sharedHealth = redis
     ? createSharedNodeHealth({
-        redisUrl: config.cache.redisUrl,
+        redis,
         health: nodeHealth,
         nodes: nodes.map((n) => n.name),
         namespace: "ogw:v1:",
-        commandTimeoutMs: config.cache.redisCommandTimeoutMs,
         log,
       })
     : undefined;
@@ -297,6 +294,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
         scheduler.stop();
         nodeHealth.stop();
         await Promise.all([...nodes.map((n) => n.close()), cache.close(), leases?.close(), sharedHealth?.close()]);
+        await redis?.close();
       })();
       return closed;
     },

@@ -4,6 +4,8 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { Redis } from "ioredis";
 import { createCache } from "../src/cache/cache.js";
 import type { Cache } from "../src/cache/cache.js";
+import { createRedisLink } from "../src/redis/redis-link.js";
+import { createSlotLeases } from "../src/routing/slot-leases.js";
 import { captureLogs } from "./helpers/log-capture.js";
 import { startRedis } from "./helpers/redis-server.js";
 import type { RedisServer } from "./helpers/redis-server.js";
@@ -67,5 +69,46 @@ describe("cache on a Redis Cluster", { timeout: 20_000 }, () => {
     assert.equal(await raw.exists("ogw:v1:tags:n4"), 1);
     assert.equal((await b.get("show:d1"))?.toString(), "s");
     assert.equal(b.stats().redisErrors + a.stats().redisErrors, 0);
+  });
+
+  it("shares one link between the cache, slot leases and node health: one connection per master plus one subscriber, with scripts and pub/sub working", async () => {
+    const logs = captureLogs();
+    const link = createRedisLink({
+      url: `redis+cluster://127.0.0.1:${node.port}`,
+      connectionName: "t-cl",
+      log: logs.log,
+    });
+    const cache = createCache({ redis: link, log: logs.log });
+    const leases = createSlotLeases({ redis: link, log: logs.log });
+    const heard: string[] = [];
+    const health = link.attach({ subscription: { channel: "ogw:v1:node-health", onMessage: (m) => heard.push(m) } });
+    try {
+      await waitFor("every user on Redis", () => cache.healthy() && leases.shared() && health.healthy());
+      // Keys in many slots (here all on the one master), and a lease script on its one key.
+      await cache.setMany(
+        Array.from({ length: 20 }, (_, i) => ({ key: `ps:n${i}`, value: Buffer.from("x"), ttlMs: 60_000 })),
+      );
+      const lease = await leases.tryAcquire("n1", "m", 1);
+      assert.ok(lease !== undefined);
+      assert.equal(await leases.tryAcquire("n1", "m", 1), undefined, "the one slot is held");
+      assert.equal(await raw.zcard("ogw:v1:slots:n1:m"), 1);
+      await raw.publish("ogw:v1:node-health", "ping");
+      await waitFor("the node-health channel is heard", () => heard.length === 1);
+
+      const text = String(await raw.call("CLIENT", "LIST"));
+      // ioredis names its cluster connections after the one given to it; the slot refresher's
+      // (every 5 s, closed at once) is transient and not counted.
+      const names = [...text.matchAll(/ name=(\S*)/g)]
+        .map((m) => m[1] ?? "")
+        .filter((n) => n.includes("t-cl") && !n.startsWith("ioredis-cluster(refresher)"));
+      assert.deepEqual(names.sort(), ["ioredis-cluster(subscriber):t-cl-sub", "t-cl"]);
+      await lease.release();
+      assert.equal(await raw.zcard("ogw:v1:slots:n1:m"), 0);
+    } finally {
+      await cache.close();
+      await leases.close();
+      health.detach();
+      await link.close();
+    }
   });
 });

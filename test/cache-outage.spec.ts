@@ -4,8 +4,10 @@ import type { Socket } from "node:net";
 import { after, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Redis } from "ioredis";
-import { createCache } from "../src/cache/cache.js";
+import { CACHE_REDIS_MESSAGES, createCache } from "../src/cache/cache.js";
 import type { Cache } from "../src/cache/cache.js";
+import { createRedisLink } from "../src/redis/redis-link.js";
+import type { RedisLink } from "../src/redis/redis-link.js";
 import { captureLogs } from "./helpers/log-capture.js";
 import { laterPort, startRedis } from "./helpers/redis-server.js";
 import type { RedisServer } from "./helpers/redis-server.js";
@@ -14,8 +16,8 @@ const buf = (s: string): Buffer => Buffer.from(s, "utf8");
 const TIMEOUT_MS = 250;
 /** Scheduling slack on a loaded 2-core CI machine. */
 const MARGIN_MS = 150;
-const UNAVAILABLE = "redis unavailable, serving from memory";
-const AVAILABLE_AGAIN = "redis available again";
+const UNAVAILABLE = CACHE_REDIS_MESSAGES.down;
+const AVAILABLE_AGAIN = CACHE_REDIS_MESSAGES.upAgain;
 
 async function waitFor(what: string, cond: () => boolean, ms = 4000): Promise<void> {
   const deadline = Date.now() + ms;
@@ -39,8 +41,10 @@ async function timed(call: () => Promise<unknown>, rejections: unknown[]): Promi
 describe("cache when Redis fails", { timeout: 30_000 }, () => {
   const servers: RedisServer[] = [];
   const caches: Cache[] = [];
+  const links: RedisLink[] = [];
   after(async () => {
     await Promise.all(caches.map((c) => c.close()));
+    await Promise.all(links.map((l) => l.close()));
     await Promise.all(servers.map((s) => s.stop()));
   });
 
@@ -48,12 +52,15 @@ describe("cache when Redis fails", { timeout: 30_000 }, () => {
     const port = await laterPort(); // nothing listens here yet
     const logs = captureLogs();
     const started = performance.now();
-    const cache = createCache({
-      redisUrl: `redis://127.0.0.1:${port}`,
+    // The replica's shared link, as the gateway makes it, so the test can watch its reconnects.
+    const link = createRedisLink({
+      url: `redis://127.0.0.1:${port}`,
       log: logs.log,
       commandTimeoutMs: TIMEOUT_MS,
       reconnect: { maxDelayMs: 200 },
     });
+    links.push(link);
+    const cache = createCache({ redis: link, log: logs.log });
     caches.push(cache);
     assert.ok(performance.now() - started < 50, "createCache does not wait for Redis");
     assert.equal(cache.backend, "redis");
@@ -62,7 +69,8 @@ describe("cache when Redis fails", { timeout: 30_000 }, () => {
     await cache.set("tags:n1", buf("mem"), 60_000);
     assert.equal((await cache.get("tags:n1"))?.toString(), "mem");
     await waitFor("the outage is logged", () => logs.find(UNAVAILABLE).length > 0);
-    await sleep(500); // several failed reconnects…
+    const attempts = link.stats().reconnectAttempts;
+    await waitFor("several failed reconnects…", () => link.stats().reconnectAttempts >= attempts + 3);
     assert.equal(logs.find(UNAVAILABLE).length, 1, "…but one warning");
     assert.equal(cache.stats().healthy, false);
 
@@ -96,27 +104,35 @@ describe("cache when Redis fails", { timeout: 30_000 }, () => {
 
     const rejections: unknown[] = [];
     const durations: number[] = [];
-    let sawDown = false;
+    // Traffic runs throughout; each phase lasts until it has seen its share of it.
+    let rounds = 0;
+    const untilRounds = (what: string, more: number): Promise<void> => {
+      const target = rounds + more;
+      return waitFor(what, () => rounds >= target, 10_000);
+    };
+    let trafficDone = false;
     const outage = (async () => {
-      await sleep(150);
+      await untilRounds("traffic before the outage", 30);
       await redis.stop();
       await waitFor("the cache notices", () => !cache.healthy());
-      sawDown = true;
-      await sleep(300);
+      await untilRounds("traffic while Redis is down", 30);
       await redis.restart();
-    })();
-    for (let i = 0; i < 500; i++) {
+      await waitFor("healthy again", () => cache.healthy(), 5000);
+      await untilRounds("traffic once Redis is back", 30);
+    })().finally(() => {
+      trafficDone = true;
+    });
+    for (let i = 0; !trafficDone; i++) {
       const key = `emb:k${i % 50}`;
       const set = timed(() => cache.set(key, buf(`v${i}`), 60_000), rejections);
       const get = timed(() => cache.get(`emb:k${(i + 25) % 50}`), rejections);
       const many = timed(() => cache.getMany([key, "emb:none"]), rejections);
       durations.push(...(await Promise.all([set, get, many])));
-      await sleep(3);
+      rounds++;
+      await sleep(3); // pacing only
     }
     await outage;
-    await waitFor("healthy again", () => cache.healthy(), 3000);
 
-    assert.ok(sawDown, "the outage happened during the loop");
     assert.deepEqual(rejections, [], "no call was rejected");
     const slowest = Math.max(...durations);
     assert.ok(slowest < TIMEOUT_MS + MARGIN_MS, `slowest call ${slowest.toFixed(0)} ms`);
@@ -173,7 +189,9 @@ describe("cache when Redis fails", { timeout: 30_000 }, () => {
 
   it("answers within the timeout when the server accepts connections but never replies", async () => {
     const sockets = new Set<Socket>();
+    let accepted = 0;
     const silent = createServer((s) => {
+      accepted++;
       sockets.add(s);
       s.on("data", () => undefined); // read, never write
       s.on("error", () => undefined);
@@ -201,8 +219,10 @@ describe("cache when Redis fails", { timeout: 30_000 }, () => {
       assert.equal((await cache.get("tags:n1"))?.toString(), "v");
       assert.equal(cache.healthy(), false);
       await waitFor("the outage is logged", () => logs.find(UNAVAILABLE).length > 0, 3000);
-      await sleep(300);
-      assert.equal(logs.find(UNAVAILABLE).length, 1);
+      // Both connections (command, subscriber) are dropped for their silent handshakes and redialled.
+      const dialled = accepted;
+      await waitFor("the hung handshakes are redialled", () => accepted >= dialled + 2, 8000);
+      assert.equal(logs.find(UNAVAILABLE).length, 1, "one warning however many redials");
     } finally {
       await cache.close();
       for (const s of sockets) s.destroy();

@@ -11,9 +11,9 @@ import type { RedisServer } from "./helpers/redis-server.js";
 
 const buf = (s: string): Buffer => Buffer.from(s, "utf8");
 
-async function waitFor(what: string, cond: () => boolean, ms = 3000): Promise<void> {
+async function waitFor(what: string, cond: () => boolean | Promise<boolean>, ms = 3000): Promise<void> {
   const deadline = Date.now() + ms;
-  while (!cond()) {
+  while (!(await cond())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for: ${what}`);
     await sleep(10);
   }
@@ -103,11 +103,14 @@ describe("cache with a shared Redis", { timeout: 20_000 }, () => {
     fresh();
     const a = await replica();
     const b = await replica();
-    await a.set("ps:n1", buf("p"), 300);
-    await sleep(150);
-    assert.equal((await b.get("ps:n1"))?.toString(), "p"); // into B's memory with ~150 ms left
-    await sleep(200);
+    await a.set("ps:n1", buf("p"), 1000);
+    await waitFor("less than half the TTL left in Redis", async () => (await raw.pttl(`${ns}ps:n1`)) < 500);
+    assert.equal((await b.get("ps:n1"))?.toString(), "p"); // into B's memory with < 500 ms left
+    await waitFor("Redis expired it", async () => (await raw.exists(`${ns}ps:n1`)) === 0);
+    // Had B kept the full 1000 ms from its read, it would still hold the value for another 500 ms.
+    await sleep(100);
     assert.equal(await b.get("ps:n1"), undefined);
+    assert.equal(b.stats().kinds["ps"]?.memoryHits, 0, "never served from B's memory after Redis dropped it");
   });
 
   it("drops an entry from another replica's memory at once when it invalidates a prefix", async () => {

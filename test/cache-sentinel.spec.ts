@@ -4,6 +4,8 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { Redis } from "ioredis";
 import { createCache } from "../src/cache/cache.js";
 import type { Cache } from "../src/cache/cache.js";
+import { createRedisLink } from "../src/redis/redis-link.js";
+import { createSlotLeases } from "../src/routing/slot-leases.js";
 import { captureLogs } from "./helpers/log-capture.js";
 import { startRedis, startSentinel } from "./helpers/redis-server.js";
 import type { RedisSentinel, RedisServer } from "./helpers/redis-server.js";
@@ -48,6 +50,32 @@ describe("cache through Redis Sentinel", { timeout: 15_000 }, () => {
       assert.equal(await b.get("tags:n1"), undefined);
       assert.equal(await raw.exists("ogw:v1:tags:n1"), 0);
     } finally {
+      await raw.quit();
+    }
+  });
+
+  it("shares one link between the cache and slot leases through the Sentinel: two connections to the master, scripts included", async () => {
+    const logs = captureLogs();
+    const link = createRedisLink({
+      url: `redis+sentinel://127.0.0.1:${sentinel.port}/cachemaster`,
+      connectionName: "t-se",
+      log: logs.log,
+    });
+    const cache = createCache({ redis: link, log: logs.log });
+    const leases = createSlotLeases({ redis: link, log: logs.log });
+    const raw = new Redis(master.url);
+    try {
+      await waitFor("both on Redis", () => cache.healthy() && leases.shared());
+      const lease = await leases.tryAcquire("n1", "m", 1);
+      assert.ok(lease !== undefined);
+      assert.equal(await raw.zcard("ogw:v1:slots:n1:m"), 1, "the lease script ran on the master");
+      const names = [...String(await raw.call("CLIENT", "LIST")).matchAll(/ name=(\S*)/g)].map((m) => m[1] ?? "");
+      assert.deepEqual(names.filter((n) => n.startsWith("t-se")).sort(), ["t-se", "t-se-sub"]);
+      await lease.release();
+    } finally {
+      await cache.close();
+      await leases.close();
+      await link.close();
       await raw.quit();
     }
   });

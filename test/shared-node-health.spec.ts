@@ -195,7 +195,8 @@ describe("node health shared between gateway replicas through Redis", { timeout:
       await waitFor("B sees the node down", () => b.gw.nodeHealth.state(victim) === "open", 1500);
 
       f.sims[index] = await startSimulator({ port, tokenMs: 10, numParallel: 1, maxLoadedModels: 2 });
-      await sleep(350); // A's circuit is half-open now; B's stays open for a minute
+      // A's circuit half-opens after its 300 ms; B's stays open for a minute.
+      await waitFor("A's circuit is half-open", () => a.gw.nodeHealth.state(victim) === "half-open", 3000);
       assert.equal(b.gw.nodeHealth.state(victim), "open");
       let served = false;
       for (let i = 0; i < 10 && !served; i++) {
@@ -297,7 +298,9 @@ describe("node health shared between gateway replicas through Redis", { timeout:
       assert.ok(a.gw.nodeHealth.isHealthy("n0") && a.gw.nodeHealth.isHealthy("n1"));
 
       const { victim } = await killNodeThroughA(f, a);
-      await sleep(1500); // time for a message, were there a way to send one, and for reconnect attempts
+      // Nothing may happen here: time for a message, were there a way to send one, and for
+      // several reconnect attempts (backoff 50 ms doubling to 1 s).
+      await sleep(1500);
       assert.equal(b.gw.nodeHealth.state(victim), "closed", "B judges alone: it has not been told");
       for (const r of [a, b]) {
         assert.equal(r.gw.logs.find(HEALTH_LOCAL_MSG).length, 1, "one warning however many reconnects");

@@ -2,6 +2,8 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Redis } from "ioredis";
+import { createRedisLink } from "../src/redis/redis-link.js";
+import type { RedisLink } from "../src/redis/redis-link.js";
 import { SLOTS_LOCAL_MSG, SLOTS_SHARED_AGAIN_MSG, createSlotLeases } from "../src/routing/slot-leases.js";
 import type { SlotLease, SlotLeases, SlotLeasesOptions } from "../src/routing/slot-leases.js";
 import { captureLogs } from "./helpers/log-capture.js";
@@ -38,12 +40,13 @@ describe("slot leases", { timeout: 15_000 }, () => {
   const servers: RedisServer[] = [];
   const proxies: TcpProxy[] = [];
   const raws: Redis[] = [];
+  const links: RedisLink[] = [];
   let redis: RedisServer;
   let raw: Redis;
 
   /** A replica's slot leases, closed after the file. */
   const replica = (o: Partial<SlotLeasesOptions> & Pick<SlotLeasesOptions, "log">): SlotLeases => {
-    const leases = createSlotLeases({ commandTimeoutMs: TIMEOUT_MS, ...o });
+    const leases = createSlotLeases(o.redis === undefined ? { commandTimeoutMs: TIMEOUT_MS, ...o } : o);
     opened.push(leases);
     return leases;
   };
@@ -61,6 +64,7 @@ describe("slot leases", { timeout: 15_000 }, () => {
   });
   after(async () => {
     await Promise.all(opened.map((l) => l.close()));
+    await Promise.all(links.map((l) => l.close()));
     await Promise.all(raws.map((r) => r.quit()));
     await Promise.all(proxies.map((p) => p.close()));
     await Promise.all(servers.map((s) => s.stop()));
@@ -189,7 +193,10 @@ describe("slot leases", { timeout: 15_000 }, () => {
     servers.push(own);
     const ownRaw = rawClient(own.url);
     const logs = captureLogs();
-    const a = replica({ redisUrl: own.url, leaseMs: 5000, log: logs.log });
+    // The replica's shared link, as the gateway makes it, so the test can watch its reconnects.
+    const link = createRedisLink({ url: own.url, commandTimeoutMs: TIMEOUT_MS, log: logs.log });
+    links.push(link);
+    const a = replica({ redis: link, leaseMs: 5000, log: logs.log });
     await waitFor("shared", () => a.shared());
     definedLease(await a.tryAcquire("n1", "llama3:8b", 2), "taken in Redis");
 
@@ -206,7 +213,8 @@ describe("slot leases", { timeout: 15_000 }, () => {
     const release = await timed(() => l2.release());
     assert.ok(release.ms < TIMEOUT_MS + MARGIN_MS);
     assert.equal(a.shared(), false);
-    await sleep(400); // several failed reconnects…
+    const attempts = link.stats().reconnectAttempts;
+    await waitFor("several failed reconnects…", () => link.stats().reconnectAttempts >= attempts + 3);
     assert.equal(logs.find(SLOTS_LOCAL_MSG).length, 1, "…but one warning");
 
     await own.restart(); // an empty Redis: data is not kept

@@ -2,19 +2,25 @@
  * The cache contract shared by the model-metadata code (tags, show, ps) and the embedding cache.
  * Keys are built by callers (without the namespace); values are opaque Buffers.
  */
+import type { RedisLink } from "../redis/redis-link.js";
+import type { RedisLogger } from "../redis/redis-logger.js";
 
 /** The part of a pino logger the cache uses, so tests and callers can pass any pino-compatible logger. */
-export interface CacheLogger {
-  info(obj: Record<string, unknown>, msg: string): void;
-  warn(obj: Record<string, unknown>, msg: string): void;
-}
+export type CacheLogger = RedisLogger;
 
 /** How the cache is built; every field except `log` has a default that suits one gateway. */
 export interface CacheOptions {
   /**
-   * ioredis connection spec; undefined = memory only. Accepts `redis://`, `rediss://`,
+   * The replica's shared Redis link (src/redis/redis-link.ts), also used by node health and slot
+   * leases; the cache detaches from it on close() but does not close it. Not with `redisUrl`.
+   * @default undefined
+   */
+  redis?: RedisLink;
+  /**
+   * A Redis of the cache's own, for a cache used alone (tools, tests): the cache opens a link to
+   * it and closes it on close(). Accepts `redis://`, `rediss://`,
    * `redis+sentinel://[[user]:password@]h1:26379,h2:26379/<masterName>[/<db>][?sentinelPassword=…]`
-   * and `redis+cluster://[[user]:password@]h1:6379,h2:6379`.
+   * and `redis+cluster://[[user]:password@]h1:6379,h2:6379`. Neither this nor `redis` = memory only.
    * @default undefined
    */
   redisUrl?: string;
@@ -22,11 +28,11 @@ export interface CacheOptions {
   namespace?: string;
   /** Bounds of the in-process tier. @default { maxEntries: 50_000, maxBytes: 256 MiB } */
   memory?: { maxEntries?: number; maxBytes?: number };
-  /** Upper bound of any single Redis command, ms; a Redis that hangs must not hang RPCs. @default 250 */
+  /** Upper bound of any single Redis command, ms, for the cache's own link (`redisUrl`); a shared link has its own. @default 250 */
   commandTimeoutMs?: number;
   /** Largest single value stored; larger values are not cached at all. @default 8 MiB */
   maxValueBytes?: number;
-  /** Reconnect backoff while Redis is unreachable (doubles from min to max, retries forever). @default { minDelayMs: 100, maxDelayMs: 2000 } */
+  /** Reconnect backoff of the cache's own link (`redisUrl`): doubles from min to max, retries forever. @default { minDelayMs: 100, maxDelayMs: 2000 } */
   reconnect?: { minDelayMs?: number; maxDelayMs?: number };
   /**
    * Kinds (first key segment) whose keys are content-addressed — a key's value never changes,

@@ -1,6 +1,8 @@
 /**
- * The cache layer's public entry (design §6): a bounded in-process LRU, in front of a shared Redis
- * when one is configured, with cross-replica invalidation and single-flight loading. Import from here.
+ * The cache layer's public entry (README, "Caching"; its Redis keys and channel are listed in
+ * docs/architecture.md, "Redis keys and channels"): a bounded in-process LRU, in front of a shared
+ * Redis when one is configured, with cross-replica invalidation and single-flight loading. Import
+ * from here.
  */
 export type {
   Cache,
@@ -11,7 +13,7 @@ export type {
   InvalidationRequest,
   KindStats,
 } from "./cache-types.js";
-export { createCache } from "./create-cache.js";
+export { CACHE_REDIS_MESSAGES, createCache } from "./create-cache.js";
 export { createSingleFlight, singleFlight } from "../util/single-flight.js";
 export type { SingleFlight } from "../util/single-flight.js";
 export { maskRedisUrl, parseRedisUrl } from "../redis/redis-target.js";

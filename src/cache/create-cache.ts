@@ -4,9 +4,9 @@ import { decodeInvalidation, encodeInvalidation, splitInvalidation } from "./inv
 import { createKindCounters, kindOf } from "./kind-stats.js";
 import { createMemoryTier } from "./memory-tier.js";
 import { deleteInRedis } from "./redis-delete.js";
+import { logHealthChanges } from "../redis/health-state.js";
 import { NOT_READY, createRedisLink } from "../redis/redis-link.js";
-import type { RedisCommands, RedisLink } from "../redis/redis-link.js";
-import { maskRedisUrl, parseRedisUrl } from "../redis/redis-target.js";
+import type { LinkUser, RedisCommands, RedisLink } from "../redis/redis-link.js";
 import { untilAborted } from "../util/until-aborted.js";
 import type { Outcome } from "../util/with-timeout.js";
 
@@ -14,11 +14,23 @@ const MiB = 1024 * 1024;
 /** Most keys + prefixes remembered for replay while Redis is unreachable; beyond it the whole namespace is invalidated on return. */
 const MAX_PENDING = 1000;
 
+/** The cache's log lines for its changes of state (operators and tests match them exactly). */
+export const CACHE_REDIS_MESSAGES = {
+  up: "redis connected",
+  upAgain: "redis available again",
+  down: "redis unavailable, serving from memory",
+} as const;
+
 /**
- * Creates the gateway's cache: an in-process LRU, in front of Redis when `redisUrl` is set.
- * Returns at once; Redis connects (and reconnects) in the background, and every Redis failure
- * falls back to the memory tier instead of failing the caller. Throws only for a malformed URL
- * or bad bounds.
+ * Creates the gateway's cache: an in-process LRU, in front of Redis when a link (`redis`) or a
+ * URL (`redisUrl`) is given. Returns at once; Redis connects (and reconnects) in the background,
+ * and every Redis failure falls back to the memory tier instead of failing the caller. Throws
+ * only for a malformed URL or bad bounds.
+ *
+ * Keys are `<namespace><kind>:…` with a TTL each; invalidations travel on the channel
+ * `<namespace>invalidate` (docs/architecture.md, "Redis keys and channels"). The cache counts as
+ * connected (`healthy()`) while the command connection is ready and that channel is subscribed:
+ * without the subscription it would miss other replicas' invalidations.
  *
  * Memory flush on reconnect: whenever Redis becomes reachable again (and on the first connect),
  * every memory entry is dropped except kinds listed in `keepOnReconnect`, because invalidations
@@ -27,12 +39,30 @@ const MAX_PENDING = 1000;
  */
 export function createCache(options: CacheOptions): Cache {
   const namespace = options.namespace ?? "ogw:v1:";
-  const commandTimeoutMs = options.commandTimeoutMs ?? 250;
   const maxValueBytes = options.maxValueBytes ?? 8 * MiB;
   const keepOnReconnect = new Set(options.keepOnReconnect ?? []);
   const log = options.log;
-  if (!(commandTimeoutMs > 0)) throw new RangeError("commandTimeoutMs must be positive");
+  if (options.redis !== undefined && options.redisUrl !== undefined) {
+    throw new RangeError("give the cache either a shared Redis link (redis) or a URL of its own (redisUrl), not both");
+  }
   if (!(maxValueBytes > 0)) throw new RangeError("maxValueBytes must be positive");
+  const ownLink =
+    options.redisUrl === undefined
+      ? undefined
+      : createRedisLink({
+          url: options.redisUrl,
+          commandTimeoutMs: options.commandTimeoutMs ?? 250,
+          reconnect: {
+            minDelayMs: options.reconnect?.minDelayMs ?? 100,
+            maxDelayMs: options.reconnect?.maxDelayMs ?? 2000,
+          },
+          connectionName: "ogw-cache",
+          log,
+        });
+  const shared: RedisLink | undefined = options.redis ?? ownLink;
+  const commandTimeoutMs = shared?.commandTimeoutMs ?? options.commandTimeoutMs ?? 250;
+  if (!(commandTimeoutMs > 0)) throw new RangeError("commandTimeoutMs must be positive");
+  const channel = `${namespace}invalidate`;
 
   const memory = createMemoryTier(options.memory ?? {});
   const counters = createKindCounters();
@@ -78,29 +108,23 @@ export function createCache(options: CacheOptions): Cache {
     notify({ keys: m.keys, prefixes: m.prefixes });
   };
 
-  let link: RedisLink | undefined;
-  if (options.redisUrl !== undefined) {
-    link = createRedisLink({
-      target: parseRedisUrl(options.redisUrl),
-      label: maskRedisUrl(options.redisUrl),
-      channel: `${namespace}invalidate`,
-      commandTimeoutMs,
-      reconnect: {
-        minDelayMs: options.reconnect?.minDelayMs ?? 100,
-        maxDelayMs: options.reconnect?.maxDelayMs ?? 2000,
-      },
-      log,
-      onMessage,
-      onUp: () => {
-        if (keepOnReconnect.size === 0) memory.clear();
-        else memory.clear((key) => keepOnReconnect.has(kindOf(key)));
-        epoch++;
-        replayPending().catch((err: unknown) => {
-          log.warn({ err: err instanceof Error ? err.message : String(err) }, "cache invalidation replay failed");
-        });
-      },
+  /** Connected (again): memory may have missed invalidations meanwhile, and ours may wait for replay. */
+  const onUp = (): void => {
+    if (keepOnReconnect.size === 0) memory.clear();
+    else memory.clear((key) => keepOnReconnect.has(kindOf(key)));
+    epoch++;
+    replayPending().catch((err: unknown) => {
+      log.warn({ err: err instanceof Error ? err.message : String(err) }, "cache invalidation replay failed");
     });
-  }
+  };
+  const logChange = shared === undefined ? undefined : logHealthChanges(log, shared.label, CACHE_REDIS_MESSAGES);
+  const link: LinkUser | undefined = shared?.attach({
+    subscription: { channel, onMessage },
+    onChange(change, reason) {
+      logChange?.(change, reason);
+      if (change !== "down") onUp();
+    },
+  });
 
   /** Runs a Redis operation for `keys`' kinds, counting real failures (not "disconnected"). */
   const redis = async <T>(keys: readonly string[], op: (r: RedisCommands) => Promise<T>): Promise<Outcome<T>> => {
@@ -141,7 +165,6 @@ export function createCache(options: CacheOptions): Cache {
     if (link === undefined) return true;
     const waitForEcho = link.subscribed();
     const echoes: Promise<void>[] = [];
-    const channel = `${namespace}invalidate`;
     const out = await redis([...keys, ...prefixes], (r) =>
       Promise.all(
         splitInvalidation(keys, prefixes).map((group) => {
@@ -329,9 +352,10 @@ export function createCache(options: CacheOptions): Cache {
     async close() {
       listeners.clear();
       for (const done of [...echoWaiters.values()]) done();
-      await link?.close();
-      // Closed links fail fast, so invalidations still running end at once.
+      // A detached user's commands fail fast, so invalidations still running end at once.
+      link?.detach();
       await Promise.all([...invalidating]);
+      await ownLink?.close();
       memory.clear();
     },
   };

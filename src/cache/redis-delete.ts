@@ -1,5 +1,5 @@
 import { NOT_READY } from "../redis/redis-link.js";
-import type { RedisCommands, RedisLink } from "../redis/redis-link.js";
+import type { LinkUser, RedisCommands } from "../redis/redis-link.js";
 
 /** How a Redis-side deletion went. */
 export interface RedisDeleteResult {
@@ -26,7 +26,7 @@ export function prefixPattern(prefix: string): string {
  * Each command is bounded by the link's timeout and the whole run by `budgetMs`.
  */
 export async function deleteInRedis(
-  link: RedisLink,
+  link: LinkUser,
   namespace: string,
   keys: readonly string[],
   prefixes: readonly string[],

@@ -3,15 +3,11 @@ import type { ClusterOptions, RedisOptions } from "ioredis";
 import type { RedisTarget } from "./redis-target.js";
 import { withTimeout } from "../util/with-timeout.js";
 
-/**
- * One connection to the Redis that gateway replicas share for fleet state (slot leases, …): a
- * standalone/Sentinel client or a Cluster. Separate from the cache's link, which also holds a
- * subscriber and reports cache-specific states.
- */
-export type SharedRedisClient = Redis | Cluster;
+/** An ioredis client of any form: standalone or Sentinel (`Redis`), or `Cluster`. */
+export type RedisClient = Redis | Cluster;
 
-/** How a shared-state connection connects. */
-export interface SharedRedisClientOptions {
+/** How a client connects. */
+export interface RedisClientOptions {
   target: RedisTarget;
   /** Shown in CLIENT LIST, to tell the gateway's connections apart. */
   connectionName: string;
@@ -22,19 +18,19 @@ export interface SharedRedisClientOptions {
 }
 
 /**
- * Creates the client with the same failure policy as the cache's link (src/cache/redis-link.ts),
- * so a Redis outage never stalls a caller: no offline queue (commands fail at once while
- * disconnected), no retry or resend of commands that were in flight when a connection dropped
- * (their callers have moved on), reconnect forever in the background, and auto-pipelining so
- * commands issued in one tick leave in one write (per node in a cluster). Connects lazily in the
- * background; attach an "error" listener at once.
+ * Creates the command client with the failure policy that keeps a Redis outage from stalling a
+ * caller: no offline queue (commands fail at once while disconnected), no retry or resend of
+ * commands that were in flight when a connection dropped (their callers have moved on, and a late
+ * SET could overwrite a newer invalidation), reconnect forever in the background, and
+ * auto-pipelining so commands issued in one tick leave in one write (per master in a cluster).
+ * No ioredis `socketTimeout` (redis/ioredis#2147): the link's heartbeat detects hung connections
+ * and callers bound their commands. Connects lazily in the background; attach an "error" listener
+ * at once.
  */
-export function createSharedRedisClient(o: SharedRedisClientOptions): SharedRedisClient {
+export function createRedisClient(o: RedisClientOptions): RedisClient {
   const { target } = o;
   const { minDelayMs, maxDelayMs } = o.reconnect;
   const retry = (times: number): number => Math.min(minDelayMs * 2 ** Math.min(Math.max(times - 1, 0), 20), maxDelayMs);
-  // No ioredis `socketTimeout` (redis/ioredis#2147, see redis-link.ts): callers bound commands
-  // themselves and drop hung connections with dropConnections().
   const perConnection = {
     username: target.username,
     password: target.password,
@@ -77,19 +73,32 @@ export function createSharedRedisClient(o: SharedRedisClientOptions): SharedRedi
 }
 
 /**
- * Destroys the client's sockets so it reconnects: the way out of a hung server or a half-open
- * TCP connection, on which commands would otherwise time out one by one until TCP keepalive
- * gives up minutes later. (`disconnect(true)` only half-closes, which a hung server never answers.)
+ * A second client like `main`, for SUBSCRIBE (a connection in subscriber mode can send nothing
+ * else), named `connectionName`. Not auto-pipelined, and it does not resubscribe by itself: its
+ * owner subscribes on every "ready", so it knows when the subscription really is in place. In
+ * cluster mode ioredis holds the subscription on one connection of its own (named
+ * `ioredis-cluster(subscriber):<connectionName>`).
  */
-export function dropConnections(client: SharedRedisClient, why: string): void {
-  const connections = client instanceof Cluster ? client.nodes() : [client];
-  for (const c of connections) {
-    if (c.status === "ready" || c.status === "connect") c.stream.destroy(new Error(why));
+export function createSubscriberClient(main: RedisClient, connectionName: string): RedisClient {
+  if (main instanceof Cluster) {
+    return main.duplicate([], {
+      enableAutoPipelining: false,
+      // No CLUSTER INFO ready check: it would hold a pool connection open just for that, and
+      // pub/sub does not depend on the cluster's slot coverage.
+      enableReadyCheck: false,
+      redisOptions: { ...main.options.redisOptions, connectionName },
+    });
   }
+  return main.duplicate({ autoResubscribe: false, enableAutoPipelining: false, connectionName });
+}
+
+/** The single-server connections of a client (each node's in a cluster): what the heartbeat watches. */
+export function connectionsOf(client: RedisClient): Redis[] {
+  return client instanceof Cluster ? client.nodes() : [client];
 }
 
 /** Closes the client: QUIT when connected (bounded by `timeoutMs`), then drops the socket regardless. */
-export async function closeSharedRedisClient(client: SharedRedisClient, timeoutMs: number): Promise<void> {
+export async function closeRedisClient(client: RedisClient, timeoutMs: number): Promise<void> {
   if (client.status === "ready") await withTimeout(() => client.quit(), timeoutMs);
   client.disconnect();
 }

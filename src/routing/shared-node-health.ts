@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
-import { createRedisLink } from "../redis/redis-link.js";
-import { maskRedisUrl, parseRedisUrl } from "../redis/redis-target.js";
+import { logHealthChanges } from "../redis/health-state.js";
+import type { RedisLink } from "../redis/redis-link.js";
+import type { RedisLogger } from "../redis/redis-logger.js";
 import type { NodeHealth, NodeVerdict } from "../upstream/node-health.js";
 
 /**
@@ -8,32 +9,31 @@ import type { NodeHealth, NodeVerdict } from "../upstream/node-health.js";
  * refused connection, the failure threshold) or closes after a real success, it tells the others
  * through Redis pub/sub, so they stop routing to a dead node — or try a revived one — at once
  * instead of each paying for the discovery with its own failed requests or waiting for its own
- * probe (DESIGN.md §5). Best effort by design: a lost message only means a replica judges alone,
+ * probe (README, "Routing across a fleet"; the channel is listed in docs/architecture.md, "Redis
+ * keys and channels"). Best effort by design: a lost message only means a replica judges alone,
  * as it does without Redis.
  */
 export interface SharedNodeHealth {
   /** This replica's id in the messages, so it recognises (and ignores) its own. */
   readonly origin: string;
-  /** True while verdicts are published and received (the command connection ready, the subscriber subscribed). */
+  /** True while verdicts are published and received (the command connection ready, the channel subscribed). */
   shared(): boolean;
-  /** Stops sharing and closes both Redis connections (bounded; never throws). */
+  /** Stops sharing and detaches from the link, which stays open for its other users (never throws). */
   close(): Promise<void>;
 }
 
 /** How node health is shared. */
 export interface SharedNodeHealthOptions {
-  /** The Redis the replicas share (`redis://`, `rediss://`, `redis+sentinel://`, `redis+cluster://`). */
-  redisUrl: string;
+  /** The replica's Redis link (src/redis/redis-link.ts), shared with the cache and slot leases. */
+  redis: RedisLink;
   /** This replica's circuit breakers: its verdicts are published, the others' applied to it. */
   health: NodeHealth;
   /** Names of the configured nodes; messages about any other node are ignored. */
   nodes: readonly string[];
   /** Prefix of the channel name. @default "ogw:v1:" */
   namespace?: string;
-  /** Bound of one PUBLISH (and of QUIT on close); hung connections are dropped after 4× this (≥ 1 s). @default 250 */
-  commandTimeoutMs?: number;
   /** Where changes of the sharing state (one line each) and applied verdicts are reported. */
-  log: { info(obj: object, msg: string): void; warn(obj: object, msg: string): void };
+  log: RedisLogger;
 }
 
 /** The channel (after the namespace) on which replicas exchange verdicts. */
@@ -49,8 +49,6 @@ export const HEALTH_REMOTE_MSG = "node health verdict from another replica appli
 
 /** Received messages longer than this are ignored: ours are well under 200 bytes. */
 export const MAX_MESSAGE_BYTES = 512;
-/** Reconnect backoff: short, since while it lasts replicas route to nodes others know are down. */
-const RECONNECT = { minDelayMs: 50, maxDelayMs: 1000 };
 
 /** One verdict on the wire: `{"v":1,"o":<origin>,"n":<node>,"s":"down"|"up"}`. */
 export interface NodeHealthMessage {
@@ -92,16 +90,17 @@ export function decodeNodeHealthMessage(text: string, known: ReadonlySet<string>
  * verdict received there is applied with `applyRemote` — which never produces a verdict itself,
  * so nothing is re-published and replicas cannot echo messages at each other.
  *
- * The connections are a `RedisLink` (src/cache/redis-link.ts), as the cache's invalidations use:
- * a command connection for PUBLISH that fails at once while disconnected (the verdict is dropped —
- * it is worth something only now), a subscriber, hang detection and reconnects. With
- * `redis+cluster://` classic pub/sub is broadcast to every shard. Redis never fails or stalls a
- * caller: verdicts are published in the background,
- * bounded by `commandTimeoutMs`; while Redis is unreachable each replica judges nodes alone (one
- * warning per change of state), and sharing resumes by itself when Redis is back. Verdicts made
- * during an outage are not replayed: the others find out by their own probes, as without Redis.
+ * It is one user of the replica's Redis link, as the cache's invalidations are: PUBLISH goes on
+ * the command connection, which fails at once while disconnected (the verdict is dropped — it is
+ * worth something only now); verdicts arrive on the link's one subscriber. Sharing counts as on
+ * while the command connection is ready and the channel subscribed. With `redis+cluster://`
+ * classic pub/sub is broadcast to every shard. Redis never fails or stalls a caller: verdicts are
+ * published in the background, bounded by the link's command timeout; while Redis is unreachable
+ * each replica judges nodes alone (one warning per change of state), and sharing resumes by
+ * itself when Redis is back. Verdicts made during an outage are not replayed: the others find out
+ * by their own probes, as without Redis.
  *
- * Returns at once (Redis connects in the background). Throws only for an invalid `redisUrl`.
+ * Returns at once (Redis connects in the background).
  */
 export function createSharedNodeHealth(options: SharedNodeHealthOptions): SharedNodeHealth {
   const { health, log } = options;
@@ -110,25 +109,25 @@ export function createSharedNodeHealth(options: SharedNodeHealthOptions): Shared
   const origin = randomBytes(8).toString("hex");
   let closed = false;
 
-  const link = createRedisLink({
-    target: parseRedisUrl(options.redisUrl),
-    label: maskRedisUrl(options.redisUrl),
-    channel,
-    commandTimeoutMs: options.commandTimeoutMs ?? 250,
-    reconnect: RECONNECT,
-    connectionName: "ogw-health",
-    messages: { up: HEALTH_SHARED_MSG, upAgain: HEALTH_SHARED_AGAIN_MSG, down: HEALTH_LOCAL_MSG },
-    log,
-    onMessage(text) {
-      if (closed) return;
-      const m = decodeNodeHealthMessage(text, known);
-      if (m === undefined || m.origin === origin) return;
-      const before = health.state(m.node);
-      health.applyRemote(m.node, m.verdict);
-      const after = health.state(m.node);
-      if (after !== before)
-        log.info({ node: m.node, verdict: m.verdict, from: m.origin, circuit: after }, HEALTH_REMOTE_MSG);
+  const link = options.redis.attach({
+    subscription: {
+      channel,
+      onMessage(text) {
+        if (closed) return;
+        const m = decodeNodeHealthMessage(text, known);
+        if (m === undefined || m.origin === origin) return;
+        const before = health.state(m.node);
+        health.applyRemote(m.node, m.verdict);
+        const after = health.state(m.node);
+        if (after !== before)
+          log.info({ node: m.node, verdict: m.verdict, from: m.origin, circuit: after }, HEALTH_REMOTE_MSG);
+      },
     },
+    onChange: logHealthChanges(log, options.redis.label, {
+      up: HEALTH_SHARED_MSG,
+      upAgain: HEALTH_SHARED_AGAIN_MSG,
+      down: HEALTH_LOCAL_MSG,
+    }),
   });
 
   // Called from inside a request's failure or success report: publish in the background, bounded
@@ -145,7 +144,8 @@ export function createSharedNodeHealth(options: SharedNodeHealthOptions): Shared
     close() {
       closed = true;
       stopListening();
-      return link.close();
+      link.detach();
+      return Promise.resolve();
     },
   };
 }

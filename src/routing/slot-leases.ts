@@ -1,9 +1,9 @@
 import { randomBytes } from "node:crypto";
-import { maskRedisUrl, parseRedisUrl } from "../redis/redis-target.js";
-import { TimeoutError, withTimeout } from "../util/with-timeout.js";
+import { createHealthTracker, logHealthChanges } from "../redis/health-state.js";
+import { NOT_READY, createRedisLink } from "../redis/redis-link.js";
+import type { LinkUser, RedisCommands, RedisLink } from "../redis/redis-link.js";
+import type { RedisLogger } from "../redis/redis-logger.js";
 import type { Outcome } from "../util/with-timeout.js";
-import { closeSharedRedisClient, createSharedRedisClient, dropConnections } from "../redis/redis-client.js";
-import type { SharedRedisClient } from "../redis/redis-client.js";
 
 /** One slot held on a (node, model); the holder releases it when its request to the node ends. */
 export interface SlotLease {
@@ -14,7 +14,8 @@ export interface SlotLease {
 /**
  * Counts the parallel slots of each (node, model) that requests occupy, across every gateway
  * replica when Redis is configured, so that together the replicas never send a node more than it
- * runs at once (Ollama queues the rest without bound) — see DESIGN.md §5.
+ * runs at once (Ollama queues the rest without bound) — README, "Routing across a fleet"; the
+ * keys are listed in docs/architecture.md, "Redis keys and channels".
  */
 export interface SlotLeases {
   /** Takes one of `limit` slots of (node, model) if any is free across all replicas; undefined when all are held. Never throws. */
@@ -23,15 +24,21 @@ export interface SlotLeases {
   held(node: string, model: string): Promise<number>;
   /** True when the shared view (Redis) is in use; false = counting this process only. */
   shared(): boolean;
-  /** Releases everything this process holds and closes connections. */
+  /** Releases everything this process holds and detaches from Redis (closing the link only if it made it). */
   close(): Promise<void>;
 }
 
 /** How slot leases are shared; every field except `log` has a default that suits one gateway. */
 export interface SlotLeasesOptions {
   /**
-   * Redis shared by the replicas (`redis://`, `rediss://`, `redis+sentinel://`, `redis+cluster://`,
-   * as for the cache). undefined = in-process counting only (a single replica).
+   * The replica's Redis link (src/redis/redis-link.ts), shared with the cache and node health;
+   * slot leases detach from it on close() but do not close it. Not with `redisUrl`.
+   * Neither this nor `redisUrl` = in-process counting only (a single replica).
+   */
+  redis?: RedisLink;
+  /**
+   * A Redis of the leases' own, for leases used alone (tests, tools): `redis://`, `rediss://`,
+   * `redis+sentinel://`, `redis+cluster://`, as for the cache. The link is closed with the leases.
    */
   redisUrl?: string;
   /** Prefix of every Redis key. @default "ogw:v1:" */
@@ -40,10 +47,10 @@ export interface SlotLeasesOptions {
   leaseMs?: number;
   /** How often this process renews its leases; must be below leaseMs. @default leaseMs / 3 */
   renewEveryMs?: number;
-  /** Bound of one Redis command. @default 250 */
+  /** Bound of one Redis command on the leases' own link (`redisUrl`); a shared link has its own. @default 250 */
   commandTimeoutMs?: number;
   /** Where changes between the shared view and local counting are reported, one line per change. */
-  log: { info(obj: object, msg: string): void; warn(obj: object, msg: string): void };
+  log: RedisLogger;
 }
 
 /** Logged (warn) once each time the shared view is lost: from then on replicas may together exceed a node's slots. */
@@ -57,8 +64,6 @@ export const SLOTS_SHARED_AGAIN_MSG = "slot leases shared through redis again";
 const PROBE_MS = 500;
 /** Most releases remembered for a later ZREM while Redis is unreachable (each also expires by itself). */
 const MAX_PENDING_REMOVALS = 10_000;
-/** Reconnect backoff: short, because until Redis is back the replicas may oversubscribe nodes. */
-const RECONNECT = { minDelayMs: 50, maxDelayMs: 1000 };
 
 // All times are Redis server TIME (ms), read inside the scripts: the replicas' clocks never meet,
 // so clock skew between replicas cannot shorten or stretch a lease. (In a cluster each key lives
@@ -102,19 +107,17 @@ interface LeaseRecord {
   released: boolean;
 }
 
-type ViewState = "starting" | "up" | "down";
-
 /** The Redis side of the accounting. */
 interface SharedView {
   /** Redis is in use: connected, and nothing failed since the last successful renewal. */
   usable(): boolean;
-  /** Runs commands bounded by commandTimeoutMs (failing at once while disconnected); a failure makes the view unusable. Never rejects. */
-  run<T>(op: (c: SharedRedisClient) => Promise<T>): Promise<Outcome<T>>;
+  /** Runs commands bounded by the link's timeout (failing at once while disconnected); a failure makes the view unusable. Never rejects. */
+  run<T>(op: (c: RedisCommands) => Promise<T>): Promise<Outcome<T>>;
   /** Remembers an id to ZREM with the next renewal. */
   queueRemoval(key: string, id: string): void;
   /** ZREMs one released lease now, or later with the renewals. */
   remove(key: string, id: string): Promise<void>;
-  /** Removes these leases and every pending removal from Redis (bounded), then disconnects. */
+  /** Removes these leases and every pending removal from Redis (bounded), then detaches from the link. */
   close(records: readonly LeaseRecord[]): Promise<void>;
 }
 
@@ -139,21 +142,26 @@ function groupByKey(entries: Iterable<{ id: string; key: string }>): Map<string,
 }
 
 /**
- * Creates the slot accounting. Without `redisUrl` it counts this process's leases only. With it,
+ * Creates the slot accounting. Without Redis it counts this process's leases only. With it,
  * each (node, model) is a sorted set `<ns>slots:<node>:<model>` (node URI-encoded, so a ":" in it
  * cannot shift the boundary; model as given — pass the canonical name) of lease ids scored by
  * expiry, taken atomically by one Lua script on one key (so Redis Cluster works), renewed every
  * `renewEveryMs` in one auto-pipelined batch, and released by ZREM.
  *
- * Redis failures never fail or stall a caller: every command is bounded by `commandTimeoutMs`,
- * and while Redis is unreachable — or after any command failed or timed out, until a background
- * probe succeeds — leases are counted in this process only (`shared()` false, one warning per
- * change of state). During such an outage the replicas together may exceed a node's slots.
- * Leases held across an outage are re-registered: a lease taken during it gets an id like any
- * other, and the successful renewal that ends the outage writes every lease this process holds
- * (plain ZADD, also re-adding ones that expired meanwhile); so afterwards the shared count shows
- * what the nodes really run, possibly above `limit`, which blocks new leases until it drains. Releases that could not reach Redis are retried with the renewals; any lease left
- * behind (a crashed replica, a lost ZREM) expires within `leaseMs`.
+ * Slot leases need only the link's command connection, not its subscriber: the shared view is
+ * in use from the first successful renewal after the command connection is ready until the
+ * connection is lost or any command fails or times out.
+ *
+ * Redis failures never fail or stall a caller: every command is bounded by the link's command
+ * timeout, and while Redis is unreachable — or after any command failed or timed out, until a
+ * background probe succeeds — leases are counted in this process only (`shared()` false, one
+ * warning per change of state). During such an outage the replicas together may exceed a node's
+ * slots. Leases held across an outage are re-registered: a lease taken during it gets an id like
+ * any other, and the successful renewal that ends the outage writes every lease this process
+ * holds (plain ZADD, also re-adding ones that expired meanwhile); so afterwards the shared count
+ * shows what the nodes really run, possibly above `limit`, which blocks new leases until it
+ * drains. Releases that could not reach Redis are removed by that same first renewal; any lease
+ * left behind (a crashed replica, a lost ZREM) expires within `leaseMs`.
  *
  * Returns at once (Redis connects in the background; leases are local until it does). Throws only
  * for a malformed URL or bad bounds.
@@ -164,6 +172,11 @@ export function createSlotLeases(options: SlotLeasesOptions): SlotLeases {
   const renewEveryMs = positive("renewEveryMs", options.renewEveryMs ?? leaseMs / 3);
   const commandTimeoutMs = positive("commandTimeoutMs", options.commandTimeoutMs ?? 250);
   if (renewEveryMs >= leaseMs) throw new RangeError("renewEveryMs must be below leaseMs");
+  if (options.redis !== undefined && options.redisUrl !== undefined) {
+    throw new RangeError(
+      "give slot leases either a shared Redis link (redis) or a URL of their own (redisUrl), not both",
+    );
+  }
   const log = options.log;
 
   // Lease ids: this replica's random tag and a counter — short, unique, and `ZRANGE` shows who holds what.
@@ -180,65 +193,49 @@ export function createSlotLeases(options: SlotLeasesOptions): SlotLeases {
   /** Acquisitions waiting on Redis; close() lets them finish so what they took is released too. */
   const acquiring = new Set<Promise<SlotLease | undefined>>();
 
-  const view = options.redisUrl === undefined ? undefined : createView(options.redisUrl);
+  const ownLink =
+    options.redisUrl === undefined
+      ? undefined
+      : createRedisLink({ url: options.redisUrl, commandTimeoutMs, connectionName: "ogw-slots", log });
+  const link = options.redis ?? ownLink;
+  const view = link === undefined ? undefined : createView(link);
 
-  function createView(url: string): SharedView {
-    const label = maskRedisUrl(url);
-    const hangMs = Math.max(1000, 4 * commandTimeoutMs);
-    const client: SharedRedisClient = createSharedRedisClient({
-      target: parseRedisUrl(url),
-      connectionName: "ogw-slots",
-      connectTimeoutMs: hangMs,
-      reconnect: RECONNECT,
-    });
-    const createdAt = Date.now();
-    let state: ViewState = "starting";
-    let lastError: string | undefined;
-    let lastAnswerAt = Date.now();
-    let handshakeSince: number | undefined;
+  function createView(shared: RedisLink): SharedView {
     /** Releases (and denied acquisitions) still to ZREM, oldest first. */
     const pendingRemovals = new Map<string, { key: string; at: number }>();
     let timer: NodeJS.Timeout | undefined;
     let ticking = false;
     let tickAgain = false;
-
-    const goDown = (reason: string | undefined): void => {
-      if (closed || state === "down") return;
-      state = "down";
-      log.warn({ redis: label, err: reason }, SLOTS_LOCAL_MSG);
-      if (!ticking) schedule(Math.min(renewEveryMs, PROBE_MS));
+    // The shared view's own state (not the connection's): it goes up only with a successful
+    // renewal, and down with a lost connection or any failed command.
+    const state = createHealthTracker(
+      logHealthChanges(log, shared.label, {
+        up: SLOTS_SHARED_MSG,
+        upAgain: SLOTS_SHARED_AGAIN_MSG,
+        down: SLOTS_LOCAL_MSG,
+      }),
+    );
+    const goDown = (reason: string): void => {
+      if (closed) return;
+      const wasDown = state.state() === "down";
+      state.update(false, true, reason);
+      if (!wasDown && !ticking) schedule(Math.min(renewEveryMs, PROBE_MS));
     };
-    const goUp = (): void => {
-      if (closed || state === "up") return;
-      const again = state === "down";
-      state = "up";
-      lastError = undefined;
-      log.info({ redis: label }, again ? SLOTS_SHARED_AGAIN_MSG : SLOTS_SHARED_MSG);
-    };
-    const onConnectionEvent = (): void => {
-      if (client.status !== "ready" && (state === "up" || Date.now() - createdAt > 2 * hangMs)) goDown(lastError);
-    };
-    client.on("error", (err: unknown) => {
-      lastError = errorMessage(err);
-      onConnectionEvent();
-    });
-    for (const ev of ["close", "end", "reconnecting"]) client.on(ev, onConnectionEvent);
-    // Connected (again): register what this process holds and go shared without waiting for the timer.
-    client.on("ready", () => {
-      if (ticking) tickAgain = true;
-      else schedule(0);
+    const user: LinkUser = shared.attach({
+      onChange(change, reason) {
+        if (change === "down") goDown(reason ?? "redis not ready");
+        // Connected (again): register what this process holds and go shared without waiting for the timer.
+        else if (ticking) tickAgain = true;
+        else schedule(0);
+      },
     });
 
-    /** Runs commands bounded by commandTimeoutMs; fails at once while disconnected. Never rejects. */
-    const run = <T>(op: (c: SharedRedisClient) => Promise<T>): Promise<Outcome<T>> => {
-      if (client.status !== "ready")
-        return Promise.resolve({ ok: false, error: new Error(lastError ?? "redis not ready") });
-      return withTimeout(() => op(client), commandTimeoutMs).then((out) => {
-        if (out.ok) lastAnswerAt = Date.now();
-        else goDown(errorMessage(out.error));
+    /** Runs commands bounded by the link; fails at once while disconnected. Never rejects. */
+    const run = <T>(op: (c: RedisCommands) => Promise<T>): Promise<Outcome<T>> =>
+      user.run(op).then((out) => {
+        if (!out.ok && out.error !== NOT_READY) goDown(errorMessage(out.error));
         return out;
       });
-    };
 
     /** Forgets removals older than leaseMs (expired in Redis by themselves by now); the cap only guards memory. */
     const dropStaleRemovals = (): void => {
@@ -272,7 +269,7 @@ export function createSlotLeases(options: SlotLeasesOptions): SlotLeases {
         if (closed) return;
         const again = tickAgain;
         tickAgain = false;
-        schedule(again ? 0 : state === "up" ? renewEveryMs : Math.min(renewEveryMs, PROBE_MS));
+        schedule(again ? 0 : state.up() ? renewEveryMs : Math.min(renewEveryMs, PROBE_MS));
       });
     }
 
@@ -280,18 +277,8 @@ export function createSlotLeases(options: SlotLeasesOptions): SlotLeases {
     async function tick(): Promise<void> {
       try {
         dropStaleRemovals();
-        if (client.status !== "ready") {
-          // A server that accepts the connection but never answers its handshake: redial.
-          if (client.status !== "connect") handshakeSince = undefined;
-          else if (handshakeSince === undefined) handshakeSince = Date.now();
-          else if (Date.now() - handshakeSince > hangMs) {
-            handshakeSince = undefined;
-            dropConnections(client, `no answer to the connection handshake within ${hangMs} ms`);
-          }
-          if (state === "up" || Date.now() - createdAt > 2 * hangMs) goDown(lastError ?? "redis not ready");
-          return;
-        }
-        handshakeSince = undefined;
+        // Not connected: the link reports the outage (and redials hung connections) by itself.
+        if (!user.healthy()) return;
         const snapshot = [...leases.values()].flatMap((m) => [...m.values()]);
         const removals = [...pendingRemovals].map(([id, p]) => ({ id, ...p }));
         const out = await run((c) => {
@@ -301,37 +288,29 @@ export function createSlotLeases(options: SlotLeasesOptions): SlotLeases {
           if (commands.length === 0) commands.push(c.ping());
           return Promise.all(commands);
         });
-        if (closed) return;
-        if (!out.ok) {
-          // A connection that answers nothing for long (a hung server, a half-open TCP connection)
-          // is dropped, so the client reconnects instead of timing out command after command.
-          if (out.error instanceof TimeoutError && Date.now() - lastAnswerAt > hangMs) {
-            lastAnswerAt = Date.now();
-            dropConnections(client, `no answer from redis within ${hangMs} ms`);
-          }
-          return;
-        }
+        if (closed || !out.ok) return;
         for (const r of snapshot) r.registered = true;
         for (const r of removals) if (pendingRemovals.get(r.id)?.at === r.at) pendingRemovals.delete(r.id);
-        goUp();
+        state.update(true, false);
         // Leases taken locally while this renewal was in flight are registered by another one at
         // once, and so are releases queued meanwhile: the renewal may have re-added those leases
         // in Redis, where they would block the slot for every replica until the next renewal.
         if (pendingRemovals.size > 0 || [...leases.values()].some((m) => [...m.values()].some((r) => !r.registered)))
           tickAgain = true;
       } catch (err) {
-        log.warn({ redis: label, err: errorMessage(err) }, "slot lease renewal failed");
+        log.warn({ redis: shared.label, err: errorMessage(err) }, "slot lease renewal failed");
       }
     }
 
     schedule(Math.min(renewEveryMs, PROBE_MS));
 
+    const usable = (): boolean => state.up() && user.healthy();
     return {
-      usable: (): boolean => state === "up" && client.status === "ready",
+      usable,
       run,
       queueRemoval,
       async remove(key: string, id: string): Promise<void> {
-        if (!(state === "up" && client.status === "ready")) {
+        if (!usable()) {
           queueRemoval(key, id);
           return;
         }
@@ -340,16 +319,14 @@ export function createSlotLeases(options: SlotLeasesOptions): SlotLeases {
       },
       async close(records: readonly LeaseRecord[]): Promise<void> {
         clearTimeout(timer);
+        state.stop();
         for (const r of records) queueRemoval(r.key, r.id);
         const removals = [...pendingRemovals].map(([id, p]) => ({ id, ...p }));
-        if (removals.length > 0 && client.status === "ready") {
-          await withTimeout(
-            () => Promise.all([...groupByKey(removals)].map(([key, ids]) => client.zrem(key, ...ids))),
-            commandTimeoutMs,
-          );
+        if (removals.length > 0) {
+          await user.run((c) => Promise.all([...groupByKey(removals)].map(([key, ids]) => c.zrem(key, ...ids))));
         }
         pendingRemovals.clear();
-        await closeSharedRedisClient(client, commandTimeoutMs);
+        user.detach();
       },
     };
   }
@@ -440,6 +417,7 @@ export function createSlotLeases(options: SlotLeasesOptions): SlotLeases {
         // they queue what they took for removal instead of handing it out.
         await Promise.all([...acquiring]);
         await view.close(records);
+        await ownLink?.close();
       };
       closing = shut();
       return closing;
