@@ -319,8 +319,6 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       wakeTimer = undefined;
       pump();
     }, delayMs);
-    // Waiting requests keep the process alive through their connections; this timer need not.
-    wakeTimer.unref();
   }
 
   function backingOff(model: string, now: number): boolean {
