@@ -5,6 +5,22 @@ import type { GenerateResponse } from "../src/gen/ollama/gateway/v1/inference_pb
 import { startSimulator } from "../src/simulator/simulator.js";
 import { RetryInfoSchema } from "../src/gen/google/rpc/error_details_pb.js";
 import { fleet, loads, reason, run } from "./helpers/fleet.js";
+import type { Fleet } from "./helpers/fleet.js";
+import { holdSlot } from "./helpers/held-request.js";
+import { eventually } from "./helpers/sim-http.js";
+
+/** Requests waiting in the gateway's queue for llama3.2. */
+const queued = (f: Fleet): number => f.gw.scheduler.queues().find((q) => q.model === "llama3.2:latest")?.depth ?? 0;
+
+/** Prompts of the Generates a simulator receives from now on, in order of arrival. */
+function arrivals(f: Fleet, sim = 0): string[] {
+  const seen: string[] = [];
+  f.sims[sim]!.events.on("request", (e) => {
+    if (e.path === "/api/generate" && e.body)
+      seen.push(String((JSON.parse(e.body.toString("utf8")) as { prompt?: unknown }).prompt));
+  });
+  return seen;
+}
 
 describe("routing across a fleet of Ollama nodes", () => {
   it("keeps sending a model to the node where it is loaded instead of loading it elsewhere", async () => {
@@ -64,23 +80,19 @@ describe("routing across a fleet of Ollama nodes", () => {
   });
 
   it("refuses at once with RESOURCE_EXHAUSTED and RetryInfo when the model's queue is full", async () => {
-    const f = await fleet(1, { tokenMs: 20 }, { QUEUE_MAX_PER_MODEL: "2" });
+    const f = await fleet(1, {}, { QUEUE_MAX_PER_MODEL: "2" });
     try {
-      const running = [0, 1, 2].map((i) =>
-        run(f.client, { model: "llama3.2", prompt: `busy${i}`, options: { numPredict: 30 } }),
-      );
-      await new Promise((r) => setTimeout(r, 150));
-      const t0 = performance.now();
+      const holder = await holdSlot(f, { model: "llama3.2", prompt: "holder" });
+      const waiting = [0, 1].map((i) => run(f.client, { model: "llama3.2", prompt: `queued${i}` }));
+      assert.ok(await eventually(() => queued(f) === 2, 10_000), "two requests wait behind the held one");
       const over = await run(f.client, { model: "llama3.2", prompt: "one too many" });
-      assert.ok(
-        performance.now() - t0 < 500,
-        `refused without waiting (${Math.round(performance.now() - t0)} ms, ${over.error?.code})`,
-      );
       assert.equal(over.error?.code, Code.ResourceExhausted);
       assert.equal(reason(over.error), "QUEUE_FULL");
       assert.ok(over.error?.findDetails(RetryInfoSchema)[0]?.retryDelay !== undefined);
+      assert.equal(f.sims[0]!.stats.requests["/api/generate"], 1, "only the held request reached Ollama");
+      await holder.release();
       assert.ok(
-        (await Promise.all(running)).every((r) => r.error === undefined),
+        (await Promise.all(waiting)).every((r) => r.error === undefined),
         "the queued ones were served",
       );
     } finally {
@@ -89,19 +101,17 @@ describe("routing across a fleet of Ollama nodes", () => {
   });
 
   it("lets a queued request's deadline expire in the queue without ever sending it upstream", async () => {
-    const f = await fleet(1, { tokenMs: 20 });
+    const f = await fleet(1, {});
     try {
-      const long = run(f.client, { model: "llama3.2", prompt: "long", options: { numPredict: 50 } });
-      await new Promise((r) => setTimeout(r, 100));
-      const before = f.sims[0]!.stats.requests["/api/generate"] ?? 0;
+      const holder = await holdSlot(f, { model: "llama3.2", prompt: "holder" });
       const t0 = performance.now();
       const late = await run(f.client, { model: "llama3.2", prompt: "late" }, { timeoutMs: 300 });
       const took = performance.now() - t0;
       assert.equal(late.error?.code, Code.DeadlineExceeded);
-      assert.ok(took >= 250 && took < 1000, `${Math.round(took)} ms`);
-      assert.equal(f.sims[0]!.stats.requests["/api/generate"] ?? 0, before, "never reached Ollama");
-      assert.deepEqual((await f.status.getStatus({})).queues, []);
-      assert.equal((await long).error, undefined);
+      assert.ok(took >= 250, `it waited for its deadline (${Math.round(took)} ms)`);
+      assert.ok(await eventually(() => queued(f) === 0, 10_000), "and left the queue");
+      assert.equal(f.sims[0]!.stats.requests["/api/generate"], 1, "never reached Ollama");
+      await holder.release();
     } finally {
       await f.close();
     }
@@ -110,70 +120,61 @@ describe("routing across a fleet of Ollama nodes", () => {
   it("refuses at once when the deadline is shorter than the expected wait", async () => {
     const f = await fleet(1, { tokenMs: 10 });
     try {
-      // Teach the gateway how long a request takes (~0.5 s).
+      // Teach the gateway how long a request takes (at least 50 tokens of 10 ms).
       await run(f.client, { model: "llama3.2", prompt: "measure", options: { numPredict: 50 } });
-      const busy = [0, 1, 2].map((i) =>
-        run(f.client, { model: "llama3.2", prompt: `b${i}`, options: { numPredict: 50 } }),
-      );
-      await new Promise((r) => setTimeout(r, 50));
-      const t0 = performance.now();
+      const holder = await holdSlot(f, { model: "llama3.2", prompt: "holder" });
       const hopeless = await run(f.client, { model: "llama3.2", prompt: "now" }, { timeoutMs: 400 });
       assert.equal(hopeless.error?.code, Code.ResourceExhausted);
-      assert.equal(reason(hopeless.error), "DEADLINE_TOO_SHORT");
-      assert.ok(performance.now() - t0 < 200, "refused at once");
-      await Promise.all(busy);
+      assert.equal(reason(hopeless.error), "DEADLINE_TOO_SHORT", "refused on the prediction, not after waiting");
+      assert.equal(f.sims[0]!.stats.requests["/api/generate"], 2, "it never reached Ollama");
+      await holder.release();
     } finally {
       await f.close();
     }
   });
 
   it("takes a cancelled request out of the queue at once", async () => {
-    const f = await fleet(1, { tokenMs: 20 });
+    const f = await fleet(1, {});
     try {
-      const long = run(f.client, { model: "llama3.2", prompt: "long", options: { numPredict: 30 } });
-      await new Promise((r) => setTimeout(r, 100));
+      const holder = await holdSlot(f, { model: "llama3.2", prompt: "holder" });
+      const seen = arrivals(f);
       const controller = new AbortController();
-      const queued = run(f.client, { model: "llama3.2", prompt: "queued" }, { signal: controller.signal });
-      await new Promise((r) => setTimeout(r, 100));
+      const cancelled = run(f.client, { model: "llama3.2", prompt: "queued" }, { signal: controller.signal });
+      assert.ok(await eventually(() => queued(f) === 1, 10_000), "it waits behind the held request");
       assert.deepEqual(
         (await f.status.getStatus({})).queues.map((q) => [q.model, q.depth]),
         [["llama3.2:latest", 1]],
       );
-      const before = f.sims[0]!.stats.requests["/api/generate"] ?? 0;
       controller.abort();
-      await queued;
-      await new Promise((r) => setTimeout(r, 50));
-      assert.deepEqual((await f.status.getStatus({})).queues, []);
-      await long;
-      await new Promise((r) => setTimeout(r, 100));
-      assert.equal(
-        f.sims[0]!.stats.requests["/api/generate"] ?? 0,
-        before,
-        "the cancelled request never reached Ollama",
-      );
+      assert.equal((await cancelled).error?.code, Code.Canceled);
+      assert.ok(await eventually(() => queued(f) === 0, 10_000), "it left the queue");
+      await holder.release();
+      // FIFO: had it stayed queued, it would reach Ollama before this one.
+      assert.equal((await run(f.client, { model: "llama3.2", prompt: "after" })).error, undefined);
+      assert.deepEqual(seen, ["after"], "the cancelled request never reached Ollama");
     } finally {
       await f.close();
     }
   });
 
   it("serves higher priority first among queued requests", async () => {
-    const f = await fleet(1, { tokenMs: 10 });
+    const f = await fleet(1, {});
     try {
-      const order: string[] = [];
-      const tracked = (name: string, priority: number, numPredict = 5) =>
-        run(
-          f.client,
-          { model: "llama3.2", prompt: name, options: { numPredict } },
-          { headers: { "x-priority": String(priority) } },
-        ).then(() => order.push(name));
-      // "first" holds the only slot for ~400 ms, so both others are surely queued behind it.
-      const first = tracked("first", 0, 40);
-      await new Promise((r) => setTimeout(r, 30));
-      const low = tracked("low", 0);
-      await new Promise((r) => setTimeout(r, 10));
-      const high = tracked("high", 5);
-      await Promise.all([first, low, high]);
-      assert.deepEqual(order, ["first", "high", "low"]);
+      const holder = await holdSlot(f, { model: "llama3.2", prompt: "holder" });
+      const seen = arrivals(f);
+      const send = (name: string, priority: number) =>
+        run(f.client, { model: "llama3.2", prompt: name }, { headers: { "x-priority": String(priority) } });
+      const low = send("low", 0);
+      assert.ok(await eventually(() => queued(f) === 1, 10_000));
+      const high = send("high", 5);
+      assert.ok(await eventually(() => queued(f) === 2, 10_000));
+      await holder.release();
+      const results = await Promise.all([low, high]);
+      assert.deepEqual(
+        results.map((r) => r.error),
+        [undefined, undefined],
+      );
+      assert.deepEqual(seen, ["high", "low"], "the later, higher-priority request reached Ollama first");
     } finally {
       await f.close();
     }
@@ -254,13 +255,8 @@ describe("routing across a fleet of Ollama nodes", () => {
       assert.equal(other.node, `n${1 - victim}`);
 
       f.sims[victim] = await startSimulator({ port, numParallel: 1, maxLoadedModels: 2 });
-      const until = Date.now() + 3000;
-      let healthy = false;
-      while (Date.now() < until && !healthy) {
-        healthy = (await f.status.getStatus({})).nodes[victim]!.healthy;
-        await new Promise((r) => setTimeout(r, 50));
-      }
-      assert.ok(healthy, "the node is routable again");
+      assert.ok(await eventually(() => f.gw.nodeHealth.isHealthy(`n${victim}`), 10_000), "the node is routable again");
+      assert.equal((await f.status.getStatus({})).nodes[victim]!.healthy, true);
       // Two long requests at once need both nodes.
       const both = await Promise.all(
         [0, 1].map((i) => run(f.client, { model: "llama3.2", prompt: `both${i}`, options: { numPredict: 20 } })),
@@ -272,12 +268,13 @@ describe("routing across a fleet of Ollama nodes", () => {
   });
 
   it("reports circuits, slots, loaded models and queues in GetStatus", async () => {
-    const f = await fleet(2, { tokenMs: 20 });
+    const f = await fleet(2, {});
     try {
-      const a = run(f.client, { model: "llama3.2", prompt: "s1", options: { numPredict: 20 } });
-      const b = run(f.client, { model: "llama3.2", prompt: "s2", options: { numPredict: 20 } });
-      const c = run(f.client, { model: "llama3.2", prompt: "s3", options: { numPredict: 20 } });
-      await new Promise((r) => setTimeout(r, 150));
+      const a = await holdSlot(f, { model: "llama3.2", prompt: "s1" });
+      const b = await holdSlot(f, { model: "llama3.2", prompt: "s2" });
+      assert.notEqual(a.sim, b.sim, "one on each node");
+      const c = run(f.client, { model: "llama3.2", prompt: "s3" });
+      assert.ok(await eventually(() => queued(f) === 1, 10_000));
       const status = await f.status.getStatus({});
       assert.deepEqual(
         status.nodes.map((n) => [n.name, n.circuitState, n.parallel, n.maxLoadedModels]),
@@ -296,7 +293,8 @@ describe("routing across a fleet of Ollama nodes", () => {
         status.queues.map((q) => [q.model, q.depth]),
         [["llama3.2:latest", 1]],
       );
-      await Promise.all([a, b, c]);
+      await Promise.all([a.release(), b.release()]);
+      assert.equal((await c).error, undefined);
     } finally {
       await f.close();
     }

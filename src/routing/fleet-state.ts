@@ -1,5 +1,6 @@
 import type { NodeConfig } from "../config/config.js";
 import type { OllamaNode } from "../upstream/ollama-node.js";
+import { slotsFor } from "./policy-snapshot.js";
 
 /** What the gateway knows about one model on one node. */
 export interface ModelOnNode {
@@ -57,7 +58,7 @@ export function createFleetState(nodes: readonly { node: OllamaNode; config: Nod
   return {
     nodes: states,
     get: (node) => byName.get(node),
-    slots: (state, embeddingOnly) => (embeddingOnly ? 1 : state.config.parallel),
+    slots: (state, embeddingOnly) => slotsFor(state.config, embeddingOnly),
     begin(state, model, embeddingOnly) {
       let m = state.models.get(model);
       if (m === undefined) {

@@ -12,8 +12,13 @@ import { canonicalModelName } from "../upstream/model-name.js";
 import type { NodeHealth } from "../upstream/node-health.js";
 import type { OllamaNode } from "../upstream/ollama-node.js";
 import type { AffinityTable } from "./affinity.js";
+import { chooseDrainVictim, obsoleteDrains } from "./drain-policy.js";
 import type { FleetMetadata } from "./fleet-metadata.js";
 import type { FleetState, NodeState } from "./fleet-state.js";
+import { choosePlacement } from "./placement-policy.js";
+import type { FleetView, PlacementRequest, QueueView } from "./policy-snapshot.js";
+import { compareHeads, queueInsertIndex } from "./queue-order-policy.js";
+import { expectedWaitMs, learnTimes } from "./wait-estimate.js";
 
 /** Bounds of the admission queue. */
 export interface AdmissionOptions {
@@ -68,6 +73,14 @@ export interface QueueDepth {
   depth: number;
 }
 
+/** A node being drained, and the model it is drained for (GetStatus `draining_for`). */
+export interface DrainingNode {
+  /** Node name. */
+  node: string;
+  /** Canonical name of the model the node is drained for. */
+  model: string;
+}
+
 /**
  * Admission and node choice. A request is bound to a node only when a slot
  * is free there (late binding); until then it waits in a bounded queue per
@@ -75,7 +88,8 @@ export interface QueueDepth {
  * a deadline shorter than the expected wait, fails at once with
  * RESOURCE_EXHAUSTED rather than as a timeout later.
  *
- * Choosing among the nodes that have the model installed and are routable:
+ * Choosing among the nodes that have the model installed and are routable
+ * (the rules are in `placement-policy.ts`):
  * 1. a node where the model is loaded and a slot is free — the affinity
  *    node first (Ollama reuses its prompt cache), else the least loaded;
  * 2. else a node that can load it without evicting anything, then (only
@@ -84,7 +98,7 @@ export interface QueueDepth {
  *    pushed out while another choice exists;
  * 3. else wait: the request is placed when a slot frees up.
  *
- * Rebalancing (see `rebalance`): a model that is loaded nowhere, or whose
+ * Rebalancing (`drain-policy.ts`): a model that is loaded nowhere, or whose
  * oldest waiting request has waited longer than loading the model takes,
  * gets a node *drained* for it: no new work of other models goes there, and
  * once its running requests end the hungry model is loaded there. The victim
@@ -93,6 +107,11 @@ export interface QueueDepth {
  * left loaded nowhere with requests waiting is only displaced for a model
  * whose oldest request has waited longer (oldest first), so two hot models on
  * too few nodes take turns instead of one starving.
+ *
+ * Mechanism: a placement reserves its slot in `FleetState` synchronously, then
+ * asks the `SlotGate` (Redis when replicas share the fleet). The queue heads of
+ * different models are placed concurrently — one head per model at a time — so
+ * a slow gate answer for one model never holds up another's admission.
  */
 export interface Scheduler {
   /** Waits for a slot and binds the request to a node. */
@@ -100,11 +119,22 @@ export interface Scheduler {
   /** Current queue depths. */
   queues(): QueueDepth[];
   /** Nodes being drained for a hungry model (see rebalancing above). */
-  draining(): { node: string; model: string }[];
+  draining(): DrainingNode[];
+  /**
+   * Calls `listener` with the new `draining()` list whenever a drain starts or ends, so
+   * observers (tests, metrics) see even short drains without polling. Returns the unsubscribe.
+   */
+  onDrainChange(listener: (draining: DrainingNode[]) => void): () => void;
   /** Starts the periodic sync with /api/ps. */
   start(): void;
   /** Stops it, and fails every queued request with UNAVAILABLE. */
   stop(): void;
+}
+
+/** Where the scheduler reports trouble; a pino logger fits. */
+export interface SchedulerLog {
+  /** A problem the operator should know about; `obj` carries the context. */
+  warn(obj: object, msg: string): void;
 }
 
 /** Everything the scheduler works with. */
@@ -125,40 +155,49 @@ export interface SchedulerDeps {
   syncMs?: number;
   /** Drain nodes for hungry models (see the Scheduler doc). @default true */
   rebalance?: boolean;
+  /** Where a failing `SlotGate` is reported (once per streak of failures per model). @default silent */
+  log?: SchedulerLog;
 }
 
+/** Logged (warn) when the slot gate throws for a model whose placements were going fine; retried with backoff. */
+export const SLOT_GATE_FAILED_MSG = "slot gate failed, retrying placement with backoff";
+
 interface Waiter {
-  model: string;
-  priority: number;
-  affinity: string | undefined;
-  exclude: ReadonlySet<string> | undefined;
-  candidates: ReadonlySet<string>;
-  embeddingOnly: boolean;
-  enqueuedAt: number;
-  signal: AbortSignal;
+  readonly model: string;
+  readonly priority: number;
+  readonly affinity: string | undefined;
+  readonly exclude: ReadonlySet<string> | undefined;
+  readonly candidates: ReadonlySet<string>;
+  readonly embeddingOnly: boolean;
+  readonly enqueuedAt: number;
+  readonly signal: AbortSignal;
+  /** Set once the request got its dispatch or its error: later outcomes are dropped. */
+  done: boolean;
   resolve(d: Dispatch): void;
   reject(e: unknown): void;
   cleanup(): void;
 }
 
-// Smoothing of the per-model service and load times used to predict waits.
-const EWMA = 0.2;
-/** Assumed model load time before one was measured: seconds, as for a 3–8 B model. */
-const DEFAULT_LOAD_MS = 3_000;
-/** A hungry model's oldest request must have waited at least this long before a node is drained for it. */
-const MIN_REBALANCE_WAIT_MS = 500;
-/** An idle model unused this long may be pushed out for a busier one even where it is loaded nowhere else. */
-const COLD_MS = 30_000;
+/** A held slot refused by every replica is looked at again after this long, ms. */
+const RETRY_MS = 25;
+/** Longest pause between placements of a model while the gate keeps throwing, ms. */
+const MAX_BACKOFF_MS = 2_000;
 
 /** A gate for a single replica: the scheduler's own counting is the whole truth. */
 export const LOCAL_GATE: SlotGate = {
   tryAcquire: () => Promise.resolve({ release: () => Promise.resolve() }),
 };
 
+/** An error's message with any `scheme://user:password@` credentials masked, fit for a log line. */
+function describeError(e: unknown): string {
+  const message = e instanceof Error ? e.message : String(e);
+  return message.replace(/([a-z][a-z0-9+.-]*:\/\/)[^/\s@]*@/gi, "$1***@");
+}
+
 /** Creates the scheduler. */
 export function createScheduler(deps: SchedulerDeps): Scheduler {
   const { fleet, health } = deps;
-  const rebalance = deps.rebalance ?? true;
+  const policy = { rebalance: deps.rebalance ?? true };
   const maxWaitMs = deps.admission.maxWaitMs ?? 0;
   const queues = new Map<string, Waiter[]>();
   let queued = 0;
@@ -168,142 +207,180 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   const loadMs = new Map<string, number>();
   /** Nodes being drained, and the model each is drained for. */
   const draining = new Map<string, string>();
-  let pumping = false;
-  let pumpAgain = false;
-  let retryTimer: NodeJS.Timeout | undefined;
+  const drainListeners = new Set<(draining: DrainingNode[]) => void>();
+  /** Models whose queue head is waiting for the gate: at most one placement per model at a time. */
+  const placing = new Set<string>();
+  /** Per model, while its gate calls throw: failures in a row, and when to try again (ms). */
+  const gateBackoff = new Map<string, { failures: number; until: number }>();
+  let wakeTimer: NodeJS.Timeout | undefined;
+  let wakeAt = 0;
   let syncTimer: NodeJS.Timeout | undefined;
+  let unsubscribeHealth: (() => void) | undefined;
 
-  function waiting(model: string): boolean {
-    return (queues.get(model)?.length ?? 0) > 0;
-  }
+  const waiting = (model: string): boolean => (queues.get(model)?.length ?? 0) > 0;
+  const drainList = (): DrainingNode[] => [...draining].map(([node, model]) => ({ node, model }));
 
-  function headWaitMs(model: string, now: number): number {
-    const head = queues.get(model)?.[0];
-    return head === undefined ? 0 : now - head.enqueuedAt;
-  }
-
-  function inFlight(s: NodeState): number {
-    let n = 0;
-    for (const m of s.models.values()) n += m.inFlight;
-    return n;
-  }
-
-  /** Requests running on a node, relative to its weight: what "least loaded" compares. */
-  function weightedLoad(s: NodeState): number {
-    return inFlight(s) / Math.max(0.001, s.config.weight);
-  }
-
-  /** Loaded on some routable node other than `except`. */
-  function loadedElsewhere(model: string, except: NodeState): boolean {
-    return fleet.nodes.some((o) => o !== except && o.models.has(model) && health.isHealthy(o.node.name));
-  }
-
-  /**
-   * Waiting longer than two loads take: worth giving the model another node. (Twice, so that a
-   * queue that merely waits for a load in progress does not trigger another one elsewhere.)
-   */
-  function worthALoad(model: string, now: number): boolean {
-    return headWaitMs(model, now) >= Math.max(MIN_REBALANCE_WAIT_MS, 2 * (loadMs.get(model) ?? DEFAULT_LOAD_MS));
-  }
-
-  /** Pushing this idle model out of `s` costs nothing: it stays loaded elsewhere, or nobody used it for a while. */
-  function spare(name: string, m: { lastUsed: number }, s: NodeState, now: number): boolean {
-    return loadedElsewhere(name, s) || now - m.lastUsed >= COLD_MS;
-  }
-
-  /**
-   * What draining `s` for `hungry` costs the models on it, or undefined when it is not allowed:
-   * 0 idle, 1 loaded elsewhere too and nobody waiting, 2 loaded elsewhere with requests waiting,
-   * 3 loaded only here and nobody waiting, 4 loaded only here with requests waiting (allowed
-   * only for a model whose oldest request waited longer).
-   */
-  function drainCost(s: NodeState, hungry: string, starving: boolean, now: number): number | undefined {
-    let cost = 0;
-    for (const [name, m] of s.models) {
-      if (name === hungry) return undefined;
-      const elsewhere = loadedElsewhere(name, s);
-      const queuedToo = waiting(name);
-      let c: number;
-      if (m.inFlight === 0 && !queuedToo) c = 0;
-      else if (elsewhere) c = queuedToo ? 2 : 1;
-      else if (!queuedToo) c = 3;
-      else if (headWaitMs(hungry, now) > headWaitMs(name, now)) c = 4;
-      else return undefined;
-      cost = Math.max(cost, c);
+  function drainsChanged(): void {
+    if (drainListeners.size === 0) return;
+    const now = drainList();
+    for (const listener of [...drainListeners]) {
+      try {
+        listener(now);
+      } catch (e) {
+        deps.log?.warn({ err: describeError(e) }, "drain listener failed");
+      }
     }
-    // Scaling out a model that is served somewhere never takes capacity a queue needs.
-    return starving || cost <= 1 ? cost : undefined;
   }
 
-  /** Starts draining a node for the head of `w`'s model when it is hungry and none is being drained for it yet. */
-  function maybeDrain(w: Waiter, usable: NodeState[], loadedSomewhere: boolean): void {
-    if (!rebalance) return;
-    for (const model of draining.values()) if (model === w.model) return;
+  function startDrain(node: string, model: string): void {
+    draining.set(node, model);
+    drainsChanged();
+  }
+
+  function endDrains(nodes: readonly string[]): void {
+    let changed = false;
+    for (const node of nodes) changed = draining.delete(node) || changed;
+    if (changed) drainsChanged();
+  }
+
+  /** The policies' picture of the fleet right now (the models maps are shared, read-only, not copied). */
+  function view(): FleetView {
     const now = Date.now();
-    const starving = !loadedSomewhere;
-    if (!starving && !worthALoad(w.model, now)) return;
-    let best: { s: NodeState; cost: number; busy: number } | undefined;
-    for (const s of usable) {
-      if (draining.has(s.node.name) || s.models.has(w.model)) continue;
-      if (s.models.size < s.config.maxLoadedModels) continue; // has room: chosen directly, not drained
-      const cost = drainCost(s, w.model, starving, now);
-      if (cost === undefined) continue;
-      const busy = weightedLoad(s);
-      if (best === undefined || cost < best.cost || (cost === best.cost && busy < best.busy)) best = { s, cost, busy };
+    const queueViews = new Map<string, QueueView>();
+    for (const [model, q] of queues) {
+      const head = q[0];
+      if (head !== undefined) {
+        queueViews.set(model, { depth: q.length, headWaitMs: now - head.enqueuedAt, headPriority: head.priority });
+      }
     }
-    if (best !== undefined) draining.set(best.s.node.name, w.model);
-  }
-
-  /** The node for this waiter now, or undefined (wait). Synchronous: no slot is taken yet. */
-  function choose(w: Waiter): NodeState | undefined {
-    const usable = fleet.nodes.filter(
-      (s) => w.candidates.has(s.node.name) && !w.exclude?.has(s.node.name) && health.isHealthy(s.node.name),
-    );
-    // A node drained for this model, now empty: load it there.
-    const drained = usable.find((s) => draining.get(s.node.name) === w.model && inFlight(s) === 0);
-    if (drained) {
-      draining.delete(drained.node.name);
-      return drained;
-    }
-    // Nodes drained for another model take no new work.
-    const open = usable.filter((s) => {
-      const d = draining.get(s.node.name);
-      return d === undefined || d === w.model;
-    });
-    const pick = (list: NodeState[]): NodeState | undefined => {
-      if (list.length === 0) return undefined;
-      const sticky = w.affinity ? deps.affinity.get(w.affinity) : undefined;
-      const preferred = sticky ? list.find((s) => s.node.name === sticky) : undefined;
-      return preferred ?? list.reduce((best, s) => (weightedLoad(s) < weightedLoad(best) ? s : best));
+    return {
+      now,
+      nodes: fleet.nodes.map((s) => ({
+        name: s.node.name,
+        healthy: health.isHealthy(s.node.name),
+        weight: s.config.weight,
+        maxLoadedModels: s.config.maxLoadedModels,
+        parallel: s.config.parallel,
+        models: s.models,
+        drainingFor: draining.get(s.node.name),
+      })),
+      queues: queueViews,
+      serviceMs,
+      loadMs,
     };
-    const loadedFree = open.filter((s) => {
-      const m = s.models.get(w.model);
-      return m !== undefined && m.inFlight < fleet.slots(s, w.embeddingOnly);
-    });
-    const chosen = pick(loadedFree);
-    if (chosen) return chosen;
-    const notLoaded = open.filter((s) => !s.models.has(w.model) && draining.get(s.node.name) === undefined);
-    const withRoom = notLoaded.filter((s) => s.models.size < s.config.maxLoadedModels);
-    if (withRoom.length > 0) return pick(withRoom);
-    const loadedSomewhere = usable.some((s) => s.models.has(w.model));
-    const idle = notLoaded.filter((s) => {
-      for (const [name, m] of s.models) if (m.inFlight === 0 && !waiting(name)) return true;
-      return false;
-    });
-    // Wait for a slot rather than evict; a model loaded nowhere takes any idle node.
-    if (idle.length > 0 && !loadedSomewhere) return pick(idle);
-    // Scaling out once the wait has grown longer than a load: only onto a node whose idle
-    // model loses nothing by it (loaded elsewhere too, or cold).
-    const now = Date.now();
-    if (rebalance && idle.length > 0 && worthALoad(w.model, now)) {
-      const free = idle.filter((s) => {
-        for (const [name, m] of s.models) if (m.inFlight === 0 && !waiting(name) && spare(name, m, s, now)) return true;
-        return false;
-      });
-      if (free.length > 0) return pick(free);
+  }
+
+  function placementRequest(w: Waiter): PlacementRequest {
+    return {
+      model: w.model,
+      candidates: w.candidates,
+      exclude: w.exclude,
+      embeddingOnly: w.embeddingOnly,
+      affinityNode: w.affinity ? deps.affinity.get(w.affinity) : undefined,
+    };
+  }
+
+  /**
+   * Chooses a node for `w` and reserves one of its slots in `FleetState` at once, so decisions
+   * taken before the gate answers see the slot taken; undefined = wait (a drain may have started).
+   */
+  function reserve(w: Waiter): NodeState | undefined {
+    const v = view();
+    const req = placementRequest(w);
+    const placement = choosePlacement(v, req, policy);
+    if (placement === undefined) {
+      const victim = chooseDrainVictim(v, req, policy);
+      if (victim !== undefined) startDrain(victim, w.model);
+      return undefined;
     }
-    maybeDrain(w, open, loadedSomewhere);
-    return undefined;
+    if (placement.rule === "drained") endDrains([placement.node]);
+    const state = fleet.get(placement.node)!;
+    fleet.begin(state, w.model, w.embeddingOnly);
+    return state;
+  }
+
+  /** Settles `w` once: takes it out of its queue, drops its listeners and timer, then runs `outcome`. */
+  function finish(w: Waiter, outcome: () => void): boolean {
+    if (w.done) return false;
+    w.done = true;
+    remove(w);
+    w.cleanup();
+    outcome();
+    return true;
+  }
+
+  /** Wakes `pump` after `delayMs` (or earlier, if a wake-up is already due sooner). */
+  function wakeIn(delayMs: number): void {
+    const at = Date.now() + delayMs;
+    if (wakeTimer !== undefined && wakeAt <= at) return;
+    if (wakeTimer !== undefined) clearTimeout(wakeTimer);
+    wakeAt = at;
+    wakeTimer = setTimeout(() => {
+      wakeTimer = undefined;
+      pump();
+    }, delayMs);
+  }
+
+  function backingOff(model: string, now: number): boolean {
+    return (gateBackoff.get(model)?.until ?? 0) > now;
+  }
+
+  function gateFailed(node: string, model: string, e: unknown): void {
+    const b = gateBackoff.get(model) ?? { failures: 0, until: 0 };
+    b.failures++;
+    const delay = Math.min(MAX_BACKOFF_MS, RETRY_MS * 2 ** Math.min(b.failures - 1, 16));
+    b.until = Date.now() + delay;
+    gateBackoff.set(model, b);
+    if (b.failures === 1) {
+      deps.log?.warn({ node, model, err: describeError(e), retryInMs: delay }, SLOT_GATE_FAILED_MSG);
+    }
+    wakeIn(delay);
+  }
+
+  /**
+   * Asks the gate for the slot reserved on `state` and settles `w` with it. False when the gate
+   * refused (or failed): the reservation is given back and a retry is scheduled. True when `w` is
+   * settled — dispatched, or (when it was cancelled or timed out meanwhile) its slot given back.
+   */
+  async function confirm(w: Waiter, state: NodeState): Promise<boolean> {
+    const node = state.node.name;
+    let slot: { release(): Promise<void> } | undefined;
+    try {
+      slot = await deps.gate.tryAcquire(node, w.model, fleet.slots(state, w.embeddingOnly));
+      gateBackoff.delete(w.model);
+    } catch (e) {
+      fleet.end(state, w.model);
+      gateFailed(node, w.model, e);
+      return false;
+    }
+    if (slot === undefined) {
+      fleet.end(state, w.model);
+      // Another replica holds the slots: look again shortly.
+      wakeIn(RETRY_MS);
+      return false;
+    }
+    if (w.done || w.signal.aborted) {
+      fleet.end(state, w.model);
+      void slot.release().catch(() => undefined);
+      finish(w, () => w.reject(w.signal.reason));
+      pump(); // the reserved slot is free again
+      return true;
+    }
+    const d = dispatch(w, state, slot);
+    finish(w, () => w.resolve(d));
+    return true;
+  }
+
+  /** Places a queue head reserved on `state`; the model's next head is considered once this settles. */
+  async function placeHead(w: Waiter, state: NodeState): Promise<void> {
+    let settled = false;
+    try {
+      settled = await confirm(w, state);
+    } finally {
+      placing.delete(w.model);
+    }
+    // After a refusal the retry timer looks again; pumping now would ask the gate in a loop.
+    if (settled) pump();
   }
 
   /** A request that holds its reserved slot. */
@@ -318,91 +395,46 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         if (released) return;
         released = true;
         fleet.end(state, w.model);
-        const loaded = observed?.loadMs ?? 0;
-        if (loaded > 50) {
-          const prev = loadMs.get(w.model);
-          loadMs.set(w.model, prev === undefined ? loaded : prev * (1 - EWMA) + loaded * EWMA);
-        }
-        const took = Math.max(0, Date.now() - started - loaded);
-        const prev = serviceMs.get(w.model);
-        serviceMs.set(w.model, prev === undefined ? took : prev * (1 - EWMA) + took * EWMA);
+        const learned = learnTimes(
+          { serviceMs: serviceMs.get(w.model), loadMs: loadMs.get(w.model) },
+          { heldMs: Date.now() - started, loadMs: observed?.loadMs ?? 0 },
+        );
+        serviceMs.set(w.model, learned.serviceMs);
+        if (learned.loadMs !== undefined) loadMs.set(w.model, learned.loadMs);
         slot.release().catch(() => undefined);
-        void pump();
+        pump();
       },
     };
   }
 
-  /** Tries to place `w`; true when it got a node. */
-  async function place(w: Waiter): Promise<boolean> {
-    const state = choose(w);
-    if (state === undefined) return false;
-    // Reserve before the first await, so concurrent placements see the slot taken.
-    fleet.begin(state, w.model, w.embeddingOnly);
-    const slot = await deps.gate
-      .tryAcquire(state.node.name, w.model, fleet.slots(state, w.embeddingOnly))
-      .catch(() => undefined);
-    if (slot === undefined) {
-      fleet.end(state, w.model);
-      // Another replica holds the slots: look again shortly.
-      retryTimer ??= setTimeout(() => {
-        retryTimer = undefined;
-        void pump();
-      }, 25);
-      return false;
-    }
-    if (w.signal.aborted) {
-      fleet.end(state, w.model);
-      await slot.release().catch(() => undefined);
-      w.cleanup();
-      w.reject(w.signal.reason);
-      return true; // the waiter is gone (a second reject is a no-op)
-    }
-    w.cleanup();
-    w.resolve(dispatch(w, state, slot));
-    return true;
-  }
-
-  /** Forgets drains that are no longer needed: nobody waits for the model, or the node cannot serve. */
-  function pruneDrains(): void {
-    for (const [node, model] of draining) {
-      if (!waiting(model) || !health.isHealthy(node)) draining.delete(node);
-    }
-  }
-
-  /** Places queued requests while slots are free; heads of the oldest queues first. */
-  async function pump(): Promise<void> {
-    if (pumping) {
-      pumpAgain = true;
-      return;
-    }
-    pumping = true;
-    try {
-      do {
-        pumpAgain = false;
-        pruneDrains();
-        const heads = [...queues.values()]
-          .map((q) => q[0])
-          .filter((w): w is Waiter => w !== undefined)
-          .sort((a, b) => b.priority - a.priority || a.enqueuedAt - b.enqueuedAt);
-        for (const w of heads) {
-          if (queues.get(w.model)?.[0] !== w) continue;
-          if (await place(w)) {
-            remove(w); // false when its abort handler already took it out
-            pumpAgain = true;
-          }
-        }
-      } while (pumpAgain);
-    } finally {
-      pumping = false;
+  /**
+   * Offers free slots to the queue heads, highest priority then oldest first. Choosing and
+   * reserving is synchronous, in that order; the gate calls then run concurrently, one per model.
+   */
+  function pump(): void {
+    endDrains(obsoleteDrains(view()));
+    for (let progress = true; progress; ) {
+      progress = false;
+      const now = Date.now();
+      const heads = [...queues.values()]
+        .map((q) => q[0])
+        .filter((w): w is Waiter => w !== undefined && !placing.has(w.model) && !backingOff(w.model, now))
+        .sort(compareHeads);
+      for (const w of heads) {
+        const state = reserve(w);
+        if (state === undefined) continue;
+        // A placement may end a drain or load a model: look at the other heads again.
+        progress = true;
+        placing.add(w.model);
+        void placeHead(w, state);
+      }
     }
   }
 
   function enqueue(w: Waiter): void {
     let q = queues.get(w.model);
     if (q === undefined) queues.set(w.model, (q = []));
-    let i = q.length;
-    while (i > 0 && q[i - 1]!.priority < w.priority) i--;
-    q.splice(i, 0, w);
+    q.splice(queueInsertIndex(q, w.priority), 0, w);
     queued++;
   }
 
@@ -414,6 +446,15 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     if (q.length === 0) queues.delete(w.model);
     queued--;
     return true;
+  }
+
+  function expectedWait(w: Waiter, position: number): number | undefined {
+    return expectedWaitMs(view(), {
+      model: w.model,
+      position,
+      candidates: w.candidates,
+      embeddingOnly: w.embeddingOnly,
+    });
   }
 
   async function sync(): Promise<void> {
@@ -431,7 +472,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         }
       }),
     );
-    await pump();
+    pump();
   }
 
   return {
@@ -462,6 +503,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
           embeddingOnly,
           enqueuedAt: Date.now(),
           signal: req.signal,
+          done: false,
           resolve,
           reject,
           cleanup: () => {
@@ -470,18 +512,18 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
           },
         };
         const onAbort = (): void => {
-          if (remove(w)) {
-            w.cleanup();
-            reject(req.signal.reason);
-          }
+          if (finish(w, () => reject(req.signal.reason))) pump();
         };
 
         const admit = async (): Promise<void> => {
           // Nobody ahead of it: try to place it straight away.
-          if (!waiting(model) && (await place(w))) return;
+          if (!waiting(model) && !backingOff(model, Date.now())) {
+            const state = reserve(w);
+            if (state !== undefined && (await confirm(w, state))) return;
+          }
           if (req.signal.aborted) return reject(req.signal.reason);
           const depth = queues.get(model)?.length ?? 0;
-          const expected = expectedWaitMs(model, depth + 1, candidates, embeddingOnly);
+          const expected = expectedWait(w, depth + 1);
           if (depth >= deps.admission.maxQueuedPerModel || queued >= deps.admission.maxQueuedTotal) {
             return reject(queueFull(req.model, depth, expected));
           }
@@ -498,15 +540,13 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
           if (budgetLimited) {
             // The prediction was wrong: leave the queue at the budget instead of waiting on.
             waitTimer = setTimeout(() => {
-              if (!remove(w)) return;
-              w.cleanup();
-              reject(waitedTooLong(req.model, maxWaitMs, expectedWaitMs(model, 1, candidates, embeddingOnly)));
-              void pump();
+              const left = finish(w, () => reject(waitedTooLong(req.model, maxWaitMs, expectedWait(w, 1))));
+              if (left) pump();
             }, maxWaitMs);
             waitTimer.unref();
           }
           enqueue(w);
-          void pump();
+          pump();
         };
         admit().catch(reject);
       });
@@ -515,7 +555,14 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     queues: () =>
       [...queues].map(([model, q]) => ({ model, depth: q.length })).sort((a, b) => (a.model < b.model ? -1 : 1)),
 
-    draining: () => [...draining].map(([node, model]) => ({ node, model })),
+    draining: drainList,
+
+    onDrainChange(listener) {
+      drainListeners.add(listener);
+      return () => {
+        drainListeners.delete(listener);
+      };
+    },
 
     start() {
       if (syncTimer) return;
@@ -523,47 +570,23 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       syncTimer = setInterval(() => void sync(), deps.syncMs ?? 2_000);
       syncTimer.unref();
       // A node coming back may unblock queued requests.
-      health.onChange((_, healthy) => {
-        if (healthy) void pump();
+      unsubscribeHealth = health.onChange((_, healthy) => {
+        if (healthy) pump();
       });
     },
 
     stop() {
       if (syncTimer) clearInterval(syncTimer);
-      if (retryTimer) clearTimeout(retryTimer);
+      if (wakeTimer) clearTimeout(wakeTimer);
       syncTimer = undefined;
-      for (const q of queues.values()) {
-        for (const w of q) {
-          w.cleanup();
-          w.reject(shuttingDown());
-        }
-      }
+      wakeTimer = undefined;
+      unsubscribeHealth?.();
+      unsubscribeHealth = undefined;
+      for (const w of [...queues.values()].flat()) finish(w, () => w.reject(shuttingDown()));
       queues.clear();
-      draining.clear();
       queued = 0;
+      gateBackoff.clear();
+      endDrains([...draining.keys()]);
     },
   };
-
-  /**
-   * Predicted wait of the `position`-th request in a model's queue, or undefined before anything
-   * was measured: rounds of the model's service time over the slots it has, plus a load when it
-   * is loaded nowhere.
-   */
-  function expectedWaitMs(
-    model: string,
-    position: number,
-    candidates: ReadonlySet<string>,
-    embeddingOnly: boolean,
-  ): number | undefined {
-    const svc = serviceMs.get(model);
-    if (svc === undefined) return undefined;
-    let slots = 0;
-    for (const s of fleet.nodes) {
-      if (candidates.has(s.node.name) && health.isHealthy(s.node.name) && s.models.has(model)) {
-        slots += fleet.slots(s, embeddingOnly);
-      }
-    }
-    const load = slots === 0 ? (loadMs.get(model) ?? 0) : 0;
-    return load + Math.ceil(position / Math.max(1, slots)) * svc;
-  }
 }

@@ -1,0 +1,107 @@
+/**
+ * The plain-data picture of the fleet that the placement, drain and wait policies decide on
+ * (`placement-policy.ts`, `drain-policy.ts`, `wait-estimate.ts`). The scheduler builds one from its
+ * live state right before each decision; the policies only read it, so they can be tested with
+ * tables of hand-written fleets instead of timed end-to-end runs.
+ */
+
+/** One model on one node, as far as the gateway knows. */
+export interface ModelLoad {
+  /** Requests the gateway has running there now (including slots reserved a moment ago). */
+  readonly inFlight: number;
+  /** Last time a request for it started or ended there, ms since the epoch (0 = never). */
+  readonly lastUsed: number;
+}
+
+/** One node: its limits, health, what is loaded there and whether it is being drained. */
+export interface NodeView {
+  /** Unique node name. */
+  readonly name: string;
+  /** Routable (circuit closed or half-open). */
+  readonly healthy: boolean;
+  /** Relative share of traffic among equally good nodes. */
+  readonly weight: number;
+  /** Models the node keeps loaded at once (its OLLAMA_MAX_LOADED_MODELS). */
+  readonly maxLoadedModels: number;
+  /** Slots per loaded model (its OLLAMA_NUM_PARALLEL); embedding-only models get 1 (see `slotsFor`). */
+  readonly parallel: number;
+  /** Loaded (or loading) models by canonical name. */
+  readonly models: ReadonlyMap<string, ModelLoad>;
+  /** The model this node is being drained for, if any: it takes no new work of other models. */
+  readonly drainingFor?: string | undefined;
+}
+
+/** One model's admission queue. */
+export interface QueueView {
+  /** Requests waiting. */
+  readonly depth: number;
+  /** How long the head of the queue (the next to be placed) has waited, ms. */
+  readonly headWaitMs: number;
+  /** The head's priority (higher goes first). */
+  readonly headPriority: number;
+}
+
+/** Everything the policies read: nodes, queues, learned times and the clock, frozen by the caller. */
+export interface FleetView {
+  /** Every node of the fleet, in configuration order (ties go to the earlier node). */
+  readonly nodes: readonly NodeView[];
+  /** Queues by canonical model name; a model absent here has nobody waiting. */
+  readonly queues: ReadonlyMap<string, QueueView>;
+  /** Per model: how long a request holds its slot, loads excluded (smoothed, ms). */
+  readonly serviceMs: ReadonlyMap<string, number>;
+  /** Per model: how long a node takes to load it (smoothed `load_duration`, ms). */
+  readonly loadMs: ReadonlyMap<string, number>;
+  /** The time of the decision, ms since the epoch. */
+  readonly now: number;
+}
+
+/** What one request needs from the fleet. */
+export interface PlacementRequest {
+  /** Canonical model name. */
+  readonly model: string;
+  /** Nodes that have the model installed. */
+  readonly candidates: ReadonlySet<string>;
+  /** Nodes not to use (they just failed this request). */
+  readonly exclude?: ReadonlySet<string> | undefined;
+  /** Embedding-only models get one slot per node. */
+  readonly embeddingOnly: boolean;
+  /** The node that served this request's session last (affinity), if any. */
+  readonly affinityNode?: string | undefined;
+}
+
+/** Slots a model gets on a node: its parallel setting, 1 for embedding-only models (Ollama forces that). */
+export function slotsFor(node: Pick<NodeView, "parallel">, embeddingOnly: boolean): number {
+  return embeddingOnly ? 1 : node.parallel;
+}
+
+/** Requests the gateway has running on a node, all models together. */
+export function inFlightOn(node: NodeView): number {
+  let n = 0;
+  for (const m of node.models.values()) n += m.inFlight;
+  return n;
+}
+
+/** Requests running on a node relative to its weight: what "least loaded" compares. */
+export function weightedLoad(node: NodeView): number {
+  return inFlightOn(node) / Math.max(0.001, node.weight);
+}
+
+/** True when somebody waits in `model`'s queue. */
+export function isWaiting(view: FleetView, model: string): boolean {
+  return (view.queues.get(model)?.depth ?? 0) > 0;
+}
+
+/** How long the head of `model`'s queue has waited, ms (0 when nobody waits). */
+export function headWaitMs(view: FleetView, model: string): number {
+  return view.queues.get(model)?.headWaitMs ?? 0;
+}
+
+/** True when `model` is loaded on a healthy node other than `except`. */
+export function loadedElsewhere(view: FleetView, model: string, except: NodeView): boolean {
+  return view.nodes.some((o) => o !== except && o.healthy && o.models.has(model));
+}
+
+/** The nodes a request may use at all: installed there, healthy, not excluded. */
+export function usableNodes(view: FleetView, req: PlacementRequest): NodeView[] {
+  return view.nodes.filter((s) => req.candidates.has(s.name) && !req.exclude?.has(s.name) && s.healthy);
+}
