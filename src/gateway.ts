@@ -155,6 +155,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     fleet,
     metadata,
     health: nodeHealth,
+    log,
     affinity: createAffinityTable(),
     gate: leases ?? LOCAL_GATE,
     admission: {
