@@ -15,6 +15,7 @@ import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grp
 import { toConnectError } from "../errors/to-connect-error.js";
 import type { MessageSink } from "../services/message-sink.js";
 import { callEnded, clientCancelled, deadlineExceeded } from "../errors/domain-errors.js";
+import { FRAME_PREFIX_BYTES, frame, frameMessageBytes, singleMessage } from "./grpc-frame.js";
 
 /**
  * One method the fast path serves. Built with `unaryRoute` or `serverStreamingRoute`, which keep
@@ -66,15 +67,6 @@ export function serverStreamingRoute<I extends DescMessage, O extends DescMessag
       });
     },
   };
-}
-
-/** A gRPC message frame: flag byte 0 (not compressed), 4-byte big-endian length, the message. */
-function frame(data: Uint8Array): Buffer {
-  const out = Buffer.allocUnsafe(5 + data.length);
-  out[0] = 0;
-  out.writeUInt32BE(data.length, 1);
-  out.set(data, 5);
-  return out;
 }
 
 function decode<I extends DescMessage>(schema: I, bytes: Uint8Array): MessageShape<I> {
@@ -200,9 +192,10 @@ function serve(
   const sink: MessageSink<Buffer> = {
     send(frame) {
       if (stream.destroyed || stream.closed) throw canceled();
-      if (frame.length - 5 > options.writeMaxBytes) {
+      const size = frameMessageBytes(frame);
+      if (size > options.writeMaxBytes) {
         throw new ConnectError(
-          `message size ${frame.length - 5} is larger than configured writeMaxBytes ${options.writeMaxBytes}`,
+          `message size ${size} is larger than configured writeMaxBytes ${options.writeMaxBytes}`,
           Code.ResourceExhausted,
         );
       }
@@ -247,7 +240,8 @@ function serve(
     if (timeout.error) throw timeout.error;
     const body = await readRequest(stream, options.readMaxBytes, ctx.signal);
     requestRead = true;
-    await route.run(requestMessage(body, options.readMaxBytes, route.method), ctx, sink);
+    const kind = route.method.methodKind === "unary" ? "unary" : "server_streaming";
+    await route.run(singleMessage(body, options.readMaxBytes, kind), ctx, sink);
   };
   run().then(
     () => finish(undefined),
@@ -323,7 +317,7 @@ function readRequest(stream: ServerHttp2Stream, readMaxBytes: number, signal: Ab
     const onData = (chunk: Buffer): void => {
       size += chunk.length;
       chunks.push(chunk);
-      if (size > readMaxBytes + 5) {
+      if (size > readMaxBytes + FRAME_PREFIX_BYTES) {
         cleanup();
         stream.pause();
         reject(
@@ -347,29 +341,6 @@ function readRequest(stream: ServerHttp2Stream, readMaxBytes: number, signal: Ab
     stream.once("end", onEnd);
     signal.addEventListener("abort", onAbort, { once: true });
   });
-}
-
-/** The one message of a unary or server-streaming request, with connect-node's protocol errors. */
-function requestMessage(body: Buffer, readMaxBytes: number, method: DescMethod): Uint8Array {
-  const kind = method.methodKind === "unary" ? "unary" : "server_streaming";
-  if (body.length === 0)
-    throw new ConnectError(`protocol error: missing input message for ${kind} method`, Code.Unimplemented);
-  if (body.length < 5) throw new ConnectError("protocol error: incomplete envelope", Code.InvalidArgument);
-  const flags = body[0]!;
-  const length = body.readUInt32BE(1);
-  if (length > readMaxBytes) {
-    throw new ConnectError(
-      `message size ${length} is larger than configured readMaxBytes ${readMaxBytes}`,
-      Code.ResourceExhausted,
-    );
-  }
-  if (body.length < 5 + length) throw new ConnectError("protocol error: incomplete envelope", Code.InvalidArgument);
-  if (body.length > 5 + length)
-    throw new ConnectError(`protocol error: received extra input message for ${kind} method`, Code.Unimplemented);
-  if ((flags & 1) === 1)
-    throw new ConnectError("received compressed envelope, but do not know how to decompress", Code.Internal);
-  if (flags !== 0) throw new ConnectError(`protocol error: invalid envelope flags ${flags}`, Code.InvalidArgument);
-  return body.subarray(5);
 }
 
 function requestHeaders(headers: IncomingHttpHeaders): Headers {
