@@ -1,9 +1,6 @@
-import { randomBytes } from "node:crypto";
 import { setMaxListeners } from "node:events";
 import { readFileSync } from "node:fs";
-import type { IncomingHttpHeaders } from "node:http";
-import { createContextValues } from "@connectrpc/connect";
-import type { ConnectRouter, ContextValues } from "@connectrpc/connect";
+import type { ConnectRouter } from "@connectrpc/connect";
 import { compressionGzip, connectNodeAdapter } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "./gen/grpc/health/v1/health_pb.js";
 import { GatewayService } from "./gen/ollama/gateway/v1/gateway_pb.js";
@@ -13,8 +10,9 @@ import { createCache } from "./cache/cache.js";
 import type { Cache } from "./cache/cache.js";
 import type { GatewayConfig } from "./config/config.js";
 import type { Logger } from "./observability/logger.js";
-import { createRpcLog, loggingInterceptor } from "./observability/logging-interceptor.js";
-import { kRpcInfo } from "./observability/rpc-info.js";
+import { callValues } from "./pipeline/call.js";
+import { pipelineInterceptor } from "./pipeline/connect-interceptor.js";
+import { createGatewayPipeline } from "./pipeline/gateway-pipeline.js";
 import { createFleetMetadata } from "./routing/fleet-metadata.js";
 import { createAffinityTable } from "./routing/affinity.js";
 import { createFleetState } from "./routing/fleet-state.js";
@@ -29,7 +27,6 @@ import { createEmbeddingCache } from "./services/embedding-cache.js";
 import { createGatewayService } from "./services/gateway-service.js";
 import { createInferenceService } from "./services/inference-service.js";
 import { createModelService } from "./services/model-service.js";
-import { concurrencyInterceptor } from "./transport/concurrency-interceptor.js";
 import { listenDualProtocol } from "./transport/dual-protocol-server.js";
 import { createGrpcFastPath, serverStreamingRoute, unaryRoute } from "./transport/grpc-fast-path.js";
 import { createHealthService } from "./transport/health-service.js";
@@ -75,15 +72,6 @@ const VERSION = ((): string => {
     return "unknown";
   }
 })();
-
-// Never counted against the RPC cap: probes and tooling must still answer
-// when the gateway is saturated.
-const CAP_EXEMPT = new Set([
-  "grpc.health.v1.Health",
-  "grpc.reflection.v1.ServerReflection",
-  "grpc.reflection.v1alpha.ServerReflection",
-  "ollama.gateway.v1.GatewayService",
-]);
 
 /** Builds every layer from the config and starts listening. */
 export async function startGateway(config: GatewayConfig, log: Logger): Promise<Gateway> {
@@ -177,7 +165,9 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     embedBatchWindowMs: config.embedBatchWindowMs,
   });
   const models = createModelService({ nodes, metadata, health: nodeHealth, maxDeadlineMs: config.maxDeadlineMs });
-  const limiter = concurrencyInterceptor(config.maxConcurrentRpcs, CAP_EXEMPT);
+  // Request id, logging and the concurrency cap (pipeline/gateway-pipeline.ts), run the same way
+  // by connect-node and the fast path.
+  const { pipeline, cap } = createGatewayPipeline({ log, maxConcurrentRpcs: config.maxConcurrentRpcs });
   const status = createGatewayService({
     version: VERSION,
     startedAtMs,
@@ -186,7 +176,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     metadata,
     cache,
     embeddingsCached: config.cache.embeddings,
-    activeCalls: () => limiter.active,
+    activeCalls: () => cap.active,
     fleet,
     scheduler,
     slotsShared: () => leases?.shared() ?? false,
@@ -204,20 +194,9 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   // per call, removed when the call ends, so the count is bounded by the
   // concurrent-call limit (plus health watchers), not a leak.
   setMaxListeners(0, shutdown.signal);
-  const idPrefix = randomBytes(4).toString("hex");
-  let idCounter = 0;
-  const contextValues = (headers: IncomingHttpHeaders, peer: string | undefined): ContextValues => {
-    const given = headers["x-request-id"];
-    const requestId =
-      typeof given === "string" && given.length > 0 && given.length <= 128 && /^[\x21-\x7e]+$/.test(given)
-        ? given
-        : `${idPrefix}-${(++idCounter).toString(36)}`;
-    return createContextValues().set(kRpcInfo, { requestId, peer: peer ?? "", model: "", node: "", messages: 0 });
-  };
-  const rpcLog = createRpcLog(log);
   const handler = connectNodeAdapter({
     routes,
-    interceptors: [loggingInterceptor(rpcLog), limiter],
+    interceptors: [pipelineInterceptor(pipeline)],
     readMaxBytes: config.maxMessageBytes,
     writeMaxBytes: config.maxMessageBytes,
     acceptCompression: [compressionGzip],
@@ -226,9 +205,9 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     // (the benchmark profile showed zlib at ~8% of the gateway's CPU).
     compressMinBytes: Number.MAX_SAFE_INTEGER,
     shutdownSignal: shutdown.signal,
-    contextValues: (req) => contextValues(req.headers, req.socket.remoteAddress),
+    contextValues: (req) => callValues(req.socket.remoteAddress),
   });
-  // The same calls, their logging and their cap, without connect-node's per-call pipeline.
+  // The hot calls, through the same pipeline, without connect-node's per-call machinery.
   const fastPath = config.grpcFastPath
     ? createGrpcFastPath({
         routes: [
@@ -239,23 +218,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
         readMaxBytes: config.maxMessageBytes,
         writeMaxBytes: config.maxMessageBytes,
         shutdownSignal: shutdown.signal,
-        contextValues,
-        begin(ctx) {
-          const info = ctx.values.get(kRpcInfo);
-          const done = rpcLog(`${ctx.service.typeName}/${ctx.method.name}`, info, ctx.method.methodKind !== "unary");
-          let release: () => void;
-          try {
-            release = limiter.enter(ctx.service.typeName);
-          } catch (e) {
-            done(e);
-            throw e;
-          }
-          if (info?.requestId) ctx.responseHeader.set("x-request-id", info.requestId);
-          return (error) => {
-            release();
-            done(error);
-          };
-        },
+        pipeline,
       })
     : undefined;
 

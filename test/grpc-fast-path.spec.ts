@@ -2,8 +2,11 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import * as http2 from "node:http2";
 import { fromBinary } from "@bufbuild/protobuf";
+import { anyUnpack } from "@bufbuild/protobuf/wkt";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import { ErrorInfoSchema, RetryInfoSchema } from "../src/gen/google/rpc/error_details_pb.js";
+import { StatusSchema } from "../src/gen/google/rpc/status_pb.js";
 import { GatewayService } from "../src/gen/ollama/gateway/v1/gateway_pb.js";
 import {
   EmbedRequestSchema,
@@ -25,6 +28,19 @@ const MAX_MESSAGE_BYTES = 64 * 1024;
 
 const generateFrame = (prompt: string, numPredict = 3): Buffer =>
   frame(encode(GenerateRequestSchema, { model: "llama3.2", prompt, options: { numPredict } }));
+
+/** The ErrorInfo reason and RetryInfo delay of a reply (trailers, or headers when trailers-only). */
+function statusDetails(r: RawGrpcReply): { reason?: string; retryMs?: number } {
+  const bin = (r.trailers["grpc-status-details-bin"] ?? r.headers["grpc-status-details-bin"]) as string | undefined;
+  const status = fromBinary(StatusSchema, Buffer.from(bin ?? "", "base64"));
+  const out: { reason?: string; retryMs?: number } = {};
+  for (const any of status.details) {
+    out.reason ??= anyUnpack(any, ErrorInfoSchema)?.reason;
+    const delay = anyUnpack(any, RetryInfoSchema)?.retryDelay;
+    if (delay) out.retryMs = Number(delay.seconds) * 1000 + delay.nanos / 1e6;
+  }
+  return out;
+}
 
 /** The rpc log lines of one request id. */
 function rpcLines(gw: TestGateway, requestId: string): Record<string, unknown>[] {
@@ -58,6 +74,9 @@ describe("the gRPC fast path (Generate, Chat and Embed on raw HTTP/2 streams)", 
       assert.equal(r.messages.length, 6, "5 tokens and the final message");
     }
     assert.equal(a.headers["x-request-id"], "fast-1");
+    assert.equal(a.trailers["x-request-id"], "fast-1", "and in the trailers, as connect-node does");
+    assert.equal(b.headers["x-request-id"], "connect-1");
+    assert.equal(b.trailers["x-request-id"], "connect-1");
     const text = (r: RawGrpcReply): string =>
       r.messages.map((m) => fromBinary(GenerateResponseSchema, m).text).join("");
     assert.equal(text(a), text(b));
@@ -100,6 +119,7 @@ describe("the gRPC fast path (Generate, Chat and Embed on raw HTTP/2 streams)", 
     assert.equal(a.message, b.message);
     assert.equal(a.headers["grpc-status-details-bin"], b.trailers["grpc-status-details-bin"]);
     assert.equal(a.headers["x-request-id"], "bad-1");
+    assert.equal(b.trailers["x-request-id"], "bad-1", "connect-node sends the id in the error's trailers");
     assert.equal(rpcLines(fast, "bad-1")[0]?.["code"], "InvalidArgument");
   });
 
@@ -250,6 +270,17 @@ describe("the gRPC fast path (Generate, Chat and Embed on raw HTTP/2 streams)", 
       const refused = await rawGrpc(gw.url, GENERATE, { body: [generateFrame("second")] });
       assert.equal(refused.status, 8, refused.message);
       assert.match(refused.message, /maximum of 1 calls/);
+      assert.deepEqual(statusDetails(refused), { reason: "GATEWAY_OVERLOADED", retryMs: 250 });
+      // The same request gzip-compressed goes to connect-node, which the same cap refuses the same way.
+      const { gzipSync } = await import("node:zlib");
+      const bytes = encode(GenerateRequestSchema, { model: "llama3.2", prompt: "second", options: { numPredict: 3 } });
+      const refusedToo = await rawGrpc(gw.url, GENERATE, {
+        body: [frame(gzipSync(bytes), 1)],
+        headers: { "grpc-encoding": "gzip" },
+      });
+      assert.equal(refusedToo.status, 8, refusedToo.message);
+      assert.equal(refusedToo.message, refused.message);
+      assert.deepEqual(statusDetails(refusedToo), statusDetails(refused));
       assert.equal((await first).status, 0);
       const again = await rawGrpc(gw.url, GENERATE, { body: [generateFrame("third")] });
       assert.equal(again.status, 0, again.message);

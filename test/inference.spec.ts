@@ -7,6 +7,7 @@ import type { ChatResponse, GenerateResponse } from "../src/gen/ollama/gateway/v
 import { DoneReason, Role, ThinkMode } from "../src/gen/ollama/gateway/v1/types_pb.js";
 import { startSimulator } from "../src/simulator/simulator.js";
 import type { Simulator } from "../src/simulator/simulator.js";
+import { eventually } from "./helpers/sim-http.js";
 import { startTestGateway } from "./helpers/test-gateway.js";
 import type { TestGateway } from "./helpers/test-gateway.js";
 import { TRANSPORTS } from "./helpers/transports.js";
@@ -166,10 +167,10 @@ describe("inference through the gateway", () => {
       { headers: { "x-request-id": "req-42" } },
     ))
       void _;
-    await new Promise((r) => setTimeout(r, 50));
-    const lines = gw.logs.find("rpc").filter((l) => l["requestId"] === "req-42");
-    assert.equal(lines.length, 1);
-    const line = lines[0]!;
+    const lines = (): Record<string, unknown>[] => gw.logs.find("rpc").filter((l) => l["requestId"] === "req-42");
+    assert.ok(await eventually(() => lines().length > 0), "the line is written when the call ends");
+    assert.equal(lines().length, 1);
+    const line = lines()[0]!;
     assert.equal(line["method"], "ollama.gateway.v1.InferenceService/Generate");
     assert.equal(line["model"], "llama3.2");
     assert.equal(line["code"], "ok");

@@ -8,15 +8,45 @@ import {
   GenerateResponseSchema,
 } from "../src/gen/ollama/gateway/v1/inference_pb.js";
 import { DoneReason, Role } from "../src/gen/ollama/gateway/v1/types_pb.js";
+import { allocFrame, frame, frameMessageBytes, singleMessage } from "../src/transport/grpc-frame.js";
 import { chatDeltaFrame, embedFrame, generateDeltaFrame } from "../src/transport/reply-frames.js";
+import { frame as referenceFrame } from "./helpers/raw-grpc.js";
 
-/** What the generic path sends: the 5-byte gRPC prefix and toBinary's bytes. */
-function generic(bytes: Uint8Array): Buffer {
-  const out = Buffer.alloc(5 + bytes.length);
-  out.writeUInt32BE(bytes.length, 1);
-  out.set(bytes, 5);
-  return out;
-}
+/** What the generic path sends: the 5-byte gRPC prefix and toBinary's bytes (framed by the test helper). */
+const generic = (bytes: Uint8Array): Buffer => referenceFrame(bytes);
+
+describe("the gRPC frame shared by the fast path and the hand-written replies", () => {
+  it("is a zero flag byte, the big-endian length and the message, as any gRPC peer frames it", () => {
+    for (const n of [0, 1, 255, 256, 70_000]) {
+      const message = Buffer.alloc(n, 7);
+      assert.deepEqual(frame(message), referenceFrame(message), `${n} bytes`);
+      assert.equal(frameMessageBytes(frame(message)), n);
+      const allocated = allocFrame(n);
+      message.copy(allocated, 5);
+      assert.deepEqual(allocated, referenceFrame(message));
+    }
+  });
+
+  it("gives back the one message of a request body, and refuses anything else as connect-node does", () => {
+    const body = referenceFrame(Buffer.from("abc"));
+    assert.deepEqual(Buffer.from(singleMessage(body, 100, "unary")), Buffer.from("abc"));
+    const refused = (b: Buffer, max = 100): string => {
+      try {
+        singleMessage(b, max, "server_streaming");
+        return "accepted";
+      } catch (e) {
+        return String(e);
+      }
+    };
+    assert.match(refused(Buffer.alloc(0)), /missing input message for server_streaming method/);
+    assert.match(refused(Buffer.from([0, 0])), /incomplete envelope/);
+    assert.match(refused(body.subarray(0, 6)), /incomplete envelope/);
+    assert.match(refused(Buffer.concat([body, body])), /extra input message/);
+    assert.match(refused(body, 2), /message size 3 is larger than configured readMaxBytes 2/);
+    assert.match(refused(referenceFrame(Buffer.from("abc"), 1)), /compressed envelope/);
+    assert.match(refused(referenceFrame(Buffer.from("abc"), 2)), /invalid envelope flags 2/);
+  });
+});
 
 const TEXTS = [
   "",

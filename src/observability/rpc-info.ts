@@ -2,12 +2,13 @@ import { createContextKey } from "@connectrpc/connect";
 import type { HandlerContext } from "@connectrpc/connect";
 
 /**
- * Facts about one RPC that handlers fill in and the logging interceptor
- * reports in the RPC's single log line. Mutable on purpose: it is created
- * per request by the adapter, written by the handler, read once at the end.
+ * Facts about one RPC that the call pipeline and the handler fill in and the logging hook
+ * reports in the RPC's single log line. Mutable on purpose: it is created per call (with the
+ * peer) before the pipeline runs, written by the request-id hook and the handler, read once
+ * at the end.
  */
 export interface RpcInfo {
-  /** From the `x-request-id` header, or generated. Echoed in the response headers. */
+  /** From the `x-request-id` header, or generated (the request-id hook). Echoed in the response headers and trailers. */
   requestId: string;
   /** Client address as seen on the socket (the sidecar's, in a mesh). */
   peer: string;
@@ -22,11 +23,16 @@ export interface RpcInfo {
 /** Context key under which each request's RpcInfo lives. */
 export const kRpcInfo = createContextKey<RpcInfo | undefined>(undefined, { description: "rpc info" });
 
+/** A fresh RpcInfo for a call from `peer` (undefined: unknown), before the pipeline and the handler fill it in. */
+export function newRpcInfo(peer: string | undefined): RpcInfo {
+  return { requestId: "", peer: peer ?? "", model: "", node: "", messages: 0 };
+}
+
 /** The RpcInfo of a handler's request (a throwaway one outside the adapter, e.g. in unit tests). */
 export function rpcInfo(ctx: HandlerContext): RpcInfo {
   let info = ctx.values.get(kRpcInfo);
   if (info === undefined) {
-    info = { requestId: "", peer: "", model: "", node: "", messages: 0 };
+    info = newRpcInfo(undefined);
     ctx.values.set(kRpcInfo, info);
   }
   return info;

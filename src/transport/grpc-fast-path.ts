@@ -10,11 +10,16 @@ import type {
   MessageShape,
 } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { ContextValues, HandlerContext } from "@connectrpc/connect";
+import type { HandlerContext } from "@connectrpc/connect";
 import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { toConnectError } from "../errors/to-connect-error.js";
 import type { MessageSink } from "../services/message-sink.js";
 import { callEnded, clientCancelled, deadlineExceeded } from "../errors/domain-errors.js";
+import { kRpcInfo } from "../observability/rpc-info.js";
+import { callValues } from "../pipeline/call.js";
+import type { Call } from "../pipeline/call.js";
+import type { CallEnd, Pipeline } from "../pipeline/pipeline.js";
+import { FRAME_PREFIX_BYTES, frame, frameMessageBytes, singleMessage } from "./grpc-frame.js";
 
 /**
  * One method the fast path serves. Built with `unaryRoute` or `serverStreamingRoute`, which keep
@@ -68,15 +73,6 @@ export function serverStreamingRoute<I extends DescMessage, O extends DescMessag
   };
 }
 
-/** A gRPC message frame: flag byte 0 (not compressed), 4-byte big-endian length, the message. */
-function frame(data: Uint8Array): Buffer {
-  const out = Buffer.allocUnsafe(5 + data.length);
-  out[0] = 0;
-  out.writeUInt32BE(data.length, 1);
-  out.set(data, 5);
-  return out;
-}
-
 function decode<I extends DescMessage>(schema: I, bytes: Uint8Array): MessageShape<I> {
   try {
     return fromBinary(schema, bytes);
@@ -96,15 +92,12 @@ export interface GrpcFastPathOptions {
   writeMaxBytes: number;
   /** Aborts every running call (graceful shutdown's last step), as connect-node's `shutdownSignal`. */
   shutdownSignal: AbortSignal;
-  /** The per-call context values (request id, peer), as connect-node's `contextValues`. */
-  contextValues(headers: IncomingHttpHeaders, remoteAddress: string | undefined): ContextValues;
   /**
-   * Runs as each call starts, before its request is read; throws a ConnectError to refuse the
-   * call (e.g. over the concurrency cap). Returns what to call once when the call ends, with its
-   * error (undefined = OK); that function may add metadata to the error, which is sent in the
-   * trailers. The interceptors' counterpart: logging and the concurrency cap.
+   * The call hooks (request id, logging, cap, ...), the same pipeline connect-node runs through
+   * `pipelineInterceptor`: begun as each call starts, before its request is read (a refusal is
+   * answered at once), ended with the error the client is sent.
    */
-  begin(ctx: HandlerContext): (error: ConnectError | undefined) => void;
+  pipeline: Pipeline;
 }
 
 /** Serves some gRPC calls straight on HTTP/2 streams. */
@@ -114,8 +107,6 @@ export interface GrpcFastPath {
 }
 
 const CONTENT_TYPE = "application/grpc+proto";
-// Handed to a call's signal once it has ended (so timers and listeners tied to it are freed):
-// one shared reason instead of the DOMException with a stack trace that abort() builds per call.
 
 /**
  * The gRPC protocol (binary protobuf, uncompressed requests) for a few hot methods, on the raw
@@ -127,8 +118,9 @@ const CONTENT_TYPE = "application/grpc+proto";
  * closures and contexts per open stream, several promises per message) and builds a DOMException
  * per call; on a 2-core box that was most of the gateway's CPU per request and of its memory per
  * open stream. Behaviour is the same as connect-node's gRPC handler: the same HandlerContext
- * (deadline from `grpc-timeout`, client cancel, shutdown), the same error trailers
- * (`setTrailerStatus`), the same size limits and protocol errors.
+ * (deadline from `grpc-timeout`, client cancel, shutdown), the same call pipeline, the same
+ * trailers (the handler's `responseTrailer`, then the error's metadata and status, as
+ * `setTrailerStatus` writes them), the same size limits and protocol errors.
  */
 export function createGrpcFastPath(options: GrpcFastPathOptions): GrpcFastPath {
   const routes = new Map(options.routes.map((r) => [`/${r.method.parent.typeName}/${r.method.name}`, r]));
@@ -158,7 +150,7 @@ function serve(
     headers,
     timeout.timeoutMs,
     options.shutdownSignal,
-    options.contextValues(headers, stream.session?.socket?.remoteAddress),
+    stream.session?.socket?.remoteAddress,
   );
   const canceled = clientCancelled;
 
@@ -181,14 +173,17 @@ function serve(
   const respond = (): void => {
     responded = true;
     stream.respond(
-      { ":status": 200, "content-type": CONTENT_TYPE, ...outgoing(ctx.responseHeader) },
+      { ":status": 200, "content-type": CONTENT_TYPE, ...outgoing(ctx.header) },
       { waitForTrailers: true },
     );
     stream.once("wantTrailers", () => stream.sendTrailers(trailers));
   };
-  // Messages written but not yet taken by HTTP/2 (flow control, a full socket). While one is
-  // pending the producer waits, so tokens that arrive meanwhile go out coalesced in the next
-  // message instead of queueing up to the stream's 16 KB buffer as hundreds of tiny frames.
+  // Messages written but not yet taken by HTTP/2 (flow control, a full socket). `send` answers
+  // false once a message is written while an earlier one is still untaken; the producer then
+  // sends the rest of the upstream batch in hand and awaits `drained()`, which resolves when
+  // none is left. So a stream holds the untaken message, the one just written and at most the
+  // rest of one batch; tokens that arrive meanwhile go out coalesced in the next message instead
+  // of queueing up to the stream's 16 KB buffer as hundreds of tiny frames.
   let unsent = 0;
   const written = (): void => {
     unsent--;
@@ -200,9 +195,10 @@ function serve(
   const sink: MessageSink<Buffer> = {
     send(frame) {
       if (stream.destroyed || stream.closed) throw canceled();
-      if (frame.length - 5 > options.writeMaxBytes) {
+      const size = frameMessageBytes(frame);
+      if (size > options.writeMaxBytes) {
         throw new ConnectError(
-          `message size ${frame.length - 5} is larger than configured writeMaxBytes ${options.writeMaxBytes}`,
+          `message size ${size} is larger than configured writeMaxBytes ${options.writeMaxBytes}`,
           Code.ResourceExhausted,
         );
       }
@@ -218,18 +214,19 @@ function serve(
     },
   };
 
-  let end: ((error: ConnectError | undefined) => void) | undefined;
-  const finish = (e: unknown): void => {
+  let end: CallEnd | undefined;
+  const finish = (error: ConnectError | undefined): void => {
     if (ended) return;
     ended = true;
-    const error = e === undefined ? undefined : toConnectError(e, ctx.signal);
     end?.(error);
     if (!stream.destroyed && !stream.closed) {
-      trailers = outgoing(setTrailerStatus(new Headers(), error));
+      // As connect-node's gRPC handler: the response trailers (the hooks' and the handler's),
+      // the error's metadata appended, then the status.
+      trailers = outgoing(setTrailerStatus(ctx.responseTrailer, error));
       if (!responded) {
         // Trailers-only: status in the one HEADERS frame, as gRPC allows for a call with no messages.
         stream.respond(
-          { ":status": 200, "content-type": CONTENT_TYPE, ...outgoing(ctx.responseHeader), ...trailers },
+          { ":status": 200, "content-type": CONTENT_TYPE, ...outgoing(ctx.header), ...trailers },
           { endStream: true },
         );
         // A request we stopped reading (too large, refused) must not keep the stream open.
@@ -241,24 +238,36 @@ function serve(
     ctx.abort(callEnded());
   };
 
+  try {
+    end = options.pipeline.begin(ctx);
+  } catch (e) {
+    // Refused by a hook: the hooks before it have ended with this error (a ConnectError).
+    finish(e as ConnectError);
+    return;
+  }
   const run = async (): Promise<void> => {
-    end = options.begin(ctx);
-    // After `begin`, as connect-node raises it inside the interceptors: the refusal is logged.
+    // After the pipeline, as connect-node raises it inside the interceptors: the refusal is logged.
     if (timeout.error) throw timeout.error;
     const body = await readRequest(stream, options.readMaxBytes, ctx.signal);
     requestRead = true;
-    await route.run(requestMessage(body, options.readMaxBytes, route.method), ctx, sink);
+    const kind = route.method.methodKind === "unary" ? "unary" : "server_streaming";
+    await route.run(singleMessage(body, options.readMaxBytes, kind), ctx, sink);
   };
   run().then(
     () => finish(undefined),
-    (e: unknown) => finish(e),
+    (e: unknown) => finish(toConnectError(e, ctx.signal)),
   );
 }
 
-/** A HandlerContext with what `abort` adds: the handler's view of one call. */
-interface CallContext extends HandlerContext {
+/**
+ * One call on the fast path: the handler's HandlerContext and the pipeline's Call in one object
+ * (nothing more to allocate per call for the hooks), with what the fast path itself needs.
+ */
+interface CallContext extends HandlerContext, Call {
   /** Ends the call's signal (deadline timer and shutdown listener freed); the first reason wins. */
   abort(reason: unknown): void;
+  /** The response headers if anyone wrote some (none: no empty Headers made just to be copied). */
+  readonly header: Headers | undefined;
 }
 
 /**
@@ -270,7 +279,7 @@ function callContext(
   headers: IncomingHttpHeaders,
   timeoutMs: number | undefined,
   shutdownSignal: AbortSignal,
-  values: ContextValues,
+  peer: string | undefined,
 ): CallContext {
   const controller = new AbortController();
   const deadline = timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
@@ -290,9 +299,11 @@ function callContext(
   }
   let responseHeader: Headers | undefined;
   let responseTrailer: Headers | undefined;
+  const values = callValues(peer);
   return {
     method,
     service: method.parent,
+    streaming: method.methodKind !== "unary",
     signal: controller.signal,
     timeoutMs: () => (deadline === undefined ? undefined : deadline - Date.now()),
     requestMethod: "POST",
@@ -303,8 +314,12 @@ function callContext(
     get responseTrailer() {
       return (responseTrailer ??= new Headers());
     },
+    get header() {
+      return responseHeader;
+    },
     protocolName: "grpc",
     values,
+    info: values.get(kRpcInfo)!,
     url: `http://${single(headers[":authority"]) ?? "localhost"}${single(headers[":path"]) ?? ""}`,
     abort,
   };
@@ -323,7 +338,7 @@ function readRequest(stream: ServerHttp2Stream, readMaxBytes: number, signal: Ab
     const onData = (chunk: Buffer): void => {
       size += chunk.length;
       chunks.push(chunk);
-      if (size > readMaxBytes + 5) {
+      if (size > readMaxBytes + FRAME_PREFIX_BYTES) {
         cleanup();
         stream.pause();
         reject(
@@ -349,29 +364,6 @@ function readRequest(stream: ServerHttp2Stream, readMaxBytes: number, signal: Ab
   });
 }
 
-/** The one message of a unary or server-streaming request, with connect-node's protocol errors. */
-function requestMessage(body: Buffer, readMaxBytes: number, method: DescMethod): Uint8Array {
-  const kind = method.methodKind === "unary" ? "unary" : "server_streaming";
-  if (body.length === 0)
-    throw new ConnectError(`protocol error: missing input message for ${kind} method`, Code.Unimplemented);
-  if (body.length < 5) throw new ConnectError("protocol error: incomplete envelope", Code.InvalidArgument);
-  const flags = body[0]!;
-  const length = body.readUInt32BE(1);
-  if (length > readMaxBytes) {
-    throw new ConnectError(
-      `message size ${length} is larger than configured readMaxBytes ${readMaxBytes}`,
-      Code.ResourceExhausted,
-    );
-  }
-  if (body.length < 5 + length) throw new ConnectError("protocol error: incomplete envelope", Code.InvalidArgument);
-  if (body.length > 5 + length)
-    throw new ConnectError(`protocol error: received extra input message for ${kind} method`, Code.Unimplemented);
-  if ((flags & 1) === 1)
-    throw new ConnectError("received compressed envelope, but do not know how to decompress", Code.Internal);
-  if (flags !== 0) throw new ConnectError(`protocol error: invalid envelope flags ${flags}`, Code.InvalidArgument);
-  return body.subarray(5);
-}
-
 function requestHeaders(headers: IncomingHttpHeaders): Headers {
   const out = new Headers();
   for (const name in headers) {
@@ -383,7 +375,10 @@ function requestHeaders(headers: IncomingHttpHeaders): Headers {
   return out;
 }
 
-function outgoing(headers: Headers): OutgoingHttpHeaders {
+const NO_HEADERS: OutgoingHttpHeaders = Object.freeze({});
+
+function outgoing(headers: Headers | undefined): OutgoingHttpHeaders {
+  if (headers === undefined) return NO_HEADERS;
   const out: OutgoingHttpHeaders = {};
   headers.forEach((value, name) => {
     out[name] = value;

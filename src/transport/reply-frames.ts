@@ -3,13 +3,14 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { EmbedResponseSchema } from "../gen/ollama/gateway/v1/inference_pb.js";
 import type { ChatReply, GenerateReply } from "../services/inference-service.js";
 import { Role } from "../gen/ollama/gateway/v1/types_pb.js";
+import { allocFrame, FRAME_PREFIX_BYTES } from "./grpc-frame.js";
 
 /**
- * Hand-written gRPC frames for the hottest replies. First the two messages a stream is made of: a Generate text delta
- * (`GenerateResponse{text, thinking}`) and a Chat content delta (`ChatResponse{message:
- * {role: ASSISTANT, content, thinking}}`). Encoded straight into one buffer (5-byte gRPC prefix,
- * then the protobuf bytes toBinary would produce), without the message object, the BinaryWriter
- * and the copy per token that the generic path costs: at a thousand streams that allocation was
+ * Hand-written gRPC frames for the hottest replies. First the two messages a stream is made of:
+ * a Generate text delta (`GenerateResponse{text, thinking}`) and a Chat content delta
+ * (`ChatResponse{message: {role: ASSISTANT, content, thinking}}`). Encoded straight into one
+ * buffer (`allocFrame`: the gRPC prefix, then the protobuf bytes toBinary would produce), without
+ * the message object, the BinaryWriter and the copy per token that the generic path costs: at a thousand streams that allocation was
  * what filled the young generation and pushed garbage into the old one.
  *
  * Anything else (the final message, tool calls, ...) returns undefined: the caller encodes it the
@@ -22,8 +23,8 @@ export function generateDeltaFrame(m: GenerateReply): Buffer | undefined {
   const t = Buffer.byteLength(text);
   const k = Buffer.byteLength(thinking);
   const size = field(t) + field(k);
-  const out = Buffer.allocUnsafe(5 + size);
-  let at = prefix(out, size);
+  const out = allocFrame(size);
+  let at = FRAME_PREFIX_BYTES;
   at = putString(out, at, 0x0a, text, t); // 1: text
   putString(out, at, 0x12, thinking, k); // 2: thinking
   return out;
@@ -42,8 +43,8 @@ export function chatDeltaFrame(m: ChatReply): Buffer | undefined {
   const k = Buffer.byteLength(thinking);
   const inner = 2 + field(c) + field(k); // 1: role (tag + one-byte varint 3), 2: content, 3: thinking
   const size = 1 + varintLength(inner) + inner;
-  const out = Buffer.allocUnsafe(5 + size);
-  let at = prefix(out, size);
+  const out = allocFrame(size);
+  let at = FRAME_PREFIX_BYTES;
   out[at++] = 0x0a; // ChatResponse 1: message
   at = putVarint(out, at, inner);
   out[at++] = 0x08; // Message 1: role
@@ -67,8 +68,8 @@ export function embedFrame(m: MessageInitShape<typeof EmbedResponseSchema>): Buf
     const inner = v.length === 0 ? 0 : 1 + varintLength(4 * v.length) + 4 * v.length;
     size += 1 + varintLength(inner) + inner;
   }
-  const out = Buffer.allocUnsafe(5 + size);
-  let at = prefix(out, size);
+  const out = allocFrame(size);
+  let at = FRAME_PREFIX_BYTES;
   const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
   for (const v of vectors) {
     const bytes = 4 * v.length;
@@ -89,12 +90,6 @@ export function embedFrame(m: MessageInitShape<typeof EmbedResponseSchema>): Buf
 /** Bytes of a string field with `n` bytes of UTF-8 (proto3: an empty string is not written). */
 function field(n: number): number {
   return n === 0 ? 0 : 1 + varintLength(n) + n;
-}
-
-function prefix(out: Buffer, size: number): number {
-  out[0] = 0;
-  out.writeUInt32BE(size, 1);
-  return 5;
 }
 
 function putString(out: Buffer, at: number, tag: number, s: string, n: number): number {

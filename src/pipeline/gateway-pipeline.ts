@@ -1,0 +1,55 @@
+import type { Logger } from "../observability/logger.js";
+import { createRpcLog } from "../observability/rpc-log.js";
+import { concurrencyCap } from "./concurrency-cap.js";
+import type { ConcurrencyCap } from "./concurrency-cap.js";
+import { loggingHook } from "./logging-hook.js";
+import { createPipeline } from "./pipeline.js";
+import type { CallHook, Pipeline } from "./pipeline.js";
+import { requestIdHook } from "./request-id.js";
+
+/** What the gateway's pipeline is built from. */
+export interface GatewayPipelineOptions {
+  /** Where the `rpc` lines go. */
+  log: Logger;
+  /** Calls handled at once before GATEWAY_OVERLOADED (`MAX_CONCURRENT_RPCS`). */
+  maxConcurrentRpcs: number;
+  /** Makes the id of a call that brings none. @default `sequentialRequestIds()`: random per process, then a counter */
+  newRequestId?: () => string;
+}
+
+/** The gateway's pipeline, and the cap's gauge for the status RPC. */
+export interface GatewayPipeline {
+  /** Handed to both paths: `pipelineInterceptor(pipeline)` for connect-node, and the gRPC fast path. */
+  readonly pipeline: Pipeline;
+  /** Calls counted against `MAX_CONCURRENT_RPCS` right now. */
+  readonly cap: ConcurrencyCap;
+}
+
+/**
+ * The gateway's call hooks, in the one order both paths run them. A hook's `begin` runs after
+ * those above it and its end before theirs, so a hook sees (and its end reports) every refusal
+ * by the hooks below it:
+ *
+ * 1. request id: first, so the log line and every answer, refusals included, carry the id;
+ * 2. logging: wraps everything below, so the one line reports any refusal by them (an
+ *    unauthenticated or rate-limited call is logged like any other) and the whole duration.
+ *    Metrics and tracing go next to it, for the same reason;
+ * 3. authentication (to come): who calls; UNAUTHENTICATED otherwise. Exemptions (health
+ *    probes) come from `exemptionsOf`, the table the cap uses;
+ * 4. permissions (to come): may this identity call this method (and model); needs 3;
+ * 5. rate limits (to come): per identity, so after 3; before the cap, so a client over its
+ *    limit never takes a slot others are waiting for;
+ * 6. concurrency cap: last, so only calls every check above admitted take a slot.
+ */
+export function createGatewayPipeline(options: GatewayPipelineOptions): GatewayPipeline {
+  const cap = concurrencyCap(options.maxConcurrentRpcs);
+  const hooks: CallHook[] = [
+    requestIdHook(options.newRequestId),
+    loggingHook(createRpcLog(options.log)),
+    // Authentication hook goes here (3).
+    // Permission hook goes here (4).
+    // Rate limit hook goes here (5).
+    cap,
+  ];
+  return { pipeline: createPipeline(hooks), cap };
+}
