@@ -4,7 +4,8 @@ import { clientStoppedReading } from "../errors/domain-errors.js";
  * Where a server-streaming handler writes its messages: push-based, with backpressure. The
  * gRPC fast path writes each message straight to the HTTP/2 stream; connect-node's protocols
  * pull them through `sinkIterable`. Either way a producer that respects `send`'s answer holds at
- * most one message the client has not taken, so a slow client slows the upstream read.
+ * most a couple of messages the client has not taken (one in `sinkIterable`'s slot, two on the
+ * fast path: one being written and one queued), so a slow client slows the upstream read.
  */
 export interface MessageSink<T> {
   /** Sends one message; false when the client's buffer is full: await `drained()` before the next. */
