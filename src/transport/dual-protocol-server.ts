@@ -7,8 +7,10 @@ import type { Logger } from "../observability/logger.js";
 import { addressKey, createThrottledReport, refusalFor } from "./connection-limits.js";
 import type { Refusal, ThrottledReport } from "./connection-limits.js";
 import type { GrpcFastPath } from "./grpc-fast-path.js";
-import { sessionVerdict, sweepIntervalMs } from "./http2-session-policy.js";
-import type { SessionState, SessionTimeouts } from "./http2-session-policy.js";
+import { sweepIntervalMs } from "./http2-session-policy.js";
+import type { SessionTimeouts } from "./http2-session-policy.js";
+import { superviseHttp2Sessions } from "./http2-session-supervisor.js";
+import type { SessionsEnded } from "./http2-session-supervisor.js";
 
 /** The request listener connect-node builds (works for http and http2). */
 type NodeHandlerFn = ReturnType<typeof connectNodeAdapter>;
@@ -53,7 +55,7 @@ export interface ConnectionStats {
   /** Connections refused at accept since start, by the limit they hit. */
   readonly refused: Readonly<Record<Refusal, number>>;
   /** HTTP/2 sessions the gateway ended by itself since start, by reason. */
-  readonly sessionsEnded: Readonly<Record<"handshake-timeout" | "ping-timeout" | "idle", number>>;
+  readonly sessionsEnded: SessionsEnded;
 }
 
 /** A server accepting gRPC (h2c), gRPC-Web and Connect (HTTP/1.1 and h2c) on one port. */
@@ -76,18 +78,6 @@ const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 /** Refusals and accept errors are logged at most this often (each kind), with their count. */
 const REPORT_INTERVAL_MS = 10_000;
 
-/** What the server tracks per HTTP/2 session: the policy's inputs, kept current by the session's events. */
-interface SessionRecord extends SessionState {
-  /** The connection, to destroy it when the session cannot end it (Node's session.socket refuses that). */
-  readonly socket: net.Socket | undefined;
-  handshakeDoneAt: number | undefined;
-  openStreams: number;
-  idleSince: number | undefined;
-  pingSentAt: number | undefined;
-  pingAnsweredAt: number | undefined;
-  closing: boolean;
-}
-
 /**
  * Serves one handler over HTTP/2 cleartext and HTTP/1.1 on a single port.
  *
@@ -104,7 +94,8 @@ interface SessionRecord extends SessionState {
  * Every connection ends (README, "Operating it"): connections over the limits
  * are closed at accept; one that does not identify itself in time is dropped;
  * HTTP/1.1 requests have a headers and a request timeout; HTTP/2 sessions are
- * ended by the policy in `http2-session-policy.ts` (handshake, idle, PING).
+ * ended by the policy in `http2-session-policy.ts` (handshake, idle, PING),
+ * applied by `http2-session-supervisor.ts`.
  */
 export function listenDualProtocol(handler: NodeHandlerFn, options: ListenOptions): Promise<DualProtocolServer> {
   const headersTimeoutMs = options.headersTimeoutMs ?? DEFAULTS.httpHeadersTimeoutMs;
@@ -148,6 +139,7 @@ export function listenDualProtocol(handler: NodeHandlerFn, options: ListenOption
       keepAliveTimeout: options.keepAliveTimeoutMs,
       headersTimeout: headersTimeoutMs,
       requestTimeout: requestTimeoutMs,
+      // Checked as often as the HTTP/2 sessions: a quarter of the shortest timeout, at most 1 s.
       connectionsCheckingInterval: sweepMs,
     },
     handler,
@@ -160,9 +152,7 @@ export function listenDualProtocol(handler: NodeHandlerFn, options: ListenOption
 
   const sockets = new Set<net.Socket>();
   const perAddress = new Map<string, number>();
-  const sessions = new Map<http2.ServerHttp2Session, SessionRecord>();
   const refused: Record<Refusal, number> = { "max-connections": 0, "max-connections-per-ip": 0 };
-  const sessionsEnded = { "handshake-timeout": 0, "ping-timeout": 0, idle: 0 };
   const refusalReports: Record<Refusal, ThrottledReport> = {
     "max-connections": createThrottledReport(REPORT_INTERVAL_MS, (count) =>
       log?.warn({ refused: count, limit: limits.maxConnections }, "connections refused: MAX_CONNECTIONS reached"),
@@ -184,95 +174,10 @@ export function listenDualProtocol(handler: NodeHandlerFn, options: ListenOption
   };
 
   let accepting = true;
-  // The socket being handed to the HTTP/2 server: its "session" event comes synchronously.
-  let handingOver: net.Socket | undefined;
-  h2.on("session", (session) => {
-    const openedAt = Date.now();
-    const rec: SessionRecord = {
-      socket: handingOver,
-      openedAt,
-      handshakeDoneAt: undefined,
-      openStreams: 0,
-      idleSince: openedAt,
-      pingSentAt: undefined,
-      pingAnsweredAt: undefined,
-      closing: false,
-    };
-    sessions.set(session, rec);
-    let settingsIn = false;
-    let settingsAcked = false;
-    const handshake = (): void => {
-      if (settingsIn && settingsAcked) rec.handshakeDoneAt = Date.now();
-    };
-    session.once("remoteSettings", () => {
-      settingsIn = true;
-      handshake();
-    });
-    session.once("localSettings", () => {
-      settingsAcked = true;
-      handshake();
-    });
-    session.on("stream", (stream: http2.ServerHttp2Stream) => {
-      rec.openStreams++;
-      rec.idleSince = undefined;
-      stream.on("close", () => {
-        if (--rec.openStreams === 0) rec.idleSince = Date.now();
-      });
-    });
-    session.once("close", () => {
-      sessions.delete(session);
-      // The session is gone but its socket waits for its last bytes to be
-      // written; a client that never reads them must not keep it.
-      const socket = rec.socket;
-      if (socket !== undefined && !socket.destroyed) {
-        setTimeout(() => socket.destroy(), timeouts.pingTimeoutMs).unref();
-      }
-    });
-    if (!accepting) session.close();
-  });
+  const supervisor = superviseHttp2Sessions(h2, timeouts, log);
   h1.on("request", (_req, res) => {
     if (!accepting) res.setHeader("connection", "close");
   });
-
-  const ping = (session: http2.ServerHttp2Session, rec: SessionRecord, now: number): void => {
-    rec.pingSentAt = now;
-    try {
-      session.ping((err) => {
-        rec.pingSentAt = undefined;
-        if (err === null) rec.pingAnsweredAt = Date.now();
-      });
-    } catch {
-      session.destroy();
-    }
-  };
-  const sweep = (): void => {
-    const now = Date.now();
-    for (const [session, rec] of sessions) {
-      if (session.destroyed) continue;
-      rec.closing = session.closed;
-      const verdict = sessionVerdict(rec, now, timeouts);
-      switch (verdict.action) {
-        case "keep":
-          break;
-        case "ping":
-          ping(session, rec, now);
-          break;
-        case "goaway":
-          sessionsEnded[verdict.reason]++;
-          log?.debug({ reason: verdict.reason }, "closing HTTP/2 session");
-          session.close();
-          break;
-        case "destroy":
-          sessionsEnded[verdict.reason]++;
-          log?.debug({ reason: verdict.reason }, "destroying HTTP/2 session");
-          session.destroy();
-          // The socket too: a session nghttp2 has shut no longer reads, so its socket would not notice the end.
-          rec.socket?.destroy();
-          break;
-      }
-    }
-  };
-  const sweeper = setInterval(sweep, sweepMs).unref();
 
   // No Nagle: token messages are small and must leave at once (http.Server
   // does this for its own sockets; ours come from a plain net.Server).
@@ -306,13 +211,8 @@ export function listenDualProtocol(handler: NodeHandlerFn, options: ListenOption
       clearTimeout(sniffTimer);
       socket.off("readable", onReadable);
       socket.unshift(seen);
-      if (isH2) {
-        handingOver = socket;
-        h2.emit("connection", socket);
-        handingOver = undefined;
-      } else {
-        h1.emit("connection", socket);
-      }
+      if (isH2) supervisor.handOver(socket);
+      else h1.emit("connection", socket);
     };
     socket.on("readable", onReadable);
   });
@@ -322,7 +222,7 @@ export function listenDualProtocol(handler: NodeHandlerFn, options: ListenOption
   tcp.on("drop", () => refuse("max-connections"));
   // All sockets gone after close(): stop the timers.
   tcp.once("close", () => {
-    clearInterval(sweeper);
+    supervisor.stop();
     h1.close();
     for (const r of Object.values(refusalReports)) r.flush();
     acceptErrors.flush();
@@ -346,12 +246,12 @@ export function listenDualProtocol(handler: NodeHandlerFn, options: ListenOption
             return sockets.size;
           },
           refused,
-          sessionsEnded,
+          sessionsEnded: supervisor.ended,
         },
         stopAccepting() {
           accepting = false;
           tcp.close();
-          for (const s of sessions.keys()) s.close();
+          supervisor.closeAll();
           h1.closeIdleConnections();
         },
         async drained(ms) {
@@ -363,7 +263,7 @@ export function listenDualProtocol(handler: NodeHandlerFn, options: ListenOption
           return sockets.size === 0;
         },
         destroy() {
-          for (const s of sessions.keys()) s.destroy();
+          supervisor.destroyAll();
           for (const s of sockets) s.destroy();
         },
       });
