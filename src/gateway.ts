@@ -110,7 +110,11 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     failureThreshold: config.routing.circuitFailureThreshold,
     openMs: config.routing.circuitOpenMs,
   });
-  const health = createHealthService({ serverStatus: ServingStatus.NOT_SERVING, services: FLEET_SERVICES });
+  const health = createHealthService({
+    serverStatus: ServingStatus.NOT_SERVING,
+    services: FLEET_SERVICES,
+    maxWatchers: config.healthMaxWatchers,
+  });
   health.setStatus(GatewayService.typeName, ServingStatus.SERVING);
   let closing = false;
   const applyFleetHealth = (): void => {
@@ -228,6 +232,14 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     maxConcurrentStreams: config.http2MaxConcurrentStreams,
     keepAliveTimeoutMs: config.http1KeepAliveTimeoutMs,
     fastPath,
+    headersTimeoutMs: config.httpHeadersTimeoutMs,
+    requestTimeoutMs: config.httpRequestTimeoutMs,
+    idleTimeoutMs: config.http2IdleTimeoutMs,
+    pingIntervalMs: config.http2PingIntervalMs,
+    pingTimeoutMs: config.http2PingTimeoutMs,
+    maxConnections: config.maxConnections,
+    maxConnectionsPerIp: config.maxConnectionsPerIp,
+    log,
   });
   nodeHealth.start();
   await nodeHealth.probeAll();

@@ -84,6 +84,14 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     probeTimeoutMs: int("HEALTH_PROBE_TIMEOUT_MS", DEFAULTS.probeTimeoutMs, 10, 60 * 1000),
     http1KeepAliveTimeoutMs: int("HTTP1_KEEP_ALIVE_TIMEOUT_MS", DEFAULTS.http1KeepAliveTimeoutMs, 1000, 3600 * 1000),
     http2MaxConcurrentStreams: int("HTTP2_MAX_CONCURRENT_STREAMS", DEFAULTS.http2MaxConcurrentStreams, 1, 1_000_000),
+    httpHeadersTimeoutMs: int("HTTP_HEADERS_TIMEOUT_MS", DEFAULTS.httpHeadersTimeoutMs, 100, 3600 * 1000),
+    httpRequestTimeoutMs: int("HTTP_REQUEST_TIMEOUT_MS", DEFAULTS.httpRequestTimeoutMs, 100, 24 * 3600 * 1000),
+    http2IdleTimeoutMs: int("HTTP2_IDLE_TIMEOUT_MS", DEFAULTS.http2IdleTimeoutMs, 100, 24 * 3600 * 1000),
+    http2PingIntervalMs: int("HTTP2_PING_INTERVAL_MS", DEFAULTS.http2PingIntervalMs, 100, 3600 * 1000),
+    http2PingTimeoutMs: int("HTTP2_PING_TIMEOUT_MS", DEFAULTS.http2PingTimeoutMs, 100, 3600 * 1000),
+    maxConnections: int("MAX_CONNECTIONS", DEFAULTS.maxConnections, 1, 10_000_000),
+    maxConnectionsPerIp: int("MAX_CONNECTIONS_PER_IP", DEFAULTS.maxConnectionsPerIp, 0, 10_000_000),
+    healthMaxWatchers: int("HEALTH_MAX_WATCHERS", DEFAULTS.healthMaxWatchers, 0, 1_000_000),
     embedBatchWindowMs: int("EMBED_BATCH_WINDOW_MS", DEFAULTS.embedBatchWindowMs, 0, 1000),
     grpcFastPath: onOff("GRPC_FAST_PATH", DEFAULTS.grpcFastPath),
     cache: {
@@ -125,6 +133,11 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       ),
     },
   };
+  if (config.httpRequestTimeoutMs < config.httpHeadersTimeoutMs) {
+    problems.push(
+      `HTTP_REQUEST_TIMEOUT_MS=${config.httpRequestTimeoutMs} must not be below HTTP_HEADERS_TIMEOUT_MS=${config.httpHeadersTimeoutMs} (the request includes its headers)`,
+    );
+  }
   if (config.cache.redisUrl !== undefined) {
     try {
       parseRedisUrl(config.cache.redisUrl);
