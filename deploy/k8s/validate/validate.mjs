@@ -48,7 +48,8 @@ for (const { name, objects } of renders) {
       new Model(o).validate();
     } catch (e) {
       const errors = e.errors ?? [{ instancePath: "", message: String(e) }];
-      for (const err of errors) problems.push(`${what}: ${err.instancePath || "/"} ${err.message} ${JSON.stringify(err.params ?? {})}`);
+      for (const err of errors)
+        problems.push(`${what}: ${err.instancePath || "/"} ${err.message} ${JSON.stringify(err.params ?? {})}`);
     }
   }
 }
@@ -73,7 +74,14 @@ try {
   writeFileSync(
     join(dir, "tsconfig.json"),
     JSON.stringify({
-      compilerOptions: { strict: true, noEmit: true, skipLibCheck: true, module: "nodenext", moduleResolution: "nodenext", types: [] },
+      compilerOptions: {
+        strict: true,
+        noEmit: true,
+        skipLibCheck: true,
+        module: "nodenext",
+        moduleResolution: "nodenext",
+        types: [],
+      },
       files: ["manifests.ts"],
     }),
   );
@@ -104,12 +112,14 @@ for (const { name, objects } of renders) {
   for (const w of workloads) {
     const what = `${name}: ${w.kind}/${w.metadata.name}`;
     const pod = w.spec.template.spec;
-    if (!matches(w.spec.selector.matchLabels, w.spec.template.metadata?.labels)) problems.push(`${what}: selector does not match its pods`);
+    if (!matches(w.spec.selector.matchLabels, w.spec.template.metadata?.labels))
+      problems.push(`${what}: selector does not match its pods`);
     const claims = new Set((w.spec.volumeClaimTemplates ?? []).map((c) => c.metadata.name));
     for (const v of pod.volumes ?? []) claims.add(v.name);
     for (const c of [...(pod.initContainers ?? []), ...pod.containers]) {
       for (const e of c.envFrom ?? []) {
-        if (e.configMapRef && !named("ConfigMap", e.configMapRef.name)) problems.push(`${what}: no ConfigMap ${e.configMapRef.name}`);
+        if (e.configMapRef && !named("ConfigMap", e.configMapRef.name))
+          problems.push(`${what}: no ConfigMap ${e.configMapRef.name}`);
         if (e.secretRef && !named("Secret", e.secretRef.name)) problems.push(`${what}: no Secret ${e.secretRef.name}`);
       }
       for (const m of c.volumeMounts ?? []) if (!claims.has(m.name)) problems.push(`${what}: no volume ${m.name}`);
@@ -119,7 +129,8 @@ for (const { name, objects } of renders) {
     const pods = workloads.filter((w) => matches(s.spec.selector, w.spec.template.metadata?.labels));
     if (pods.length === 0) problems.push(`${name}: Service/${s.metadata.name} selects no pods`);
     const portNames = new Set(
-      pods.flatMap((w) => [...(w.spec.template.spec.initContainers ?? []), ...w.spec.template.spec.containers])
+      pods
+        .flatMap((w) => [...(w.spec.template.spec.initContainers ?? []), ...w.spec.template.spec.containers])
         .flatMap((c) => (c.ports ?? []).map((p) => p.name)),
     );
     for (const p of s.spec.ports) {
@@ -134,15 +145,18 @@ for (const { name, objects } of renders) {
     }
   }
   for (const h of byKind("HorizontalPodAutoscaler")) {
-    if (!named(h.spec.scaleTargetRef.kind, h.spec.scaleTargetRef.name)) problems.push(`${name}: HPA/${h.metadata.name} targets nothing`);
+    if (!named(h.spec.scaleTargetRef.kind, h.spec.scaleTargetRef.name))
+      problems.push(`${name}: HPA/${h.metadata.name} targets nothing`);
   }
   for (const d of byKind("DestinationRule")) {
-    if (!named("Service", d.spec.host)) problems.push(`${name}: DestinationRule/${d.metadata.name} host ${d.spec.host} is no Service`);
+    if (!named("Service", d.spec.host))
+      problems.push(`${name}: DestinationRule/${d.metadata.name} host ${d.spec.host} is no Service`);
   }
   for (const v of byKind("VirtualService")) {
     for (const route of v.spec.http ?? []) {
       for (const r of route.route ?? []) {
-        if (!named("Service", r.destination.host)) problems.push(`${name}: VirtualService/${v.metadata.name} routes to no Service ${r.destination.host}`);
+        if (!named("Service", r.destination.host))
+          problems.push(`${name}: VirtualService/${v.metadata.name} routes to no Service ${r.destination.host}`);
       }
     }
   }
@@ -154,5 +168,6 @@ if (problems.length > 0) {
   console.error(`k8s validate: ${problems.length} problem(s) in ${total} objects`);
   process.exit(1);
 }
-for (const { name, objects } of renders) console.log(`ok ${name}: ${objects.length} objects (${objects.map((o) => o.kind).join(", ")})`);
+for (const { name, objects } of renders)
+  console.log(`ok ${name}: ${objects.length} objects (${objects.map((o) => o.kind).join(", ")})`);
 console.log(`k8s validate: ${total} objects valid (schemas, unknown fields, references)`);
