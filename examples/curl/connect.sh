@@ -39,7 +39,8 @@ unary() {
 }
 
 # stream <Service/Method> <json> [timeout ms] -> one JSON document per line:
-# every response message, then the end-of-stream object.
+# every response message, then the end-of-stream object: its "metadata" holds the
+# trailers (the gateway always sends x-request-id), and it has an "error" only on failure.
 stream() {
   local n=${#2} prefix
   # The request envelope: flag 0, big-endian length, JSON.
@@ -52,6 +53,13 @@ stream() {
     # Unwrap the response envelopes (perl is in every Debian/Ubuntu base image).
     perl -e 'binmode STDIN; local $/; my $d = <STDIN>;
       while (length $d >= 5) { my ($f, $n) = unpack("CN", $d); print substr($d, 5, $n), "\n"; $d = substr($d, 5 + $n) }'
+}
+
+# ended_ok <stream output>: the end-of-stream object (last line) carries no error.
+ended_ok() {
+  local end
+  end=$(tail -n 1 <<<"$1")
+  [[ $end == "{"* ]] && ! grep -q '"error"' <<<"$end"
 }
 
 # Health (grpc.health.v1 answers Connect too).
@@ -68,7 +76,7 @@ ok "list models" "$(grep -o '"name":"[^"]*"' <<<"$out" | cut -d'"' -f4 | paste -
 out=$(stream ollama.gateway.v1.InferenceService/Generate \
   "{\"model\":\"$model\",\"prompt\":\"Why is the sky blue?\",\"options\":{\"numPredict\":8}}")
 last=$(tail -n 2 <<<"$out" | head -n 1)
-[ "$(tail -n 1 <<<"$out")" = '{}' ] || fail "generate: the stream did not end OK: $out"
+ended_ok "$out" || fail "generate: the stream did not end OK: $out"
 grep -q '"done":true' <<<"$last" || fail "generate: no final message: $out"
 ok generate "$(($(wc -l <<<"$out") - 1)) messages, last: $last"
 
@@ -85,7 +93,7 @@ assistant="{\"role\":\"ROLE_ASSISTANT\",$call}"
 tool="{\"role\":\"ROLE_TOOL\",\"content\":\"{\\\"temperature_c\\\":18}\",\"toolName\":\"get_weather\",\"toolCallId\":\"$id\"}"
 out=$(stream ollama.gateway.v1.InferenceService/Chat \
   "{\"model\":\"$model\",\"messages\":[$user,$assistant,$tool],\"tools\":$tools}")
-[ "$(tail -n 1 <<<"$out")" = '{}' ] || fail "chat: the stream did not end OK: $out"
+ended_ok "$out" || fail "chat: the stream did not end OK: $out"
 grep -q '"content":"' <<<"$out" && ! grep -q '"toolCalls"' <<<"$out" || fail "chat: no text answer: $out"
 ok "chat tool result" "$(grep -o '"content":"[^"]*"' <<<"$out" | cut -d'"' -f4 | paste -sd' ' -)"
 
