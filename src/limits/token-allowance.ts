@@ -1,0 +1,145 @@
+import { quotaRetryAfterMs, tokensLeft, windowEnd, windowIndex } from "./quota-window.js";
+import type { QuotaWindow, WindowUse } from "./quota-window.js";
+import { shareOf } from "./token-bucket.js";
+
+/**
+ * The token quotas' policy on one replica (README, "Rate limits and quotas"; docs/architecture.md,
+ * "Rate limits"): pure functions over the plain data one replica holds for one principal.
+ *
+ * Redis counts the principal's tokens per UTC minute and day. A call's prompt and completion
+ * tokens are charged when it ends (Ollama reports them with its last message), so a call is
+ * admitted while the tokens known to be used are below the limit, and may itself go past it: a
+ * running stream is never cut. A replica knows the shared count from its last answer (it reports
+ * every charge at once and reads the count back at least every second while the principal calls
+ * it) plus its own charges not yet answered. While Redis is unreachable it also admits only while
+ * its own use in the window is below its share (limit / replicas), and sends its charges when
+ * Redis is back.
+ */
+
+/** A principal's token quotas; undefined = none. */
+export interface TokenLimit {
+  readonly perMinute: number | undefined;
+  readonly perDay: number | undefined;
+}
+
+/** What one replica holds and knows of one principal's token use. */
+export interface TokenHolding {
+  /** Tokens charged here and not sent to Redis yet. */
+  pending: number;
+  /** Tokens sent to Redis and not answered yet. */
+  sending: number;
+  /** The shared use of the minute at the last answer (this replica's answered charges included), and when that minute ends (local ms). */
+  minuteUsed: number;
+  minuteEndsAt: number;
+  /** The same for the day. */
+  dayUsed: number;
+  dayEndsAt: number;
+  /** This replica's own use in the current local minute and day (the share it keeps to while Redis is unreachable). */
+  ownMinute: number;
+  ownMinuteIndex: number;
+  ownDay: number;
+  ownDayIndex: number;
+  /** When the shared use was last read (local ms). */
+  readAt: number;
+}
+
+/** A principal seen for the first time: nothing known, nothing used. */
+export function newTokenHolding(): TokenHolding {
+  return {
+    pending: 0,
+    sending: 0,
+    minuteUsed: 0,
+    minuteEndsAt: 0,
+    dayUsed: 0,
+    dayEndsAt: 0,
+    ownMinute: 0,
+    ownMinuteIndex: 0,
+    ownDay: 0,
+    ownDayIndex: 0,
+    readAt: 0,
+  };
+}
+
+/** The windows a call is judged by: the shared minute and day, and, while Redis is unreachable, this replica's share of each. */
+export function tokenWindows(
+  h: TokenHolding,
+  limit: TokenLimit,
+  replicas: number,
+  shared: boolean,
+  now: number,
+): WindowUse[] {
+  const unsent = h.pending + h.sending;
+  const out: WindowUse[] = [];
+  const add = (w: QuotaWindow, max: number | undefined, used: number, endsAt: number, own: number, index: number) => {
+    if (max === undefined) return;
+    const current = now < endsAt;
+    out.push({ limit: max, used: (current ? used : 0) + unsent, endsAt: current ? endsAt : windowEnd(now, w) });
+    if (!shared) {
+      const mine = index === windowIndex(now, w) ? own : 0;
+      out.push({ limit: shareOf(max, replicas, 1), used: mine, endsAt: windowEnd(now, w) });
+    }
+  };
+  add("minute", limit.perMinute, h.minuteUsed, h.minuteEndsAt, h.ownMinute, h.ownMinuteIndex);
+  add("day", limit.perDay, h.dayUsed, h.dayEndsAt, h.ownDay, h.ownDayIndex);
+  return out;
+}
+
+/** undefined: the call may start; otherwise ms until it may (the end of the last exhausted window). */
+export function tokenVerdict(
+  h: TokenHolding,
+  limit: TokenLimit,
+  replicas: number,
+  shared: boolean,
+  now: number,
+): number | undefined {
+  return quotaRetryAfterMs(tokenWindows(h, limit, replicas, shared, now), now);
+}
+
+/** Tokens this principal may still use (the least of its windows; the `x-ratelimit-remaining-tokens` header). */
+export function remainingTokens(
+  h: TokenHolding,
+  limit: TokenLimit,
+  replicas: number,
+  shared: boolean,
+  now: number,
+): number {
+  let least = Number.POSITIVE_INFINITY;
+  for (const w of tokenWindows(h, limit, replicas, shared, now)) least = Math.min(least, tokensLeft(w) ?? least);
+  return Math.floor(least);
+}
+
+/** Charges a finished call's tokens here (sent to Redis with the next report). */
+export function chargeTokens(h: TokenHolding, tokens: number, now: number): void {
+  if (!(tokens > 0)) return;
+  h.pending += tokens;
+  const minute = windowIndex(now, "minute");
+  const day = windowIndex(now, "day");
+  h.ownMinute = (h.ownMinuteIndex === minute ? h.ownMinute : 0) + tokens;
+  h.ownMinuteIndex = minute;
+  h.ownDay = (h.ownDayIndex === day ? h.ownDay : 0) + tokens;
+  h.ownDayIndex = day;
+}
+
+/** Redis' answer: the shared use of the current minute and day (the charge just sent included) and the ms left in each. */
+export interface TokenAnswer {
+  readonly minuteUsed: number;
+  readonly dayUsed: number;
+  readonly minuteMsLeft: number;
+  readonly dayMsLeft: number;
+}
+
+/** Applies an answer to the report that sent `h.sending`. */
+export function applyTokenAnswer(h: TokenHolding, a: TokenAnswer, now: number): void {
+  h.sending = 0;
+  h.minuteUsed = a.minuteUsed;
+  h.minuteEndsAt = now + a.minuteMsLeft;
+  h.dayUsed = a.dayUsed;
+  h.dayEndsAt = now + a.dayMsLeft;
+  h.readAt = now;
+}
+
+/** A report that got no answer: its charge goes with the next one (counted twice if Redis applied it after all — the safe side). */
+export function tokenReportFailed(h: TokenHolding): void {
+  h.pending += h.sending;
+  h.sending = 0;
+}
