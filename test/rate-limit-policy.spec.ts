@@ -34,6 +34,7 @@ import {
   chargeTokens,
   newTokenHolding,
   remainingTokens,
+  sendTokenReport,
   tokenReportFailed,
   tokenVerdict,
 } from "../src/limits/token-allowance.js";
@@ -327,15 +328,22 @@ describe("the token quotas of one replica", () => {
     assert.equal(tokenVerdict(h, minuteOnly, 1, true, now), 45_000);
   });
 
-  it("counts what Redis answered plus what is still on its way", () => {
+  it("counts what Redis answered plus its own charges Redis has not counted yet", () => {
+    const now = Date.UTC(2024, 0, 1, 12, 0, 0);
     const h = newTokenHolding();
-    chargeTokens(h, 30, T0);
-    h.sending = h.pending;
-    h.pending = 0;
-    chargeTokens(h, 5, T0);
-    applyTokenAnswer(h, { minuteUsed: 80, dayUsed: 80, minuteMsLeft: 1_000, dayMsLeft: 9_000 }, T0);
-    assert.equal(remainingTokens(h, minuteOnly, 2, true, T0), 15, "100 - 80 answered - 5 pending");
-    assert.equal(tokenVerdict(h, minuteOnly, 2, true, T0 + 1_000), undefined, "a new minute starts from 0");
+    chargeTokens(h, 30, now);
+    assert.equal(sendTokenReport(h), 30);
+    chargeTokens(h, 5, now); // while the report is out
+    assert.equal(remainingTokens(h, minuteOnly, 2, true, now), 65, "nothing answered: its own 35");
+    applyTokenAnswer(h, { minuteUsed: 80, dayUsed: 80, minuteMsLeft: 60_000, dayMsLeft: 9e6 }, now);
+    assert.equal(remainingTokens(h, minuteOnly, 2, true, now), 15, "100 - 80 answered (its 30 in) - 5 not counted yet");
+    assert.equal(h.pending, 5, "still to send");
+    assert.equal(tokenVerdict(h, minuteOnly, 2, true, now + 60_000), undefined, "a new minute starts from 0");
+    assert.equal(
+      remainingTokens(h, minuteOnly, 2, true, now + 60_000),
+      100,
+      "old charges not sent yet do not count in it",
+    );
   });
 
   it("puts an unanswered charge back, to go with the next report", () => {
@@ -349,7 +357,7 @@ describe("the token quotas of one replica", () => {
     const now = Date.UTC(2024, 0, 1, 12, 0, 0);
     const h = newTokenHolding();
     chargeTokens(h, 50, now);
-    h.pending = 0; // sent and answered before the outage...
+    sendTokenReport(h); // sent and answered before the outage
     applyTokenAnswer(h, { minuteUsed: 50, dayUsed: 50, minuteMsLeft: 60_000, dayMsLeft: 1e6 }, now);
     assert.equal(tokenVerdict(h, minuteOnly, 2, true, now), undefined, "shared: 50 of 100");
     assert.equal(tokenVerdict(h, minuteOnly, 2, false, now), 60_000, "alone: its own 50 is its share of 100 / 2");

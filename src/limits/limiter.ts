@@ -47,6 +47,7 @@ import {
   chargeTokens,
   newTokenHolding,
   remainingTokens,
+  sendTokenReport,
   tokenReportFailed,
   tokenVerdict,
 } from "./token-allowance.js";
@@ -91,6 +92,8 @@ export interface Limiter {
   shared(): boolean;
   /** The replicas this one divides limits by (live ones seen in Redis, else the configured processes). */
   replicas(): number;
+  /** Principals this replica keeps state for (each forgotten after `idleMs` without calls): its memory. */
+  tracked(): number;
   /** Gives back what this replica holds in Redis (bounded), stops its timer and detaches from the link. */
   close(): Promise<void>;
 }
@@ -137,6 +140,7 @@ interface PrincipalState {
   /** The Redis key suffix: kind and name, URI-encoded. */
   readonly key: string;
   readonly name: string;
+  readonly anonymous: boolean;
   version: number;
   limits: Resolved;
   lastSeen: number;
@@ -177,7 +181,10 @@ export function createLimiter(options: LimiterOptions): Limiter {
   let replicas = Math.max(1, options.replicas ?? 1);
   let closed = false;
   const replica = randomBytes(6).toString("base64url");
-  const principals = new Map<string, PrincipalState>();
+  /** Every principal this replica tracks: by name, and (authentication off) by client address. */
+  const named = new Map<string, PrincipalState>();
+  const byAddress = new Map<string, PrincipalState>();
+  const everyPrincipal = (): PrincipalState[] => [...named.values(), ...byAddress.values()];
 
   // --- The shared view: up only after a command succeeded, down with the link or any failed command.
   const link = options.redis;
@@ -211,11 +218,13 @@ export function createLimiter(options: LimiterOptions): Limiter {
 
   // --- Per principal.
   function stateOf(name: string, anonymous: boolean, at: number): PrincipalState {
-    const id = anonymous ? `a:${name}` : `p:${name}`;
-    let p = principals.get(id);
+    const map = anonymous ? byAddress : named;
+    let p = map.get(name);
     if (p === undefined) {
       p = {
-        key: encodeURIComponent(id),
+        // Names and addresses apart (a principal may be called "10.0.0.1"); URI-encoded so a ":" in a name cannot shift the key.
+        key: encodeURIComponent(anonymous ? `a:${name}` : `p:${name}`),
+        anonymous,
         name,
         version,
         limits: resolve(limits, name),
@@ -226,7 +235,7 @@ export function createLimiter(options: LimiterOptions): Limiter {
         syncing: false,
         again: false,
       };
-      principals.set(id, p);
+      map.set(name, p);
     } else if (p.version !== version) {
       p.version = version;
       p.limits = resolve(limits, name);
@@ -290,10 +299,7 @@ export function createLimiter(options: LimiterOptions): Limiter {
     if (req === undefined && str === undefined && charge === undefined) return;
 
     if (req !== undefined) sendRequestReport(p.req!, req);
-    if (charge !== undefined) {
-      th!.sending = charge;
-      th!.pending = 0;
-    }
+    if (charge !== undefined) sendTokenReport(th!);
     const out = await run((c) =>
       Promise.all([
         req === undefined
@@ -357,7 +363,8 @@ export function createLimiter(options: LimiterOptions): Limiter {
       }
       const at = now();
       const work: Promise<void>[] = [];
-      for (const [id, p] of principals) {
+      for (const p of everyPrincipal()) {
+        const forget = (): void => void (p.anonymous ? byAddress : named).delete(p.name);
         const idle = at - p.lastSeen >= idleMs && (p.streams?.open ?? 0) === 0;
         if (idle) {
           // Gives back its lease and reservation, sends its last charges, then forgets it. Without
@@ -368,10 +375,10 @@ export function createLimiter(options: LimiterOptions): Limiter {
             work.push(
               exclusive(p, "release", () => {
                 // A call that came meanwhile keeps it (what was given back is leased again when needed).
-                if (p.lastSeen === seen && (p.streams?.open ?? 0) === 0) principals.delete(id);
+                if (p.lastSeen === seen && (p.streams?.open ?? 0) === 0) forget();
               }),
             );
-          } else if (!waiting || at - p.lastSeen >= 6 * idleMs) principals.delete(id);
+          } else if (!waiting || at - p.lastSeen >= 6 * idleMs) forget();
         } else if (shared()) {
           work.push(exclusive(p, "tick"));
         }
@@ -411,11 +418,6 @@ export function createLimiter(options: LimiterOptions): Limiter {
     const rh = requests !== undefined ? (p.req ??= newRequestHolding(requests, replicas, at)) : undefined;
     const sh = kind.streaming && streams !== undefined ? (p.streams ??= newStreamHolding()) : undefined;
 
-    const leftRequests = (): number | undefined =>
-      rh === undefined ? undefined : remainingRequests(rh, requests!, replicas, isShared, at);
-    const leftTokens = (): number | undefined =>
-      th === undefined ? undefined : remainingTokens(th, tokens!, replicas, isShared, at);
-
     let refusal: ConnectError | undefined;
     const quotaWait = th === undefined ? undefined : tokenVerdict(th, tokens!, replicas, isShared, at);
     const rv = rh === undefined ? undefined : requestVerdict(rh, requests!, replicas, isShared, at);
@@ -439,9 +441,14 @@ export function createLimiter(options: LimiterOptions): Limiter {
         dirty = true;
       }
       if (dirty) void report(p);
-      // Refused for the rate: none left now, whatever the estimate of the shared bucket says.
-      const requestsLeft = rv !== undefined && !rv.admit ? 0 : leftRequests();
-      return { refusal, remainingRequests: requestsLeft, remainingTokens: leftTokens(), end: undefined };
+      return {
+        refusal,
+        // Refused for the rate: none left now, whatever the estimate of the shared bucket says.
+        remainingRequests:
+          rh === undefined ? undefined : !rv!.admit ? 0 : remainingRequests(rh, requests!, replicas, isShared, at),
+        remainingTokens: th === undefined ? undefined : remainingTokens(th, tokens!, replicas, isShared, at),
+        end: undefined,
+      };
     }
 
     if (rh !== undefined && rv?.admit === true) {
@@ -466,7 +473,12 @@ export function createLimiter(options: LimiterOptions): Limiter {
             if (streamReportMatters(sh, streamReport(sh, streams!, replicas, ended, false), streams!, replicas))
               void report(p);
           };
-    return { refusal: undefined, remainingRequests: leftRequests(), remainingTokens: leftTokens(), end };
+    return {
+      refusal: undefined,
+      remainingRequests: rh === undefined ? undefined : remainingRequests(rh, requests!, replicas, isShared, at),
+      remainingTokens: th === undefined ? undefined : remainingTokens(th, tokens!, replicas, isShared, at),
+      end,
+    };
   }
 
   return {
@@ -479,12 +491,13 @@ export function createLimiter(options: LimiterOptions): Limiter {
     enabled: () => enabled,
     shared,
     replicas: () => replicas,
+    tracked: () => named.size + byAddress.size,
     async close() {
       if (closed) return;
       clearInterval(timer);
       if (user !== undefined && shared()) {
         // Give back leases and reservations and send the last charges (each bounded by the link's timeout).
-        await Promise.all([...principals.values()].map((p) => exclusive(p, "release")));
+        await Promise.all(everyPrincipal().map((p) => exclusive(p, "release")));
         await run((c) => c.zrem(`${namespace}rl:replicas`, replica));
       }
       closed = true;

@@ -34,11 +34,20 @@ export interface TokenHolding {
   /** The same for the day. */
   dayUsed: number;
   dayEndsAt: number;
-  /** This replica's own use in the current local minute and day (the share it keeps to while Redis is unreachable). */
+  /** This replica's own use in its current minute and day (the share it keeps to while Redis is unreachable). */
   ownMinute: number;
   ownMinuteIndex: number;
   ownDay: number;
   ownDayIndex: number;
+  /** Its own use as it was when the report in flight left (`own*` then), and as of the last answered report: what Redis has counted. */
+  sentMinute: number;
+  sentMinuteIndex: number;
+  sentDay: number;
+  sentDayIndex: number;
+  answeredMinute: number;
+  answeredMinuteIndex: number;
+  answeredDay: number;
+  answeredDayIndex: number;
   /** When the shared use was last read (local ms). */
   readAt: number;
 }
@@ -56,11 +65,23 @@ export function newTokenHolding(): TokenHolding {
     ownMinuteIndex: 0,
     ownDay: 0,
     ownDayIndex: 0,
+    sentMinute: 0,
+    sentMinuteIndex: 0,
+    sentDay: 0,
+    sentDayIndex: 0,
+    answeredMinute: 0,
+    answeredMinuteIndex: 0,
+    answeredDay: 0,
+    answeredDayIndex: 0,
     readAt: 0,
   };
 }
 
-/** The windows a call is judged by: the shared minute and day, and, while Redis is unreachable, this replica's share of each. */
+/**
+ * The windows a call is judged by: the shared minute and day (Redis' count at the last answer,
+ * while that window lasts, plus this replica's own use in it that Redis has not counted yet), and,
+ * while Redis is unreachable, this replica's share of each.
+ */
 export function tokenWindows(
   h: TokenHolding,
   limit: TokenLimit,
@@ -68,19 +89,43 @@ export function tokenWindows(
   shared: boolean,
   now: number,
 ): WindowUse[] {
-  const unsent = h.pending + h.sending;
   const out: WindowUse[] = [];
-  const add = (w: QuotaWindow, max: number | undefined, used: number, endsAt: number, own: number, index: number) => {
+  const add = (
+    w: QuotaWindow,
+    max: number | undefined,
+    sharedUsed: number,
+    endsAt: number,
+    own: { used: number; index: number },
+    answered: { used: number; index: number },
+  ) => {
     if (max === undefined) return;
+    const index = windowIndex(now, w);
+    const mine = own.index === index ? own.used : 0;
+    const uncounted = mine - (answered.index === index ? answered.used : 0);
     const current = now < endsAt;
-    out.push({ limit: max, used: (current ? used : 0) + unsent, endsAt: current ? endsAt : windowEnd(now, w) });
-    if (!shared) {
-      const mine = index === windowIndex(now, w) ? own : 0;
-      out.push({ limit: shareOf(max, replicas, 1), used: mine, endsAt: windowEnd(now, w) });
-    }
+    out.push({
+      limit: max,
+      used: (current ? sharedUsed : 0) + uncounted,
+      endsAt: current ? endsAt : windowEnd(now, w),
+    });
+    if (!shared) out.push({ limit: shareOf(max, replicas, 1), used: mine, endsAt: windowEnd(now, w) });
   };
-  add("minute", limit.perMinute, h.minuteUsed, h.minuteEndsAt, h.ownMinute, h.ownMinuteIndex);
-  add("day", limit.perDay, h.dayUsed, h.dayEndsAt, h.ownDay, h.ownDayIndex);
+  add(
+    "minute",
+    limit.perMinute,
+    h.minuteUsed,
+    h.minuteEndsAt,
+    { used: h.ownMinute, index: h.ownMinuteIndex },
+    { used: h.answeredMinute, index: h.answeredMinuteIndex },
+  );
+  add(
+    "day",
+    limit.perDay,
+    h.dayUsed,
+    h.dayEndsAt,
+    { used: h.ownDay, index: h.ownDayIndex },
+    { used: h.answeredDay, index: h.answeredDayIndex },
+  );
   return out;
 }
 
@@ -120,6 +165,18 @@ export function chargeTokens(h: TokenHolding, tokens: number, now: number): void
   h.ownDayIndex = day;
 }
 
+/** Moves the pending charge into a report as it leaves (with a snapshot of this replica's own use, which Redis will have counted once it answers). Returns the charge. */
+export function sendTokenReport(h: TokenHolding): number {
+  const charge = h.pending;
+  h.sending = charge;
+  h.pending = 0;
+  h.sentMinute = h.ownMinute;
+  h.sentMinuteIndex = h.ownMinuteIndex;
+  h.sentDay = h.ownDay;
+  h.sentDayIndex = h.ownDayIndex;
+  return charge;
+}
+
 /** Redis' answer: the shared use of the current minute and day (the charge just sent included) and the ms left in each. */
 export interface TokenAnswer {
   readonly minuteUsed: number;
@@ -131,6 +188,10 @@ export interface TokenAnswer {
 /** Applies an answer to the report that sent `h.sending`. */
 export function applyTokenAnswer(h: TokenHolding, a: TokenAnswer, now: number): void {
   h.sending = 0;
+  h.answeredMinute = h.sentMinute;
+  h.answeredMinuteIndex = h.sentMinuteIndex;
+  h.answeredDay = h.sentDay;
+  h.answeredDayIndex = h.sentDayIndex;
   h.minuteUsed = a.minuteUsed;
   h.minuteEndsAt = now + a.minuteMsLeft;
   h.dayUsed = a.dayUsed;
