@@ -45,12 +45,13 @@ import type { StreamHolding, StreamReport } from "./stream-allowance.js";
 import {
   applyTokenAnswer,
   chargeTokens,
+  leastLeft,
   newTokenHolding,
-  remainingTokens,
   sendTokenReport,
   tokenReportFailed,
-  tokenVerdict,
+  tokenWindows,
 } from "./token-allowance.js";
+import { quotaRetryAfterMs } from "./quota-window.js";
 import type { TokenHolding, TokenLimit } from "./token-allowance.js";
 
 /** The outcome of one call's admission. */
@@ -419,7 +420,8 @@ export function createLimiter(options: LimiterOptions): Limiter {
     const sh = kind.streaming && streams !== undefined ? (p.streams ??= newStreamHolding()) : undefined;
 
     let refusal: ConnectError | undefined;
-    const quotaWait = th === undefined ? undefined : tokenVerdict(th, tokens!, replicas, isShared, at);
+    const windows = th === undefined ? undefined : tokenWindows(th, tokens!, replicas, isShared, at);
+    const quotaWait = windows === undefined ? undefined : quotaRetryAfterMs(windows, at);
     const rv = rh === undefined ? undefined : requestVerdict(rh, requests!, replicas, isShared, at);
     const sv = sh === undefined ? undefined : streamVerdict(sh, streams!, replicas, isShared, at);
     if (quotaWait !== undefined) {
@@ -446,7 +448,7 @@ export function createLimiter(options: LimiterOptions): Limiter {
         // Refused for the rate: none left now, whatever the estimate of the shared bucket says.
         remainingRequests:
           rh === undefined ? undefined : !rv!.admit ? 0 : remainingRequests(rh, requests!, replicas, isShared, at),
-        remainingTokens: th === undefined ? undefined : remainingTokens(th, tokens!, replicas, isShared, at),
+        remainingTokens: windows === undefined ? undefined : leastLeft(windows),
         end: undefined,
       };
     }
@@ -476,7 +478,8 @@ export function createLimiter(options: LimiterOptions): Limiter {
     return {
       refusal: undefined,
       remainingRequests: rh === undefined ? undefined : remainingRequests(rh, requests!, replicas, isShared, at),
-      remainingTokens: th === undefined ? undefined : remainingTokens(th, tokens!, replicas, isShared, at),
+      // Nothing was charged by admitting: the windows judged are still the ones to tell.
+      remainingTokens: windows === undefined ? undefined : leastLeft(windows),
       end,
     };
   }

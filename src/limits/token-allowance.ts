@@ -90,43 +90,38 @@ export function tokenWindows(
   now: number,
 ): WindowUse[] {
   const out: WindowUse[] = [];
-  const add = (
-    w: QuotaWindow,
-    max: number | undefined,
-    sharedUsed: number,
-    endsAt: number,
-    own: { used: number; index: number },
-    answered: { used: number; index: number },
-  ) => {
-    if (max === undefined) return;
-    const index = windowIndex(now, w);
-    const mine = own.index === index ? own.used : 0;
-    const uncounted = mine - (answered.index === index ? answered.used : 0);
-    const current = now < endsAt;
-    out.push({
-      limit: max,
-      used: (current ? sharedUsed : 0) + uncounted,
-      endsAt: current ? endsAt : windowEnd(now, w),
-    });
-    if (!shared) out.push({ limit: shareOf(max, replicas, 1), used: mine, endsAt: windowEnd(now, w) });
-  };
-  add(
-    "minute",
-    limit.perMinute,
-    h.minuteUsed,
-    h.minuteEndsAt,
-    { used: h.ownMinute, index: h.ownMinuteIndex },
-    { used: h.answeredMinute, index: h.answeredMinuteIndex },
-  );
-  add(
-    "day",
-    limit.perDay,
-    h.dayUsed,
-    h.dayEndsAt,
-    { used: h.ownDay, index: h.ownDayIndex },
-    { used: h.answeredDay, index: h.answeredDayIndex },
-  );
+  if (limit.perMinute !== undefined) {
+    const index = windowIndex(now, "minute");
+    const mine = h.ownMinuteIndex === index ? h.ownMinute : 0;
+    const counted = h.answeredMinuteIndex === index ? h.answeredMinute : 0;
+    addWindow(out, "minute", limit.perMinute, h.minuteUsed, h.minuteEndsAt, mine, counted, replicas, shared, now);
+  }
+  if (limit.perDay !== undefined) {
+    const index = windowIndex(now, "day");
+    const mine = h.ownDayIndex === index ? h.ownDay : 0;
+    const counted = h.answeredDayIndex === index ? h.answeredDay : 0;
+    addWindow(out, "day", limit.perDay, h.dayUsed, h.dayEndsAt, mine, counted, replicas, shared, now);
+  }
   return out;
+}
+
+/** One window: the shared count while it lasts plus what of `mine` Redis has not `counted`; alone, also the share of `mine`. */
+function addWindow(
+  out: WindowUse[],
+  w: QuotaWindow,
+  max: number,
+  sharedUsed: number,
+  endsAt: number,
+  mine: number,
+  counted: number,
+  replicas: number,
+  shared: boolean,
+  now: number,
+): void {
+  const current = now < endsAt;
+  const end = current ? endsAt : windowEnd(now, w);
+  out.push({ limit: max, used: (current ? sharedUsed : 0) + mine - counted, endsAt: end });
+  if (!shared) out.push({ limit: shareOf(max, replicas, 1), used: mine, endsAt: windowEnd(now, w) });
 }
 
 /** undefined: the call may start; otherwise ms until it may (the end of the last exhausted window). */
@@ -148,8 +143,13 @@ export function remainingTokens(
   shared: boolean,
   now: number,
 ): number {
+  return leastLeft(tokenWindows(h, limit, replicas, shared, now));
+}
+
+/** The tokens left in the tightest of `windows`, whole. */
+export function leastLeft(windows: readonly WindowUse[]): number {
   let least = Number.POSITIVE_INFINITY;
-  for (const w of tokenWindows(h, limit, replicas, shared, now)) least = Math.min(least, tokensLeft(w) ?? least);
+  for (const w of windows) least = Math.min(least, tokensLeft(w) ?? least);
   return Math.floor(least);
 }
 
