@@ -75,6 +75,8 @@ describe("the request limit held by two gateway processes sharing a real Redis",
       REDIS_URL: redis.url,
       RATE_LIMIT_RPS: String(RPS),
       RATE_LIMIT_BURST: String(BURST),
+      // Generous: a command timing out on a loaded machine would switch to local shares mid-count.
+      REDIS_COMMAND_TIMEOUT_MS: "1000",
     };
     const started = await Promise.allSettled([spawnGateway(env), spawnGateway(env)]);
     for (const s of started) if (s.status === "fulfilled") gateways.push(s.value);
