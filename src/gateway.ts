@@ -9,6 +9,8 @@ import { ModelService } from "./gen/ollama/gateway/v1/model_pb.js";
 import { createCache } from "./cache/cache.js";
 import type { Cache } from "./cache/cache.js";
 import type { GatewayConfig } from "./config/config.js";
+import { createLimiter } from "./limits/limiter.js";
+import type { Limiter } from "./limits/limiter.js";
 import type { Logger } from "./observability/logger.js";
 import { callValues } from "./pipeline/call.js";
 import { pipelineInterceptor } from "./pipeline/connect-interceptor.js";
@@ -51,6 +53,8 @@ export interface Gateway {
   readonly cache: Cache;
   /** Admission queue and node choice. */
   readonly scheduler: Scheduler;
+  /** Per-principal rate limits and token quotas; config reload hands new limits to its `update`. */
+  readonly limiter: Limiter;
   /**
    * Graceful shutdown: health NOT_SERVING, stop accepting, GOAWAY, let
    * running calls finish for `config.shutdownGraceMs`, then cancel the rest
@@ -169,9 +173,12 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     embedBatchWindowMs: config.embedBatchWindowMs,
   });
   const models = createModelService({ nodes, metadata, health: nodeHealth, maxDeadlineMs: config.maxDeadlineMs });
-  // Request id, logging and the concurrency cap (pipeline/gateway-pipeline.ts), run the same way
-  // by connect-node and the fast path.
-  const { pipeline, cap } = createGatewayPipeline({ log, maxConcurrentRpcs: config.maxConcurrentRpcs });
+  // Per-principal limits, shared through the replica's Redis link; without Redis each of the
+  // WORKERS processes enforces its share (README, "Rate limits and quotas").
+  const limiter = createLimiter({ limits: config.limits, redis, namespace: "ogw:v1:", replicas: config.workers, log });
+  // Request id, logging, rate limits and the concurrency cap (pipeline/gateway-pipeline.ts), run
+  // the same way by connect-node and the fast path.
+  const { pipeline, cap } = createGatewayPipeline({ log, maxConcurrentRpcs: config.maxConcurrentRpcs, limiter });
   const status = createGatewayService({
     version: VERSION,
     startedAtMs,
@@ -255,6 +262,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     nodeHealth,
     cache,
     scheduler,
+    limiter,
     close() {
       closed ??= (async () => {
         closing = true;
@@ -269,7 +277,13 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
         }
         scheduler.stop();
         nodeHealth.stop();
-        await Promise.all([...nodes.map((n) => n.close()), cache.close(), leases?.close(), sharedHealth?.close()]);
+        await Promise.all([
+          ...nodes.map((n) => n.close()),
+          cache.close(),
+          leases?.close(),
+          sharedHealth?.close(),
+          limiter.close(),
+        ]);
         await redis?.close();
       })();
       return closed;

@@ -1,4 +1,5 @@
 import type { UpstreamOptions } from "../upstream/ollama-node.js";
+import type { LimitsConfig } from "./limits-config.js";
 
 /** One Ollama node the gateway routes to. */
 export interface NodeConfig {
@@ -110,6 +111,11 @@ export interface GatewayConfig {
   cache: CacheConfig;
   /** Admission queue, node choice and failure handling. */
   routing: RoutingConfig;
+  /**
+   * Per-principal rate limits and token quotas: the config file's `limits` section, with the
+   * default request limit from env RATE_LIMIT_RPS / RATE_LIMIT_BURST. @default none (off)
+   */
+  limits: LimitsConfig;
 }
 
 /** How requests wait for, and are spread over, the fleet. */

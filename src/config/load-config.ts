@@ -3,6 +3,7 @@ import { parseRedisUrl } from "../redis/redis-target.js";
 import { canonicalModelName } from "../upstream/model-name.js";
 import { DEFAULTS } from "./config.js";
 import type { GatewayConfig, NodeConfig } from "./config.js";
+import { parseLimits } from "./limits-config.js";
 
 /** The environment could not be turned into a valid config; `problems` says why, one line each. */
 export class ConfigError extends Error {
@@ -120,6 +121,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       rebalance: onOff("REBALANCE", DEFAULTS.routing.rebalance),
       numCtx,
     },
+    limits: parseLimits(file.limits, env, problems),
     upstream: {
       connections: int("UPSTREAM_CONNECTIONS", DEFAULTS.upstream.connections, 1, 10_000),
       connectTimeoutMs: int("UPSTREAM_CONNECT_TIMEOUT_MS", DEFAULTS.upstream.connectTimeoutMs, 10, 120_000),
@@ -210,6 +212,7 @@ function parseNodes(
 interface ConfigFile {
   nodes?: unknown;
   modelNumCtx?: unknown;
+  limits?: unknown;
 }
 
 function readConfigFile(path: string | undefined, problems: string[]): ConfigFile {

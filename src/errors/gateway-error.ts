@@ -22,7 +22,10 @@ export type ErrorReason =
   | "UPSTREAM_TIMEOUT"
   | "UPSTREAM_ERROR"
   | "UPSTREAM_PROTOCOL_ERROR"
-  | "SHUTTING_DOWN";
+  | "SHUTTING_DOWN"
+  | "RATE_LIMITED"
+  | "TOKEN_QUOTA_EXCEEDED"
+  | "TOO_MANY_STREAMS";
 
 /** One invalid request field, reported as a `google.rpc.BadRequest` violation. */
 export interface FieldViolation {

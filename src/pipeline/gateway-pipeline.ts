@@ -1,3 +1,4 @@
+import type { Limiter } from "../limits/limiter.js";
 import type { Logger } from "../observability/logger.js";
 import { createRpcLog } from "../observability/rpc-log.js";
 import { concurrencyCap } from "./concurrency-cap.js";
@@ -5,6 +6,7 @@ import type { ConcurrencyCap } from "./concurrency-cap.js";
 import { loggingHook } from "./logging-hook.js";
 import { createPipeline } from "./pipeline.js";
 import type { CallHook, Pipeline } from "./pipeline.js";
+import { rateLimitHook } from "./rate-limit-hook.js";
 import { requestIdHook } from "./request-id.js";
 
 /** What the gateway's pipeline is built from. */
@@ -15,6 +17,8 @@ export interface GatewayPipelineOptions {
   maxConcurrentRpcs: number;
   /** Makes the id of a call that brings none. @default `sequentialRequestIds()`: random per process, then a counter */
   newRequestId?: () => string;
+  /** Per-principal rate limits and token quotas (`rateLimitHook`). @default none: no hook */
+  limiter?: Limiter;
 }
 
 /** The gateway's pipeline, and the cap's gauge for the status RPC. */
@@ -37,8 +41,8 @@ export interface GatewayPipeline {
  * 3. authentication (to come): who calls; UNAUTHENTICATED otherwise. Exemptions (health
  *    probes) come from `exemptionsOf`, the table the cap uses;
  * 4. permissions (to come): may this identity call this method (and model); needs 3;
- * 5. rate limits (to come): per identity, so after 3; before the cap, so a client over its
- *    limit never takes a slot others are waiting for;
+ * 5. rate limits: per identity, so after 3; before the cap, so a client over its limit never
+ *    takes a slot others are waiting for (`rateLimitHook`);
  * 6. concurrency cap: last, so only calls every check above admitted take a slot.
  */
 export function createGatewayPipeline(options: GatewayPipelineOptions): GatewayPipeline {
@@ -48,7 +52,7 @@ export function createGatewayPipeline(options: GatewayPipelineOptions): GatewayP
     loggingHook(createRpcLog(options.log)),
     // Authentication hook goes here (3).
     // Permission hook goes here (4).
-    // Rate limit hook goes here (5).
+    ...(options.limiter === undefined ? [] : [rateLimitHook(options.limiter)]),
     cap,
   ];
   return { pipeline: createPipeline(hooks), cap };
