@@ -70,6 +70,9 @@ describe("capacity learned from the nodes", () => {
       assert.equal(c.overflowBytes, BigInt(LLAMA + QWEN), "llama3.2 and qwen3 did not fit together");
       assert.equal(c.maxLoadedModels, 3, "the count was not the reason");
       assert.deepEqual(c.evidence[0]?.models, ["qwen3:latest", "llama3.2:latest"]);
+      const other = status.nodes.find((n) => n !== learned)!;
+      assert.equal(other.capacity?.borrowedFrom, learned.name, "the other node, configured alike, borrowed the bound");
+      assert.equal(other.capacity?.overflowBytes, BigInt(LLAMA + QWEN));
       assert.deepEqual(
         c.modelSizes.map((m) => [m.model, m.sizeBytes]),
         [

@@ -1,6 +1,7 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import {
+  borrowBounds,
   budgetBytes,
   createCapacity,
   evictionsFor,
@@ -198,6 +199,55 @@ describe("a node's capacity model", () => {
       const frozen = JSON.stringify({ ...before, sizes: [...before.sizes] });
       observeLoad(before, { model: "qwen", before: [ps("llama", 3)], after: [ps("qwen", 6.5)], now: T });
       assert.equal(JSON.stringify({ ...before, sizes: [...before.sizes] }), frozen);
+    });
+  });
+
+  describe("borrowing the bound of a node configured alike", () => {
+    const fresh = (): NodeCapacity => history(3, [{ seen: [ps("llama", 3)] }]);
+
+    it("takes the upper bound of a node that saw an eviction, while it has seen none itself", () => {
+      const c = borrowBounds(fresh(), learnedOne, "n0", T);
+      assert.equal(c.overflowBytes, 9.5 * GB);
+      assert.equal(c.borrowedFrom, "n0");
+      assert.equal(budgetBytes(c), 3 * GB, "what fits is still its own: the largest total seen here");
+      assert.deepEqual(evictionsFor(c, resident({ llama: 0 }), "qwen", 6.5 * GB), ["llama"]);
+      assert.deepEqual(
+        c.evidence.map((e) => [e.kind, e.from]),
+        [
+          ["borrowed", "n0"],
+          ["fits", undefined],
+        ],
+      );
+    });
+
+    it("borrows from no node configured otherwise, nor when either has a configured budget", () => {
+      assert.equal(borrowBounds(history(2), learnedOne, "n0", T).borrowedFrom, undefined, "another count");
+      assert.equal(borrowBounds(history(3, [], 24), learnedOne, "n0", T).borrowedFrom, undefined, "configured");
+      const configured = history(3, [{ loaded: "qwen", before: [ps("llama", 3)], after: [ps("qwen", 6.5)] }], 8);
+      assert.equal(borrowBounds(fresh(), configured, "n0", T).borrowedFrom, undefined);
+    });
+
+    it("keeps its own bound, and never lends a borrowed one", () => {
+      assert.equal(borrowBounds(learnedOne, history(3, [{ seen: [ps("x", 1)] }]), "n1", T), learnedOne);
+      const borrowed = borrowBounds(fresh(), learnedOne, "n0", T);
+      assert.equal(borrowBounds(fresh(), borrowed, "n1", T).borrowedFrom, undefined);
+    });
+
+    it("replaces a borrowed bound with its own eviction", () => {
+      const borrowed = borrowBounds(fresh(), learnedOne, "n0", T);
+      const own = observeLoad(borrowed, { model: "llava", before: [ps("llama", 3)], after: [ps("llava", 6)], now: T });
+      assert.equal(own.borrowedFrom, undefined);
+      assert.equal(own.overflowBytes, 9 * GB);
+      assert.equal(own.evidence[0]!.kind, "evicted");
+    });
+
+    it("drops a borrowed bound its own co-residence contradicts, and borrows no more", () => {
+      const borrowed = borrowBounds(fresh(), learnedOne, "n0", T);
+      const bigger = observeResidency(borrowed, [ps("llama", 3), ps("qwen", 6.5)], T);
+      assert.equal(bigger.overflowBytes, undefined);
+      assert.equal(bigger.borrowedFrom, undefined);
+      assert.equal(bigger.mayBorrow, false);
+      assert.equal(borrowBounds(bigger, learnedOne, "n0", T), bigger);
     });
   });
 

@@ -445,6 +445,21 @@ const placements: PlacementCase[] = [
     expect: { node: "b", rule: "room" },
   },
   {
+    name: "does not guess on a node not known to have room while its model is in use: waits instead",
+    fleet: { nodes: [node("a", { maxLoaded: 3, capacity: learned({}), models: { llama: 1 } })] },
+    model: "qwen",
+    expect: undefined,
+  },
+  {
+    name: "does not guess on such a node while its idle model has requests waiting",
+    fleet: {
+      nodes: [node("a", { maxLoaded: 3, capacity: learned({}), models: { llama: 0 } })],
+      queues: { llama: { waitMs: 10 } },
+    },
+    model: "qwen",
+    expect: undefined,
+  },
+  {
     name: "sends a model larger than any budget to an empty node (it loads there, partly offloaded)",
     fleet: {
       nodes: [node("a", { maxLoaded: 3, capacity: ONE_FITS, models: { llama: 1 } }), node("b", { capacity: ONE_FITS })],
@@ -638,6 +653,12 @@ const victims: VictimCase[] = [
         node("b", { maxLoaded: 3, capacity: ONE_FITS, models: { llama: 1 } }),
       ],
     },
+    model: "qwen",
+    expect: "a",
+  },
+  {
+    name: "drains, for a starving model, a node not known to be full whose model is in use",
+    fleet: { nodes: [node("a", { maxLoaded: 3, capacity: learned({}), models: { llama: 1 } })] },
     model: "qwen",
     expect: "a",
   },

@@ -30,9 +30,11 @@ export interface ResidentModel {
  *   on the CPU (the total did not fit; what it kept on the GPU did);
  * - `count`: Ollama evicted although the total was known to fit: it keeps fewer models than
  *   configured (at most the number loaded before, which becomes the learned count);
- * - `reset`: the new evidence contradicted the old bounds (the node changed), which were dropped.
+ * - `reset`: the new evidence contradicted the old bounds (the node changed), which were dropped;
+ * - `borrowed`: nothing was seen evicted here yet; the upper bound is that of a node configured
+ *   alike (`from`), until this node shows its own.
  */
-export type CapacityEvidenceKind = "fits" | "evicted" | "offloaded" | "count" | "reset";
+export type CapacityEvidenceKind = "fits" | "evicted" | "offloaded" | "count" | "reset" | "borrowed";
 
 /** One observation, as GetStatus shows it. */
 export interface CapacityEvidence {
@@ -44,6 +46,8 @@ export interface CapacityEvidence {
   readonly models: readonly string[];
   /** The total it is about, bytes. */
   readonly totalBytes: number;
+  /** For `borrowed`: the node the bound comes from. */
+  readonly from?: string | undefined;
 }
 
 /** The capacity model of one node. Immutable: every observation returns a new one. */
@@ -62,6 +66,10 @@ export interface NodeCapacity {
   readonly sizes: ReadonlyMap<string, number>;
   /** The latest observations that changed the picture, newest first (at most `MAX_EVIDENCE`). */
   readonly evidence: readonly CapacityEvidence[];
+  /** The node whose upper bound this one uses while it has seen no eviction of its own, if any. */
+  readonly borrowedFrom: string | undefined;
+  /** False once this node's own evidence contradicted a bound (it is not like the others): it borrows no more. */
+  readonly mayBorrow: boolean;
 }
 
 /** Observations kept for GetStatus. */
@@ -77,6 +85,8 @@ export function createCapacity(config: { maxLoadedModels: number; vramBytes?: nu
     learnedMaxLoaded: undefined,
     sizes: new Map(),
     evidence: [],
+    borrowedFrom: undefined,
+    mayBorrow: true,
   };
 }
 
@@ -132,17 +142,20 @@ export function observeResidency(c: NodeCapacity, resident: readonly ResidentMod
       ...next,
       fitsBytes: held,
       overflowBytes: contradicts ? undefined : next.overflowBytes,
+      borrowedFrom: contradicts ? undefined : next.borrowedFrom,
+      mayBorrow: next.mayBorrow && !contradicts,
       evidence: withEvidence(next, { at: now, kind: contradicts ? "reset" : "fits", models: names, totalBytes: held }),
     };
   }
   const partial = resident.find((m) => m.vramBytes > 0 && m.vramBytes < m.sizeBytes);
   if (partial !== undefined) {
     const needed = resident.reduce((n, m) => n + m.sizeBytes, 0);
-    if (next.overflowBytes === undefined || needed < next.overflowBytes) {
+    if (next.overflowBytes === undefined || next.borrowedFrom !== undefined || needed < next.overflowBytes) {
       const others = names.filter((n) => n !== partial.name);
       next = {
         ...next,
-        overflowBytes: needed,
+        overflowBytes: Math.min(needed, next.overflowBytes ?? needed),
+        borrowedFrom: undefined,
         evidence: withEvidence(next, {
           at: now,
           kind: "offloaded",
@@ -192,11 +205,34 @@ export function observeLoad(c: NodeCapacity, o: LoadObservation): NodeCapacity {
       evidence: withEvidence(next, { at: o.now, kind: "count", models, totalBytes: needed }),
     };
   }
-  if (next.overflowBytes !== undefined && needed >= next.overflowBytes) return next;
+  if (next.overflowBytes !== undefined && needed >= next.overflowBytes && next.borrowedFrom === undefined) return next;
   return {
     ...next,
-    overflowBytes: needed,
+    overflowBytes: Math.min(needed, next.overflowBytes ?? needed),
+    borrowedFrom: undefined,
     evidence: withEvidence(next, { at: o.now, kind: "evicted", models, totalBytes: needed }),
+  };
+}
+
+/**
+ * `c` using the upper bound of `from` (named `name`), a node configured alike (same count, no
+ * configured budget), while `c` has seen no eviction of its own: in a fleet of like GPUs, one
+ * node's eviction spares the others theirs. Only the upper bound is borrowed (what fits is
+ * still seen per node), so a wrong guess costs packing, not an eviction; and this node's own
+ * evidence replaces it — one that contradicts it stops the borrowing for good.
+ */
+export function borrowBounds(c: NodeCapacity, from: NodeCapacity, name: string, now: number): NodeCapacity {
+  if (!c.mayBorrow || c.configuredBytes !== undefined || from.configuredBytes !== undefined) return c;
+  if (c.configuredMaxLoaded !== from.configuredMaxLoaded) return c;
+  if (from.overflowBytes === undefined || from.borrowedFrom !== undefined) return c;
+  if (c.overflowBytes !== undefined && c.borrowedFrom === undefined) return c; // it has its own
+  if (c.overflowBytes === from.overflowBytes) return c;
+  if (from.overflowBytes <= c.fitsBytes) return c; // contradicted by what this node holds
+  return {
+    ...c,
+    overflowBytes: from.overflowBytes,
+    borrowedFrom: name,
+    evidence: withEvidence(c, { at: now, kind: "borrowed", models: [], totalBytes: from.overflowBytes, from: name }),
   };
 }
 

@@ -1,7 +1,14 @@
 import type { NodeConfig } from "../config/config.js";
 import type { OllamaNode } from "../upstream/ollama-node.js";
 import type { NodeCapacity, ResidentModel } from "./capacity-model.js";
-import { assumeSize, createCapacity, evictionsFor, observeLoad, observeResidency } from "./capacity-model.js";
+import {
+  assumeSize,
+  borrowBounds,
+  createCapacity,
+  evictionsFor,
+  observeLoad,
+  observeResidency,
+} from "./capacity-model.js";
 import { slotsFor } from "./policy-snapshot.js";
 import type { SlotLearning, SlotSample } from "./slot-learning.js";
 import { createSlotLearning, observeSlots } from "./slot-learning.js";
@@ -52,7 +59,8 @@ export interface NodeState {
  * gateway's own dispatches (a request for a model that was not loaded makes it loaded, and pushes
  * out the models the capacity model says Ollama will evict for it), and corrected from /api/ps:
  * periodically by `sync`, and right after a load by `loadObserved`, which also teaches the node's
- * capacity model what was evicted.
+ * capacity model what was evicted. A node that has seen no eviction yet borrows the upper bound of
+ * one configured alike (`borrowBounds`), so one node's eviction spares the others theirs.
  */
 export interface FleetState {
   /** Every node, in configuration order. */
@@ -137,6 +145,13 @@ export function createFleetState(nodes: readonly { node: OllamaNode; config: Nod
     }
     state.resident = loaded;
     state.capacity = observeResidency(state.capacity, loaded, now);
+    share(state);
+  }
+
+  /** Lends `from`'s upper bound to the nodes configured alike that have seen no eviction yet. */
+  function share(from: NodeState): void {
+    const now = Date.now();
+    for (const s of states) if (s !== from) s.capacity = borrowBounds(s.capacity, from.capacity, from.node.name, now);
   }
 
   return {

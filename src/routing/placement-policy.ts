@@ -11,7 +11,7 @@ import {
   inFlightOn,
   isWaiting,
   mayServe,
-  roomForSure,
+  roomFor,
   slotsFor,
   usableNodes,
   weightedLoad,
@@ -69,7 +69,8 @@ function victimsIdle(
  *    the least weighted load; while a load sent to that node is unconfirmed and may be pushing the
  *    model out, the request rather waits for /api/ps than loads the model a second time elsewhere;
  * 3. a node with room to load it without evicting (`room`): one known to have room (empty, or the
- *    total seen to fit) before one merely not known to be full;
+ *    total seen to fit) before one merely not known to be full — and that only when nothing on it
+ *    is in use (`roomFor`): a wrong guess then costs an idle model, and teaches the capacity model;
  * 4. only when the model is loaded on no usable node: a node whose models to push out are idle (`idle`);
  * 5. with rebalancing, once the queue head waited longer than two loads: a node whose models to
  *    push out are idle and spare (`scale-out`).
@@ -102,9 +103,10 @@ export function choosePlacement(
   const notLoaded = open.filter(
     (s) => !s.models.has(req.model) && s.drainingFor === undefined && s.loading === undefined,
   );
-  const withRoom = notLoaded.filter((s) => evictionsOn(s, req.model, req.sizeBytes).length === 0);
-  const sure = withRoom.filter((s) => roomForSure(s, req.model, req.sizeBytes));
-  if (withRoom.length > 0) return chosen(sure.length > 0 ? sure : withRoom, "room");
+  const room = notLoaded.map((s) => ({ s, how: roomFor(view, s, req.model, req.sizeBytes) }));
+  const sure = room.filter((r) => r.how === "sure").map((r) => r.s);
+  const guess = room.filter((r) => r.how === "guess").map((r) => r.s);
+  if (sure.length > 0 || guess.length > 0) return chosen(sure.length > 0 ? sure : guess, "room");
   const loadedSomewhere = usable.some((s) => s.models.has(req.model));
   const idle = notLoaded.filter((s) => victimsIdle(view, s, req));
   // Wait for a slot rather than evict; a model loaded nowhere takes any idle node.

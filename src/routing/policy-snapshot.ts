@@ -116,9 +116,31 @@ export function evictionsOn(node: NodeView, model: string, sizeBytes: number | u
   return evictionsFor(capacityOf(node), node.models, model, sizeBytes);
 }
 
-/** True when `model` is known to fit on `node` without evicting anything (not merely not known to be full). */
+/**
+ * True when `model` is known to fit on `node` without evicting anything (not merely not known to
+ * be full). A node without a capacity model is taken at its configured count.
+ */
 export function roomForSure(node: NodeView, model: string, sizeBytes: number | undefined): boolean {
-  return fitsForSure(capacityOf(node), node.models, model, sizeBytes);
+  if (node.capacity === undefined) return evictionsOn(node, model, sizeBytes).length === 0;
+  return fitsForSure(node.capacity, node.models, model, sizeBytes);
+}
+
+/**
+ * How `node` can take a load of `model` without evicting, if it can: `sure` when it is known to
+ * fit; `guess` when it is merely not known to be full and every model there is idle with nobody
+ * waiting for it (so if Ollama does evict, nothing in use is lost, and the gateway learns); else
+ * undefined — a node not known to be full whose models are in use is not risked.
+ */
+export function roomFor(
+  view: FleetView,
+  node: NodeView,
+  model: string,
+  sizeBytes: number | undefined,
+): "sure" | "guess" | undefined {
+  if (evictionsOn(node, model, sizeBytes).length > 0) return undefined;
+  if (roomForSure(node, model, sizeBytes)) return "sure";
+  for (const [name, m] of node.models) if (m.inFlight > 0 || isWaiting(view, name)) return undefined;
+  return "guess";
 }
 
 /**

@@ -57,8 +57,10 @@ function capacityStatus(c: NodeCapacity, loading: string | undefined) {
       kind: e.kind,
       models: [...e.models],
       totalBytes: BigInt(e.totalBytes),
+      fromNode: e.from ?? "",
     })),
     loading: loading ?? "",
+    borrowedFrom: c.borrowedFrom ?? "",
   };
 }
 
