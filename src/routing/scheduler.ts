@@ -535,9 +535,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     while (!signal.aborted && state.loading?.model === model) {
       let after: ResidentModel[] | undefined;
       try {
-        after = residentOf(
-          await deps.metadata.ps(state.node, AbortSignal.any([signal, AbortSignal.timeout(2_000)]), true),
-        );
+        after = residentOf(await deps.metadata.ps(state.node, AbortSignal.timeout(2_000), true));
       } catch {
         after = undefined;
       }
@@ -561,7 +559,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         .filter((s) => s !== state && hostOf(s.node.url) === host && health.isHealthy(s.node.name))
         .map(async (s) => {
           try {
-            const ps = await deps.metadata.ps(s.node, AbortSignal.any([signal, AbortSignal.timeout(2_000)]), true);
+            const ps = await deps.metadata.ps(s.node, AbortSignal.timeout(2_000), true);
             if (!signal.aborted) fleet.sync(s.node.name, residentOf(ps));
           } catch {
             // keep the last view; the periodic sync tries again
