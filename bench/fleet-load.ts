@@ -5,7 +5,9 @@
 // - "gateway": the connect gRPC client over HTTP/2 (one session);
 // - "round-robin": request i straight to simulator i mod n over HTTP/1.1
 //   (undici, a connection per outstanding request, NDJSON parsed line by
-//   line), like nginx or a simple-shuffle router in front of the nodes.
+//   line), like nginx or a simple-shuffle router in front of the nodes;
+// - "least-connections": the same, to the simulator with the fewest requests
+//   outstanding from here (ties in turn), like nginx `least_conn`.
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { durationMs } from "@bufbuild/protobuf/wkt";
@@ -112,7 +114,41 @@ function isTimeout(e: unknown, signal: AbortSignal): boolean {
   return signal.aborted || (e instanceof Error && (e.name === "TimeoutError" || e.name === "AbortError"));
 }
 
-function roundRobinSide(job: FleetJob): Side {
+/** Which node each request goes to when the load generator talks to the nodes itself. */
+interface Picker {
+  /** The node for request `r`. */
+  pick(r: FleetRequest): number;
+  /** Request sent to `node` ended. */
+  done(node: number): void;
+}
+
+/** Request i to node i mod n. */
+function roundRobin(n: number): Picker {
+  return { pick: (r) => r.i % n, done: () => undefined };
+}
+
+/** The node with the fewest outstanding requests; among those, the next one after the last pick. */
+function leastConnections(n: number): Picker {
+  const outstanding = new Array<number>(n).fill(0);
+  let last = -1;
+  return {
+    pick() {
+      let best = -1;
+      for (let k = 1; k <= n; k++) {
+        const i = (last + k) % n;
+        if (best === -1 || outstanding[i]! < outstanding[best]!) best = i;
+      }
+      last = best;
+      outstanding[best]!++;
+      return best;
+    },
+    done(node) {
+      outstanding[node]!--;
+    },
+  };
+}
+
+function directSide(job: FleetJob, picker: Picker): Side {
   // A connection per outstanding request, as a proxy opens them; never a client-side queue.
   const pools = job.urls.map(
     (u) => new Pool(u, { connections: 4096, pipelining: 1, headersTimeout: 0, bodyTimeout: 0 }),
@@ -120,7 +156,7 @@ function roundRobinSide(job: FleetJob): Side {
   const headers = { "content-type": "application/json" };
   return {
     async call(r, t0) {
-      const nodeIndex = r.i % pools.length;
+      const nodeIndex = picker.pick(r);
       const pool = pools[nodeIndex]!;
       const signal = AbortSignal.timeout(job.deadlineMs);
       const body = JSON.stringify({
@@ -163,6 +199,8 @@ function roundRobinSide(job: FleetJob): Side {
         if (e instanceof Classified) throw e;
         if (isTimeout(e, signal)) throw new Classified("timeout", `deadline of ${job.deadlineMs} ms passed`);
         throw new Classified("other", short(e instanceof Error ? `${e.name}: ${e.message}` : String(e)));
+      } finally {
+        picker.done(nodeIndex);
       }
     },
     async close() {
@@ -176,7 +214,10 @@ function sleep(ms: number): Promise<void> {
 }
 
 async function run(job: FleetJob): Promise<FleetLoadResult> {
-  const side = job.target === "gateway" ? gatewaySide(job) : roundRobinSide(job);
+  const side =
+    job.target === "gateway"
+      ? gatewaySide(job)
+      : directSide(job, job.target === "round-robin" ? roundRobin(job.urls.length) : leastConnections(job.urls.length));
   const loop = monitorEventLoopDelay({ resolution: 5 });
   const cpu0 = process.cpuUsage();
   const records: RequestRecord[] = new Array<RequestRecord>(job.schedule.length);

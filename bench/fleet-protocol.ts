@@ -19,16 +19,20 @@ export interface FleetRequest {
   thinkOff: boolean;
 }
 
-/** Which side a job drives. */
-export type FleetTarget = "gateway" | "round-robin";
+/**
+ * How a job's requests travel: through the gateway, or straight to the nodes — request i to node
+ * i mod n (`round-robin`), or to the node with the fewest requests outstanding from this load
+ * generator, ties in turn (`least-connections`, as nginx `least_conn` does).
+ */
+export type FleetTarget = "gateway" | "round-robin" | "least-connections";
 
 /** What one load-generator process does for one side. */
 export interface FleetJob {
   /** Label used in errors. */
   label: string;
-  /** The gateway (connect gRPC client, HTTP/2) or the simulators in turn (undici, HTTP/1.1, NDJSON). */
+  /** The gateway (connect gRPC client, HTTP/2) or the simulators directly (undici, HTTP/1.1, NDJSON). */
   target: FleetTarget;
-  /** The gateway's URL, or every simulator's URL (request i goes to urls[i mod n]). */
+  /** The gateway's URL, or every simulator's URL. */
   urls: string[];
   /** The requests, sorted by `atMs`. */
   schedule: FleetRequest[];
@@ -71,7 +75,7 @@ export interface RequestRecord {
   ttftMs: number;
   /** Tokens the final message reported (eval_count / usage.completion_tokens). */
   tokens: number;
-  /** Which node served it: the gateway's node name (from the final message), or the round-robin index. */
+  /** Which node served it: the gateway's node name (from the final message), or `n<index>` of the simulator. */
   node?: string;
   /** Time it waited in the gateway's admission queue (Usage.queue_duration), ms. */
   gatewayQueueMs?: number;

@@ -53,8 +53,10 @@ export interface ResidencySample {
 
 /** Everything measured on one side. */
 export interface SideRun {
-  /** Which side. */
-  side: FleetTarget;
+  /** The side's name (`gateway`, `round-robin`, `learning` …). */
+  side: string;
+  /** How its requests travelled. */
+  target: FleetTarget;
   /** The load generator's own report, records included. */
   load: FleetLoadResult;
   /** The simulators' counters at the end. */
@@ -98,8 +100,10 @@ export interface RefusalCheck {
 
 /** The numbers of one side. */
 export interface SideSummary {
-  /** Which side. */
-  side: FleetTarget;
+  /** The side's name. */
+  side: string;
+  /** How its requests travelled. */
+  target: FleetTarget;
   /** Requests sent. */
   offered: number;
   /** Requests that finished with their final message. */
@@ -220,6 +224,7 @@ export function summarizeSide(run: SideRun, windowMs: number, deadlineMs: number
     for (const [m, n] of Object.entries(s.stats.loads)) loadsByModel[m] = (loadsByModel[m] ?? 0) + n;
   return {
     side: run.side,
+    target: run.target,
     offered: recs.length,
     completed: ok.length,
     failed: bad.length,
@@ -295,6 +300,54 @@ export function checkTargets(gw: SideSummary | undefined, rr: SideSummary | unde
       status: gw.failures.timeout === 0 ? "met" : "not met",
     },
   ];
+}
+
+/** p99 ratio `a / b` of successful requests, NaN when either is missing. */
+function p99Ratio(a: SideSummary, b: SideSummary): number {
+  return a.latency.n > 0 && b.latency.n > 0 ? a.latency.p99 / b.latency.p99 : Number.NaN;
+}
+
+/**
+ * The targets of issue 13 for a fleet whose VRAM holds fewer models than configured: the gateway
+ * that learns the capacity (told the count Ollama is configured with) within 1.25× the p99 and 2×
+ * the model loads of the gateway told the truth, with no timeouts, and at least 5× better p99
+ * than least-connections straight to the nodes.
+ */
+export function checkCapacityTargets(
+  configured: SideSummary | undefined,
+  learning: SideSummary | undefined,
+  leastConn: SideSummary | undefined,
+): TargetCheck[] {
+  const out: TargetCheck[] = [];
+  if (learning === undefined) return [{ target: "learning gateway", measured: "the side did not run", status: "n/a" }];
+  if (configured !== undefined) {
+    const p99 = p99Ratio(learning, configured);
+    out.push({
+      target: "learning gateway p99 ≤ 1.25 × the correctly configured gateway's",
+      measured: `${round(learning.latency.p99)} vs ${round(configured.latency.p99)} ms = ${round(p99)}×`,
+      status: Number.isNaN(p99) ? "n/a" : p99 <= 1.25 ? "met" : "not met",
+    });
+    const loads = configured.loadsTotal > 0 ? learning.loadsTotal / configured.loadsTotal : Number.NaN;
+    out.push({
+      target: "learning gateway model loads ≤ 2 × the correctly configured gateway's",
+      measured: `${learning.loadsTotal} vs ${configured.loadsTotal} = ${round(loads)}×`,
+      status: Number.isNaN(loads) ? "n/a" : loads <= 2 ? "met" : "not met",
+    });
+  }
+  out.push({
+    target: "no learning gateway request fails by timeout",
+    measured: `${learning.failures.timeout} timed out, ${learning.failures.resource_exhausted} refused, ${learning.failures.unavailable + learning.failures.other} other failures`,
+    status: learning.failures.timeout === 0 ? "met" : "not met",
+  });
+  if (leastConn !== undefined) {
+    const better = p99Ratio(leastConn, learning);
+    out.push({
+      target: "learning gateway p99 at least 5× better than least-connections",
+      measured: `${round(leastConn.latency.p99)} vs ${round(learning.latency.p99)} ms = ${round(better)}× (least-connections: ${leastConn.failed} failed, ${leastConn.failures.timeout} by timeout)`,
+      status: Number.isNaN(better) ? "n/a" : better >= 5 ? "met" : "not met",
+    });
+  }
+  return out;
 }
 
 /** A digest of the gateway's JSON log: RPC outcomes, and warnings or errors grouped by message. */
@@ -380,16 +433,44 @@ export interface FleetRunInfo {
   git: string;
   /** How the gateway and simulators ran. */
   runtime: string;
+  /** Seconds the run took. */
+  durationSeconds?: number;
+}
+
+/** One side as the report describes it. */
+export interface SideInfo {
+  /** Its name. */
+  name: string;
+  /** How it runs (gateway settings, or how requests reach the nodes). */
+  description: string;
+}
+
+/** One scenario of a run: its setting, sides and results. */
+export interface ScenarioReport {
+  /** Its name (`basic`, `vram`, `mixed-sizes`). */
+  name: string;
+  /** What it shows, one line. */
+  title: string;
   /** Simulator flags (each of the nodes). */
   simulatorArgs: string[];
   /** Nodes. */
   nodes: number;
-  /** Gateway settings given by the bench. */
-  gatewayEnv: Record<string, string>;
   /** Workload description. */
   workload: string;
-  /** Seconds the run took. */
-  durationSeconds?: number;
+  /** The sides, in the order they ran. */
+  sideInfo: SideInfo[];
+  /** Summaries of the sides that ran. */
+  sides: SideSummary[];
+  /** Their raw runs (residency). */
+  runs: SideRun[];
+  /** The targets. */
+  targets: TargetCheck[];
+  /** Which issue's targets these are. */
+  targetsTitle: string;
+  /** The gateway sides' log digests. */
+  logs: { side: string; digest: GatewayLogDigest }[];
+  /** Notes about this scenario. */
+  notes: string[];
 }
 
 function ms(x: number): string {
@@ -400,41 +481,42 @@ function latencyCell(s: LatencySummary): string {
   return s.n === 0 ? "–" : `${ms(s.p50)} / ${ms(s.p99)} (max ${ms(s.max)})`;
 }
 
-/** Renders the Markdown report. */
-export function renderFleetMarkdown(
-  info: FleetRunInfo,
-  sides: SideSummary[],
-  runs: SideRun[],
-  targets: TargetCheck[],
-  log: GatewayLogDigest | undefined,
-  notes: string[],
-): string {
+/** Renders the Markdown report: the run's head, then each scenario. */
+export function renderFleetMarkdown(info: FleetRunInfo, scenarios: ScenarioReport[], notes: string[]): string {
   const L: string[] = [];
   L.push(`# Fleet benchmark ${info.startedAt}${info.smoke ? " (smoke: timings are not meaningful)" : ""}`, "");
   L.push(
     `Command: \`${info.command}\` · ${info.machine} · load average ${info.loadAverage} · ${info.git} · ${info.runtime}${info.durationSeconds !== undefined ? ` · ${info.durationSeconds} s` : ""}`,
     "",
   );
-  L.push(
-    `- ${info.nodes} simulated nodes, each \`${info.simulatorArgs.join(" ")}\`, restarted for each side (no model loaded at its start)`,
-  );
-  L.push(`- Workload (the same schedule on both sides): ${info.workload}`);
-  L.push(
-    `- Gateway: ${Object.entries(info.gatewayEnv)
-      .map(([k, v]) => `\`${k}=${v}\``)
-      .join(" ")}`,
-  );
-  L.push(
-    `- Round-robin: request i → node i mod ${info.nodes}, straight to the simulator over HTTP/1.1 (no proxy hop), one connection per outstanding request`,
-    "",
-  );
+  if (notes.length > 0) {
+    L.push("## Notes", "");
+    for (const n of notes) L.push(`- ${n}`);
+    L.push("");
+  }
+  for (const sc of scenarios) L.push(...renderScenario(sc, scenarios.length > 1));
+  return L.join("\n");
+}
 
-  L.push("## Targets (issue #4)", "", "| target | measured | status |", "|---|---|---|");
+/** One scenario's part of the report. */
+function renderScenario(sc: ScenarioReport, titled: boolean): string[] {
+  const L: string[] = [];
+  const h = titled ? "###" : "##";
+  if (titled) L.push(`## Scenario ${sc.name}: ${sc.title}`, "");
+  const { sides, runs, targets, notes } = sc;
+  L.push(
+    `- ${sc.nodes} simulated nodes, each \`${sc.simulatorArgs.join(" ")}\`, restarted for each side (no model loaded at its start)`,
+  );
+  L.push(`- Workload (the same schedule on every side): ${sc.workload}`);
+  for (const side of sc.sideInfo) L.push(`- Side "${side.name}": ${side.description}`);
+  L.push("");
+
+  L.push(`${h} Targets (${sc.targetsTitle})`, "", "| target | measured | status |", "|---|---|---|");
   for (const t of targets) L.push(`| ${t.target} | ${t.measured} | **${t.status}** |`);
   L.push("");
 
   const col = (f: (s: SideSummary) => string): string => sides.map(f).join(" | ");
-  L.push("## Results", "", `| | ${col((s) => s.side)} |`, `|---|${sides.map(() => "---").join("|")}|`);
+  L.push(`${h} Results`, "", `| | ${col((s) => s.side)} |`, `|---|${sides.map(() => "---").join("|")}|`);
   const row = (name: string, f: (s: SideSummary) => string): void => void L.push(`| ${name} | ${col(f)} |`);
   row("requests sent", (s) => String(s.offered));
   row("completed (in the arrival window)", (s) => `${s.completed} (${s.completedInWindow})`);
@@ -487,7 +569,7 @@ export function renderFleetMarkdown(
   L.push("");
 
   L.push(
-    "## Per model",
+    `${h} Per model`,
     "",
     "| side | model | sent | completed | failed | latency p50 / p99 ms | served by (completed per node) |",
     "|---|---|---|---|---|---|---|",
@@ -505,7 +587,7 @@ export function renderFleetMarkdown(
   }
   L.push("");
 
-  L.push("## Failure details", "");
+  L.push(`${h} Failure details`, "");
   for (const s of sides) {
     if (s.failureDetails.length === 0) {
       L.push(`- ${s.side}: none`);
@@ -530,7 +612,7 @@ export function renderFleetMarkdown(
     L.push("");
   }
 
-  L.push("## Residency (loaded model per node; * = loading; [n] = requests waiting for a load)", "");
+  L.push(`${h} Residency (loaded models per node; * = loading; [n] = requests waiting for a load)`, "");
   for (const r of runs) {
     L.push(`${r.side}:`, "", "```");
     let last = "";
@@ -552,8 +634,8 @@ export function renderFleetMarkdown(
     L.push("```", "");
   }
 
-  if (log !== undefined) {
-    L.push("## Gateway log", "");
+  for (const { side, digest: log } of sc.logs) {
+    L.push(`${h} Gateway log (${side})`, "");
     L.push(`${log.lines} lines${log.unparsed > 0 ? ` (${log.unparsed} not JSON)` : ""}.`, "");
     L.push(`- Generate outcomes: ${log.rpcOutcomes.map((t) => `${t.key} ${t.count}`).join(", ") || "none"}`);
     L.push(`- Served by: ${log.servedBy.map((t) => `${t.key} ${t.count}`).join(", ") || "none"}`);
@@ -563,9 +645,9 @@ export function renderFleetMarkdown(
   }
 
   if (notes.length > 0) {
-    L.push("## Notes", "");
+    L.push(`${h} Notes`, "");
     for (const n of notes) L.push(`- ${n}`);
     L.push("");
   }
-  return L.join("\n");
+  return L;
 }

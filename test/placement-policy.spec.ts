@@ -1,5 +1,7 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
+import { createCapacity, observeLoad, observeResidency } from "../src/routing/capacity-model.js";
+import type { NodeCapacity, ResidentModel } from "../src/routing/capacity-model.js";
 import { COLD_MS, chooseDrainVictim, drainCost, obsoleteDrains, worthALoad } from "../src/routing/drain-policy.js";
 import { choosePlacement } from "../src/routing/placement-policy.js";
 import type { Placement } from "../src/routing/placement-policy.js";
@@ -22,7 +24,66 @@ interface NodeSpec {
   weight?: number;
   healthy?: boolean;
   drainingFor?: string;
+  /** What the node was seen to hold (see `learned`); absent = the count alone. */
+  capacity?: NodeCapacity;
+  /** A load sent there, not confirmed by /api/ps yet. */
+  loading?: string;
+  /** Slots lowered per model. */
+  slotLimits?: Record<string, number>;
 }
+
+const GB = 1e9;
+const resident = (name: string, gb: number): ResidentModel => ({ name, sizeBytes: gb * GB, vramBytes: gb * GB });
+
+/**
+ * A node configured for 3 models whose GPU was seen to hold these totals: `together` lists
+ * (name, GB) loaded at once; `evicted` a load (first) that pushed out the others.
+ */
+function learned(seen: { together?: [string, number][][]; evicted?: [string, number][][] }): NodeCapacity {
+  let c = createCapacity({ maxLoadedModels: 3 });
+  for (const group of seen.together ?? [])
+    c = observeResidency(
+      c,
+      group.map(([n, gb]) => resident(n, gb)),
+      NOW,
+    );
+  for (const [[model, gb], ...before] of seen.evicted ?? []) {
+    c = observeLoad(c, {
+      model: model!,
+      before: before.map(([n, size]) => resident(n, size)),
+      after: [resident(model!, gb!)],
+      now: NOW,
+    });
+  }
+  return c;
+}
+
+/** The issue's GPU: any one of llama (3 GB), llava (6 GB), qwen (6.5 GB), never two; configured for 3. */
+const ONE_FITS = learned({
+  together: [[["llava", 6]]],
+  evicted: [
+    [
+      ["qwen", 6.5],
+      ["llama", 3],
+    ],
+  ],
+});
+/** Two small models (llama 3 GB, mini 1 GB) fit together, qwen (6.5 GB) only alone. */
+const SMALL_PAIR = learned({
+  together: [
+    [
+      ["llama", 3],
+      ["mini", 1],
+    ],
+  ],
+  evicted: [
+    [
+      ["qwen", 6.5],
+      ["llama", 3],
+      ["mini", 1],
+    ],
+  ],
+});
 
 function node(name: string, spec: NodeSpec = {}): NodeView {
   const models = new Map<string, ModelLoad>();
@@ -38,6 +99,9 @@ function node(name: string, spec: NodeSpec = {}): NodeView {
     parallel: spec.parallel ?? 1,
     models,
     drainingFor: spec.drainingFor,
+    capacity: spec.capacity,
+    loading: spec.loading,
+    slotLimits: spec.slotLimits === undefined ? undefined : new Map(Object.entries(spec.slotLimits)),
   };
 }
 
@@ -68,7 +132,13 @@ function view(spec: ViewSpec): FleetView {
 function request(
   v: FleetView,
   model: string,
-  more: { candidates?: string[]; exclude?: string[]; embeddingOnly?: boolean; affinityNode?: string } = {},
+  more: {
+    candidates?: string[];
+    exclude?: string[];
+    embeddingOnly?: boolean;
+    affinityNode?: string;
+    sizeGb?: number;
+  } = {},
 ): PlacementRequest {
   return {
     model,
@@ -76,6 +146,7 @@ function request(
     exclude: more.exclude === undefined ? undefined : new Set(more.exclude),
     embeddingOnly: more.embeddingOnly ?? false,
     affinityNode: more.affinityNode,
+    sizeBytes: more.sizeGb === undefined ? undefined : more.sizeGb * GB,
   };
 }
 
@@ -83,7 +154,7 @@ interface PlacementCase {
   name: string;
   fleet: ViewSpec;
   model?: string;
-  req?: { candidates?: string[]; exclude?: string[]; embeddingOnly?: boolean; affinityNode?: string };
+  req?: { candidates?: string[]; exclude?: string[]; embeddingOnly?: boolean; affinityNode?: string; sizeGb?: number };
   rebalance?: boolean;
   expect: Placement | undefined;
 }
@@ -289,6 +360,163 @@ const placements: PlacementCase[] = [
     model: "minilm",
     expect: { node: "a", rule: "loaded" },
   },
+  {
+    name: "gives a model the slots lowered for it where the node was seen to serve fewer",
+    fleet: {
+      nodes: [node("a", { parallel: 4, slotLimits: { llama: 1 }, models: { llama: 1 } }), node("b", { maxLoaded: 2 })],
+    },
+    expect: { node: "b", rule: "room" },
+  },
+  {
+    name: "keeps the configured slots for the other models of that node",
+    fleet: {
+      nodes: [node("a", { parallel: 4, slotLimits: { qwen: 1 }, models: { llama: 1 } }), node("b", { maxLoaded: 2 })],
+    },
+    expect: { node: "a", rule: "loaded" },
+  },
+  // Capacity learned from the nodes: the count is an upper bound, memory decides.
+  {
+    name: "sees no room where the count allows 3 models but the memory was seen to hold one",
+    fleet: {
+      nodes: [
+        node("a", { maxLoaded: 3, capacity: ONE_FITS, models: { llama: 1 } }),
+        node("b", { maxLoaded: 3, capacity: ONE_FITS, models: { llava: 1 } }),
+      ],
+    },
+    model: "qwen",
+    req: { sizeGb: 6.5 },
+    expect: undefined,
+  },
+  {
+    name: "without learned capacity, takes the configured count at its word",
+    fleet: {
+      nodes: [node("a", { maxLoaded: 3, models: { llama: 1 } }), node("b", { maxLoaded: 3, models: { llava: 1 } })],
+    },
+    model: "qwen",
+    expect: { node: "a", rule: "room" },
+  },
+  {
+    name: "loads next to the models the memory was seen to hold with it",
+    fleet: {
+      nodes: [
+        node("a", { maxLoaded: 3, capacity: SMALL_PAIR, models: { qwen: 1 } }),
+        node("b", { maxLoaded: 3, capacity: SMALL_PAIR, models: { llama: 2 } }),
+      ],
+    },
+    model: "mini",
+    expect: { node: "b", rule: "room" },
+  },
+  {
+    name: "pushes out the model the memory requires when the newcomer is loaded nowhere (it is idle)",
+    fleet: {
+      nodes: [
+        node("a", { maxLoaded: 3, capacity: ONE_FITS, models: { llama: 1 } }),
+        node("b", { maxLoaded: 3, capacity: ONE_FITS, models: { llava: 0 } }),
+      ],
+    },
+    model: "qwen",
+    expect: { node: "b", rule: "idle" },
+  },
+  {
+    name: "does not push out a small pair for a large model while one of the pair is busy",
+    fleet: {
+      nodes: [node("a", { maxLoaded: 3, capacity: SMALL_PAIR, models: { llama: 0, mini: 1 } })],
+    },
+    model: "qwen",
+    expect: undefined,
+  },
+  {
+    name: "prefers a node known to have room (empty) over one merely not known to be full",
+    fleet: {
+      nodes: [node("a", { maxLoaded: 3, capacity: learned({}), models: { llama: 0 } }), node("b", { maxLoaded: 3 })],
+    },
+    model: "qwen",
+    expect: { node: "b", rule: "room" },
+  },
+  {
+    name: "still loads on a node not known to be full when no node is known to have room (the least loaded)",
+    fleet: {
+      nodes: [
+        node("a", { maxLoaded: 3, capacity: learned({}), models: { llama: 1 } }),
+        node("b", { maxLoaded: 3, capacity: learned({}), models: { llava: 0 } }),
+      ],
+    },
+    model: "qwen",
+    expect: { node: "b", rule: "room" },
+  },
+  {
+    name: "does not guess on a node not known to have room while its model is in use: waits instead",
+    fleet: { nodes: [node("a", { maxLoaded: 3, capacity: learned({}), models: { llama: 1 } })] },
+    model: "qwen",
+    expect: undefined,
+  },
+  {
+    name: "does not guess on such a node while its idle model has requests waiting",
+    fleet: {
+      nodes: [node("a", { maxLoaded: 3, capacity: learned({}), models: { llama: 0 } })],
+      queues: { llama: { waitMs: 10 } },
+    },
+    model: "qwen",
+    expect: undefined,
+  },
+  {
+    name: "sends a model larger than any budget to an empty node (it loads there, partly offloaded)",
+    fleet: {
+      nodes: [node("a", { maxLoaded: 3, capacity: ONE_FITS, models: { llama: 1 } }), node("b", { capacity: ONE_FITS })],
+    },
+    model: "huge",
+    req: { sizeGb: 40 },
+    expect: { node: "b", rule: "room" },
+  },
+  // While a load the gateway sent is unconfirmed by /api/ps.
+  {
+    name: "sends no second load to a node whose load is not confirmed yet",
+    fleet: {
+      nodes: [
+        node("a", { maxLoaded: 3, loading: "qwen", models: { qwen: 1 } }),
+        node("b", { maxLoaded: 3, models: { llava: 1 } }),
+      ],
+    },
+    model: "mini",
+    expect: { node: "b", rule: "room" },
+  },
+  {
+    name: "waits rather than load a model a second time while a load on its node may be pushing it out",
+    fleet: {
+      nodes: [
+        node("a", { maxLoaded: 3, capacity: learned({}), loading: "qwen", models: { qwen: 1, llama: 0 } }),
+        node("b", { maxLoaded: 3, capacity: learned({}) }),
+      ],
+    },
+    expect: undefined,
+  },
+  {
+    name: "serves a model next to an unconfirmed load when the two were seen to fit together",
+    fleet: {
+      nodes: [
+        node("a", {
+          maxLoaded: 3,
+          capacity: learned({
+            together: [
+              [
+                ["qwen", 6.5],
+                ["llama", 3],
+              ],
+            ],
+          }),
+          loading: "qwen",
+          models: { qwen: 1, llama: 0 },
+        }),
+        node("b", { maxLoaded: 3 }),
+      ],
+    },
+    expect: { node: "a", rule: "loaded" },
+  },
+  {
+    name: "sends requests for the model being loaded to its node while a slot is free",
+    fleet: { nodes: [node("a", { parallel: 2, loading: "llama", models: { llama: 1 } }), node("b")] },
+    expect: { node: "a", rule: "loaded" },
+  },
 ];
 
 describe("choosing a node for a request (choosePlacement)", () => {
@@ -417,6 +645,32 @@ interface VictimCase {
 }
 
 const victims: VictimCase[] = [
+  {
+    name: "drains a node whose memory is full although its count has room",
+    fleet: {
+      nodes: [
+        node("a", { maxLoaded: 3, capacity: ONE_FITS, models: { llama: 1 } }),
+        node("b", { maxLoaded: 3, capacity: ONE_FITS, models: { llama: 1 } }),
+      ],
+    },
+    model: "qwen",
+    expect: "a",
+  },
+  {
+    name: "drains, for a starving model, a node not known to be full whose model is in use",
+    fleet: { nodes: [node("a", { maxLoaded: 3, capacity: learned({}), models: { llama: 1 } })] },
+    model: "qwen",
+    expect: "a",
+  },
+  {
+    name: "drains no node that has room for the model in memory (it is placed there directly)",
+    fleet: {
+      nodes: [node("a", { maxLoaded: 3, capacity: SMALL_PAIR, models: { llama: 1 } })],
+      queues: { mini: { waitMs: 60_000 } },
+    },
+    model: "mini",
+    expect: undefined,
+  },
   {
     name: "drains for a model loaded nowhere (starving) as soon as it waits",
     fleet: { nodes: [node("a", { models: { qwen: 1 } })], queues: { llava: { waitMs: 0 } } },
@@ -636,6 +890,15 @@ describe("the expected wait of a queued request (expectedWaitMs)", () => {
       serviceMs: { llama: 1_000 },
     });
     assert.equal(expectedWaitMs(v, q(3, { candidates: ["a", "b"] })), 2_000);
+  });
+
+  it("counts the slots lowered where a node was seen to serve fewer", () => {
+    const lowered = [node("a", { parallel: 2, slotLimits: { llama: 1 }, models: { llama: 1 } })];
+    const v = view({ nodes: lowered, serviceMs: { llama: 1_000 } });
+    assert.deepEqual(
+      [1, 2].map((p) => expectedWaitMs(v, q(p, { candidates: ["a"] }))),
+      [1_000, 2_000],
+    );
   });
 
   it("counts one slot per node for an embedding-only model", () => {

@@ -7,9 +7,9 @@ import { createAffinityTable } from "../src/routing/affinity.js";
 import type { FleetMetadata } from "../src/routing/fleet-metadata.js";
 import { createFleetState } from "../src/routing/fleet-state.js";
 import type { FleetState } from "../src/routing/fleet-state.js";
-import { createScheduler, LOCAL_GATE, SLOT_GATE_FAILED_MSG } from "../src/routing/scheduler.js";
+import { createScheduler, LOCAL_GATE, SLOT_GATE_FAILED_MSG, SLOTS_LOWERED_MSG } from "../src/routing/scheduler.js";
 import type { Dispatch, DrainingNode, Scheduler, SlotGate } from "../src/routing/scheduler.js";
-import type { OllamaTag } from "../src/upstream/ollama-metadata.js";
+import type { OllamaRunning, OllamaTag } from "../src/upstream/ollama-metadata.js";
 import type { NodeHealth } from "../src/upstream/node-health.js";
 import type { OllamaNode } from "../src/upstream/ollama-node.js";
 
@@ -45,8 +45,11 @@ const allHealthy: NodeHealth = {
   stop: () => undefined,
 };
 
-/** Every node has every model installed, as a completion model. */
-function metadataFor(nodes: readonly OllamaNode[]): FleetMetadata {
+/** Every node has every model installed, as a completion model; /api/ps answers from `ps` (default: nothing loaded). */
+function metadataFor(
+  nodes: readonly OllamaNode[],
+  ps: (node: string, fresh: boolean) => OllamaRunning[] = () => [],
+): FleetMetadata {
   const tag = (name: string): OllamaTag => ({
     name,
     digest: "0".repeat(64),
@@ -67,7 +70,7 @@ function metadataFor(nodes: readonly OllamaNode[]): FleetMetadata {
   const unused = (): Promise<never> => Promise.reject(new Error("not used by the scheduler"));
   return {
     locate: (model) => Promise.resolve({ located: nodes.map((node) => ({ node, tag: tag(model) })), unavailable: [] }),
-    ps: () => Promise.resolve([]),
+    ps: (node, _signal, fresh = false) => Promise.resolve(ps(node.name, fresh)),
     tags: unused,
     show: unused,
     invalidate: () => Promise.resolve(),
@@ -163,7 +166,8 @@ function harness(
     nodes?: Partial<NodeConfig>[];
     gate?: SlotGate;
     maxWaitMs?: number;
-    log?: { warn(obj: object, msg: string): void };
+    log?: { warn(obj: object, msg: string): void; info?(obj: object, msg: string): void };
+    ps?: (node: string, fresh: boolean) => OllamaRunning[];
   } = {},
 ): Harness {
   const configs: NodeConfig[] = (options.nodes ?? [{}]).map((n, i) => ({
@@ -178,7 +182,7 @@ function harness(
   const fleet = createFleetState(nodes.map((node, i) => ({ node, config: configs[i]! })));
   const scheduler = createScheduler({
     fleet,
-    metadata: metadataFor(nodes),
+    metadata: metadataFor(nodes, options.ps),
     health: allHealthy,
     affinity: createAffinityTable(),
     gate: options.gate ?? LOCAL_GATE,
@@ -201,6 +205,48 @@ function harness(
 
 /** Lets every pending promise callback run (the fakes answer through microtasks only). */
 const settle = (): Promise<void> => nextTurn().then(() => undefined);
+
+/** A /api/ps entry: `gb` loaded, all on the GPU. */
+function running(name: string, gb: number): OllamaRunning {
+  return {
+    name,
+    digest: "0".repeat(64),
+    size: gb * 1e9,
+    sizeVram: gb * 1e9,
+    expiresAt: "2099-01-01T00:00:00Z",
+    contextLength: 4096,
+    details: {
+      format: "gguf",
+      family: "llama",
+      families: ["llama"],
+      parameterSize: "3B",
+      quantizationLevel: "Q4_K_M",
+      parentModel: "",
+      contextLength: 4096,
+      embeddingLength: 0,
+    },
+  };
+}
+
+/** /api/ps of fake nodes, set by the test; resolves `read(node)` waiters on each fresh read (the load watcher's). */
+function fakePs() {
+  const lists = new Map<string, OllamaRunning[]>();
+  const waiters: { node: string; resolve: () => void }[] = [];
+  return {
+    ps: (node: string, fresh: boolean): OllamaRunning[] => {
+      if (fresh) {
+        for (const w of waiters.filter((x) => x.node === node)) {
+          waiters.splice(waiters.indexOf(w), 1);
+          w.resolve();
+        }
+      }
+      return lists.get(node) ?? [];
+    },
+    set: (node: string, list: OllamaRunning[]): void => void lists.set(node, list),
+    /** Resolves at the next fresh read of `node`'s /api/ps. */
+    read: (node: string): Promise<void> => new Promise((resolve) => waiters.push({ node, resolve })),
+  };
+}
 
 describe("the scheduler's placement mechanism", { timeout: 10_000 }, () => {
   it("asks the gate for one queue head per model at a time, and places the next head once it is answered", async () => {
@@ -368,6 +414,111 @@ describe("the scheduler's placement mechanism", { timeout: 10_000 }, () => {
     await settle();
     assert.equal(lease.released, true, "the lease taken for it was released");
     assert.equal(h.inFlight(), 0, "and its reservation given back");
+  });
+
+  it("re-reads /api/ps after a load, and meanwhile holds requests for a model the load may push out instead of loading it elsewhere", async (t) => {
+    // The load watcher's timer does not hold the process open (a real request's connection does).
+    const keepAlive = setInterval(() => undefined, 1_000);
+    t.after(() => clearInterval(keepAlive));
+    const ps = fakePs();
+    const h = harness({ nodes: [{ maxLoadedModels: 3 }, { maxLoadedModels: 3 }], ps: ps.ps });
+    ps.set("n0", [running("llama:latest", 3)]);
+    ps.set("n1", [running("mini:latest", 1)]);
+    const llama = await h.acquire("llama");
+    const mini = await h.acquire("mini");
+    assert.deepEqual([llama.node.name, mini.node.name], ["n0", "n1"]);
+    llama.release();
+    // n0 is the least busy: qwen is loaded there; whether llama survives, only /api/ps can say.
+    const read = ps.read("n0");
+    const qwen = await h.acquire("qwen");
+    assert.equal(qwen.node.name, "n0");
+    await read;
+    const again = h.acquire("llama");
+    await settle();
+    assert.deepEqual(h.scheduler.queues(), [{ model: "llama:latest", depth: 1 }], "it waits for the picture");
+    ps.set("n0", [running("qwen:latest", 6.5), running("llama:latest", 3)]);
+    assert.equal((await again).node.name, "n0", "and is served where it stayed, not loaded a second time on n1");
+    const n0 = h.fleet.get("n0")!;
+    assert.equal(n0.loading, undefined);
+    assert.equal(n0.capacity.fitsBytes, 9.5e9, "the two were seen loaded together");
+  });
+
+  it("learns from /api/ps what a load evicted, and sends the evicted model's next request elsewhere", async (t) => {
+    // The load watcher's timer does not hold the process open (a real request's connection does).
+    const keepAlive = setInterval(() => undefined, 1_000);
+    t.after(() => clearInterval(keepAlive));
+    const ps = fakePs();
+    const lines: string[] = [];
+    const h = harness({
+      nodes: [{ maxLoadedModels: 3 }, { maxLoadedModels: 3 }],
+      ps: ps.ps,
+      log: { warn: () => undefined, info: (obj, msg) => lines.push(`${msg} ${JSON.stringify(obj)}`) },
+    });
+    ps.set("n0", [running("llama:latest", 3)]);
+    ps.set("n1", [running("mini:latest", 1)]);
+    (await h.acquire("llama")).release();
+    const mini = await h.acquire("mini");
+    const qwen = await h.acquire("qwen");
+    assert.equal(qwen.node.name, "n0");
+    ps.set("n0", [running("qwen:latest", 6.5)]);
+    await ps.read("n0"); // the load watcher's next look
+    await settle();
+    const n0 = h.fleet.get("n0")!;
+    assert.equal(n0.capacity.overflowBytes, 9.5e9, "3 + 6.5 GB did not fit");
+    assert.deepEqual(
+      n0.capacity.evidence.map((e) => [e.kind, ...e.models]),
+      [
+        ["evicted", "qwen:latest", "llama:latest"],
+        ["fits", "qwen:latest"],
+        ["fits", "llama:latest"],
+      ],
+    );
+    assert.deepEqual([...n0.models.keys()], ["qwen:latest"], "the picture dropped llama");
+    assert.equal(lines.length, 1);
+    assert.match(lines[0]!, /node capacity learned from ollama.*"evidence":"evicted"/);
+    mini.release();
+    const llama = await h.acquire("llama");
+    assert.equal(llama.node.name, "n1", "llama goes where there may be room, not back to n0 to evict qwen");
+  });
+
+  it("lowers a model's slots after repeated waits inside Ollama, and logs it once", async () => {
+    const warnings: { obj: Record<string, unknown>; msg: string }[] = [];
+    const h = harness({
+      nodes: [{ parallel: 4 }],
+      log: { warn: (obj, msg) => warnings.push({ obj: { ...obj }, msg }) },
+    });
+    const waited = { totalMs: 900, loadMs: 1, promptEvalMs: 10, evalMs: 300 };
+    const served = { totalMs: 320, loadMs: 1, promptEvalMs: 10, evalMs: 300 };
+    const n0 = h.fleet.get("n0")!;
+    const slots = (): number => h.fleet.slots(n0, false, "llama:latest");
+    const seen = [slots()];
+    // As Ollama with one slot would: each round, as many at once as the gateway allows; all
+    // but the first wait inside the node.
+    for (let round = 0; round < 12 && slots() > 1; round++) {
+      const ds = await Promise.all(Array.from({ length: slots() }, () => h.acquire("llama")));
+      ds[0]!.release(served);
+      for (const d of ds.slice(1)) d.release(waited);
+      if (slots() !== seen.at(-1)) seen.push(slots());
+    }
+    assert.deepEqual(seen, [4, 3, 2, 1], "lowered step by step to what the node serves");
+    assert.equal(h.fleet.slots(n0, false, "qwen:latest"), 4, "other models keep theirs");
+    assert.equal(warnings.filter((w) => w.msg === SLOTS_LOWERED_MSG).length, 1, JSON.stringify(warnings));
+    assert.equal(warnings[0]!.obj["node"], "n0");
+    assert.equal(warnings[0]!.obj["model"], "llama:latest");
+    assert.equal(warnings[0]!.obj["configured"], 4);
+  });
+
+  it("keeps the configured slots when requests ran next to each other without waiting, or ran alone", async () => {
+    const h = harness({ nodes: [{ parallel: 2 }] });
+    const waited = { totalMs: 900, loadMs: 1, promptEvalMs: 10, evalMs: 300 };
+    const served = { totalMs: 320, loadMs: 1, promptEvalMs: 10, evalMs: 300 };
+    for (let i = 0; i < 6; i++) {
+      const [a, b] = await Promise.all([h.acquire("llama"), h.acquire("llama")]);
+      a.release(served);
+      b.release(served);
+      (await h.acquire("llama")).release(waited); // alone: says nothing about slots
+    }
+    assert.equal(h.fleet.slots(h.fleet.get("n0")!, false, "llama:latest"), 2);
   });
 
   it("fails every queued request with UNAVAILABLE on stop, and forgets its drains", async () => {

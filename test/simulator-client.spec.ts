@@ -247,6 +247,20 @@ describe("the simulator, driven by the official ollama client", () => {
     assert.equal((llama as unknown as { context_length: number }).context_length, 4096);
   });
 
+  it("reports partial offload in ps when a model is larger than the node's VRAM", async () => {
+    const small = await startSimulator({ vramBytes: 1e9 });
+    try {
+      const tight = new Ollama({ host: small.url });
+      await tight.generate({ model: "llama3.2", prompt: "warm up" });
+      const { models } = await tight.ps();
+      assert.equal(models.length, 1);
+      assert.equal(models[0]?.size_vram, 1e9, "the GPU holds what fits");
+      assert.ok((models[0]?.size ?? 0) > 1e9, "the rest is offloaded to the CPU");
+    } finally {
+      await small.close();
+    }
+  });
+
   it("pulls a model with streamed progress, then lists it", async () => {
     const statuses: string[] = [];
     for await (const progress of await client.pull({ model: "tinyllama", stream: true }))

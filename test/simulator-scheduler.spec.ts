@@ -152,6 +152,100 @@ describe("the simulator's scheduler", () => {
         );
       }));
 
+    // Sizes at num_ctx 4096 and one slot (weights + KV cache): llama3.2 2.47 GB, qwen3 5.83 GB,
+    // all-minilm 0.05 GB, nomic-embed-text 0.28 GB.
+    it("evicts a model when the next one does not fit in VRAM, below MAX_LOADED_MODELS", () =>
+      withSim({ maxLoadedModels: 3, vramBytes: 7e9 }, async (sim) => {
+        const unloads: string[] = [];
+        sim.events.on("unload", (e) => unloads.push(`${e.model}:${e.reason}`));
+        await generate(sim, { model: "llama3.2" });
+        await generate(sim, { model: "qwen3", think: false });
+        assert.deepEqual(
+          sim.loaded().map((r) => r.name),
+          ["qwen3:latest"],
+        );
+        assert.deepEqual(unloads, ["llama3.2:latest:evicted"]);
+        assert.equal(sim.stats.evictions, 1);
+      }));
+
+    it("keeps models that fit together side by side, each wholly in VRAM", () =>
+      withSim({ maxLoadedModels: 3, vramBytes: 7e9 }, async (sim) => {
+        await generate(sim, { model: "llama3.2" });
+        await post(`${sim.url}/api/embed`, { model: "all-minilm", input: "x" });
+        const ps = json<{ models: Array<{ name: string; size: number; size_vram: number }> }>(
+          await send("GET", `${sim.url}/api/ps`),
+        );
+        assert.deepEqual(ps.models.map((m) => m.name).sort(), ["all-minilm:latest", "llama3.2:latest"]);
+        for (const m of ps.models) assert.equal(m.size_vram, m.size, `${m.name} is wholly in VRAM`);
+        assert.equal(sim.stats.evictions, 0);
+      }));
+
+    it("evicts only as many models as the new one needs, the soonest expiry first", () =>
+      withSim({ maxLoadedModels: 4, vramBytes: 7e9 }, async (sim) => {
+        await generate(sim, { model: "llama3.2", keep_alive: "1m" });
+        await post(`${sim.url}/api/embed`, { model: "all-minilm", input: "x", keep_alive: "1h" });
+        await post(`${sim.url}/api/embed`, { model: "nomic-embed-text", input: "x", keep_alive: "1h" });
+        await generate(sim, { model: "qwen3", think: false });
+        assert.deepEqual(
+          sim
+            .loaded()
+            .map((r) => r.name)
+            .sort(),
+          ["all-minilm:latest", "nomic-embed-text:latest", "qwen3:latest"],
+        );
+        assert.equal(sim.stats.evictions, 1);
+      }));
+
+    it("still evicts by count when the memory would hold more", () =>
+      withSim({ maxLoadedModels: 1, vramBytes: 100e9 }, async (sim) => {
+        await generate(sim, { model: "llama3.2" });
+        await generate(sim, { model: "qwen3", think: false });
+        assert.deepEqual(
+          sim.loaded().map((r) => r.name),
+          ["qwen3:latest"],
+        );
+        assert.equal(sim.stats.evictions, 1);
+      }));
+
+    it("loads a model larger than the whole budget alone, partly offloaded (size_vram < size)", () =>
+      withSim({ maxLoadedModels: 3, vramBytes: 4e9 }, async (sim) => {
+        await generate(sim, { model: "llama3.2" });
+        await generate(sim, { model: "qwen3", think: false });
+        const ps = json<{ models: Array<{ name: string; size: number; size_vram: number }> }>(
+          await send("GET", `${sim.url}/api/ps`),
+        );
+        assert.deepEqual(
+          ps.models.map((m) => [m.name, m.size, m.size_vram]),
+          [["qwen3:latest", 5_829_355_823, 4_000_000_000]],
+          "the other model was evicted first, then qwen3 took the whole budget",
+        );
+        await generate(sim, { model: "llama3.2" });
+        assert.deepEqual(
+          sim.loaded().map((r) => [r.name, r.sizeVram === r.size]),
+          [["llama3.2:latest", true]],
+        );
+      }));
+
+    it("waits for a busy victim's generation before evicting it for memory", () =>
+      withSim({ maxLoadedModels: 3, vramBytes: 7e9, tokenMs: 15 }, async (sim) => {
+        let llamaDone = 0;
+        let qwenLoad = 0;
+        sim.events.on("load", (e) => {
+          if (e.model === "qwen3:latest") qwenLoad = performance.now();
+        });
+        const slow = generate(sim, { model: "llama3.2", options: { num_predict: 12 } }).then((r) => {
+          llamaDone = performance.now();
+          return r;
+        });
+        await eventually(() => (sim.stats.inFlight["llama3.2:latest"] ?? 0) === 1, 2000);
+        const other = generate(sim, { model: "qwen3", think: false, options: { num_predict: 1 } });
+        const [a, b] = await Promise.all([slow, other]);
+        assert.equal(a.status, 200);
+        assert.equal(b.status, 200);
+        assert.equal(json(a).eval_count, 12, "the victim finished its answer");
+        assert.ok(qwenLoad > 0 && qwenLoad + 5 >= llamaDone - 20, "qwen3 loaded only after llama3.2 went idle");
+      }));
+
     it("reloads a model when num_ctx changes, and reuses it when it does not", () =>
       withSim({}, async (sim) => {
         await generate(sim, { model: "llama3.2", options: { num_ctx: 2048 } });

@@ -6,6 +6,7 @@ import {
   cosine,
   defaultCatalog,
   inferCapabilities,
+  parseBytes,
   parseCliArgs,
   parseFault,
   resolveModelSpec,
@@ -220,6 +221,17 @@ describe("the CLI", () => {
       ],
     );
     assert.equal(parseCliArgs([], { OLLAMA_HOST: "0.0.0.0:11500" }).options.port, 11500);
+  });
+
+  it("takes a VRAM budget as bytes or with a unit, from the flag or SIM_VRAM_BYTES", () => {
+    assert.equal(parseCliArgs(["--vram-bytes", "7GB"], {}).options.vramBytes, 7e9);
+    assert.equal(parseCliArgs([], { SIM_VRAM_BYTES: "6.5GiB" }).options.vramBytes, 6.5 * 2 ** 30);
+    assert.equal(parseCliArgs(["--vram-bytes=800 MB"], { SIM_VRAM_BYTES: "1" }).options.vramBytes, 8e8);
+    assert.equal(parseBytes("7000000000"), 7e9);
+    assert.equal(parseBytes("7e9"), 7e9);
+    assert.equal(parseBytes("seven"), undefined);
+    assert.equal(parseBytes("7 parsecs"), undefined);
+    assert.throws(() => parseCliArgs(["--vram-bytes", "lots"], {}), /--vram-bytes: vram-bytes must be a byte count/);
   });
 
   it("fails clearly on bad input", () => {

@@ -13,6 +13,12 @@ export interface NodeConfig {
   maxLoadedModels: number;
   /** Relative share of traffic among equally good nodes. @default 1 */
   weight: number;
+  /**
+   * GPU memory the node's loaded models share, bytes, when the operator knows it (config file
+   * only): the starting point of the learned capacity, which what Ollama does still corrects.
+   * @default undefined (learned)
+   */
+  vramBytes?: number | undefined;
 }
 
 /** Everything the gateway can be configured with; `loadConfig` fills the defaults. */

@@ -232,7 +232,8 @@ function readConfigFile(path: string | undefined, problems: string[]): ConfigFil
 
 /**
  * Nodes from the config file: `{"nodes":[{"name":"gpu1","url":"http://h:11434",
- * "parallel":2,"maxLoadedModels":2,"weight":1}]}`; name optional, limits default to the env's.
+ * "parallel":2,"maxLoadedModels":2,"weight":1,"vramBytes":24000000000}]}`; name optional, limits
+ * default to the env's, `vramBytes` to learned.
  */
 function fileNodes(
   file: ConfigFile,
@@ -278,6 +279,9 @@ function fileNodes(
       parallel: num("parallel", defaults.parallel, 1, 1024),
       maxLoadedModels: num("maxLoadedModels", defaults.maxLoadedModels, 1, 1024),
       weight: num("weight", 1, 0.01, 1000),
+      ...(n["vramBytes"] === undefined
+        ? {}
+        : { vramBytes: num("vramBytes", 0, 1, Number.MAX_SAFE_INTEGER) || undefined }),
     });
   });
   return out;

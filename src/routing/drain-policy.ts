@@ -4,7 +4,7 @@
  * scheduler keeps the drains and acts on these answers.
  */
 import type { FleetView, ModelLoad, NodeView, PlacementRequest } from "./policy-snapshot.js";
-import { headWaitMs, isWaiting, loadedElsewhere, usableNodes, weightedLoad } from "./policy-snapshot.js";
+import { headWaitMs, isWaiting, loadedElsewhere, roomFor, usableNodes, weightedLoad } from "./policy-snapshot.js";
 
 /** Assumed model load time before one was measured: seconds, as for a 3–8 B model. */
 export const DEFAULT_LOAD_MS = 3_000;
@@ -71,8 +71,10 @@ export function drainCost(view: FleetView, node: NodeView, hungry: string, starv
  * The node to drain for `req.model`, or undefined. Asked only when no node can take the request
  * now. A node is drained when the model is loaded on none of the request's usable nodes
  * (starving), or its head has waited longer than two loads (`worthALoad`); at most one node is
- * drained per model at a time. Candidates are full nodes without the model and not drained
- * already; the cheapest by `drainCost` wins, then the least weighted load, then the earlier node.
+ * drained per model at a time. Candidates are nodes without the model, not drained already, that
+ * the placement policy would not load it on directly (`roomFor`: by memory and count it must
+ * evict, or it is not known to have room and its models are in use); the cheapest by `drainCost` wins, then the least weighted load, then the
+ * earlier node.
  */
 export function chooseDrainVictim(
   view: FleetView,
@@ -87,7 +89,8 @@ export function chooseDrainVictim(
   let best: { node: NodeView; cost: number; busy: number } | undefined;
   for (const s of usable) {
     if (s.drainingFor !== undefined || s.models.has(req.model)) continue;
-    if (s.models.size < s.maxLoadedModels) continue; // has room: chosen directly, never drained
+    // Room: chosen directly, never drained.
+    if (roomFor(view, s, req.model, req.sizeBytes) !== undefined) continue;
     const cost = drainCost(view, s, req.model, starving);
     if (cost === undefined) continue;
     const busy = weightedLoad(s);

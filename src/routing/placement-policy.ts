@@ -6,16 +6,26 @@
 import type { RebalanceOptions } from "./drain-policy.js";
 import { spare, worthALoad } from "./drain-policy.js";
 import type { FleetView, NodeView, PlacementRequest } from "./policy-snapshot.js";
-import { inFlightOn, isWaiting, slotsFor, usableNodes, weightedLoad } from "./policy-snapshot.js";
+import {
+  evictionsOn,
+  inFlightOn,
+  isWaiting,
+  mayServe,
+  roomFor,
+  slotsFor,
+  usableNodes,
+  weightedLoad,
+} from "./policy-snapshot.js";
 
 /**
  * Why a node was chosen, in the order the rules are tried:
  * - `drained`: it was drained for this model and is now empty: load the model there (ends the drain);
  * - `loaded`: the model is loaded there with a free slot;
- * - `room`: it can load the model without evicting anything;
- * - `idle`: the model is loaded on no usable node, and this node has an idle model to push out;
- * - `scale-out`: the queue waited longer than two loads, and this node's idle model loses nothing
- *   by leaving (loaded elsewhere too, or cold).
+ * - `room`: it can load the model without evicting anything (known room before a guess);
+ * - `idle`: the model is loaded on no usable node, and the models this node would push out for it
+ *   are idle;
+ * - `scale-out`: the queue waited longer than two loads, and the idle models this node would push
+ *   out lose nothing by leaving (loaded elsewhere too, or cold).
  */
 export type PlacementRule = "drained" | "loaded" | "room" | "idle" | "scale-out";
 
@@ -34,10 +44,21 @@ function pick(list: readonly NodeView[], affinityNode: string | undefined): Node
   return preferred ?? list.reduce((best, s) => (weightedLoad(s) < weightedLoad(best) ? s : best));
 }
 
-/** True when `node` holds a model with nothing running and nobody waiting (that `alsoIf` accepts). */
-function hasIdleModel(view: FleetView, node: NodeView, alsoIf: (name: string) => boolean = () => true): boolean {
-  for (const [name, m] of node.models) if (m.inFlight === 0 && !isWaiting(view, name) && alsoIf(name)) return true;
-  return false;
+/**
+ * True when every model `node` would push out for `req.model` has nothing running and nobody
+ * waiting (and `alsoIf` accepts it); false when nothing would be pushed out.
+ */
+function victimsIdle(
+  view: FleetView,
+  node: NodeView,
+  req: PlacementRequest,
+  alsoIf: (name: string) => boolean = () => true,
+): boolean {
+  const victims = evictionsOn(node, req.model, req.sizeBytes);
+  return (
+    victims.length > 0 &&
+    victims.every((name) => node.models.get(name)!.inFlight === 0 && !isWaiting(view, name) && alsoIf(name))
+  );
 }
 
 /**
@@ -45,13 +66,18 @@ function hasIdleModel(view: FleetView, node: NodeView, alsoIf: (name: string) =>
  * usable nodes (installed, healthy, not excluded), and never a node drained for another model:
  * 1. a node drained for this model that has emptied (`drained`);
  * 2. a node where the model is loaded with a free slot (`loaded`) — the session's node first, else
- *    the least weighted load;
- * 3. a node with room to load it without evicting (`room`);
- * 4. only when the model is loaded on no usable node: a node with an idle model to push out (`idle`);
- * 5. with rebalancing, once the queue head waited longer than two loads: a node whose idle model
- *    is spare (`scale-out`).
- * A model with requests running or queued is never pushed out here; that is the drain policy's
- * call (`chooseDrainVictim`), asked when this returns undefined.
+ *    the least weighted load; while a load sent to that node is unconfirmed and may be pushing the
+ *    model out, the request rather waits for /api/ps than loads the model a second time elsewhere;
+ * 3. a node with room to load it without evicting (`room`): one known to have room (empty, or the
+ *    total seen to fit) before one merely not known to be full — and that only when nothing on it
+ *    is in use (`roomFor`): a wrong guess then costs an idle model, and teaches the capacity model;
+ * 4. only when the model is loaded on no usable node: a node whose models to push out are idle (`idle`);
+ * 5. with rebalancing, once the queue head waited longer than two loads: a node whose models to
+ *    push out are idle and spare (`scale-out`).
+ * "Push out" is the capacity model's answer (`evictionsOn`): memory and count, not the count alone.
+ * A node with an unconfirmed load takes no other load. A model with requests running or queued is
+ * never pushed out here; that is the drain policy's call (`chooseDrainVictim`), asked when this
+ * returns undefined.
  */
 export function choosePlacement(
   view: FleetView,
@@ -69,18 +95,24 @@ export function choosePlacement(
   };
   const loadedFree = open.filter((s) => {
     const m = s.models.get(req.model);
-    return m !== undefined && m.inFlight < slotsFor(s, req.embeddingOnly);
+    return m !== undefined && m.inFlight < slotsFor(s, req.embeddingOnly, req.model) && mayServe(s, req.model);
   });
   if (loadedFree.length > 0) return chosen(loadedFree, "loaded");
-  const notLoaded = open.filter((s) => !s.models.has(req.model) && s.drainingFor === undefined);
-  const withRoom = notLoaded.filter((s) => s.models.size < s.maxLoadedModels);
-  if (withRoom.length > 0) return chosen(withRoom, "room");
+  // Loaded where a load in flight may be pushing it out: wait for /api/ps to tell.
+  if (open.some((s) => s.models.has(req.model) && !mayServe(s, req.model))) return undefined;
+  const notLoaded = open.filter(
+    (s) => !s.models.has(req.model) && s.drainingFor === undefined && s.loading === undefined,
+  );
+  const room = notLoaded.map((s) => ({ s, how: roomFor(view, s, req.model, req.sizeBytes) }));
+  const sure = room.filter((r) => r.how === "sure").map((r) => r.s);
+  const guess = room.filter((r) => r.how === "guess").map((r) => r.s);
+  if (sure.length > 0 || guess.length > 0) return chosen(sure.length > 0 ? sure : guess, "room");
   const loadedSomewhere = usable.some((s) => s.models.has(req.model));
-  const idle = notLoaded.filter((s) => hasIdleModel(view, s));
+  const idle = notLoaded.filter((s) => victimsIdle(view, s, req));
   // Wait for a slot rather than evict; a model loaded nowhere takes any idle node.
   if (idle.length > 0 && !loadedSomewhere) return chosen(idle, "idle");
   if (options.rebalance && idle.length > 0 && worthALoad(view, req.model)) {
-    const free = idle.filter((s) => hasIdleModel(view, s, (name) => spare(view, s, name, s.models.get(name)!)));
+    const free = idle.filter((s) => victimsIdle(view, s, req, (name) => spare(view, s, name, s.models.get(name)!)));
     if (free.length > 0) return chosen(free, "scale-out");
   }
   return undefined;

@@ -4,6 +4,8 @@
  * live state right before each decision; the policies only read it, so they can be tested with
  * tables of hand-written fleets instead of timed end-to-end runs.
  */
+import type { NodeCapacity } from "./capacity-model.js";
+import { createCapacity, evictionsFor, fitsForSure, residencyCertain } from "./capacity-model.js";
 
 /** One model on one node, as far as the gateway knows. */
 export interface ModelLoad {
@@ -21,10 +23,23 @@ export interface NodeView {
   readonly healthy: boolean;
   /** Relative share of traffic among equally good nodes. */
   readonly weight: number;
-  /** Models the node keeps loaded at once (its OLLAMA_MAX_LOADED_MODELS). */
+  /** Models the node keeps loaded at once (its OLLAMA_MAX_LOADED_MODELS): an upper bound. */
   readonly maxLoadedModels: number;
   /** Slots per loaded model (its OLLAMA_NUM_PARALLEL); embedding-only models get 1 (see `slotsFor`). */
   readonly parallel: number;
+  /**
+   * What fits together there, learned from Ollama (`capacity-model.ts`); absent = the count
+   * `maxLoadedModels` alone decides, as configured.
+   */
+  readonly capacity?: NodeCapacity | undefined;
+  /**
+   * A model the gateway sent there to load whose arrival /api/ps has not confirmed yet: until
+   * it does, the node takes no other load, and models that might be pushed out by it take no new
+   * requests (unless they are known to fit next to it).
+   */
+  readonly loading?: string | undefined;
+  /** Slots lowered per model, where the node was seen to serve fewer than `parallel` (`slot-learning.ts`). */
+  readonly slotLimits?: ReadonlyMap<string, number> | undefined;
   /** Loaded (or loading) models by canonical name. */
   readonly models: ReadonlyMap<string, ModelLoad>;
   /** The model this node is being drained for, if any: it takes no new work of other models. */
@@ -67,11 +82,77 @@ export interface PlacementRequest {
   readonly embeddingOnly: boolean;
   /** The node that served this request's session last (affinity), if any. */
   readonly affinityNode?: string | undefined;
+  /**
+   * Bytes the model takes loaded, where a node has not shown it yet: as seen on another node, else
+   * its file size (a low guess: the KV cache comes on top). Undefined = unknown (the count decides).
+   */
+  readonly sizeBytes?: number | undefined;
 }
 
-/** Slots a model gets on a node: its parallel setting, 1 for embedding-only models (Ollama forces that). */
-export function slotsFor(node: Pick<NodeView, "parallel">, embeddingOnly: boolean): number {
-  return embeddingOnly ? 1 : node.parallel;
+/**
+ * Slots a model gets on a node: its parallel setting, 1 for embedding-only models (Ollama forces
+ * that), fewer where the node was seen to serve fewer (`slotLimits`).
+ */
+export function slotsFor(
+  node: Pick<NodeView, "parallel" | "slotLimits">,
+  embeddingOnly: boolean,
+  model?: string,
+): number {
+  if (embeddingOnly) return 1;
+  const lowered = model === undefined ? undefined : node.slotLimits?.get(model);
+  return lowered === undefined ? node.parallel : Math.min(node.parallel, lowered);
+}
+
+/** The node's capacity model, or one that knows only the configured count. */
+function capacityOf(node: NodeView): NodeCapacity {
+  return node.capacity ?? createCapacity({ maxLoadedModels: node.maxLoadedModels });
+}
+
+/**
+ * The models that would leave `node` for `model` to load there (Ollama's order: idle first, least
+ * recently used first); `[]` = it fits next to them (or is loaded already).
+ */
+export function evictionsOn(node: NodeView, model: string, sizeBytes: number | undefined): string[] {
+  return evictionsFor(capacityOf(node), node.models, model, sizeBytes);
+}
+
+/**
+ * True when `model` is known to fit on `node` without evicting anything (not merely not known to
+ * be full). A node without a capacity model is taken at its configured count.
+ */
+export function roomForSure(node: NodeView, model: string, sizeBytes: number | undefined): boolean {
+  if (node.capacity === undefined) return evictionsOn(node, model, sizeBytes).length === 0;
+  return fitsForSure(node.capacity, node.models, model, sizeBytes);
+}
+
+/**
+ * How `node` can take a load of `model` without evicting, if it can: `sure` when it is known to
+ * fit; `guess` when it is merely not known to be full and every model there is idle with nobody
+ * waiting for it (so if Ollama does evict, nothing in use is lost, and the gateway learns); else
+ * undefined — a node not known to be full whose models are in use is not risked.
+ */
+export function roomFor(
+  view: FleetView,
+  node: NodeView,
+  model: string,
+  sizeBytes: number | undefined,
+): "sure" | "guess" | undefined {
+  if (evictionsOn(node, model, sizeBytes).length > 0) return undefined;
+  if (roomForSure(node, model, sizeBytes)) return "sure";
+  for (const [name, m] of node.models) if (m.inFlight > 0 || isWaiting(view, name)) return undefined;
+  return "guess";
+}
+
+/**
+ * True when `node` may take a new request for `model`, which is loaded there: always, except
+ * while a load of another model the gateway sent there is unconfirmed and the two are not known to
+ * fit together (the load may be pushing `model` out).
+ */
+export function mayServe(node: NodeView, model: string): boolean {
+  if (node.loading === undefined || node.loading === model) return true;
+  return node.capacity === undefined
+    ? node.models.size <= node.maxLoadedModels
+    : residencyCertain(node.capacity, node.models);
 }
 
 /** Requests the gateway has running on a node, all models together. */

@@ -8,16 +8,21 @@ import {
   shuttingDown,
   waitedTooLong,
 } from "../errors/domain-errors.js";
+import { setTimeout as sleep } from "node:timers/promises";
 import { canonicalModelName } from "../upstream/model-name.js";
+import type { OllamaRunning } from "../upstream/ollama-metadata.js";
 import type { NodeHealth } from "../upstream/node-health.js";
 import type { OllamaNode } from "../upstream/ollama-node.js";
 import type { AffinityTable } from "./affinity.js";
+import type { NodeCapacity, ResidentModel } from "./capacity-model.js";
+import { budgetBytes } from "./capacity-model.js";
 import { chooseDrainVictim, obsoleteDrains } from "./drain-policy.js";
 import type { FleetMetadata } from "./fleet-metadata.js";
 import type { FleetState, NodeState } from "./fleet-state.js";
 import { choosePlacement } from "./placement-policy.js";
 import type { FleetView, PlacementRequest, QueueView } from "./policy-snapshot.js";
 import { compareHeads, queueInsertIndex } from "./queue-order-policy.js";
+import type { OllamaTimings } from "./slot-learning.js";
 import { expectedWaitMs, learnTimes } from "./wait-estimate.js";
 
 /** Bounds of the admission queue. */
@@ -60,9 +65,11 @@ export interface Dispatch {
   queueMs: number;
   /**
    * Gives the slot back. `loadMs` is the model load time Ollama reported for this request
-   * (`load_duration`), so the scheduler can tell load time from service time. Idempotent.
+   * (`load_duration`), so the scheduler can tell load time from service time; Ollama's other
+   * timings (`totalMs`, `promptEvalMs`, `evalMs`) show whether the request waited inside Ollama
+   * for a slot (see `slot-learning.ts`). Idempotent.
    */
-  release(observed?: { loadMs?: number }): void;
+  release(observed?: { loadMs?: number | undefined } & OllamaTimings): void;
 }
 
 /** Queue depth per model, for GetStatus. */
@@ -108,6 +115,15 @@ export interface DrainingNode {
  * whose oldest request has waited longer (oldest first), so two hot models on
  * too few nodes take turns instead of one starving.
  *
+ * Capacity (`capacity-model.ts`, `slot-learning.ts`): "room" and "which model
+ * would be evicted" are answered by what each node was seen to hold at once, the
+ * configured count being only an upper bound. After sending a load, the scheduler
+ * re-reads /api/ps on that node (and on the nodes sharing its host, which may
+ * share its GPU) until the model shows, learns what was evicted for it, and until
+ * then sends no other load there and no request for a model the load may be
+ * pushing out. Slots per model are lowered where Ollama's timings show requests
+ * waiting inside it for a slot.
+ *
  * Mechanism: a placement reserves its slot in `FleetState` synchronously, then
  * asks the `SlotGate` (Redis when replicas share the fleet). The queue heads of
  * different models are placed concurrently — one head per model at a time — so
@@ -135,6 +151,8 @@ export interface Scheduler {
 export interface SchedulerLog {
   /** A problem the operator should know about; `obj` carries the context. */
   warn(obj: object, msg: string): void;
+  /** Something learned about the fleet (a node's capacity); optional. */
+  info?(obj: object, msg: string): void;
 }
 
 /** Everything the scheduler works with. */
@@ -161,6 +179,10 @@ export interface SchedulerDeps {
 
 /** Logged (warn) when the slot gate throws for a model whose placements were going fine; retried with backoff. */
 export const SLOT_GATE_FAILED_MSG = "slot gate failed, retrying placement with backoff";
+/** Logged (warn) once per node and model when the node was seen to serve fewer requests of it at once than configured. */
+export const SLOTS_LOWERED_MSG = "node serves fewer parallel requests than configured: slots lowered";
+/** Logged (info) when what was seen on a node changes its learned capacity. */
+export const CAPACITY_LEARNED_MSG = "node capacity learned from ollama";
 
 interface Waiter {
   readonly model: string;
@@ -169,6 +191,8 @@ interface Waiter {
   readonly exclude: ReadonlySet<string> | undefined;
   readonly candidates: ReadonlySet<string>;
   readonly embeddingOnly: boolean;
+  /** The model's file size (from /api/tags): the size guess where no node has shown it loaded. */
+  readonly fileBytes: number | undefined;
   readonly enqueuedAt: number;
   readonly signal: AbortSignal;
   /** Set once the request got its dispatch or its error: later outcomes are dropped. */
@@ -182,6 +206,24 @@ interface Waiter {
 const RETRY_MS = 25;
 /** Longest pause between placements of a model while the gate keeps throwing, ms. */
 const MAX_BACKOFF_MS = 2_000;
+/** How often /api/ps is re-read on a node while a load sent there is not confirmed, ms (at most `syncMs`). */
+const LOAD_POLL_MS = 250;
+/** Longest the scheduler waits for /api/ps to show a model it sent to load, ms (its request ending stops it too). */
+const LOAD_CONFIRM_MAX_MS = 120_000;
+
+/** What /api/ps lists, as the capacity model reads it. */
+function residentOf(ps: readonly OllamaRunning[]): ResidentModel[] {
+  return ps.map((r) => ({ name: canonicalModelName(r.name), sizeBytes: r.size, vramBytes: r.sizeVram }));
+}
+
+/** The host part of a node URL: nodes on one host may share a GPU, and so evictions. */
+function hostOf(url: string): string {
+  try {
+    return new URL(url).hostname;
+  } catch {
+    return url;
+  }
+}
 
 /** A gate for a single replica: the scheduler's own counting is the whole truth. */
 export const LOCAL_GATE: SlotGate = {
@@ -216,6 +258,13 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   let wakeAt = 0;
   let syncTimer: NodeJS.Timeout | undefined;
   let unsubscribeHealth: (() => void) | undefined;
+  /** Aborted by `stop`: ends the load watchers. */
+  let stopping = new AbortController();
+  /** Per "node\0model": the running requests' peaks of concurrent requests there (for slot learning). */
+  const running = new Map<string, Set<{ peak: number }>>();
+  /** "node\0model" pairs whose lowered slots were logged. */
+  const slotsLogged = new Set<string>();
+  const pollMs = Math.max(10, Math.min(LOAD_POLL_MS, deps.syncMs ?? 2_000));
 
   const waiting = (model: string): boolean => (queues.get(model)?.length ?? 0) > 0;
   const drainList = (): DrainingNode[] => [...draining].map(([node, model]) => ({ node, model }));
@@ -261,6 +310,9 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         weight: s.config.weight,
         maxLoadedModels: s.config.maxLoadedModels,
         parallel: s.config.parallel,
+        capacity: s.capacity,
+        loading: s.loading?.model,
+        slotLimits: s.slotLimits.size > 0 ? s.slotLimits : undefined,
         models: s.models,
         drainingFor: draining.get(s.node.name),
       })),
@@ -277,14 +329,26 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       exclude: w.exclude,
       embeddingOnly: w.embeddingOnly,
       affinityNode: w.affinity ? deps.affinity.get(w.affinity) : undefined,
+      sizeBytes: sizeGuess(w),
     };
+  }
+
+  /** Bytes `w`'s model takes loaded: as a node showed it, else its file size. */
+  function sizeGuess(w: Waiter): number | undefined {
+    return fleet.sizeHint(w.model) ?? w.fileBytes;
+  }
+
+  /** A slot reserved on a node; `load` = the model was not loaded there (this request loads it). */
+  interface Reservation {
+    state: NodeState;
+    load: boolean;
   }
 
   /**
    * Chooses a node for `w` and reserves one of its slots in `FleetState` at once, so decisions
    * taken before the gate answers see the slot taken; undefined = wait (a drain may have started).
    */
-  function reserve(w: Waiter): NodeState | undefined {
+  function reserve(w: Waiter): Reservation | undefined {
     const v = view();
     const req = placementRequest(w);
     const placement = choosePlacement(v, req, policy);
@@ -295,8 +359,17 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     }
     if (placement.rule === "drained") endDrains([placement.node]);
     const state = fleet.get(placement.node)!;
-    fleet.begin(state, w.model, w.embeddingOnly);
-    return state;
+    const load = fleet.begin(state, w.model, w.embeddingOnly, req.sizeBytes);
+    // Every request of the model running there now has this many next to it (itself included).
+    const now = state.models.get(w.model)?.inFlight ?? 1;
+    for (const r of running.get(`${state.node.name}\0${w.model}`) ?? []) r.peak = Math.max(r.peak, now);
+    return { state, load };
+  }
+
+  /** Gives back a reservation whose request will not be sent. */
+  function unreserve(w: Waiter, r: Reservation): void {
+    fleet.end(r.state, w.model);
+    if (r.load) fleet.cancelLoad(r.state, w.model);
   }
 
   /** Settles `w` once: takes it out of its queue, drops its listeners and timer, then runs `outcome`. */
@@ -342,40 +415,41 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
    * refused (or failed): the reservation is given back and a retry is scheduled. True when `w` is
    * settled — dispatched, or (when it was cancelled or timed out meanwhile) its slot given back.
    */
-  async function confirm(w: Waiter, state: NodeState): Promise<boolean> {
+  async function confirm(w: Waiter, r: Reservation): Promise<boolean> {
+    const { state } = r;
     const node = state.node.name;
     let slot: { release(): Promise<void> } | undefined;
     try {
-      slot = await deps.gate.tryAcquire(node, w.model, fleet.slots(state, w.embeddingOnly));
+      slot = await deps.gate.tryAcquire(node, w.model, fleet.slots(state, w.embeddingOnly, w.model));
       gateBackoff.delete(w.model);
     } catch (e) {
-      fleet.end(state, w.model);
+      unreserve(w, r);
       gateFailed(node, w.model, e);
       return false;
     }
     if (slot === undefined) {
-      fleet.end(state, w.model);
+      unreserve(w, r);
       // Another replica holds the slots: look again shortly.
       wakeIn(RETRY_MS);
       return false;
     }
     if (w.done || w.signal.aborted) {
-      fleet.end(state, w.model);
+      unreserve(w, r);
       void slot.release().catch(() => undefined);
       finish(w, () => w.reject(w.signal.reason));
       pump(); // the reserved slot is free again
       return true;
     }
-    const d = dispatch(w, state, slot);
+    const d = dispatch(w, r, slot);
     finish(w, () => w.resolve(d));
     return true;
   }
 
-  /** Places a queue head reserved on `state`; the model's next head is considered once this settles. */
-  async function placeHead(w: Waiter, state: NodeState): Promise<void> {
+  /** Places a queue head reserved on a node; the model's next head is considered once this settles. */
+  async function placeHead(w: Waiter, r: Reservation): Promise<void> {
     let settled = false;
     try {
-      settled = await confirm(w, state);
+      settled = await confirm(w, r);
     } finally {
       placing.delete(w.model);
     }
@@ -384,10 +458,21 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   }
 
   /** A request that holds its reserved slot. */
-  function dispatch(w: Waiter, state: NodeState, slot: { release(): Promise<void> }): Dispatch {
+  function dispatch(w: Waiter, r: Reservation, slot: { release(): Promise<void> }): Dispatch {
+    const { state } = r;
     const started = Date.now();
     if (w.affinity) deps.affinity.set(w.affinity, state.node.name);
+    const key = `${state.node.name}\0${w.model}`;
+    let peers = running.get(key);
+    if (peers === undefined) running.set(key, (peers = new Set()));
+    const me = { peak: state.models.get(w.model)?.inFlight ?? 1 };
+    peers.add(me);
     let released = false;
+    let onRelease: () => void = () => undefined;
+    const ended = new Promise<void>((resolve) => {
+      onRelease = resolve;
+    });
+    if (r.load) void watchLoad(state, w.model, ended);
     return {
       node: state.node,
       queueMs: started - w.enqueuedAt,
@@ -395,16 +480,92 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         if (released) return;
         released = true;
         fleet.end(state, w.model);
+        peers.delete(me);
+        if (peers.size === 0) running.delete(key);
+        onRelease();
         const learned = learnTimes(
           { serviceMs: serviceMs.get(w.model), loadMs: loadMs.get(w.model) },
           { heldMs: Date.now() - started, loadMs: observed?.loadMs ?? 0 },
         );
         serviceMs.set(w.model, learned.serviceMs);
         if (learned.loadMs !== undefined) loadMs.set(w.model, learned.loadMs);
+        if (observed !== undefined && !w.embeddingOnly) learnSlots(state, w.model, observed, me.peak);
         slot.release().catch(() => undefined);
         pump();
       },
     };
+  }
+
+  /** Feeds one finished request's timings to the node's slot learning; logs the first lowering. */
+  function learnSlots(state: NodeState, model: string, timings: OllamaTimings, peak: number): void {
+    const lowered = fleet.observeSlots(state, model, { timings, peak, at: Date.now() });
+    if (lowered === undefined) return;
+    const key = `${state.node.name}\0${model}`;
+    if (slotsLogged.has(key)) return;
+    slotsLogged.add(key);
+    deps.log?.warn(
+      { node: state.node.name, model, configured: lowered.configured, slots: lowered.slots, waits: lowered.waits },
+      SLOTS_LOWERED_MSG,
+    );
+  }
+
+  /** Logs what a read of /api/ps taught about a node's capacity, when it taught something. */
+  function reportCapacity(node: string, change: { before: NodeCapacity; after: NodeCapacity }): void {
+    const e = change.after.evidence[0];
+    if (e === undefined || e === change.before.evidence[0] || e.kind === "fits") return;
+    deps.log?.info?.(
+      { node, evidence: e.kind, models: e.models, totalBytes: e.totalBytes, budgetBytes: budgetBytes(change.after) },
+      CAPACITY_LEARNED_MSG,
+    );
+  }
+
+  /**
+   * After a load sent to `state`'s node: re-reads /api/ps there (bypassing the cache) until the
+   * model shows — Ollama has evicted what it had to by then — or its request ended, then teaches
+   * the capacity model, corrects the picture, refreshes the nodes on the same host and places
+   * what waited for the picture to settle.
+   */
+  async function watchLoad(state: NodeState, model: string, ended: Promise<void>): Promise<void> {
+    const signal = stopping.signal;
+    const startedAt = Date.now();
+    let over = false;
+    void ended.then(() => {
+      over = true;
+    });
+    while (!signal.aborted && state.loading?.model === model) {
+      let after: ResidentModel[] | undefined;
+      try {
+        after = residentOf(await deps.metadata.ps(state.node, AbortSignal.timeout(2_000), true));
+      } catch {
+        after = undefined;
+      }
+      if (signal.aborted || state.loading?.model !== model) return;
+      const arrived = after?.some((m) => m.name === model) === true;
+      if (arrived || over || Date.now() - startedAt > LOAD_CONFIRM_MAX_MS) {
+        reportCapacity(state.node.name, fleet.loadObserved(state, model, after));
+        await refreshSameHost(state, signal);
+        pump();
+        return;
+      }
+      await Promise.race([sleep(pollMs, undefined, { ref: false, signal }).catch(() => undefined), ended]);
+    }
+  }
+
+  /** Re-reads /api/ps on the other nodes of `state`'s host: they may share its GPU, and so its evictions. */
+  async function refreshSameHost(state: NodeState, signal: AbortSignal): Promise<void> {
+    const host = hostOf(state.node.url);
+    await Promise.all(
+      fleet.nodes
+        .filter((s) => s !== state && hostOf(s.node.url) === host && health.isHealthy(s.node.name))
+        .map(async (s) => {
+          try {
+            const ps = await deps.metadata.ps(s.node, AbortSignal.timeout(2_000), true);
+            if (!signal.aborted) fleet.sync(s.node.name, residentOf(ps));
+          } catch {
+            // keep the last view; the periodic sync tries again
+          }
+        }),
+    );
   }
 
   /**
@@ -421,12 +582,12 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         .filter((w): w is Waiter => w !== undefined && !placing.has(w.model) && !backingOff(w.model, now))
         .sort(compareHeads);
       for (const w of heads) {
-        const state = reserve(w);
-        if (state === undefined) continue;
+        const r = reserve(w);
+        if (r === undefined) continue;
         // A placement may end a drain or load a model: look at the other heads again.
         progress = true;
         placing.add(w.model);
-        void placeHead(w, state);
+        void placeHead(w, r);
       }
     }
   }
@@ -463,10 +624,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         if (!health.isHealthy(s.node.name)) return;
         try {
           const ps = await deps.metadata.ps(s.node, AbortSignal.timeout(2_000));
-          fleet.sync(
-            s.node.name,
-            ps.map((r) => canonicalModelName(r.name)),
-          );
+          fleet.sync(s.node.name, residentOf(ps));
         } catch {
           // keep the last view; health probes deal with dead nodes
         }
@@ -487,6 +645,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       }
       const candidates = new Set(where.located.map((l) => l.node.name));
       const caps = where.located[0]!.tag.capabilities;
+      const fileBytes = where.located[0]!.tag.size > 0 ? where.located[0]!.tag.size : undefined;
       const embeddingOnly = caps.includes("embedding") && !caps.includes("completion");
       if (![...candidates].some((n) => health.isHealthy(n) && !req.exclude?.has(n))) {
         throw noHealthyNodeFor(req.model);
@@ -501,6 +660,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
           exclude: req.exclude,
           candidates,
           embeddingOnly,
+          fileBytes,
           enqueuedAt: Date.now(),
           signal: req.signal,
           done: false,
@@ -518,8 +678,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         const admit = async (): Promise<void> => {
           // Nobody ahead of it: try to place it straight away.
           if (!waiting(model) && !backingOff(model, Date.now())) {
-            const state = reserve(w);
-            if (state !== undefined && (await confirm(w, state))) return;
+            const r = reserve(w);
+            if (r !== undefined && (await confirm(w, r))) return;
           }
           if (req.signal.aborted) return reject(req.signal.reason);
           const depth = queues.get(model)?.length ?? 0;
@@ -566,6 +726,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
 
     start() {
       if (syncTimer) return;
+      if (stopping.signal.aborted) stopping = new AbortController();
       void sync();
       syncTimer = setInterval(() => void sync(), deps.syncMs ?? 2_000);
       syncTimer.unref();
@@ -582,6 +743,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       wakeTimer = undefined;
       unsubscribeHealth?.();
       unsubscribeHealth = undefined;
+      stopping.abort();
       for (const w of [...queues.values()].flat()) finish(w, () => w.reject(shuttingDown()));
       queues.clear();
       queued = 0;

@@ -34,7 +34,7 @@ export function expectedWaitMs(view: FleetView, q: WaitQuery): number | undefine
   if (svc === undefined) return undefined;
   let slots = 0;
   for (const s of view.nodes) {
-    if (q.candidates.has(s.name) && s.healthy && s.models.has(q.model)) slots += slotsFor(s, q.embeddingOnly);
+    if (q.candidates.has(s.name) && s.healthy && s.models.has(q.model)) slots += slotsFor(s, q.embeddingOnly, q.model);
   }
   const load = slots === 0 ? (view.loadMs.get(q.model) ?? 0) : 0;
   return load + Math.ceil(q.position / Math.max(1, slots)) * svc;

@@ -4,6 +4,7 @@ import { toConnectError } from "../errors/to-connect-error.js";
 import { DEFAULT_RETRY_POLICY, nextTryDelayMs, sleep } from "../routing/retry-policy.js";
 import type { RetryPolicy } from "../routing/retry-policy.js";
 import type { Dispatch, Scheduler } from "../routing/scheduler.js";
+import type { OllamaTimings } from "../routing/slot-learning.js";
 import { isNodeDown } from "../upstream/network-errors.js";
 import type { NodeHealth } from "../upstream/node-health.js";
 import type { OllamaNode } from "../upstream/ollama-node.js";
@@ -39,8 +40,11 @@ export interface Attempt {
   readonly number: number;
   /** A message reached the client: from now on a failure is final (a stream is never replayed). */
   sent(): void;
-  /** The model load time Ollama reported (`load_duration`, ms), given to the scheduler with the slot. */
-  loaded(ms: number | undefined): void;
+  /**
+   * The model load time Ollama reported (`load_duration`, ms), and its other timings when known
+   * (they show a wait for a slot inside Ollama), given to the scheduler with the slot.
+   */
+  loaded(ms: number | undefined, timings?: OllamaTimings): void;
 }
 
 /** What the failover needs from the rest of the gateway. */
@@ -99,6 +103,7 @@ export function createFailover(deps: FailoverDeps): Failover {
         const node = dispatch.node.name;
         let sent = false;
         let loadMs: number | undefined;
+        let timings: OllamaTimings | undefined;
         let wait = 0;
         try {
           const value = await attempt({
@@ -106,7 +111,10 @@ export function createFailover(deps: FailoverDeps): Failover {
             queueMs: dispatch.queueMs,
             number,
             sent: () => void (sent = true),
-            loaded: (ms) => void (loadMs = ms),
+            loaded: (ms, t) => {
+              loadMs = ms;
+              timings = t;
+            },
           });
           deps.health.reportSuccess(node);
           return value;
@@ -125,7 +133,7 @@ export function createFailover(deps: FailoverDeps): Failover {
           last = err;
           wait = delay;
         } finally {
-          dispatch.release({ loadMs });
+          dispatch.release({ ...timings, loadMs });
         }
         await sleep(wait, signal).catch((e: unknown) => {
           throw toConnectError(e, signal, { model });

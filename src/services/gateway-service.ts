@@ -3,8 +3,10 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { GatewayService } from "../gen/ollama/gateway/v1/gateway_pb.js";
 import type { Cache } from "../cache/cache.js";
 import { redactUrl } from "../config/load-config.js";
+import { budgetBytes, maxLoaded } from "../routing/capacity-model.js";
+import type { NodeCapacity } from "../routing/capacity-model.js";
 import type { FleetMetadata } from "../routing/fleet-metadata.js";
-import type { FleetState } from "../routing/fleet-state.js";
+import type { FleetState, NodeState } from "../routing/fleet-state.js";
 import type { Scheduler } from "../routing/scheduler.js";
 import type { NodeHealth } from "../upstream/node-health.js";
 import type { OllamaNode } from "../upstream/ollama-node.js";
@@ -39,6 +41,43 @@ export interface GatewayServiceDeps {
 // models are looked up with this bound, and left empty past it.
 const PS_LOOKUP_MS = 500;
 
+/** A node's learned capacity as GetStatus shows it (README, "Routing across a fleet", Capacity). */
+function capacityStatus(c: NodeCapacity, loading: string | undefined) {
+  return {
+    budgetBytes: BigInt(budgetBytes(c) ?? 0),
+    configuredBytes: BigInt(c.configuredBytes ?? 0),
+    fitsBytes: BigInt(c.fitsBytes),
+    overflowBytes: BigInt(c.overflowBytes ?? 0),
+    maxLoadedModels: maxLoaded(c),
+    modelSizes: [...c.sizes]
+      .map(([model, size]) => ({ model, sizeBytes: BigInt(size) }))
+      .sort((a, b) => (a.model < b.model ? -1 : 1)),
+    evidence: c.evidence.map((e) => ({
+      at: timestampFromMs(e.at),
+      kind: e.kind,
+      models: [...e.models],
+      totalBytes: BigInt(e.totalBytes),
+      fromNode: e.from ?? "",
+    })),
+    loading: loading ?? "",
+    borrowedFrom: c.borrowedFrom ?? "",
+  };
+}
+
+/** Models whose slots were lowered on a node, by name. */
+function loweredSlots(state: NodeState) {
+  return [...state.slotLearning]
+    .filter(([, l]) => l.slots < l.configured)
+    .map(([model, l]) => ({
+      model,
+      configured: l.configured,
+      slots: l.slots,
+      waits: l.waits,
+      loweredAt: l.loweredAt === undefined ? undefined : timestampFromMs(l.loweredAt),
+    }))
+    .sort((a, b) => (a.model < b.model ? -1 : 1));
+}
+
 /** GatewayService: the gateway's own view of itself and the fleet. */
 export function createGatewayService(deps: GatewayServiceDeps): ServiceImpl<typeof GatewayService> {
   return {
@@ -57,7 +96,11 @@ export function createGatewayService(deps: GatewayServiceDeps): ServiceImpl<type
           const state = deps.fleet.get(node.name);
           const models = state
             ? [...state.models]
-                .map(([model, m]) => ({ model, inFlight: m.inFlight, slots: deps.fleet.slots(state, m.embeddingOnly) }))
+                .map(([model, m]) => ({
+                  model,
+                  inFlight: m.inFlight,
+                  slots: deps.fleet.slots(state, m.embeddingOnly, model),
+                }))
                 .sort((a, b) => (a.model < b.model ? -1 : 1))
             : [];
           return {
@@ -72,6 +115,8 @@ export function createGatewayService(deps: GatewayServiceDeps): ServiceImpl<type
             maxLoadedModels: state?.config.maxLoadedModels ?? 0,
             models,
             drainingFor: draining.get(node.name) ?? "",
+            capacity: state ? capacityStatus(state.capacity, state.loading?.model) : undefined,
+            loweredSlots: state ? loweredSlots(state) : [],
           };
         }),
       );

@@ -20,6 +20,7 @@ import { affinityKey } from "../routing/affinity.js";
 import type { FleetMetadata } from "../routing/fleet-metadata.js";
 import type { RetryPolicy } from "../routing/retry-policy.js";
 import type { Scheduler } from "../routing/scheduler.js";
+import { ollamaTimings } from "../routing/slot-learning.js";
 import { sinkIterable } from "./message-sink.js";
 import type { MessageSink } from "./message-sink.js";
 import { rpcSignal } from "./rpc-signal.js";
@@ -141,7 +142,7 @@ export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
             attempt.sent();
             more = sink.send(message) && more;
             if (message.done === true) {
-              attempt.loaded(nanosToMs(chunk["load_duration"]));
+              attempt.loaded(nanosToMs(chunk["load_duration"]), ollamaTimings(chunk));
               // Ollama's final counts, for the token quotas (README, "Rate limits and quotas").
               info.promptTokens = tokenCount(chunk["prompt_eval_count"]);
               info.completionTokens = tokenCount(chunk["eval_count"]);

@@ -5,6 +5,7 @@ export { startSimulator, type Simulator } from "./simulator.js";
 export {
   resolveOptions,
   parseCliArgs,
+  parseBytes,
   CLI_USAGE,
   type SimulatorOptions,
   type ResolvedSimulatorOptions,

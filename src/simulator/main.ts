@@ -43,6 +43,7 @@ async function main(): Promise<void> {
     `Ollama simulator listening on ${sim.url} (version ${sim.options.version}; ` +
       `models: ${models.length > 0 ? models.join(", ") : "default catalog"}; ` +
       `load ${sim.options.loadMs} ms, parallel ${sim.options.numParallel}, max loaded ${sim.options.maxLoadedModels}, ` +
+      (sim.options.vramBytes > 0 ? `vram ${sim.options.vramBytes} bytes, ` : "") +
       `max queue ${sim.options.maxQueue}` +
       (sim.options.faults.length > 0 ? `; faults armed: ${sim.options.faults.map((f) => f.kind).join(", ")}` : "") +
       ")\n",

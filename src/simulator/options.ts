@@ -24,6 +24,13 @@ export interface SimulatorOptions {
   numParallel?: number;
   /** OLLAMA_MAX_LOADED_MODELS; default 3. */
   maxLoadedModels?: number;
+  /**
+   * The GPU memory the node's loaded models share, in bytes; 0 = unlimited (only
+   * `maxLoadedModels` evicts). A model that does not fit next to the loaded ones makes the
+   * scheduler evict as Ollama does when "memory is short"; one larger than the whole budget
+   * loads alone, partly offloaded (`size_vram` < `size` in /api/ps). Default 0.
+   */
+  vramBytes?: number;
   /** OLLAMA_MAX_QUEUE: capacity of the pending-load queue; default 512. */
   maxQueue?: number;
   /** OLLAMA_KEEP_ALIVE in ms (negative or Infinity = forever); default 5 minutes. */
@@ -58,6 +65,7 @@ export function resolveOptions(options: SimulatorOptions = {}): ResolvedSimulato
     tokenMs: options.tokenMs ?? 0,
     numParallel: options.numParallel ?? 1,
     maxLoadedModels: options.maxLoadedModels ?? 3,
+    vramBytes: options.vramBytes ?? 0,
     maxQueue: options.maxQueue ?? 512,
     keepAliveMs:
       (options.keepAliveMs ?? 5 * 60_000) < 0 ? Number.POSITIVE_INFINITY : (options.keepAliveMs ?? 5 * 60_000),
@@ -67,7 +75,7 @@ export function resolveOptions(options: SimulatorOptions = {}): ResolvedSimulato
     version: options.version ?? "0.12.6",
     faults: (options.faults ?? []).map(parseFault),
   };
-  const nonNegative = ["port", "loadMs", "firstTokenMs", "tokenMs", "maxQueue", "pullMs"] as const;
+  const nonNegative = ["port", "loadMs", "firstTokenMs", "tokenMs", "maxQueue", "pullMs", "vramBytes"] as const;
   for (const key of nonNegative) {
     const value = resolved[key];
     if (!Number.isFinite(value) || value < 0) throw new RangeError(`${key} must be a number >= 0 (got ${value})`);
@@ -104,6 +112,7 @@ const FLAGS: Record<string, { env: readonly string[]; apply: (o: SimulatorOption
     env: ["OLLAMA_MAX_LOADED_MODELS"],
     apply: (o, v) => void (o.maxLoadedModels = int(v, "max-loaded-models")),
   },
+  "--vram-bytes": { env: ["SIM_VRAM_BYTES"], apply: (o, v) => void (o.vramBytes = bytes(v, "vram-bytes")) },
   "--max-queue": { env: ["OLLAMA_MAX_QUEUE"], apply: (o, v) => void (o.maxQueue = int(v, "max-queue")) },
   "--keep-alive": { env: ["OLLAMA_KEEP_ALIVE"], apply: (o, v) => void (o.keepAliveMs = keepAlive(v)) },
   "--num-ctx": { env: ["OLLAMA_CONTEXT_LENGTH"], apply: (o, v) => void (o.defaultNumCtx = int(v, "num-ctx")) },
@@ -129,6 +138,10 @@ Flags (environment variable in brackets; flags win over the environment):
                              "llama3.2,qwen3,all-minilm,mine:7b=completion+tools"  [SIM_MODELS]
   --num-parallel <n>         parallel slots per loaded model (default 1) [OLLAMA_NUM_PARALLEL]
   --max-loaded-models <n>    models resident at once (default 3)         [OLLAMA_MAX_LOADED_MODELS]
+  --vram-bytes <size>        GPU memory the loaded models share: bytes, or with a unit (7GB,
+                             6.5GiB, 800MB); a model that does not fit next to the loaded
+                             ones evicts them, one too large for it all loads partly offloaded
+                             (default 0 = unlimited)                     [SIM_VRAM_BYTES]
   --max-queue <n>            pending-load queue size (default 512)       [OLLAMA_MAX_QUEUE]
   --keep-alive <duration>    default keep-alive, Go duration or seconds; negative = forever
                              (default 5m)                                [OLLAMA_KEEP_ALIVE]
@@ -230,6 +243,35 @@ function num(value: string, name: string): number {
 function int(value: string, name: string): number {
   const n = num(value, name);
   if (!Number.isInteger(n)) throw new Error(`${name} must be an integer, got ${JSON.stringify(value)}`);
+  return n;
+}
+
+const BYTE_UNITS: Record<string, number> = {
+  "": 1,
+  b: 1,
+  kb: 1e3,
+  mb: 1e6,
+  gb: 1e9,
+  tb: 1e12,
+  kib: 2 ** 10,
+  mib: 2 ** 20,
+  gib: 2 ** 30,
+  tib: 2 ** 40,
+};
+
+/** A byte count: `7000000000`, `7e9`, `7GB`, `6.5GiB`, `800 MB` (decimal and binary units). */
+export function parseBytes(value: string): number | undefined {
+  const m = /^\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*([a-z]*)\s*$/i.exec(value);
+  const scale = m === null ? undefined : BYTE_UNITS[(m[2] ?? "").toLowerCase()];
+  if (m === null || scale === undefined) return undefined;
+  const n = Math.round(Number(m[1]) * scale);
+  return Number.isSafeInteger(n) ? n : undefined;
+}
+
+function bytes(value: string, name: string): number {
+  const n = parseBytes(value);
+  if (n === undefined)
+    throw new Error(`${name} must be a byte count such as 7000000000 or 7GB, got ${JSON.stringify(value)}`);
   return n;
 }
 

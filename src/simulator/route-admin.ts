@@ -4,7 +4,7 @@
  * affected by faults.
  *
  *   GET    /_sim/stats    → SimulatorStats as JSON
- *   GET    /_sim/state    → { loaded: [...], installed: [...], faults: [...] }
+ *   GET    /_sim/state    → { loaded: [...], installed: [...], faults: [...], pending_loads, vram_bytes }
  *   GET    /_sim/faults   → armed faults (times/remaining Infinity shown as null)
  *   POST   /_sim/faults   → body: one fault (see faults.ts; "times": null = forever) → 201 {"id"}
  *   DELETE /_sim/faults   → disarm all → 200 {"cleared": n}
@@ -37,11 +37,14 @@ export async function handleAdmin(ex: Exchange, ctx: SimContext, deps: AdminDeps
           ref_count: r.refCount,
           busy_slots: r.busySlots,
           loading: r.loading,
+          size: r.size,
+          size_vram: r.sizeVram,
           expires_at: formatLocal(msToNs(r.expiresAt)),
         })),
         installed: ctx.store.list().map((m) => m.display),
         faults: deps.faults.list(),
         pending_loads: ctx.stats.pendingLoads,
+        vram_bytes: ctx.config.vramBytes,
       });
     case "GET /_sim/faults":
       return ex.sendJson(200, { faults: deps.faults.list() });

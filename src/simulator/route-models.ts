@@ -85,7 +85,7 @@ export const handlePs: Handler = async (ex, ctx) => {
       digest: r.model.digest,
       details: modelDetails(r.model),
       expires_at: formatLocal(msToNs(r.expiresAt)),
-      size_vram: r.size,
+      size_vram: r.sizeVram,
       context_length: r.numCtx,
     }));
   ex.sendJson(200, { models });

@@ -4,7 +4,10 @@
  *   once, bypassing the pending queue;
  * - anything needing a load or reload goes through a bounded pending queue (OLLAMA_MAX_QUEUE,
  *   503 when full) processed one request at a time, so only one model loads at a time;
- * - MAX_LOADED_MODELS evicts the idle runner with the soonest expiry (waiting for in-flight work);
+ * - MAX_LOADED_MODELS evicts the idle runner with the soonest expiry (waiting for in-flight work),
+ *   and so does a VRAM budget: runners are evicted, one at a time, until the new model fits next
+ *   to the ones left, or nothing is left; a model larger than the whole budget then loads alone,
+ *   partly offloaded (`sizeVram` < `size`);
  * - each runner has a FIFO slot semaphore of NUM_PARALLEL (1 for embedding models) with
  *   unbounded waiters;
  * - keep-alive: the last request that sets it wins; the idle timer starts when the runner's
@@ -33,6 +36,8 @@ export interface SchedulerConfig {
   readonly loadMs: number;
   readonly numParallel: number;
   readonly maxLoadedModels: number;
+  /** GPU memory shared by the loaded runners, bytes; 0 = unlimited. */
+  readonly vramBytes: number;
   readonly maxQueue: number;
   /** Keep-alive for fresh loads when the request does not set one (Infinity = forever). */
   readonly keepAliveMs: number;
@@ -55,6 +60,8 @@ export interface LoadedRunner {
   readonly numParallel: number;
   /** Bytes: weights plus KV cache for numCtx × numParallel. */
   readonly size: number;
+  /** Bytes of `size` held in VRAM: all of it, or less when the model did not fit (partial offload). */
+  readonly sizeVram: number;
   /** Epoch ms when it will be unloaded if it stays idle. */
   readonly expiresAt: number;
   /** Requests attached (waiting for a slot or generating). */
@@ -107,6 +114,10 @@ interface Runner {
   readonly name: string;
   readonly options: RunnerOptions;
   readonly numParallel: number;
+  /** Weights plus KV cache, bytes. */
+  readonly size: number;
+  /** Bytes of `size` in VRAM. */
+  readonly sizeVram: number;
   readonly slots: Semaphore;
   readonly ready: Promise<void>;
   markReady: () => void;
@@ -139,7 +150,8 @@ export function createScheduler(config: SchedulerConfig, hooks: SchedulerHooks):
     name: r.name,
     numCtx: r.options.numCtx,
     numParallel: r.numParallel,
-    size: r.model.size + r.options.numCtx * r.numParallel * r.model.kvBytesPerToken,
+    size: r.size,
+    sizeVram: r.sizeVram,
     expiresAt: r.expiresAt,
     refCount: r.refCount,
     busySlots: r.slots.held,
@@ -202,18 +214,32 @@ export function createScheduler(config: SchedulerConfig, hooks: SchedulerHooks):
     return candidates[0];
   };
 
-  const startLoad = (request: ScheduleRequest): Runner => {
+  /** VRAM held by the runners loaded (or loading) now. */
+  const vramInUse = (): number => {
+    let used = 0;
+    for (const r of loaded.values()) if (!r.gone) used += r.sizeVram;
+    return used;
+  };
+
+  /** True when a runner of `size` bytes may load now: under the count limit and, with a budget, in the free VRAM. */
+  const fits = (size: number): boolean =>
+    loaded.size < Math.max(1, config.maxLoadedModels) &&
+    (config.vramBytes <= 0 || vramInUse() + size <= config.vramBytes);
+
+  const startLoad = (request: ScheduleRequest, numParallel: number, size: number): Runner => {
     let markReady = (): void => {};
     const ready = new Promise<void>((resolve) => {
       markReady = resolve;
     });
-    const numParallel = isEmbeddingOnly(request.model) ? 1 : Math.max(1, config.numParallel);
+    const free = config.vramBytes <= 0 ? size : Math.max(0, config.vramBytes - vramInUse());
     const runner: Runner = {
       key: request.model.digest,
       model: request.model,
       name: request.name,
       options: request.options,
       numParallel,
+      size,
+      sizeVram: Math.min(size, free),
       slots: createSemaphore(numParallel),
       ready,
       markReady,
@@ -242,14 +268,18 @@ export function createScheduler(config: SchedulerConfig, hooks: SchedulerHooks):
       return entry.resolve(existing);
     }
     if (existing) await retire(existing, existing.retiring ?? "reload");
-    while (loaded.size >= Math.max(1, config.maxLoadedModels)) {
+    const numParallel = isEmbeddingOnly(request.model) ? 1 : Math.max(1, config.numParallel);
+    const size = runnerSize(request.model, request.options, numParallel);
+    // Evict until the new runner fits next to the rest (count and memory), or nothing is left:
+    // a model larger than the whole budget then loads alone, partly offloaded.
+    while (loaded.size > 0 && !fits(size)) {
       const victim = pickVictim();
       if (!victim) break;
       await retire(victim, "evicted");
     }
     if (closed) return entry.reject(abortError());
     if (request.signal.aborted) return entry.reject(abortError());
-    const runner = startLoad(request);
+    const runner = startLoad(request, numParallel, size);
     try {
       await sleep(config.loadMs + request.model.extraLoadMs, closeController.signal);
     } catch (error) {
@@ -351,6 +381,11 @@ export function needsReload(current: RunnerOptions, wanted: RunnerOptions): bool
   if (current.mainGpu !== wanted.mainGpu) return true;
   if (current.useMmap !== undefined && wanted.useMmap !== undefined && current.useMmap !== wanted.useMmap) return true;
   return current.numThread !== wanted.numThread;
+}
+
+/** Bytes a runner takes: the weights plus a KV cache of num_ctx tokens for each parallel slot. */
+export function runnerSize(model: ResolvedModel, options: RunnerOptions, numParallel: number): number {
+  return model.size + options.numCtx * numParallel * model.kvBytesPerToken;
 }
 
 function isEmbeddingOnly(model: ResolvedModel): boolean {

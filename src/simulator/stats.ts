@@ -18,7 +18,7 @@ export interface SimulatorStats {
   unloads: Record<string, number>;
   /** Unloads in total. */
   unloadsTotal: number;
-  /** Runners unloaded to make room (MAX_LOADED_MODELS). */
+  /** Runners unloaded to make room (MAX_LOADED_MODELS, or the VRAM budget). */
   evictions: number;
   /** Runners unloaded because a request needed different runner options (num_ctx…). */
   reloads: number;

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ollama/gateway/v1/gateway.proto.
  */
 export const file_ollama_gateway_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("Ch9vbGxhbWEvZ2F0ZXdheS92MS9nYXRld2F5LnByb3RvEhFvbGxhbWEuZ2F0ZXdheS52MSISChBHZXRTdGF0dXNSZXF1ZXN0IrgCChFHZXRTdGF0dXNSZXNwb25zZRIPCgd2ZXJzaW9uGAEgASgJEikKBnVwdGltZRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgpzdGFydGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgVub2RlcxgEIAMoCzIdLm9sbGFtYS5nYXRld2F5LnYxLk5vZGVTdGF0dXMSLQoFY2FjaGUYBSABKAsyHi5vbGxhbWEuZ2F0ZXdheS52MS5DYWNoZVN0YXR1cxIUCgxhY3RpdmVfY2FsbHMYBiABKAUSLgoGcXVldWVzGAcgAygLMh4ub2xsYW1hLmdhdGV3YXkudjEuUXVldWVTdGF0dXMSFAoMc2xvdHNfc2hhcmVkGAggASgIIisKC1F1ZXVlU3RhdHVzEg0KBW1vZGVsGAEgASgJEg0KBWRlcHRoGAIgASgFIkIKD05vZGVNb2RlbFN0YXR1cxINCgVtb2RlbBgBIAEoCRIRCglpbl9mbGlnaHQYAiABKAUSDQoFc2xvdHMYAyABKAUiiAIKCk5vZGVTdGF0dXMSDAoEbmFtZRgBIAEoCRILCgN1cmwYAiABKAkSDwoHaGVhbHRoeRgDIAEoCBIWCg5vbGxhbWFfdmVyc2lvbhgEIAEoCRIVCg1sb2FkZWRfbW9kZWxzGAUgAygJEhUKDWNpcmN1aXRfc3RhdGUYBiABKAkSEQoJaW5fZmxpZ2h0GAcgASgFEhAKCHBhcmFsbGVsGAggASgFEhkKEW1heF9sb2FkZWRfbW9kZWxzGAkgASgFEjIKBm1vZGVscxgKIAMoCzIiLm9sbGFtYS5nYXRld2F5LnYxLk5vZGVNb2RlbFN0YXR1cxIUCgxkcmFpbmluZ19mb3IYCyABKAkiOwoNQ2FjaGVDb3VudGVycxIMCgRraW5kGAEgASgJEgwKBGhpdHMYAiABKAMSDgoGbWlzc2VzGAMgASgDIsMBCgtDYWNoZVN0YXR1cxIPCgdiYWNrZW5kGAEgASgJEg8KB2hlYWx0aHkYAiABKAgSMgoIY291bnRlcnMYAyADKAsyIC5vbGxhbWEuZ2F0ZXdheS52MS5DYWNoZUNvdW50ZXJzEhYKDm1lbW9yeV9lbnRyaWVzGAQgASgDEhQKDG1lbW9yeV9ieXRlcxgFIAEoAxIUCgxyZWRpc19lcnJvcnMYBiABKAMSGgoSZW1iZWRkaW5nc19lbmFibGVkGAcgASgIMmgKDkdhdGV3YXlTZXJ2aWNlElYKCUdldFN0YXR1cxIjLm9sbGFtYS5nYXRld2F5LnYxLkdldFN0YXR1c1JlcXVlc3QaJC5vbGxhbWEuZ2F0ZXdheS52MS5HZXRTdGF0dXNSZXNwb25zZUKfAQoRb2xsYW1hLmdhdGV3YXkudjFCDEdhdGV3YXlQcm90b1ABWjZvbGxhbWEtZ3JwYy1nYXRld2F5L2dlbi9nby9vbGxhbWEvZ2F0ZXdheS92MTtnYXRld2F5djGiAgNPR1iqAhFPbGxhbWEuR2F0ZXdheS5WMcoCEU9sbGFtYVxHYXRld2F5XFYx6gITT2xsYW1hOjpHYXRld2F5OjpWMWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch9vbGxhbWEvZ2F0ZXdheS92MS9nYXRld2F5LnByb3RvEhFvbGxhbWEuZ2F0ZXdheS52MSISChBHZXRTdGF0dXNSZXF1ZXN0IrgCChFHZXRTdGF0dXNSZXNwb25zZRIPCgd2ZXJzaW9uGAEgASgJEikKBnVwdGltZRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgpzdGFydGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgVub2RlcxgEIAMoCzIdLm9sbGFtYS5nYXRld2F5LnYxLk5vZGVTdGF0dXMSLQoFY2FjaGUYBSABKAsyHi5vbGxhbWEuZ2F0ZXdheS52MS5DYWNoZVN0YXR1cxIUCgxhY3RpdmVfY2FsbHMYBiABKAUSLgoGcXVldWVzGAcgAygLMh4ub2xsYW1hLmdhdGV3YXkudjEuUXVldWVTdGF0dXMSFAoMc2xvdHNfc2hhcmVkGAggASgIIisKC1F1ZXVlU3RhdHVzEg0KBW1vZGVsGAEgASgJEg0KBWRlcHRoGAIgASgFIkIKD05vZGVNb2RlbFN0YXR1cxINCgVtb2RlbBgBIAEoCRIRCglpbl9mbGlnaHQYAiABKAUSDQoFc2xvdHMYAyABKAUilwIKDE5vZGVDYXBhY2l0eRIUCgxidWRnZXRfYnl0ZXMYASABKAMSGAoQY29uZmlndXJlZF9ieXRlcxgCIAEoAxISCgpmaXRzX2J5dGVzGAMgASgDEhYKDm92ZXJmbG93X2J5dGVzGAQgASgDEhkKEW1heF9sb2FkZWRfbW9kZWxzGAUgASgFEjEKC21vZGVsX3NpemVzGAYgAygLMhwub2xsYW1hLmdhdGV3YXkudjEuTW9kZWxTaXplEjUKCGV2aWRlbmNlGAcgAygLMiMub2xsYW1hLmdhdGV3YXkudjEuQ2FwYWNpdHlFdmlkZW5jZRIPCgdsb2FkaW5nGAggASgJEhUKDWJvcnJvd2VkX2Zyb20YCSABKAkiLgoJTW9kZWxTaXplEg0KBW1vZGVsGAEgASgJEhIKCnNpemVfYnl0ZXMYAiABKAMigAEKEENhcGFjaXR5RXZpZGVuY2USJgoCYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGtpbmQYAiABKAkSDgoGbW9kZWxzGAMgAygJEhMKC3RvdGFsX2J5dGVzGAQgASgDEhEKCWZyb21fbm9kZRgFIAEoCSJ/CgxMb3dlcmVkU2xvdHMSDQoFbW9kZWwYASABKAkSEgoKY29uZmlndXJlZBgCIAEoBRINCgVzbG90cxgDIAEoBRINCgV3YWl0cxgEIAEoBRIuCgpsb3dlcmVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLzAgoKTm9kZVN0YXR1cxIMCgRuYW1lGAEgASgJEgsKA3VybBgCIAEoCRIPCgdoZWFsdGh5GAMgASgIEhYKDm9sbGFtYV92ZXJzaW9uGAQgASgJEhUKDWxvYWRlZF9tb2RlbHMYBSADKAkSFQoNY2lyY3VpdF9zdGF0ZRgGIAEoCRIRCglpbl9mbGlnaHQYByABKAUSEAoIcGFyYWxsZWwYCCABKAUSGQoRbWF4X2xvYWRlZF9tb2RlbHMYCSABKAUSMgoGbW9kZWxzGAogAygLMiIub2xsYW1hLmdhdGV3YXkudjEuTm9kZU1vZGVsU3RhdHVzEhQKDGRyYWluaW5nX2ZvchgLIAEoCRIxCghjYXBhY2l0eRgMIAEoCzIfLm9sbGFtYS5nYXRld2F5LnYxLk5vZGVDYXBhY2l0eRI2Cg1sb3dlcmVkX3Nsb3RzGA0gAygLMh8ub2xsYW1hLmdhdGV3YXkudjEuTG93ZXJlZFNsb3RzIjsKDUNhY2hlQ291bnRlcnMSDAoEa2luZBgBIAEoCRIMCgRoaXRzGAIgASgDEg4KBm1pc3NlcxgDIAEoAyLDAQoLQ2FjaGVTdGF0dXMSDwoHYmFja2VuZBgBIAEoCRIPCgdoZWFsdGh5GAIgASgIEjIKCGNvdW50ZXJzGAMgAygLMiAub2xsYW1hLmdhdGV3YXkudjEuQ2FjaGVDb3VudGVycxIWCg5tZW1vcnlfZW50cmllcxgEIAEoAxIUCgxtZW1vcnlfYnl0ZXMYBSABKAMSFAoMcmVkaXNfZXJyb3JzGAYgASgDEhoKEmVtYmVkZGluZ3NfZW5hYmxlZBgHIAEoCDJoCg5HYXRld2F5U2VydmljZRJWCglHZXRTdGF0dXMSIy5vbGxhbWEuZ2F0ZXdheS52MS5HZXRTdGF0dXNSZXF1ZXN0GiQub2xsYW1hLmdhdGV3YXkudjEuR2V0U3RhdHVzUmVzcG9uc2VCnwEKEW9sbGFtYS5nYXRld2F5LnYxQgxHYXRld2F5UHJvdG9QAVo2b2xsYW1hLWdycGMtZ2F0ZXdheS9nZW4vZ28vb2xsYW1hL2dhdGV3YXkvdjE7Z2F0ZXdheXYxogIDT0dYqgIRT2xsYW1hLkdhdGV3YXkuVjHKAhFPbGxhbWFcR2F0ZXdheVxWMeoCE09sbGFtYTo6R2F0ZXdheTo6VjFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Request for GetStatus.
@@ -149,7 +149,8 @@ export type NodeModelStatus = Message<"ollama.gateway.v1.NodeModelStatus"> & {
 
   /**
    * Requests it may run at once there (the node's parallel setting; 1 for
-   * embedding models).
+   * embedding models; fewer when the node was seen to serve fewer, see
+   * NodeStatus.lowered_slots).
    *
    * @generated from field: int32 slots = 3;
    */
@@ -162,6 +163,223 @@ export type NodeModelStatus = Message<"ollama.gateway.v1.NodeModelStatus"> & {
  */
 export const NodeModelStatusSchema: GenMessage<NodeModelStatus> = /*@__PURE__*/
   messageDesc(file_ollama_gateway_v1_gateway, 3);
+
+/**
+ * What the gateway learned about a node's memory from what Ollama reported and
+ * did (README, "Routing across a fleet", Capacity): which models fit together.
+ *
+ * @generated from message ollama.gateway.v1.NodeCapacity
+ */
+export type NodeCapacity = Message<"ollama.gateway.v1.NodeCapacity"> & {
+  /**
+   * Estimated bytes the node's loaded models may take together; 0 = not known
+   * yet (only the model count limits them).
+   *
+   * @generated from field: int64 budget_bytes = 1;
+   */
+  budgetBytes: bigint;
+
+  /**
+   * vramBytes from the config file; 0 = not configured.
+   *
+   * @generated from field: int64 configured_bytes = 2;
+   */
+  configuredBytes: bigint;
+
+  /**
+   * Largest total seen loaded at once: the budget is at least this.
+   *
+   * @generated from field: int64 fits_bytes = 3;
+   */
+  fitsBytes: bigint;
+
+  /**
+   * Smallest total that made Ollama evict (or offload part of a model): the
+   * budget is below this; 0 = none seen.
+   *
+   * @generated from field: int64 overflow_bytes = 4;
+   */
+  overflowBytes: bigint;
+
+  /**
+   * Models the node keeps loaded at once as the gateway uses it: the
+   * configured count, or fewer when Ollama was seen to keep fewer.
+   *
+   * @generated from field: int32 max_loaded_models = 5;
+   */
+  maxLoadedModels: number;
+
+  /**
+   * Loaded size of each model seen on the node (the last /api/ps `size`).
+   *
+   * @generated from field: repeated ollama.gateway.v1.ModelSize model_sizes = 6;
+   */
+  modelSizes: ModelSize[];
+
+  /**
+   * The latest observations that changed the picture, newest first.
+   *
+   * @generated from field: repeated ollama.gateway.v1.CapacityEvidence evidence = 7;
+   */
+  evidence: CapacityEvidence[];
+
+  /**
+   * When not empty, a load the gateway sent to the node that /api/ps has not
+   * shown yet: the node takes no other load until it does.
+   *
+   * @generated from field: string loading = 8;
+   */
+  loading: string;
+
+  /**
+   * When not empty, the node has seen no eviction of its own yet and uses the
+   * upper bound (overflow_bytes) of this node, configured alike.
+   *
+   * @generated from field: string borrowed_from = 9;
+   */
+  borrowedFrom: string;
+};
+
+/**
+ * Describes the message ollama.gateway.v1.NodeCapacity.
+ * Use `create(NodeCapacitySchema)` to create a new message.
+ */
+export const NodeCapacitySchema: GenMessage<NodeCapacity> = /*@__PURE__*/
+  messageDesc(file_ollama_gateway_v1_gateway, 4);
+
+/**
+ * A model's size when loaded on a node.
+ *
+ * @generated from message ollama.gateway.v1.ModelSize
+ */
+export type ModelSize = Message<"ollama.gateway.v1.ModelSize"> & {
+  /**
+   * Canonical model name.
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * Bytes of the loaded instance (weights and KV cache).
+   *
+   * @generated from field: int64 size_bytes = 2;
+   */
+  sizeBytes: bigint;
+};
+
+/**
+ * Describes the message ollama.gateway.v1.ModelSize.
+ * Use `create(ModelSizeSchema)` to create a new message.
+ */
+export const ModelSizeSchema: GenMessage<ModelSize> = /*@__PURE__*/
+  messageDesc(file_ollama_gateway_v1_gateway, 5);
+
+/**
+ * One observation behind a node's learned capacity.
+ *
+ * @generated from message ollama.gateway.v1.CapacityEvidence
+ */
+export type CapacityEvidence = Message<"ollama.gateway.v1.CapacityEvidence"> & {
+  /**
+   * When it was seen.
+   *
+   * @generated from field: google.protobuf.Timestamp at = 1;
+   */
+  at?: Timestamp | undefined;
+
+  /**
+   * "fits" (loaded together), "evicted" (loading the first model pushed out
+   * the others), "offloaded" (the first model did not fit even alone; part of
+   * it runs on the CPU), "count" (Ollama evicted although the memory
+   * sufficed: it keeps fewer models than configured) or "reset" (the node
+   * changed: older evidence dropped) or "borrowed" (no eviction seen here yet:
+   * the upper bound of the node in from_node, configured alike).
+   *
+   * @generated from field: string kind = 2;
+   */
+  kind: string;
+
+  /**
+   * The models involved: for "evicted" and "offloaded" the model loaded
+   * first, then those that left.
+   *
+   * @generated from field: repeated string models = 3;
+   */
+  models: string[];
+
+  /**
+   * The total it is about, bytes.
+   *
+   * @generated from field: int64 total_bytes = 4;
+   */
+  totalBytes: bigint;
+
+  /**
+   * For "borrowed": the node the bound comes from.
+   *
+   * @generated from field: string from_node = 5;
+   */
+  fromNode: string;
+};
+
+/**
+ * Describes the message ollama.gateway.v1.CapacityEvidence.
+ * Use `create(CapacityEvidenceSchema)` to create a new message.
+ */
+export const CapacityEvidenceSchema: GenMessage<CapacityEvidence> = /*@__PURE__*/
+  messageDesc(file_ollama_gateway_v1_gateway, 6);
+
+/**
+ * Slots of a model lowered on a node, because Ollama's timings showed requests
+ * waiting inside Ollama for a slot although the gateway sent no more than the
+ * configured parallel setting.
+ *
+ * @generated from message ollama.gateway.v1.LoweredSlots
+ */
+export type LoweredSlots = Message<"ollama.gateway.v1.LoweredSlots"> & {
+  /**
+   * Canonical model name.
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * The configured slots (the node's parallel setting).
+   *
+   * @generated from field: int32 configured = 2;
+   */
+  configured: number;
+
+  /**
+   * The slots the gateway uses now.
+   *
+   * @generated from field: int32 slots = 3;
+   */
+  slots: number;
+
+  /**
+   * Requests seen waiting for a slot inside Ollama.
+   *
+   * @generated from field: int32 waits = 4;
+   */
+  waits: number;
+
+  /**
+   * When the slots were last lowered.
+   *
+   * @generated from field: google.protobuf.Timestamp lowered_at = 5;
+   */
+  loweredAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message ollama.gateway.v1.LoweredSlots.
+ * Use `create(LoweredSlotsSchema)` to create a new message.
+ */
+export const LoweredSlotsSchema: GenMessage<LoweredSlots> = /*@__PURE__*/
+  messageDesc(file_ollama_gateway_v1_gateway, 7);
 
 /**
  * One Ollama node as the gateway sees it.
@@ -248,6 +466,20 @@ export type NodeStatus = Message<"ollama.gateway.v1.NodeStatus"> & {
    * @generated from field: string draining_for = 11;
    */
   drainingFor: string;
+
+  /**
+   * Which models fit together on the node, as learned from Ollama.
+   *
+   * @generated from field: ollama.gateway.v1.NodeCapacity capacity = 12;
+   */
+  capacity?: NodeCapacity | undefined;
+
+  /**
+   * Models whose slots were lowered on this node.
+   *
+   * @generated from field: repeated ollama.gateway.v1.LoweredSlots lowered_slots = 13;
+   */
+  loweredSlots: LoweredSlots[];
 };
 
 /**
@@ -255,7 +487,7 @@ export type NodeStatus = Message<"ollama.gateway.v1.NodeStatus"> & {
  * Use `create(NodeStatusSchema)` to create a new message.
  */
 export const NodeStatusSchema: GenMessage<NodeStatus> = /*@__PURE__*/
-  messageDesc(file_ollama_gateway_v1_gateway, 4);
+  messageDesc(file_ollama_gateway_v1_gateway, 8);
 
 /**
  * Hits and misses of one kind of cached data.
@@ -291,7 +523,7 @@ export type CacheCounters = Message<"ollama.gateway.v1.CacheCounters"> & {
  * Use `create(CacheCountersSchema)` to create a new message.
  */
 export const CacheCountersSchema: GenMessage<CacheCounters> = /*@__PURE__*/
-  messageDesc(file_ollama_gateway_v1_gateway, 5);
+  messageDesc(file_ollama_gateway_v1_gateway, 9);
 
 /**
  * The cache's backend and counters.
@@ -354,7 +586,7 @@ export type CacheStatus = Message<"ollama.gateway.v1.CacheStatus"> & {
  * Use `create(CacheStatusSchema)` to create a new message.
  */
 export const CacheStatusSchema: GenMessage<CacheStatus> = /*@__PURE__*/
-  messageDesc(file_ollama_gateway_v1_gateway, 6);
+  messageDesc(file_ollama_gateway_v1_gateway, 10);
 
 /**
  * The gateway's own view of itself and of the fleet behind it.
