@@ -36,6 +36,9 @@ import { createNodeHealth } from "./upstream/node-health.js";
 import type { NodeHealth } from "./upstream/node-health.js";
 import { createOllamaNode } from "./upstream/ollama-node.js";
 import { shuttingDown } from "./errors/domain-errors.js";
+import { createAuthenticator } from "./auth/authenticator.js";
+import { createAuthReloader } from "./auth/auth-reload.js";
+import { tlsSocketOf } from "./auth/client-certificate.js";
 
 /** A running gateway. */
 export interface Gateway {
@@ -51,6 +54,12 @@ export interface Gateway {
   readonly cache: Cache;
   /** Admission queue and node choice. */
   readonly scheduler: Scheduler;
+  /**
+   * Applies the config file's principals, keys and permissions again, and the JWT keys (SIGHUP
+   * does this; file changes do it by themselves). Resolves false when something was refused
+   * (logged; the previous version kept).
+   */
+  reload(): Promise<boolean>;
   /**
    * Graceful shutdown: health NOT_SERVING, stop accepting, GOAWAY, let
    * running calls finish for `config.shutdownGraceMs`, then cancel the rest
@@ -165,9 +174,35 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     embedBatchWindowMs: config.embedBatchWindowMs,
   });
   const models = createModelService({ nodes, metadata, health: nodeHealth, maxDeadlineMs: config.maxDeadlineMs });
-  // Request id, logging and the concurrency cap (pipeline/gateway-pipeline.ts), run the same way
-  // by connect-node and the fast path.
-  const { pipeline, cap } = createGatewayPipeline({ log, maxConcurrentRpcs: config.maxConcurrentRpcs });
+  // Authentication and permissions (README "Authentication"), when configured; the principals
+  // are reloaded on SIGHUP and when the config file changes.
+  const authenticator =
+    config.auth.modes.length > 0
+      ? createAuthenticator(config.auth, {
+          onJwksFetch: (outcome) => {
+            if (outcome.ok) log.info({ keys: outcome.keys }, "JWKS fetched");
+            else log.warn({ error: outcome.error }, "JWKS fetch failed: tokens are checked with the keys held");
+          },
+        })
+      : undefined;
+  const authReloader =
+    authenticator === undefined
+      ? undefined
+      : createAuthReloader({
+          authenticator,
+          configFile: config.configFile,
+          envPrincipals: config.auth.envPrincipals,
+          jwtKeyFile: config.auth.jwt?.keyFile,
+          watchIntervalMs: config.configWatchIntervalMs,
+          log,
+        });
+  // Request id, logging, authentication, permissions and the concurrency cap
+  // (pipeline/gateway-pipeline.ts), run the same way by connect-node and the fast path.
+  const { pipeline, cap } = createGatewayPipeline({
+    log,
+    maxConcurrentRpcs: config.maxConcurrentRpcs,
+    auth: authenticator,
+  });
   const status = createGatewayService({
     version: VERSION,
     startedAtMs,
@@ -205,7 +240,9 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     // (the benchmark profile showed zlib at ~8% of the gateway's CPU).
     compressMinBytes: Number.MAX_SAFE_INTEGER,
     shutdownSignal: shutdown.signal,
-    contextValues: (req) => callValues(req.socket.remoteAddress),
+    // The TLS socket of an HTTP/2 request is its session's (`req.socket` is a proxy there).
+    contextValues: (req) =>
+      callValues(req.socket.remoteAddress, tlsSocketOf("stream" in req ? req.stream.session?.socket : req.socket)),
   });
   // The hot calls, through the same pipeline, without connect-node's per-call machinery.
   const fastPath = config.grpcFastPath
@@ -229,6 +266,15 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     keepAliveTimeoutMs: config.http1KeepAliveTimeoutMs,
     fastPath,
   });
+  if (authenticator === undefined && !isLoopback(config.host)) {
+    log.warn(
+      { host: config.host, port: server.port },
+      "authentication is off on a non-loopback address: anyone who reaches the port may call every method (set AUTH_MODE or API_KEYS)",
+    );
+  } else if (authenticator !== undefined) {
+    const policy = authenticator.policy;
+    log.info({ modes: config.auth.modes, principals: policy.principals, keys: policy.keys }, "authentication on");
+  }
   nodeHealth.start();
   await nodeHealth.probeAll();
   applyFleetHealth();
@@ -243,8 +289,11 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     nodeHealth,
     cache,
     scheduler,
+    reload: () => authReloader?.reload({ principals: true, keys: true }) ?? Promise.resolve(true),
     close() {
       closed ??= (async () => {
+        authReloader?.close();
+        authenticator?.close();
         closing = true;
         health.setAll(ServingStatus.NOT_SERVING);
         health.close();
@@ -263,4 +312,9 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
       return closed;
     },
   };
+}
+
+/** Whether `host` only accepts connections from this machine. */
+function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || host.startsWith("127.");
 }

@@ -22,7 +22,14 @@ export type ErrorReason =
   | "UPSTREAM_TIMEOUT"
   | "UPSTREAM_ERROR"
   | "UPSTREAM_PROTOCOL_ERROR"
-  | "SHUTTING_DOWN";
+  | "SHUTTING_DOWN"
+  | "MISSING_CREDENTIALS"
+  | "INVALID_CREDENTIALS"
+  | "EXPIRED_CREDENTIALS"
+  | "AUTH_UNAVAILABLE"
+  | "MODEL_NOT_ALLOWED"
+  | "METHOD_NOT_ALLOWED"
+  | "PRIORITY_NOT_ALLOWED";
 
 /** One invalid request field, reported as a `google.rpc.BadRequest` violation. */
 export interface FieldViolation {

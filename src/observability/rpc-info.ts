@@ -18,6 +18,8 @@ export interface RpcInfo {
   node: string;
   /** Messages sent to the client (streams). */
   messages: number;
+  /** The authenticated principal's name (never a credential); empty when authentication is off or skipped. */
+  principal: string;
 }
 
 /** Context key under which each request's RpcInfo lives. */
@@ -25,7 +27,7 @@ export const kRpcInfo = createContextKey<RpcInfo | undefined>(undefined, { descr
 
 /** A fresh RpcInfo for a call from `peer` (undefined: unknown), before the pipeline and the handler fill it in. */
 export function newRpcInfo(peer: string | undefined): RpcInfo {
-  return { requestId: "", peer: peer ?? "", model: "", node: "", messages: 0 };
+  return { requestId: "", peer: peer ?? "", model: "", node: "", messages: 0, principal: "" };
 }
 
 /** The RpcInfo of a handler's request (a throwaway one outside the adapter, e.g. in unit tests). */
