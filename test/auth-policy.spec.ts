@@ -26,6 +26,7 @@ import { GatewayService } from "../src/gen/ollama/gateway/v1/gateway_pb.js";
 import { InferenceService } from "../src/gen/ollama/gateway/v1/inference_pb.js";
 import { ModelService } from "../src/gen/ollama/gateway/v1/model_pb.js";
 import { kRpcInfo } from "../src/observability/rpc-info.js";
+import { tempConfig } from "./helpers/auth.js";
 import { callValues } from "../src/pipeline/call.js";
 import type { Call } from "../src/pipeline/call.js";
 import { createPipeline } from "../src/pipeline/pipeline.js";
@@ -390,9 +391,19 @@ describe("configuration of authentication", () => {
     }
   };
 
-  it("is off by default and turned on by API_KEYS", () => {
+  it("is off by default and turned on by keys in API_KEYS or the config file", async () => {
     assert.deepEqual(loadConfig({}).auth.modes, []);
     assert.deepEqual(loadConfig({ API_KEYS: `svc:${HASH}` }).auth.modes, ["api-key"]);
+    const withKeys = await tempConfig({ principals: [{ name: "a", keys: [{ sha256: HASH }] }] });
+    const withoutKeys = await tempConfig({ principals: [{ name: "spiffe://x/y" }] });
+    try {
+      assert.deepEqual(loadConfig({ GATEWAY_CONFIG_FILE: withKeys.path }).auth.modes, ["api-key"]);
+      assert.deepEqual(loadConfig({ GATEWAY_CONFIG_FILE: withKeys.path, AUTH_MODE: "off" }).auth.modes, []);
+      assert.deepEqual(loadConfig({ GATEWAY_CONFIG_FILE: withoutKeys.path }).auth.modes, []);
+    } finally {
+      await withKeys.remove();
+      await withoutKeys.remove();
+    }
     assert.deepEqual(
       loadConfig({
         AUTH_MODE: "api-key,mtls,api-key",

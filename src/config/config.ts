@@ -92,7 +92,7 @@ export interface AuthConfig {
   /**
    * The credentials accepted; empty = authentication off (every call anonymous, no permission
    * checks). Env AUTH_MODE: `off`, or a comma list of `api-key`, `jwt`, `mtls`.
-   * @default off, or api-key when API_KEYS is set
+   * @default off, or api-key when API_KEYS or the config file's principals hold keys
    */
   modes: readonly AuthMode[];
   /** Reflection needs credentials too (health never does). Env AUTH_REFLECTION (open|authenticated). @default open */

@@ -230,7 +230,8 @@ function parseAuth(
   const rawMode = env["AUTH_MODE"]?.trim().toLowerCase();
   let modes: AuthMode[] = [];
   if (rawMode === undefined || rawMode === "") {
-    if (envPrincipals.length > 0) modes = ["api-key"];
+    // Keys in API_KEYS or in the file mean the operator expects them to be asked for.
+    if (authFile.principals.some((p) => p.keys.length > 0)) modes = ["api-key"];
   } else if (rawMode !== "off") {
     for (const part of rawMode.split(",")) {
       const m = part.trim() as AuthMode;
