@@ -9,6 +9,8 @@ import { ModelService } from "./gen/ollama/gateway/v1/model_pb.js";
 import { createCache } from "./cache/cache.js";
 import type { Cache } from "./cache/cache.js";
 import type { GatewayConfig } from "./config/config.js";
+import { createLimiter } from "./limits/limiter.js";
+import type { Limiter } from "./limits/limiter.js";
 import type { Logger } from "./observability/logger.js";
 import { callValues } from "./pipeline/call.js";
 import { pipelineInterceptor } from "./pipeline/connect-interceptor.js";
@@ -37,7 +39,8 @@ import type { NodeHealth } from "./upstream/node-health.js";
 import { createOllamaNode } from "./upstream/ollama-node.js";
 import { shuttingDown } from "./errors/domain-errors.js";
 import { createAuthenticator } from "./auth/authenticator.js";
-import { createAuthReloader } from "./auth/auth-reload.js";
+import { createConfigReloader } from "./config/config-reloader.js";
+import { reloadConfigFile } from "./config/load-config.js";
 import { tlsSocketOf } from "./auth/client-certificate.js";
 
 /** A running gateway. */
@@ -54,9 +57,11 @@ export interface Gateway {
   readonly cache: Cache;
   /** Admission queue and node choice. */
   readonly scheduler: Scheduler;
+  /** Per-principal rate limits and token quotas; config reload hands new limits to its `update`. */
+  readonly limiter: Limiter;
   /**
-   * Applies the config file's principals, keys and permissions again, and the JWT keys (SIGHUP
-   * does this; file changes do it by themselves). Resolves false when something was refused
+   * Applies the config file's principals, keys, permissions and limits again, and the JWT keys
+   * (SIGHUP does this; file changes do it by themselves). Resolves false when something was refused
    * (logged; the previous version kept).
    */
   reload(): Promise<boolean>;
@@ -119,7 +124,11 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     failureThreshold: config.routing.circuitFailureThreshold,
     openMs: config.routing.circuitOpenMs,
   });
-  const health = createHealthService({ serverStatus: ServingStatus.NOT_SERVING, services: FLEET_SERVICES });
+  const health = createHealthService({
+    serverStatus: ServingStatus.NOT_SERVING,
+    services: FLEET_SERVICES,
+    maxWatchers: config.healthMaxWatchers,
+  });
   health.setStatus(GatewayService.typeName, ServingStatus.SERVING);
   let closing = false;
   const applyFleetHealth = (): void => {
@@ -174,8 +183,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     embedBatchWindowMs: config.embedBatchWindowMs,
   });
   const models = createModelService({ nodes, metadata, health: nodeHealth, maxDeadlineMs: config.maxDeadlineMs });
-  // Authentication and permissions (README "Authentication"), when configured; the principals
-  // are reloaded on SIGHUP and when the config file changes.
+  // Authentication and permissions (README "Authentication"), when configured.
   const authenticator =
     config.auth.modes.length > 0
       ? createAuthenticator(config.auth, {
@@ -185,23 +193,33 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
           },
         })
       : undefined;
-  const authReloader =
-    authenticator === undefined
-      ? undefined
-      : createAuthReloader({
-          authenticator,
-          configFile: config.configFile,
-          envPrincipals: config.auth.envPrincipals,
-          jwtKeyFile: config.auth.jwt?.keyFile,
-          watchIntervalMs: config.configWatchIntervalMs,
-          log,
-        });
-  // Request id, logging, authentication, permissions and the concurrency cap
+  // Per-principal limits, shared through the replica's Redis link; without Redis each of the
+  // WORKERS processes enforces its share (README, "Rate limits and quotas").
+  const limiter = createLimiter({ limits: config.limits, redis, namespace: "ogw:v1:", replicas: config.workers, log });
+  // Principals, keys, permissions and limits apply again on SIGHUP and when the config file (or
+  // the JWT key file) changes (README "Reload").
+  const reloader = createConfigReloader({
+    configFile: config.configFile,
+    read: (path) => reloadConfigFile(path, config),
+    apply: ({ auth, limits }) => {
+      authenticator?.apply(auth);
+      limiter.update(limits);
+      return authenticator === undefined
+        ? {}
+        : { principals: authenticator.policy.principals, keys: authenticator.policy.keys };
+    },
+    keyFile: config.auth.jwt?.keyFile,
+    reloadKeys: authenticator === undefined ? undefined : () => authenticator.reloadKeys(),
+    watchIntervalMs: config.configWatchIntervalMs,
+    log,
+  });
+  // Request id, logging, authentication, permissions, rate limits and the concurrency cap
   // (pipeline/gateway-pipeline.ts), run the same way by connect-node and the fast path.
   const { pipeline, cap } = createGatewayPipeline({
     log,
     maxConcurrentRpcs: config.maxConcurrentRpcs,
     auth: authenticator,
+    limiter,
   });
   const status = createGatewayService({
     version: VERSION,
@@ -265,6 +283,14 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     maxConcurrentStreams: config.http2MaxConcurrentStreams,
     keepAliveTimeoutMs: config.http1KeepAliveTimeoutMs,
     fastPath,
+    headersTimeoutMs: config.httpHeadersTimeoutMs,
+    requestTimeoutMs: config.httpRequestTimeoutMs,
+    idleTimeoutMs: config.http2IdleTimeoutMs,
+    pingIntervalMs: config.http2PingIntervalMs,
+    pingTimeoutMs: config.http2PingTimeoutMs,
+    maxConnections: config.maxConnections,
+    maxConnectionsPerIp: config.maxConnectionsPerIp,
+    log,
   });
   if (authenticator === undefined && !isLoopback(config.host)) {
     log.warn(
@@ -289,10 +315,11 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     nodeHealth,
     cache,
     scheduler,
-    reload: () => authReloader?.reload({ principals: true, keys: true }) ?? Promise.resolve(true),
+    reload: () => reloader.reload({ file: true, keys: true }),
+    limiter,
     close() {
       closed ??= (async () => {
-        authReloader?.close();
+        reloader.close();
         authenticator?.close();
         closing = true;
         health.setAll(ServingStatus.NOT_SERVING);
@@ -306,7 +333,13 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
         }
         scheduler.stop();
         nodeHealth.stop();
-        await Promise.all([...nodes.map((n) => n.close()), cache.close(), leases?.close(), sharedHealth?.close()]);
+        await Promise.all([
+          ...nodes.map((n) => n.close()),
+          cache.close(),
+          leases?.close(),
+          sharedHealth?.close(),
+          limiter.close(),
+        ]);
         await redis?.close();
       })();
       return closed;

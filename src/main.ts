@@ -24,8 +24,9 @@ async function main(): Promise<void> {
   }
   if (cluster.isPrimary) log.info({ config: redactConfig(config) }, "effective configuration");
   else {
-    // Each worker takes its share of the process-wide call limit.
+    // Each worker takes its share of the process-wide call and connection limits.
     config.maxConcurrentRpcs = Math.max(1, Math.ceil(config.maxConcurrentRpcs / config.workers));
+    config.maxConnections = Math.max(1, Math.ceil(config.maxConnections / config.workers));
   }
   const gateway = await startGateway(config, log);
   log.info({ port: gateway.port, url: gateway.url }, "gateway listening");

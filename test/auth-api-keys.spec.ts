@@ -236,3 +236,30 @@ describe("a gateway without authentication", () => {
     }
   });
 });
+
+describe("authentication before the rate limits", () => {
+  it("limits each principal by its name, and unauthenticated calls spend nobody's allowance", async () => {
+    const a = newApiKey();
+    const b = newApiKey();
+    const sim = await startSimulator();
+    const gw = await startTestGateway({
+      OLLAMA_URL: sim.url,
+      API_KEYS: `svc-a:${hashApiKey(a)},svc-b:${hashApiKey(b)}`,
+      // One request per 100 s, no burst: the second call of a principal within the test is refused.
+      RATE_LIMIT_RPS: "0.01",
+      RATE_LIMIT_BURST: "1",
+    });
+    try {
+      const client = createClient(InferenceService, createGrpcTransport({ baseUrl: gw.url }));
+      const call = (headers: Record<string, string>) => outcome(() => drain(client.generate(GENERATE, { headers })));
+      for (let i = 0; i < 5; i++) assert.equal(await call({}), "Unauthenticated MISSING_CREDENTIALS");
+      assert.equal(await call({ "x-api-key": newApiKey() }), "Unauthenticated INVALID_CREDENTIALS");
+      assert.equal(await call({ "x-api-key": a }), "ok", "svc-a's allowance was not spent by the others");
+      assert.equal(await call({ "x-api-key": a }), "ResourceExhausted RATE_LIMITED");
+      assert.equal(await call({ "x-api-key": b }), "ok", "svc-b has its own allowance");
+    } finally {
+      await gw.close();
+      await sim.close();
+    }
+  });
+});

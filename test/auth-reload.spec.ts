@@ -66,9 +66,9 @@ describe("reloading principals when the config file changes", () => {
     ].map((client) => client.generate(long, { ...bearer(a), signal: cancel.signal })[Symbol.asyncIterator]());
     for (const s of streams) assert.equal((await s.next()).done, false, "the stream started");
 
-    const reloaded = reloads("principals reloaded");
+    const reloaded = reloads("config file reloaded");
     await file.write(principals({ "team-a": a, "team-b": b }, ["team-a"]));
-    assert.ok(await eventually(() => reloads("principals reloaded") > reloaded, 10_000), "the change was applied");
+    assert.ok(await eventually(() => reloads("config file reloaded") > reloaded, 10_000), "the change was applied");
 
     const client = createClient(InferenceService, createGrpcTransport({ baseUrl: gw.url }));
     assert.equal(
@@ -89,16 +89,16 @@ describe("reloading principals when the config file changes", () => {
   it("refuses an invalid new file with a clear log and keeps the principals it had", async () => {
     const client = createClient(InferenceService, createGrpcTransport({ baseUrl: gw.url }));
     await file.write(principals({ "team-b": b }));
-    const refused = reloads("config file refused: keeping the previous principals");
+    const refused = reloads("config file refused: keeping the configuration in force");
     await file.write("{ not json");
     assert.ok(
-      await eventually(() => reloads("config file refused: keeping the previous principals") > refused, 10_000),
+      await eventually(() => reloads("config file refused: keeping the configuration in force") > refused, 10_000),
     );
     await file.write({ principals: [{ name: "team-b", keys: [{ sha256: hashApiKey(b) }], methods: ["Everything"] }] });
     assert.ok(
-      await eventually(() => reloads("config file refused: keeping the previous principals") > refused + 1, 10_000),
+      await eventually(() => reloads("config file refused: keeping the configuration in force") > refused + 1, 10_000),
     );
-    const last = gw.logs.find("config file refused: keeping the previous principals").at(-1)!;
+    const last = gw.logs.find("config file refused: keeping the configuration in force").at(-1)!;
     assert.match(JSON.stringify(last["problems"]), /methods entry \\"Everything\\" is not a method/);
     assert.equal(await outcome(() => drain(client.generate(GENERATE, bearer(b)))), "ok", "the old principals serve");
   });
@@ -154,7 +154,7 @@ describe("reloading on request (SIGHUP)", () => {
       await file.write(principals({ a }));
       process.kill(gw.pid, "SIGHUP");
       assert.ok(
-        await eventually(() => gw.lines().some((l) => l["msg"] === "principals reloaded"), 10_000),
+        await eventually(() => gw.lines().some((l) => l["msg"] === "config file reloaded"), 10_000),
         gw.stderr(),
       );
       assert.equal(await outcome(() => drain(client.generate(GENERATE, bearer(a)))), "ok");

@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
-import { getEventListeners } from "node:events";
+import { getEventListeners, setMaxListeners } from "node:events";
 import * as http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, createHandlerContext } from "@connectrpc/connect";
 import type { Client, ConnectRouter } from "@connectrpc/connect";
@@ -372,6 +374,82 @@ describe("health service watch internals", () => {
       assert.equal(await codeOf(late.next()), Code.Unavailable);
       assert.equal((await client.check({ service: "" })).status, ServingStatus.SERVING);
     } finally {
+      await server.close();
+    }
+  });
+});
+
+describe("health watchers at their cap", () => {
+  /** Opens `n` Watch streams over `sessions` and resolves with each one's outcome once it is known. */
+  function watchMany(sessions: http2.ClientHttp2Session[], n: number, streams: http2.ClientHttp2Stream[]) {
+    const body = Buffer.from([0, 0, 0, 0, 0]); // an empty HealthCheckRequest, gRPC-framed
+    return Promise.all(
+      Array.from({ length: n }, (_, i) => {
+        const stream = sessions[i % sessions.length]!.request({
+          ":method": "POST",
+          ":path": "/grpc.health.v1.Health/Watch",
+          "content-type": "application/grpc",
+          te: "trailers",
+        });
+        streams.push(stream);
+        stream.on("error", () => {
+          // cancelled by the test
+        });
+        stream.end(body);
+        return new Promise<string>((resolve) => {
+          stream.once("data", () => resolve("watching"));
+          stream.once("response", (h) => {
+            if (h["grpc-status"] !== undefined) resolve(`status ${String(h["grpc-status"])}`);
+          });
+          stream.once("trailers", (h) => resolve(`status ${String(h["grpc-status"])}`));
+          stream.once("close", () => resolve("closed"));
+        });
+      }),
+    );
+  }
+
+  it("refuses Watch streams beyond the cap and frees the memory of all of them once they close", async (t) => {
+    setFlagsFromString("--expose-gc");
+    const gc = runInNewContext("gc") as () => void;
+    const heapMb = (): number => {
+      gc();
+      gc();
+      return process.memoryUsage().heapUsed / 1e6;
+    };
+    const health = createHealthService({ maxWatchers: 1000 });
+    const server = await startServer(health);
+    // As in the gateway: every call links its signal to the shutdown signal.
+    setMaxListeners(0, server.shutdown.signal);
+    const sessions = Array.from({ length: 4 }, () => {
+      const s = http2.connect(server.baseUrl);
+      s.on("error", () => {
+        // closed by the test
+      });
+      return s;
+    });
+    const round = async (n: number): Promise<Record<string, number>> => {
+      const streams: http2.ClientHttp2Stream[] = [];
+      const outcomes = await watchMany(sessions, n, streams);
+      const tally: Record<string, number> = {};
+      for (const o of outcomes) tally[o] = (tally[o] ?? 0) + 1;
+      tally["heldMb"] = heapMb();
+      for (const s of streams) s.close(http2.constants.NGHTTP2_CANCEL);
+      await eventually(() => health.watcherCount === 0, "every watcher is gone", 10_000);
+      return tally;
+    };
+    try {
+      await round(200); // warms up every code path the measured round takes
+      const baseline = heapMb();
+      const { heldMb, ...tally } = await round(1500);
+      assert.deepEqual(tally, { watching: 1000, "status 8": 500 });
+      const afterMb = heapMb();
+      t.diagnostic(
+        `heap: ${baseline.toFixed(1)} MB before, ${heldMb!.toFixed(1)} MB with 1,000 watchers open, ${afterMb.toFixed(1)} MB after they closed`,
+      );
+      assert.ok(heldMb! - baseline > 10, "open watchers hold measurable memory");
+      assert.ok(afterMb - baseline < 5, `their memory is freed (${(afterMb - baseline).toFixed(1)} MB left)`);
+    } finally {
+      for (const s of sessions) s.close();
       await server.close();
     }
   });

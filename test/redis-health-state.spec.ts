@@ -60,4 +60,29 @@ describe("the health state machine of a Redis user", () => {
       ],
     );
   });
+
+  it("logs a relapse within 30 s of a warning at info, and the next outage after that at warn again", () => {
+    const logs = captureLogs();
+    let now = 0;
+    const report = logHealthChanges(logs.log, "redis://h:1", { up: "on", upAgain: "on again", down: "off" }, () => now);
+    report("down", "ECONNREFUSED");
+    now = 2_000;
+    report("up-again", undefined);
+    now = 2_500;
+    report("down", "command timed out"); // flapping while Redis restarts: the same incident
+    now = 40_000;
+    report("up-again", undefined);
+    now = 45_000;
+    report("down", "ECONNREFUSED"); // a new outage
+    assert.deepEqual(
+      logs.lines.map((l) => [l["level"], l["msg"]]),
+      [
+        ["warn", "off"],
+        ["info", "on again"],
+        ["info", "off (again)"],
+        ["info", "on again"],
+        ["warn", "off"],
+      ],
+    );
+  });
 });

@@ -1,5 +1,6 @@
 import type { UpstreamOptions } from "../upstream/ollama-node.js";
 import type { AuthFileConfig, PrincipalEntry } from "./auth-file.js";
+import type { LimitsConfig } from "./limits-config.js";
 
 /** One Ollama node the gateway routes to. */
 export interface NodeConfig {
@@ -53,6 +54,47 @@ export interface GatewayConfig {
   /** HTTP/2 streams per connection. Env HTTP2_MAX_CONCURRENT_STREAMS. @default 1000 */
   http2MaxConcurrentStreams: number;
   /**
+   * How long a new connection has to identify itself: its first bytes, then an HTTP/1.1
+   * request's headers (counted from the request's first byte) or the HTTP/2 preface and SETTINGS
+   * exchange. Slowloris clients are cut off after this. Env HTTP_HEADERS_TIMEOUT_MS. @default 10000
+   */
+  httpHeadersTimeoutMs: number;
+  /**
+   * HTTP/1.1: longest time to receive a whole request, headers and body (4 MiB at a slow
+   * 100 kB/s fits). At least `httpHeadersTimeoutMs`. Env HTTP_REQUEST_TIMEOUT_MS. @default 60000
+   */
+  httpRequestTimeoutMs: number;
+  /**
+   * An HTTP/2 connection without an open stream for this long is closed with GOAWAY (clients
+   * reconnect on their next call). PINGs do not count as use. Generous so gRPC channels that
+   * sit idle between calls are not churned. Env HTTP2_IDLE_TIMEOUT_MS. @default 300000 (5 min)
+   */
+  http2IdleTimeoutMs: number;
+  /**
+   * Each HTTP/2 connection gets a PING this often; one not answered within `http2PingTimeoutMs`
+   * marks the connection dead (client gone, or the session shut by a protocol error) and it is
+   * destroyed. Env HTTP2_PING_INTERVAL_MS. @default 5000
+   */
+  http2PingIntervalMs: number;
+  /** How long a PING may go unanswered. Env HTTP2_PING_TIMEOUT_MS. @default 5000 */
+  http2PingTimeoutMs: number;
+  /**
+   * Open client connections (all protocols) per gateway process; further ones are closed at
+   * accept. Keep it below the descriptor limit (`ulimit -n`) minus the upstream connections.
+   * Env MAX_CONNECTIONS. @default 10000
+   */
+  maxConnections: number;
+  /**
+   * Open connections from one client address; 0 = no limit. Leave it off behind a proxy or
+   * sidecar, where every connection comes from the same address. Env MAX_CONNECTIONS_PER_IP. @default 0
+   */
+  maxConnectionsPerIp: number;
+  /**
+   * Health Watch streams open at once; they are exempt from the call cap and never end on
+   * their own, so they have this bound instead. Env HEALTH_MAX_WATCHERS. @default 1000
+   */
+  healthMaxWatchers: number;
+  /**
    * Concurrent Embed calls for one model and node arriving within this many
    * ms are sent to Ollama as one request; 0 = off. Env EMBED_BATCH_WINDOW_MS. @default 2
    */
@@ -70,6 +112,13 @@ export interface GatewayConfig {
   cache: CacheConfig;
   /** Admission queue, node choice and failure handling. */
   routing: RoutingConfig;
+  /**
+   * Per-principal rate limits and token quotas: the config file's `limits` section, with the
+   * default request limit from env RATE_LIMIT_RPS / RATE_LIMIT_BURST. @default none (off)
+   */
+  limits: LimitsConfig;
+  /** RATE_LIMIT_RPS and RATE_LIMIT_BURST as given at start, for parsing `limits` again on reload. */
+  rateLimitEnv: { readonly RATE_LIMIT_RPS: string | undefined; readonly RATE_LIMIT_BURST: string | undefined };
   /** The JSON config file (nodes, modelNumCtx, principals, roles...). Env GATEWAY_CONFIG_FILE. @default none */
   configFile: string | undefined;
   /**
@@ -214,6 +263,14 @@ export const DEFAULTS = {
   probeTimeoutMs: 1_000,
   http1KeepAliveTimeoutMs: 65_000,
   http2MaxConcurrentStreams: 1000,
+  httpHeadersTimeoutMs: 10_000,
+  httpRequestTimeoutMs: 60_000,
+  http2IdleTimeoutMs: 5 * 60 * 1000,
+  http2PingIntervalMs: 5_000,
+  http2PingTimeoutMs: 5_000,
+  maxConnections: 10_000,
+  maxConnectionsPerIp: 0,
+  healthMaxWatchers: 1000,
   embedBatchWindowMs: 2,
   grpcFastPath: true,
   configWatchIntervalMs: 2_000,

@@ -4,7 +4,9 @@ import { canonicalModelName } from "../upstream/model-name.js";
 import { DEFAULTS } from "./config.js";
 import type { AuthConfig, AuthMode, GatewayConfig, JwtConfig, NodeConfig, TlsConfig } from "./config.js";
 import { parseApiKeysEnv, parseAuthFile } from "./auth-file.js";
-import type { AuthFileConfig, PrincipalEntry } from "./auth-file.js";
+import type { AuthFileConfig } from "./auth-file.js";
+import type { LimitsConfig } from "./limits-config.js";
+import { parseLimits } from "./limits-config.js";
 
 /** The environment could not be turned into a valid config; `problems` says why, one line each. */
 export class ConfigError extends Error {
@@ -93,6 +95,14 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     probeTimeoutMs: int("HEALTH_PROBE_TIMEOUT_MS", DEFAULTS.probeTimeoutMs, 10, 60 * 1000),
     http1KeepAliveTimeoutMs: int("HTTP1_KEEP_ALIVE_TIMEOUT_MS", DEFAULTS.http1KeepAliveTimeoutMs, 1000, 3600 * 1000),
     http2MaxConcurrentStreams: int("HTTP2_MAX_CONCURRENT_STREAMS", DEFAULTS.http2MaxConcurrentStreams, 1, 1_000_000),
+    httpHeadersTimeoutMs: int("HTTP_HEADERS_TIMEOUT_MS", DEFAULTS.httpHeadersTimeoutMs, 100, 3600 * 1000),
+    httpRequestTimeoutMs: int("HTTP_REQUEST_TIMEOUT_MS", DEFAULTS.httpRequestTimeoutMs, 100, 24 * 3600 * 1000),
+    http2IdleTimeoutMs: int("HTTP2_IDLE_TIMEOUT_MS", DEFAULTS.http2IdleTimeoutMs, 100, 24 * 3600 * 1000),
+    http2PingIntervalMs: int("HTTP2_PING_INTERVAL_MS", DEFAULTS.http2PingIntervalMs, 100, 3600 * 1000),
+    http2PingTimeoutMs: int("HTTP2_PING_TIMEOUT_MS", DEFAULTS.http2PingTimeoutMs, 100, 3600 * 1000),
+    maxConnections: int("MAX_CONNECTIONS", DEFAULTS.maxConnections, 1, 10_000_000),
+    maxConnectionsPerIp: int("MAX_CONNECTIONS_PER_IP", DEFAULTS.maxConnectionsPerIp, 0, 10_000_000),
+    healthMaxWatchers: int("HEALTH_MAX_WATCHERS", DEFAULTS.healthMaxWatchers, 0, 1_000_000),
     embedBatchWindowMs: int("EMBED_BATCH_WINDOW_MS", DEFAULTS.embedBatchWindowMs, 0, 1000),
     grpcFastPath: onOff("GRPC_FAST_PATH", DEFAULTS.grpcFastPath),
     configFile,
@@ -125,6 +135,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       rebalance: onOff("REBALANCE", DEFAULTS.routing.rebalance),
       numCtx,
     },
+    limits: parseLimits(file.limits, env, problems),
+    rateLimitEnv: { RATE_LIMIT_RPS: env["RATE_LIMIT_RPS"], RATE_LIMIT_BURST: env["RATE_LIMIT_BURST"] },
     upstream: {
       connections: int("UPSTREAM_CONNECTIONS", DEFAULTS.upstream.connections, 1, 10_000),
       connectTimeoutMs: int("UPSTREAM_CONNECT_TIMEOUT_MS", DEFAULTS.upstream.connectTimeoutMs, 10, 120_000),
@@ -138,6 +150,11 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       ),
     },
   };
+  if (config.httpRequestTimeoutMs < config.httpHeadersTimeoutMs) {
+    problems.push(
+      `HTTP_REQUEST_TIMEOUT_MS=${config.httpRequestTimeoutMs} must not be below HTTP_HEADERS_TIMEOUT_MS=${config.httpHeadersTimeoutMs} (the request includes its headers)`,
+    );
+  }
   if (config.cache.redisUrl !== undefined) {
     try {
       parseRedisUrl(config.cache.redisUrl);
@@ -210,6 +227,7 @@ function parseNodes(
 interface ConfigFile {
   nodes?: unknown;
   modelNumCtx?: unknown;
+  limits?: unknown;
   [section: string]: unknown;
 }
 
@@ -334,17 +352,27 @@ function checkReadable(key: string, path: string, problems: string[]): void {
   }
 }
 
+/** The sections of the config file that are reloaded without a restart. */
+export interface ReloadableSections {
+  /** principals, roles, defaultPermissions (with API_KEYS' principals, which do not change). */
+  readonly auth: AuthFileConfig;
+  /** limits (with RATE_LIMIT_RPS / RATE_LIMIT_BURST as at start). */
+  readonly limits: LimitsConfig;
+}
+
 /**
- * Reads the config file again for a reload: its principals, roles and default permissions, with
- * the API_KEYS principals the gateway started with. Throws a ConfigError (every problem) when the
- * file cannot be read or is invalid: the caller keeps what it has.
+ * Reads the config file again for a reload: the sections that apply without a restart, checked
+ * as at start, with what the environment said at start. Throws a ConfigError (every problem)
+ * when the file cannot be read or is invalid: the caller keeps what it has. Nodes and the other
+ * settings need a restart.
  */
-export function reloadAuthFile(path: string, envPrincipals: readonly PrincipalEntry[]): AuthFileConfig {
+export function reloadConfigFile(path: string, config: GatewayConfig): ReloadableSections {
   const problems: string[] = [];
   const file = readConfigFile(path, problems);
-  const auth = parseAuthFile(file, envPrincipals, problems);
+  const auth = parseAuthFile(file, config.auth.envPrincipals, problems);
+  const limits = parseLimits(file.limits, config.rateLimitEnv, problems);
   if (problems.length > 0) throw new ConfigError(problems);
-  return auth;
+  return { auth, limits };
 }
 
 function readConfigFile(path: string | undefined, problems: string[]): ConfigFile {

@@ -124,6 +124,38 @@ export function waitedTooLong(model: string, maxWaitMs: number, expectedWaitMs: 
   );
 }
 
+/** A RetryInfo delay for a limit: what the limiter computed, in whole ms, at least 1 ms. */
+function limitRetryMs(ms: number): number {
+  return Math.max(1, Math.ceil(ms));
+}
+
+/**
+ * The principal (or, while authentication is off, the client address) is over its request rate:
+ * its token bucket (README, "Rate limits and quotas") has no token until `retryAfterMs`.
+ */
+export function rateLimited(principal: string, ratePerSec: number, burst: number, retryAfterMs: number): ConnectError {
+  return gatewayError(Code.ResourceExhausted, "RATE_LIMITED", "request rate limit reached", {
+    retryAfterMs: limitRetryMs(retryAfterMs),
+    metadata: { principal, requests_per_second: String(ratePerSec), burst: String(burst) },
+  });
+}
+
+/** The principal has used its tokens of the current minute or day; the call passes when that window ends, `retryAfterMs` from now. */
+export function tokenQuotaExceeded(principal: string, retryAfterMs: number): ConnectError {
+  return gatewayError(Code.ResourceExhausted, "TOKEN_QUOTA_EXCEEDED", "token quota used up", {
+    retryAfterMs: limitRetryMs(retryAfterMs),
+    metadata: { principal },
+  });
+}
+
+/** The principal has its maximum of streams open; `retryAfterMs` is a guess (streams end when they end). */
+export function tooManyStreams(principal: string, maxStreams: number, retryAfterMs: number): ConnectError {
+  return gatewayError(Code.ResourceExhausted, "TOO_MANY_STREAMS", `at most ${maxStreams} streams may be open at once`, {
+    retryAfterMs: limitRetryMs(retryAfterMs),
+    metadata: { principal, max_streams: String(maxStreams) },
+  });
+}
+
 /** The gateway is shutting down: queued requests and, past the grace period, running calls end with this. */
 export function shuttingDown(): ConnectError {
   return gatewayError(Code.Unavailable, "SHUTTING_DOWN", "server shutting down");

@@ -29,7 +29,10 @@ export type ErrorReason =
   | "AUTH_UNAVAILABLE"
   | "MODEL_NOT_ALLOWED"
   | "METHOD_NOT_ALLOWED"
-  | "PRIORITY_NOT_ALLOWED";
+  | "PRIORITY_NOT_ALLOWED"
+  | "RATE_LIMITED"
+  | "TOKEN_QUOTA_EXCEEDED"
+  | "TOO_MANY_STREAMS";
 
 /** One invalid request field, reported as a `google.rpc.BadRequest` violation. */
 export interface FieldViolation {

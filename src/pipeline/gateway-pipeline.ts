@@ -1,4 +1,5 @@
 import type { Authenticator } from "../auth/authenticator.js";
+import type { Limiter } from "../limits/limiter.js";
 import type { Logger } from "../observability/logger.js";
 import { authenticationHook, permissionsHook } from "./auth-hook.js";
 import { createRpcLog } from "../observability/rpc-log.js";
@@ -7,6 +8,7 @@ import type { ConcurrencyCap } from "./concurrency-cap.js";
 import { loggingHook } from "./logging-hook.js";
 import { createPipeline } from "./pipeline.js";
 import type { Pipeline, WaitingCallHook } from "./pipeline.js";
+import { rateLimitHook } from "./rate-limit-hook.js";
 import { requestIdHook } from "./request-id.js";
 
 /** What the gateway's pipeline is built from. */
@@ -19,6 +21,8 @@ export interface GatewayPipelineOptions {
   newRequestId?: () => string;
   /** Authentication and permissions; undefined = off (no hooks 3 and 4 at all, so no cost). */
   auth?: Authenticator;
+  /** Per-principal rate limits and token quotas (`rateLimitHook`). @default none: no hook */
+  limiter?: Limiter;
 }
 
 /** The gateway's pipeline, and the cap's gauge for the status RPC. */
@@ -43,8 +47,8 @@ export interface GatewayPipeline {
  *    limits, so unauthenticated calls cannot spend anyone's allowance;
  * 4. permissions (`auth-hook.ts`): may this identity call this method with this `x-priority`;
  *    needs 3. The model is checked by the handlers, which know it (`authorizeModel`);
- * 5. rate limits (to come): per identity, so after 3; before the cap, so a client over its
- *    limit never takes a slot others are waiting for;
+ * 5. rate limits: per identity, so after 3; before the cap, so a client over its limit never
+ *    takes a slot others are waiting for (`rateLimitHook`);
  * 6. concurrency cap: last, so only calls every check above admitted take a slot.
  */
 export function createGatewayPipeline(options: GatewayPipelineOptions): GatewayPipeline {
@@ -53,7 +57,7 @@ export function createGatewayPipeline(options: GatewayPipelineOptions): GatewayP
     requestIdHook(options.newRequestId),
     loggingHook(createRpcLog(options.log)),
     ...(options.auth === undefined ? [] : [authenticationHook(options.auth), permissionsHook()]),
-    // Rate limit hook goes here (5).
+    ...(options.limiter === undefined ? [] : [rateLimitHook(options.limiter)]),
     cap,
   ];
   return { pipeline: createPipeline(hooks), cap };

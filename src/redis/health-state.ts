@@ -69,9 +69,24 @@ export function logHealthChanges(
   log: RedisLogger,
   label: string,
   messages: HealthMessages,
+  now: () => number = Date.now,
 ): (change: HealthChange, reason: string | undefined) => void {
+  let warnedAt = Number.NEGATIVE_INFINITY;
   return (change, reason) => {
-    if (change === "down") log.warn({ redis: label, err: reason }, messages.down);
-    else log.info({ redis: label }, change === "up" ? messages.up : messages.upAgain);
+    if (change === "down") {
+      // A relapse soon after a warning (Redis flapping while it restarts, one command timing
+      // out under load right after the link came back) is the same incident: logged at info,
+      // so an operator sees one warning per outage rather than one per flap.
+      const at = now();
+      if (at - warnedAt < RELAPSE_WINDOW_MS) {
+        log.info({ redis: label, err: reason }, `${messages.down} (again)`);
+        return;
+      }
+      warnedAt = at;
+      log.warn({ redis: label, err: reason }, messages.down);
+    } else log.info({ redis: label }, change === "up" ? messages.up : messages.upAgain);
   };
 }
+
+/** A second "down" within this long after a warning is logged at info (see logHealthChanges). */
+export const RELAPSE_WINDOW_MS = 30_000;

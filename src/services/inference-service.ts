@@ -143,6 +143,9 @@ export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
             more = sink.send(message) && more;
             if (message.done === true) {
               attempt.loaded(nanosToMs(chunk["load_duration"]));
+              // Ollama's final counts, for the token quotas (README, "Rate limits and quotas").
+              info.promptTokens = tokenCount(chunk["prompt_eval_count"]);
+              info.completionTokens = tokenCount(chunk["eval_count"]);
               finished = true;
               return true;
             }
@@ -245,6 +248,7 @@ export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
         const usageCtx: UsageContext = { node: share.node, queueMs: share.queueMs };
         fresh = embedVectors(share.vectors, missing.length, usageCtx, req.model);
         usageInit = usage(share.raw, usageCtx);
+        info.promptTokens = tokenCount(share.raw["prompt_eval_count"]);
         if (key) {
           await deps.embeddings!.store(key, missing, fresh, signal).catch((e: unknown) => {
             throw toConnectError(e, signal, { model: req.model });
@@ -322,6 +326,11 @@ function embedVectors(vectors: unknown, expected: number, ctx: UsageContext, mod
 export function parsePriority(header: string | null): number {
   const raw = Number(header ?? "0");
   return Number.isFinite(raw) ? Math.max(-100, Math.min(100, Math.trunc(raw))) : 0;
+}
+
+/** One of Ollama's token counts; 0 when absent or odd. */
+function tokenCount(v: unknown): number {
+  return typeof v === "number" && Number.isFinite(v) && v > 0 ? Math.round(v) : 0;
 }
 
 /** Ollama's nanosecond durations (e.g. `load_duration`) in ms; undefined when absent or odd. */

@@ -2,12 +2,20 @@ import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as net from "node:net";
 import type { connectNodeAdapter } from "@connectrpc/connect-node";
+import { DEFAULTS } from "../config/config.js";
+import type { Logger } from "../observability/logger.js";
+import { addressKey, createThrottledReport, refusalFor } from "./connection-limits.js";
+import type { Refusal, ThrottledReport } from "./connection-limits.js";
 import type { GrpcFastPath } from "./grpc-fast-path.js";
+import { sweepIntervalMs } from "./http2-session-policy.js";
+import type { SessionTimeouts } from "./http2-session-policy.js";
+import { superviseHttp2Sessions } from "./http2-session-supervisor.js";
+import type { SessionsEnded } from "./http2-session-supervisor.js";
 
 /** The request listener connect-node builds (works for http and http2). */
 type NodeHandlerFn = ReturnType<typeof connectNodeAdapter>;
 
-/** Listening options. */
+/** Listening options; the limits and timeouts default to the configuration defaults (README, "Configuration"). */
 export interface ListenOptions {
   /** Interface to bind. */
   host: string;
@@ -19,12 +27,43 @@ export interface ListenOptions {
   keepAliveTimeoutMs: number;
   /** Serves some HTTP/2 gRPC calls before connect-node sees them (undefined = connect-node serves all). */
   fastPath?: GrpcFastPath;
+  /**
+   * Time a connection has to send its first bytes, then each HTTP/1.1 request's headers or
+   * the HTTP/2 preface and SETTINGS exchange. @default 10000
+   */
+  headersTimeoutMs?: number;
+  /** HTTP/1.1: time to receive a whole request, headers and body. @default 60000 */
+  requestTimeoutMs?: number;
+  /** HTTP/2: a session without an open stream this long gets GOAWAY. @default 300000 */
+  idleTimeoutMs?: number;
+  /** HTTP/2: a PING is sent this long after the last was answered. @default 5000 */
+  pingIntervalMs?: number;
+  /** HTTP/2: a session leaving a PING unanswered this long is destroyed. @default 5000 */
+  pingTimeoutMs?: number;
+  /** Open connections; further ones are closed at accept. @default 10000 */
+  maxConnections?: number;
+  /** Open connections per client address; 0 = no limit. @default 0 */
+  maxConnectionsPerIp?: number;
+  /** Where refused connections and failed accepts are reported (at most once per 10 s each). Default: nowhere. */
+  log?: Pick<Logger, "warn" | "debug">;
+}
+
+/** Connection counters, for tests and the operator. */
+export interface ConnectionStats {
+  /** Connections open now (both protocols, sniffing included). */
+  readonly open: number;
+  /** Connections refused at accept since start, by the limit they hit. */
+  readonly refused: Readonly<Record<Refusal, number>>;
+  /** HTTP/2 sessions the gateway ended by itself since start, by reason. */
+  readonly sessionsEnded: SessionsEnded;
 }
 
 /** A server accepting gRPC (h2c), gRPC-Web and Connect (HTTP/1.1 and h2c) on one port. */
 export interface DualProtocolServer {
   /** The bound port (useful with port 0). */
   readonly port: number;
+  /** Connection counters. */
+  readonly stats: ConnectionStats;
   /** Stops accepting connections and asks clients to go away (GOAWAY, `Connection: close`). */
   stopAccepting(): void;
   /** Resolves when every connection has closed, or after `ms`, whichever is first; true when all closed. */
@@ -35,6 +74,9 @@ export interface DualProtocolServer {
 
 // Every h2c connection begins with these 24 bytes; anything else is HTTP/1.x.
 const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+
+/** Refusals and accept errors are logged at most this often (each kind), with their count. */
+const REPORT_INTERVAL_MS = 10_000;
 
 /**
  * Serves one handler over HTTP/2 cleartext and HTTP/1.1 on a single port.
@@ -48,8 +90,29 @@ const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
  * compatibility request/response objects connect-node's handler takes (built
  * here, as Node's own "request" event would, so the fast path's calls never
  * pay for them).
+ *
+ * Every connection ends (README, "Operating it"): connections over the limits
+ * are closed at accept; one that does not identify itself in time is dropped;
+ * HTTP/1.1 requests have a headers and a request timeout; HTTP/2 sessions are
+ * ended by the policy in `http2-session-policy.ts` (handshake, idle, PING),
+ * applied by `http2-session-supervisor.ts`.
  */
 export function listenDualProtocol(handler: NodeHandlerFn, options: ListenOptions): Promise<DualProtocolServer> {
+  const headersTimeoutMs = options.headersTimeoutMs ?? DEFAULTS.httpHeadersTimeoutMs;
+  const requestTimeoutMs = Math.max(headersTimeoutMs, options.requestTimeoutMs ?? DEFAULTS.httpRequestTimeoutMs);
+  const timeouts: SessionTimeouts = {
+    handshakeMs: headersTimeoutMs,
+    idleMs: options.idleTimeoutMs ?? DEFAULTS.http2IdleTimeoutMs,
+    pingIntervalMs: options.pingIntervalMs ?? DEFAULTS.http2PingIntervalMs,
+    pingTimeoutMs: options.pingTimeoutMs ?? DEFAULTS.http2PingTimeoutMs,
+  };
+  const limits = {
+    maxConnections: options.maxConnections ?? DEFAULTS.maxConnections,
+    maxConnectionsPerIp: options.maxConnectionsPerIp ?? DEFAULTS.maxConnectionsPerIp,
+  };
+  const sweepMs = sweepIntervalMs(timeouts);
+  const log = options.log;
+
   const h2 = http2.createServer({
     settings: { maxConcurrentStreams: options.maxConcurrentStreams, initialWindowSize: 1 << 20 },
     maxSessionMemory: 32,
@@ -71,19 +134,47 @@ export function listenDualProtocol(handler: NodeHandlerFn, options: ListenOption
       handler(req, res);
     },
   );
-  const h1 = http.createServer({ keepAliveTimeout: options.keepAliveTimeoutMs, headersTimeout: 30_000 }, handler);
-  h1.keepAliveTimeout = options.keepAliveTimeoutMs;
-  // Above the keep-alive timeout, so an idle connection is closed by us, not mid-request.
-  h1.headersTimeout = Math.max(30_000, options.keepAliveTimeoutMs + 1000);
+  const h1 = http.createServer(
+    {
+      keepAliveTimeout: options.keepAliveTimeoutMs,
+      headersTimeout: headersTimeoutMs,
+      requestTimeout: requestTimeoutMs,
+      // Checked as often as the HTTP/2 sessions: a quarter of the shortest timeout, at most 1 s.
+      connectionsCheckingInterval: sweepMs,
+    },
+    handler,
+  );
+  // Node checks the headers and request timeouts only for connections of a
+  // server that listened itself: the check starts on its "listening" event.
+  // This one is handed its connections, so the check is started here; its
+  // timer is stopped by h1.close() once the port is closed and drained.
+  h1.emit("listening");
 
   const sockets = new Set<net.Socket>();
-  const sessions = new Set<http2.ServerHttp2Session>();
+  const perAddress = new Map<string, number>();
+  const refused: Record<Refusal, number> = { "max-connections": 0, "max-connections-per-ip": 0 };
+  const refusalReports: Record<Refusal, ThrottledReport> = {
+    "max-connections": createThrottledReport(REPORT_INTERVAL_MS, (count) =>
+      log?.warn({ refused: count, limit: limits.maxConnections }, "connections refused: MAX_CONNECTIONS reached"),
+    ),
+    "max-connections-per-ip": createThrottledReport(REPORT_INTERVAL_MS, (count) =>
+      log?.warn(
+        { refused: count, limit: limits.maxConnectionsPerIp },
+        "connections refused: MAX_CONNECTIONS_PER_IP reached",
+      ),
+    ),
+  };
+  let lastAcceptError = "";
+  const acceptErrors = createThrottledReport(REPORT_INTERVAL_MS, (count) =>
+    log?.warn({ failed: count, error: lastAcceptError }, "accepting connections failed"),
+  );
+  const refuse = (reason: Refusal): void => {
+    refused[reason]++;
+    refusalReports[reason].add();
+  };
+
   let accepting = true;
-  h2.on("session", (session) => {
-    sessions.add(session);
-    session.once("close", () => sessions.delete(session));
-    if (!accepting) session.close();
-  });
+  const supervisor = superviseHttp2Sessions(h2, timeouts, log);
   h1.on("request", (_req, res) => {
     if (!accepting) res.setHeader("connection", "close");
   });
@@ -91,12 +182,24 @@ export function listenDualProtocol(handler: NodeHandlerFn, options: ListenOption
   // No Nagle: token messages are small and must leave at once (http.Server
   // does this for its own sockets; ours come from a plain net.Server).
   const tcp = net.createServer({ noDelay: true }, (socket) => {
+    const key = addressKey(socket.remoteAddress);
+    // MAX_CONNECTIONS itself is enforced by net.Server (below), before a socket exists.
+    const reason = refusalFor(sockets.size, perAddress.get(key) ?? 0, limits);
+    if (reason !== undefined) {
+      refuse(reason);
+      socket.destroy();
+      return;
+    }
+    perAddress.set(key, (perAddress.get(key) ?? 0) + 1);
     // A connection that never says which protocol it speaks is dropped.
-    const sniffTimer = setTimeout(() => socket.destroy(), 10_000);
+    const sniffTimer = setTimeout(() => socket.destroy(), headersTimeoutMs);
     sockets.add(socket);
     socket.once("close", () => {
       sockets.delete(socket);
       clearTimeout(sniffTimer);
+      const left = (perAddress.get(key) ?? 1) - 1;
+      if (left > 0) perAddress.set(key, left);
+      else perAddress.delete(key);
     });
     socket.on("error", () => socket.destroy());
     let seen = Buffer.alloc(0);
@@ -108,23 +211,47 @@ export function listenDualProtocol(handler: NodeHandlerFn, options: ListenOption
       clearTimeout(sniffTimer);
       socket.off("readable", onReadable);
       socket.unshift(seen);
-      (isH2 ? h2 : h1).emit("connection", socket);
+      if (isH2) supervisor.handOver(socket);
+      else h1.emit("connection", socket);
     };
     socket.on("readable", onReadable);
   });
-  tcp.maxConnections = 100_000;
+  // Node closes connections beyond this as they are accepted, before any
+  // socket object, parser or session is made for them ("drop").
+  tcp.maxConnections = limits.maxConnections;
+  tcp.on("drop", () => refuse("max-connections"));
+  // All sockets gone after close(): stop the timers.
+  tcp.once("close", () => {
+    supervisor.stop();
+    h1.close();
+    for (const r of Object.values(refusalReports)) r.flush();
+    acceptErrors.flush();
+  });
 
   return new Promise((resolve, reject) => {
     tcp.once("error", reject);
     tcp.listen(options.port, options.host, () => {
       tcp.off("error", reject);
+      // A failed accept (e.g. EMFILE: out of descriptors) must not end the
+      // process: the connection is lost, the next ones may succeed once others close.
+      tcp.on("error", (e) => {
+        lastAcceptError = e.message;
+        acceptErrors.add();
+      });
       const address = tcp.address() as net.AddressInfo;
       resolve({
         port: address.port,
+        stats: {
+          get open() {
+            return sockets.size;
+          },
+          refused,
+          sessionsEnded: supervisor.ended,
+        },
         stopAccepting() {
           accepting = false;
           tcp.close();
-          for (const s of sessions) s.close();
+          supervisor.closeAll();
           h1.closeIdleConnections();
         },
         async drained(ms) {
@@ -136,7 +263,7 @@ export function listenDualProtocol(handler: NodeHandlerFn, options: ListenOption
           return sockets.size === 0;
         },
         destroy() {
-          for (const s of sessions) s.destroy();
+          supervisor.destroyAll();
           for (const s of sockets) s.destroy();
         },
       });
