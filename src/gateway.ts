@@ -41,6 +41,8 @@ import { shuttingDown } from "./errors/domain-errors.js";
 import { createAuthenticator } from "./auth/authenticator.js";
 import { createConfigReloader } from "./config/config-reloader.js";
 import { reloadConfigFile } from "./config/load-config.js";
+import { watchFiles } from "./config/watch-files.js";
+import { readTlsCredentials } from "./transport/tls-server.js";
 import { tlsSocketOf } from "./auth/client-certificate.js";
 
 /** A running gateway. */
@@ -277,7 +279,10 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
       })
     : undefined;
 
+  // TLS (README "TLS"): read now, so bad files fail the start; re-read when they change.
+  const tlsFiles = config.tls;
   const server = await listenDualProtocol(handler, {
+    tls: tlsFiles === undefined ? undefined : readTlsCredentials(tlsFiles),
     host: config.host,
     port: config.port,
     maxConcurrentStreams: config.http2MaxConcurrentStreams,
@@ -292,6 +297,28 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     maxConnectionsPerIp: config.maxConnectionsPerIp,
     log,
   });
+  const reloadTls = (): boolean => {
+    if (tlsFiles === undefined) return true;
+    try {
+      server.setTlsCredentials(readTlsCredentials(tlsFiles));
+      log.info({ cert: tlsFiles.certFile }, "TLS certificate reloaded");
+      return true;
+    } catch (e) {
+      log.error(
+        { cert: tlsFiles.certFile, error: e instanceof Error ? e.message : String(e) },
+        "TLS files refused: keeping the certificate in use",
+      );
+      return false;
+    }
+  };
+  const tlsWatch =
+    tlsFiles !== undefined && config.configWatchIntervalMs > 0
+      ? watchFiles(
+          [tlsFiles.certFile, tlsFiles.keyFile, tlsFiles.clientCaFile].filter((f): f is string => f !== undefined),
+          config.configWatchIntervalMs,
+          () => void reloadTls(),
+        )
+      : undefined;
   if (authenticator === undefined && !isLoopback(config.host)) {
     log.warn(
       { host: config.host, port: server.port },
@@ -310,16 +337,20 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   let closed: Promise<void> | undefined;
   return {
     port: server.port,
-    url: `http://${host.includes(":") ? `[${host}]` : host}:${server.port}`,
+    url: `${tlsFiles === undefined ? "http" : "https"}://${host.includes(":") ? `[${host}]` : host}:${server.port}`,
     health,
     nodeHealth,
     cache,
     scheduler,
-    reload: () => reloader.reload({ file: true, keys: true }),
+    reload: async () => {
+      const tlsOk = reloadTls();
+      return (await reloader.reload({ file: true, keys: true })) && tlsOk;
+    },
     limiter,
     close() {
       closed ??= (async () => {
         reloader.close();
+        tlsWatch?.close();
         authenticator?.close();
         closing = true;
         health.setAll(ServingStatus.NOT_SERVING);
