@@ -22,6 +22,9 @@ import type { AuthFileConfig } from "../src/config/auth-file.js";
 import type { AuthConfig } from "../src/config/config.js";
 import { ConfigError, loadConfig } from "../src/config/load-config.js";
 import { ErrorInfoSchema } from "../src/gen/google/rpc/error_details_pb.js";
+import { Health } from "../src/gen/grpc/health/v1/health_pb.js";
+import { ServerReflection } from "../src/gen/grpc/reflection/v1/reflection_pb.js";
+import { ServerReflection as ServerReflectionV1alpha } from "../src/gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { GatewayService } from "../src/gen/ollama/gateway/v1/gateway_pb.js";
 import { InferenceService } from "../src/gen/ollama/gateway/v1/inference_pb.js";
 import { ModelService } from "../src/gen/ollama/gateway/v1/model_pb.js";
@@ -29,6 +32,7 @@ import { kRpcInfo } from "../src/observability/rpc-info.js";
 import { tempConfig } from "./helpers/auth.js";
 import { callValues } from "../src/pipeline/call.js";
 import type { Call } from "../src/pipeline/call.js";
+import { exemptionsOf } from "../src/pipeline/exemptions.js";
 import { createPipeline } from "../src/pipeline/pipeline.js";
 import type { CallEnd, WaitingCallHook } from "../src/pipeline/pipeline.js";
 
@@ -283,6 +287,21 @@ describe("identities of the config file", () => {
     const reader = policy.identityFor("someone", "jwt", ["readers", "unknown-role"]);
     assert.equal(reader.grants.methodAllowed("ollama.gateway.v1.GatewayService/GetStatus"), true);
     assert.equal(policy.identityFor("someone", "jwt", ["readers", "unknown-role"]), reader, "remembered");
+  });
+});
+
+describe("the exemptions table's auth column", () => {
+  it("leaves health open, reflection open unless restricted, and authenticates everything else", () => {
+    const table: [string, string][] = [
+      [Health.typeName, "open"],
+      [ServerReflection.typeName, "open-unless-restricted"],
+      [ServerReflectionV1alpha.typeName, "open-unless-restricted"],
+      [GatewayService.typeName, "required"],
+      [InferenceService.typeName, "required"],
+      [ModelService.typeName, "required"],
+      ["some.Unknown", "required"],
+    ];
+    for (const [service, rule] of table) assert.equal(exemptionsOf(service).auth, rule, service);
   });
 });
 

@@ -227,6 +227,24 @@ describe("buf curl against a gateway that asks for API keys", () => {
     assert.ok(services.includes("ollama.gateway.v1.InferenceService"), JSON.stringify(services));
   });
 
+  it("asks for a key for reflection too when AUTH_REFLECTION=authenticated", async () => {
+    const closed = await startTestGateway({
+      OLLAMA_URL: sim.url,
+      API_KEYS: `cli-user:${hashApiKey(key)}`,
+      AUTH_REFLECTION: "authenticated",
+    });
+    try {
+      const refused = await bufCurl("--list-services", closed.url);
+      assert.notEqual(refused.exitCode, 0, refused.stdout);
+      // buf words an UNAUTHENTICATED reflection answer as a registry login hint.
+      assert.match(refused.stderr, /not authenticated|unauthenticated/i);
+      const services = lines(await bufCurlOk("-H", `authorization: Bearer ${key}`, "--list-services", closed.url));
+      assert.ok(services.includes("ollama.gateway.v1.InferenceService"), JSON.stringify(services));
+    } finally {
+      await closed.close();
+    }
+  });
+
   for (const p of PROTOCOLS) {
     it(`streams Generate over ${p.name} with the key in -H authorization`, async () => {
       const out = await bufCurlOk(
