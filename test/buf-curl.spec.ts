@@ -238,7 +238,10 @@ describe("buf curl against a gateway that asks for API keys", () => {
       assert.notEqual(refused.exitCode, 0, refused.stdout);
       // buf words an UNAUTHENTICATED reflection answer as a registry login hint.
       assert.match(refused.stderr, /not authenticated|unauthenticated/i);
-      const services = lines(await bufCurlOk("-H", `authorization: Bearer ${key}`, "--list-services", closed.url));
+      // buf curl sends -H with the call only; reflection requests carry --reflect-header.
+      const services = lines(
+        await bufCurlOk("--reflect-header", `authorization: Bearer ${key}`, "--list-services", closed.url),
+      );
       assert.ok(services.includes("ollama.gateway.v1.InferenceService"), JSON.stringify(services));
     } finally {
       await closed.close();
