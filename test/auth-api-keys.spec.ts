@@ -11,6 +11,7 @@ import { startSimulator } from "../src/simulator/simulator.js";
 import type { Simulator } from "../src/simulator/simulator.js";
 import { drain, outcome, tempConfig } from "./helpers/auth.js";
 import type { TempConfig } from "./helpers/auth.js";
+import { delay } from "./helpers/sim-http.js";
 import { startTestGateway } from "./helpers/test-gateway.js";
 import type { TestGateway } from "./helpers/test-gateway.js";
 import { TRANSPORTS } from "./helpers/transports.js";
@@ -200,10 +201,19 @@ describe("API keys over every protocol and both gRPC paths", () => {
       await drain(inference.generate({ ...GENERATE, model: "qwen3" }, as(KEYS.full)));
       await drain(inference.generate(GENERATE, as(KEYS.full)));
       const models = createClient(ModelService, grpc());
+      // The loaded models come through the ps cache (CACHE_PS_TTL_MS): wait until it shows qwen3.
+      let runningAll: string[] = [];
+      const until = Date.now() + 15_000;
+      while (!runningAll.includes("qwen3:latest") && Date.now() < until) {
+        runningAll = (await models.listRunningModels({}, as(KEYS.full))).models.map((m) => m.name);
+        if (!runningAll.includes("qwen3:latest")) await delay(100);
+      }
+      assert.ok(
+        runningAll.includes("qwen3:latest") && runningAll.includes("llama3.2:latest"),
+        JSON.stringify(runningAll),
+      );
       const running = (await models.listRunningModels({}, as(KEYS.llama))).models.map((m) => m.name);
       assert.deepEqual(running, ["llama3.2:latest"]);
-      const runningAll = (await models.listRunningModels({}, as(KEYS.full))).models.map((m) => m.name);
-      assert.ok(runningAll.includes("qwen3:latest"), JSON.stringify(runningAll));
     });
 
     it("leave health open to callers without credentials", async () => {
