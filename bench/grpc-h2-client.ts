@@ -23,6 +23,12 @@ export interface GrpcH2Client {
   close(): void;
 }
 
+/**
+ * Sent as `authorization` on every call when set (e.g. `Bearer ogw_...` or `Bearer <JWT>`), to
+ * measure the gateway with authentication on (bench/README.md).
+ */
+const AUTHORIZATION = process.env["BENCH_AUTHORIZATION"];
+
 /** Opens a connection to `baseUrl` (http://host:port). */
 export function createGrpcH2Client(baseUrl: string): GrpcH2Client {
   let session: http2.ClientHttp2Session | undefined;
@@ -47,6 +53,7 @@ export function createGrpcH2Client(baseUrl: string): GrpcH2Client {
           "content-type": "application/grpc",
           te: "trailers",
           "grpc-timeout": `${Math.max(1, Math.ceil(timeoutMs))}m`,
+          ...(AUTHORIZATION === undefined ? {} : { authorization: AUTHORIZATION }),
         });
         let status: string | undefined;
         let message = "";

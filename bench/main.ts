@@ -40,7 +40,9 @@ function allRuns(r: ScenarioResults): RunSummary[] {
 function inheritedGatewayEnv(): string[] {
   return Object.keys(process.env)
     .filter((k) =>
-      /^(OLLAMA_|REDIS_|CACHE_|EMBED_|UPSTREAM_|HTTP[12]_|MAX_|HEALTH_PROBE_|SHUTDOWN_|WORKERS$|LOG_LEVEL$)/.test(k),
+      /^(OLLAMA_|REDIS_|CACHE_|EMBED_|UPSTREAM_|HTTP[12]_|MAX_|HEALTH_PROBE_|SHUTDOWN_|WORKERS$|LOG_LEVEL$|AUTH_|API_KEYS$|JWT_|RATE_LIMIT_|GATEWAY_CONFIG_FILE$|BENCH_AUTHORIZATION$)/.test(
+        k,
+      ),
     )
     .sort();
 }

@@ -40,4 +40,8 @@ export function runPrimary(workers: number, log: Logger): void {
   };
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
+  // Reload: every worker reads the config file again.
+  process.on("SIGHUP", () => {
+    for (const w of Object.values(cluster.workers ?? {})) w?.process.kill("SIGHUP");
+  });
 }

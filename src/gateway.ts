@@ -38,6 +38,12 @@ import { createNodeHealth } from "./upstream/node-health.js";
 import type { NodeHealth } from "./upstream/node-health.js";
 import { createOllamaNode } from "./upstream/ollama-node.js";
 import { shuttingDown } from "./errors/domain-errors.js";
+import { createAuthenticator } from "./auth/authenticator.js";
+import { createConfigReloader } from "./config/config-reloader.js";
+import { reloadConfigFile } from "./config/load-config.js";
+import { watchFiles } from "./config/watch-files.js";
+import { readTlsCredentials } from "./transport/tls-server.js";
+import { tlsSocketOf } from "./auth/client-certificate.js";
 
 /** A running gateway. */
 export interface Gateway {
@@ -55,6 +61,12 @@ export interface Gateway {
   readonly scheduler: Scheduler;
   /** Per-principal rate limits and token quotas; config reload hands new limits to its `update`. */
   readonly limiter: Limiter;
+  /**
+   * Applies the config file's principals, keys, permissions and limits again, and the JWT keys
+   * (SIGHUP does this; file changes do it by themselves). Resolves false when something was refused
+   * (logged; the previous version kept).
+   */
+  reload(): Promise<boolean>;
   /**
    * Graceful shutdown: health NOT_SERVING, stop accepting, GOAWAY, let
    * running calls finish for `config.shutdownGraceMs`, then cancel the rest
@@ -173,12 +185,44 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     embedBatchWindowMs: config.embedBatchWindowMs,
   });
   const models = createModelService({ nodes, metadata, health: nodeHealth, maxDeadlineMs: config.maxDeadlineMs });
+  // Authentication and permissions (README "Authentication"), when configured.
+  const authenticator =
+    config.auth.modes.length > 0
+      ? createAuthenticator(config.auth, {
+          onJwksFetch: (outcome) => {
+            if (outcome.ok) log.info({ keys: outcome.keys }, "JWKS fetched");
+            else log.warn({ error: outcome.error }, "JWKS fetch failed: tokens are checked with the keys held");
+          },
+        })
+      : undefined;
   // Per-principal limits, shared through the replica's Redis link; without Redis each of the
   // WORKERS processes enforces its share (README, "Rate limits and quotas").
   const limiter = createLimiter({ limits: config.limits, redis, namespace: "ogw:v1:", replicas: config.workers, log });
-  // Request id, logging, rate limits and the concurrency cap (pipeline/gateway-pipeline.ts), run
-  // the same way by connect-node and the fast path.
-  const { pipeline, cap } = createGatewayPipeline({ log, maxConcurrentRpcs: config.maxConcurrentRpcs, limiter });
+  // Principals, keys, permissions and limits apply again on SIGHUP and when the config file (or
+  // the JWT key file) changes (README "Reload").
+  const reloader = createConfigReloader({
+    configFile: config.configFile,
+    read: (path) => reloadConfigFile(path, config),
+    apply: ({ auth, limits }) => {
+      authenticator?.apply(auth);
+      limiter.update(limits);
+      return authenticator === undefined
+        ? {}
+        : { principals: authenticator.policy.principals, keys: authenticator.policy.keys };
+    },
+    keyFile: config.auth.jwt?.keyFile,
+    reloadKeys: authenticator === undefined ? undefined : () => authenticator.reloadKeys(),
+    watchIntervalMs: config.configWatchIntervalMs,
+    log,
+  });
+  // Request id, logging, authentication, permissions, rate limits and the concurrency cap
+  // (pipeline/gateway-pipeline.ts), run the same way by connect-node and the fast path.
+  const { pipeline, cap } = createGatewayPipeline({
+    log,
+    maxConcurrentRpcs: config.maxConcurrentRpcs,
+    auth: authenticator,
+    limiter,
+  });
   const status = createGatewayService({
     version: VERSION,
     startedAtMs,
@@ -216,7 +260,9 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     // (the benchmark profile showed zlib at ~8% of the gateway's CPU).
     compressMinBytes: Number.MAX_SAFE_INTEGER,
     shutdownSignal: shutdown.signal,
-    contextValues: (req) => callValues(req.socket.remoteAddress),
+    // The TLS socket of an HTTP/2 request is its session's (`req.socket` is a proxy there).
+    contextValues: (req) =>
+      callValues(req.socket.remoteAddress, tlsSocketOf("stream" in req ? req.stream.session?.socket : req.socket)),
   });
   // The hot calls, through the same pipeline, without connect-node's per-call machinery.
   const fastPath = config.grpcFastPath
@@ -233,7 +279,10 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
       })
     : undefined;
 
+  // TLS (README "TLS"): read now, so bad files fail the start; re-read when they change.
+  const tlsFiles = config.tls;
   const server = await listenDualProtocol(handler, {
+    tls: tlsFiles === undefined ? undefined : readTlsCredentials(tlsFiles),
     host: config.host,
     port: config.port,
     maxConcurrentStreams: config.http2MaxConcurrentStreams,
@@ -248,6 +297,37 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     maxConnectionsPerIp: config.maxConnectionsPerIp,
     log,
   });
+  const reloadTls = (): boolean => {
+    if (tlsFiles === undefined) return true;
+    try {
+      server.setTlsCredentials(readTlsCredentials(tlsFiles));
+      log.info({ cert: tlsFiles.certFile }, "TLS certificate reloaded");
+      return true;
+    } catch (e) {
+      log.error(
+        { cert: tlsFiles.certFile, error: e instanceof Error ? e.message : String(e) },
+        "TLS files refused: keeping the certificate in use",
+      );
+      return false;
+    }
+  };
+  const tlsWatch =
+    tlsFiles !== undefined && config.configWatchIntervalMs > 0
+      ? watchFiles(
+          [tlsFiles.certFile, tlsFiles.keyFile, tlsFiles.clientCaFile].filter((f): f is string => f !== undefined),
+          config.configWatchIntervalMs,
+          () => void reloadTls(),
+        )
+      : undefined;
+  if (authenticator === undefined && !isLoopback(config.host)) {
+    log.warn(
+      { host: config.host, port: server.port },
+      "authentication is off on a non-loopback address: anyone who reaches the port may call every method (set AUTH_MODE or API_KEYS)",
+    );
+  } else if (authenticator !== undefined) {
+    const policy = authenticator.policy;
+    log.info({ modes: config.auth.modes, principals: policy.principals, keys: policy.keys }, "authentication on");
+  }
   nodeHealth.start();
   await nodeHealth.probeAll();
   applyFleetHealth();
@@ -257,14 +337,21 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   let closed: Promise<void> | undefined;
   return {
     port: server.port,
-    url: `http://${host.includes(":") ? `[${host}]` : host}:${server.port}`,
+    url: `${tlsFiles === undefined ? "http" : "https"}://${host.includes(":") ? `[${host}]` : host}:${server.port}`,
     health,
     nodeHealth,
     cache,
     scheduler,
+    reload: async () => {
+      const tlsOk = reloadTls();
+      return (await reloader.reload({ file: true, keys: true })) && tlsOk;
+    },
     limiter,
     close() {
       closed ??= (async () => {
+        reloader.close();
+        tlsWatch?.close();
+        authenticator?.close();
         closing = true;
         health.setAll(ServingStatus.NOT_SERVING);
         health.close();
@@ -289,4 +376,9 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
       return closed;
     },
   };
+}
+
+/** Whether `host` only accepts connections from this machine. */
+function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || host.startsWith("127.");
 }

@@ -46,6 +46,8 @@ async function main(): Promise<void> {
   };
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
+  // Principals, keys and permissions again from the config file (README "Reload"); outcome logged.
+  process.on("SIGHUP", () => void gateway.reload());
 }
 
 main().catch((e: unknown) => {

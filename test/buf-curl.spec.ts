@@ -4,6 +4,9 @@ import { execFile } from "node:child_process";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import { fromBinary } from "@bufbuild/protobuf";
+import { hashApiKey, newApiKey } from "../src/auth/api-keys.js";
+import { ErrorInfoSchema } from "../src/gen/google/rpc/error_details_pb.js";
 import { startSimulator } from "../src/simulator/simulator.js";
 import type { Simulator } from "../src/simulator/simulator.js";
 import { startTestGateway } from "./helpers/test-gateway.js";
@@ -203,4 +206,75 @@ describe("buf curl against the gateway, through server reflection", () => {
     const details = error?.["details"] as Json[] | undefined;
     assert.equal(details?.[0]?.["type"], "google.rpc.ErrorInfo", r.stderr);
   });
+});
+
+describe("buf curl against a gateway that asks for API keys", () => {
+  let sim: Simulator;
+  let gw: TestGateway;
+  const key = newApiKey();
+
+  before(async () => {
+    sim = await startSimulator();
+    gw = await startTestGateway({ OLLAMA_URL: sim.url, API_KEYS: `cli-user:${hashApiKey(key)}` });
+  });
+  after(async () => {
+    await gw.close();
+    await sim.close();
+  });
+
+  it("still lists the services through reflection without a key", async () => {
+    const services = lines(await bufCurlOk("--list-services", gw.url));
+    assert.ok(services.includes("ollama.gateway.v1.InferenceService"), JSON.stringify(services));
+  });
+
+  it("asks for a key for reflection too when AUTH_REFLECTION=authenticated", async () => {
+    const closed = await startTestGateway({
+      OLLAMA_URL: sim.url,
+      API_KEYS: `cli-user:${hashApiKey(key)}`,
+      AUTH_REFLECTION: "authenticated",
+    });
+    try {
+      const refused = await bufCurl("--list-services", closed.url);
+      assert.notEqual(refused.exitCode, 0, refused.stdout);
+      // buf words an UNAUTHENTICATED reflection answer as a registry login hint.
+      assert.match(refused.stderr, /not authenticated|unauthenticated/i);
+      // buf curl sends -H with the call only; reflection requests carry --reflect-header.
+      const services = lines(
+        await bufCurlOk("--reflect-header", `authorization: Bearer ${key}`, "--list-services", closed.url),
+      );
+      assert.ok(services.includes("ollama.gateway.v1.InferenceService"), JSON.stringify(services));
+    } finally {
+      await closed.close();
+    }
+  });
+
+  for (const p of PROTOCOLS) {
+    it(`streams Generate over ${p.name} with the key in -H authorization`, async () => {
+      const out = await bufCurlOk(
+        ...p.flags,
+        "-H",
+        `authorization: Bearer ${key}`,
+        "-d",
+        JSON.stringify({ model: "llama3.2", prompt: "hi", options: { numPredict: 2 } }),
+        `${gw.url}/${GENERATE}`,
+      );
+      assert.equal(jsonObjects(out).at(-1)?.["done"], true, out);
+    });
+
+    it(`prints unauthenticated with MISSING_CREDENTIALS over ${p.name} without a key`, async () => {
+      const r = await bufCurl(
+        ...p.flags,
+        "-d",
+        JSON.stringify({ model: "llama3.2", prompt: "hi" }),
+        `${gw.url}/${GENERATE}`,
+      );
+      assert.notEqual(r.exitCode, 0, r.stdout);
+      const [error] = jsonObjects(r.stderr);
+      assert.equal(error?.["code"], "unauthenticated", r.stderr);
+      const detail = (error?.["details"] as Json[] | undefined)?.[0];
+      assert.equal(detail?.["type"], "google.rpc.ErrorInfo", r.stderr);
+      const info = fromBinary(ErrorInfoSchema, Buffer.from(String(detail?.["value"]), "base64url"));
+      assert.equal(info.reason, "MISSING_CREDENTIALS", r.stderr);
+    });
+  }
 });

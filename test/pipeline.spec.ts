@@ -38,7 +38,7 @@ import { exemptionsOf } from "../src/pipeline/exemptions.js";
 import { createGatewayPipeline } from "../src/pipeline/gateway-pipeline.js";
 import type { GatewayPipeline } from "../src/pipeline/gateway-pipeline.js";
 import { createPipeline } from "../src/pipeline/pipeline.js";
-import type { CallHook } from "../src/pipeline/pipeline.js";
+import type { CallEnd, CallHook } from "../src/pipeline/pipeline.js";
 import { acceptedRequestId, sequentialRequestIds } from "../src/pipeline/request-id.js";
 import type { MessageSink } from "../src/services/message-sink.js";
 import { sinkIterable } from "../src/services/message-sink.js";
@@ -198,7 +198,9 @@ describe("the request id policy", () => {
       [undefined, "made-up"],
     ] as const) {
       const call = fakeCall(InferenceService.typeName, given);
-      pipeline.begin(call)(undefined);
+      const end = pipeline.begin(call);
+      assert.equal(typeof end, "function", "without authentication the pipeline answers at once");
+      (end as CallEnd)(undefined);
       assert.equal(call.info.requestId, want);
       assert.equal(call.responseHeader.get("x-request-id"), want);
       assert.equal(call.responseTrailer.get("x-request-id"), want);

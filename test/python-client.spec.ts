@@ -6,6 +6,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { hashApiKey, newApiKey } from "../src/auth/api-keys.js";
 import { startSimulator } from "../src/simulator/simulator.js";
 import type { Simulator } from "../src/simulator/simulator.js";
 import { NO_PYTHON_MESSAGE, REPO_ROOT, findGrpcPython, generatePythonStubs } from "./helpers/python.js";
@@ -119,5 +120,39 @@ describe("a Python grpcio client built from our proto", () => {
     assert.equal(metadata["model"], "no-such-model");
     assert.match(String(line["message"]), /no-such-model/);
     assert.doesNotMatch(String(line["message"]), /%[0-9A-F]{2}/i);
+  });
+});
+
+describe("a Python grpcio client with an API key", () => {
+  it("passes its key as metadata and reads MISSING_CREDENTIALS from the trailers without it", async () => {
+    const python = await findGrpcPython();
+    assert.ok(python !== undefined, NO_PYTHON_MESSAGE);
+    const key = newApiKey();
+    const sim = await startSimulator();
+    const gw = await startTestGateway({ OLLAMA_URL: sim.url, API_KEYS: `python-svc:${hashApiKey(key)}` });
+    const stubs = await mkdtemp(join(tmpdir(), "gateway-python-"));
+    try {
+      await generatePythonStubs(python, stubs);
+      const { stdout } = await run(python, [CLIENT, `127.0.0.1:${gw.port}`, stubs, key], { timeout: 30_000 });
+      const lines = stdout
+        .split("\n")
+        .filter((l) => l.trim() !== "")
+        .map((l) => JSON.parse(l) as Line);
+      const line = (call: string): Line | undefined => lines.find((l) => l["call"] === call);
+      assert.equal(line("generate")?.["done"], true, stdout);
+      assert.deepEqual(line("embed")?.["dims"], [384, 384]);
+      assert.equal(line("error")?.["reason"], "MODEL_NOT_FOUND", "authenticated, then refused for the model");
+      const refused = line("unauthenticated");
+      assert.equal(refused?.["code"], "UNAUTHENTICATED", stdout);
+      assert.equal(refused?.["reason"], "MISSING_CREDENTIALS");
+      assert.equal(
+        gw.logs.find("rpc").find((l) => l["method"] === "ollama.gateway.v1.InferenceService/Embed")?.["principal"],
+        "python-svc",
+      );
+    } finally {
+      await gw.close();
+      await sim.close();
+      await rm(stubs, { recursive: true, force: true });
+    }
   });
 });

@@ -1,4 +1,5 @@
 import type { UpstreamOptions } from "../upstream/ollama-node.js";
+import type { AuthFileConfig, PrincipalEntry } from "./auth-file.js";
 import type { LimitsConfig } from "./limits-config.js";
 
 /** One Ollama node the gateway routes to. */
@@ -122,6 +123,77 @@ export interface GatewayConfig {
    * default request limit from env RATE_LIMIT_RPS / RATE_LIMIT_BURST. @default none (off)
    */
   limits: LimitsConfig;
+  /** RATE_LIMIT_RPS and RATE_LIMIT_BURST as given at start, for parsing `limits` again on reload. */
+  rateLimitEnv: { readonly RATE_LIMIT_RPS: string | undefined; readonly RATE_LIMIT_BURST: string | undefined };
+  /** The JSON config file (nodes, modelNumCtx, principals, roles...). Env GATEWAY_CONFIG_FILE. @default none */
+  configFile: string | undefined;
+  /**
+   * How often the config file (and the TLS and JWT key files) are checked for changes, which are
+   * then applied without a restart (principals, keys, permissions; certificates); SIGHUP checks
+   * at once. 0 = only on SIGHUP. Env CONFIG_WATCH_INTERVAL_MS. @default 2000
+   */
+  configWatchIntervalMs: number;
+  /** Who may call, and what. */
+  auth: AuthConfig;
+  /** TLS on the port; undefined = plaintext (h2c and HTTP/1.1). */
+  tls: TlsConfig | undefined;
+}
+
+/** How a caller may prove who it is. */
+export type AuthMode = "api-key" | "jwt" | "mtls";
+
+/** Authentication and permissions (README "Authentication" and "Permissions"). */
+export interface AuthConfig {
+  /**
+   * The credentials accepted; empty = authentication off (every call anonymous, no permission
+   * checks). Env AUTH_MODE: `off`, or a comma list of `api-key`, `jwt`, `mtls`.
+   * @default off, or api-key when API_KEYS or the config file's principals hold keys
+   */
+  modes: readonly AuthMode[];
+  /** Reflection needs credentials too (health never does). Env AUTH_REFLECTION (open|authenticated). @default open */
+  restrictReflection: boolean;
+  /** Principals, keys, roles and default permissions: the config file's, with API_KEYS' principals. Reloaded. */
+  file: AuthFileConfig;
+  /** The principals of API_KEYS, kept for reloads of the file. Env API_KEYS: `name:sha256hex,...`. */
+  envPrincipals: readonly PrincipalEntry[];
+  /** JWT verification; undefined unless AUTH_MODE has jwt. */
+  jwt: JwtConfig | undefined;
+}
+
+/** How bearer JWTs are verified. */
+export interface JwtConfig {
+  /** Where the issuer publishes its keys. Env JWT_JWKS_URL (this or JWT_KEY_FILE). */
+  jwksUrl: string | undefined;
+  /** A PEM public key or a JWKS JSON file, re-read when it changes. Env JWT_KEY_FILE. */
+  keyFile: string | undefined;
+  /** Accepted `iss` values (one must match). Env JWT_ISSUER, comma list. Required. */
+  issuers: readonly string[];
+  /** Accepted `aud` values (one must be in the token's). Env JWT_AUDIENCE, comma list. Required. */
+  audiences: readonly string[];
+  /** Accepted `alg` values. Env JWT_ALGORITHMS, comma list. @default every asymmetric JWS algorithm */
+  algorithms: readonly string[];
+  /** Tolerated clock difference for exp, nbf and iat, in seconds. Env JWT_CLOCK_SKEW_S. @default 30 */
+  clockSkewS: number;
+  /** The claim naming the principal (a dotted path reaches into objects). Env JWT_PRINCIPAL_CLAIM. @default "sub" */
+  principalClaim: string;
+  /** The claim listing the token's roles (array, or space-separated string). Env JWT_ROLES_CLAIM. @default "roles" */
+  rolesClaim: string;
+  /** Least time between two JWKS fetches for unknown `kid`s. Env JWT_JWKS_COOLDOWN_MS. @default 30000 */
+  jwksCooldownMs: number;
+  /** JWKS refreshed in the background once older than this. Env JWT_JWKS_MAX_AGE_MS. @default 600000 */
+  jwksMaxAgeMs: number;
+  /** Verified tokens remembered until their expiry (bounded). Env JWT_CACHE_ENTRIES. @default 10000 */
+  cacheEntries: number;
+}
+
+/** TLS on the gateway's port (README "TLS"). */
+export interface TlsConfig {
+  /** PEM certificate chain. Env TLS_CERT_FILE. */
+  certFile: string;
+  /** PEM private key. Env TLS_KEY_FILE. */
+  keyFile: string;
+  /** PEM CA bundle that client certificates are verified against (mTLS); undefined = none asked. Env TLS_CLIENT_CA_FILE. */
+  clientCaFile: string | undefined;
 }
 
 /** How requests wait for, and are spread over, the fleet. */
@@ -207,6 +279,16 @@ export const DEFAULTS = {
   healthMaxWatchers: 1000,
   embedBatchWindowMs: 2,
   grpcFastPath: true,
+  configWatchIntervalMs: 2_000,
+  jwt: {
+    algorithms: ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"],
+    clockSkewS: 30,
+    principalClaim: "sub",
+    rolesClaim: "roles",
+    jwksCooldownMs: 30_000,
+    jwksMaxAgeMs: 10 * 60 * 1000,
+    cacheEntries: 10_000,
+  },
   nodeParallel: 1,
   nodeMaxLoadedModels: 3,
   nodeWeight: 1,

@@ -1,8 +1,11 @@
-import { readFileSync } from "node:fs";
+import { accessSync, constants as fsConstants, readFileSync } from "node:fs";
 import { parseRedisUrl } from "../redis/redis-target.js";
 import { canonicalModelName } from "../upstream/model-name.js";
 import { DEFAULTS } from "./config.js";
-import type { GatewayConfig, NodeConfig } from "./config.js";
+import type { AuthConfig, AuthMode, GatewayConfig, JwtConfig, NodeConfig, TlsConfig } from "./config.js";
+import { parseApiKeysEnv, parseAuthFile } from "./auth-file.js";
+import type { AuthFileConfig } from "./auth-file.js";
+import type { LimitsConfig } from "./limits-config.js";
 import { parseLimits } from "./limits-config.js";
 
 /** The environment could not be turned into a valid config; `problems` says why, one line each. */
@@ -71,6 +74,13 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     }
   }
 
+  const configFile = env["GATEWAY_CONFIG_FILE"]?.trim() || undefined;
+  const auth = parseAuth(env, file, problems, int);
+  const tls = parseTls(env, problems);
+  if (auth.modes.includes("mtls") && tls?.clientCaFile === undefined) {
+    problems.push("AUTH_MODE mtls needs TLS_CERT_FILE, TLS_KEY_FILE and TLS_CLIENT_CA_FILE");
+  }
+
   const config: GatewayConfig = {
     host: env["HOST"]?.trim() || DEFAULTS.host,
     port: int("PORT", DEFAULTS.port, 0, 65535),
@@ -95,6 +105,10 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     healthMaxWatchers: int("HEALTH_MAX_WATCHERS", DEFAULTS.healthMaxWatchers, 0, 1_000_000),
     embedBatchWindowMs: int("EMBED_BATCH_WINDOW_MS", DEFAULTS.embedBatchWindowMs, 0, 1000),
     grpcFastPath: onOff("GRPC_FAST_PATH", DEFAULTS.grpcFastPath),
+    configFile,
+    configWatchIntervalMs: int("CONFIG_WATCH_INTERVAL_MS", DEFAULTS.configWatchIntervalMs, 0, 3600 * 1000),
+    auth,
+    tls,
     cache: {
       redisUrl: env["REDIS_URL"]?.trim() || undefined,
       redisCommandTimeoutMs: int("REDIS_COMMAND_TIMEOUT_MS", DEFAULTS.cache.redisCommandTimeoutMs, 10, 60_000),
@@ -122,6 +136,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       numCtx,
     },
     limits: parseLimits(file.limits, env, problems),
+    rateLimitEnv: { RATE_LIMIT_RPS: env["RATE_LIMIT_RPS"], RATE_LIMIT_BURST: env["RATE_LIMIT_BURST"] },
     upstream: {
       connections: int("UPSTREAM_CONNECTIONS", DEFAULTS.upstream.connections, 1, 10_000),
       connectTimeoutMs: int("UPSTREAM_CONNECT_TIMEOUT_MS", DEFAULTS.upstream.connectTimeoutMs, 10, 120_000),
@@ -208,11 +223,156 @@ function parseNodes(
   return nodes;
 }
 
-/** The parts of GATEWAY_CONFIG_FILE the gateway reads. */
+/** The parts of GATEWAY_CONFIG_FILE the gateway reads (principals, roles, defaultPermissions: see auth-file.ts). */
 interface ConfigFile {
   nodes?: unknown;
   modelNumCtx?: unknown;
   limits?: unknown;
+  [section: string]: unknown;
+}
+
+const AUTH_MODES: readonly AuthMode[] = ["api-key", "jwt", "mtls"];
+
+/** A reader of whole-number settings, as `loadConfig` defines it. */
+type IntReader = (key: string, fallback: number, min: number, max?: number) => number;
+
+/** AUTH_MODE, API_KEYS, AUTH_REFLECTION, JWT_* and the file's principals. */
+function parseAuth(
+  env: Record<string, string | undefined>,
+  file: ConfigFile,
+  problems: string[],
+  int: IntReader,
+): AuthConfig {
+  const envPrincipals = parseApiKeysEnv(env["API_KEYS"], problems);
+  const authFile = parseAuthFile(file, envPrincipals, problems);
+  const rawMode = env["AUTH_MODE"]?.trim().toLowerCase();
+  let modes: AuthMode[] = [];
+  if (rawMode === undefined || rawMode === "") {
+    // Keys in API_KEYS or in the file mean the operator expects them to be asked for.
+    if (authFile.principals.some((p) => p.keys.length > 0)) modes = ["api-key"];
+  } else if (rawMode !== "off") {
+    for (const part of rawMode.split(",")) {
+      const m = part.trim() as AuthMode;
+      if (!AUTH_MODES.includes(m))
+        problems.push(
+          `AUTH_MODE entry ${JSON.stringify(part.trim())} must be off or a comma list of ${AUTH_MODES.join(", ")}`,
+        );
+      else if (!modes.includes(m)) modes.push(m);
+    }
+  }
+  if (envPrincipals.length > 0 && !modes.includes("api-key")) {
+    problems.push("API_KEYS is set but AUTH_MODE does not include api-key");
+  }
+  const reflection = env["AUTH_REFLECTION"]?.trim().toLowerCase() || "open";
+  if (reflection !== "open" && reflection !== "authenticated") {
+    problems.push(`AUTH_REFLECTION=${JSON.stringify(reflection)} must be open or authenticated`);
+  }
+  return {
+    modes,
+    restrictReflection: reflection === "authenticated",
+    file: authFile,
+    envPrincipals,
+    jwt: modes.includes("jwt") ? parseJwt(env, problems, int) : undefined,
+  };
+}
+
+function parseJwt(env: Record<string, string | undefined>, problems: string[], int: IntReader): JwtConfig {
+  const list = (key: string): string[] =>
+    (env[key] ?? "")
+      .split(",")
+      .map((x) => x.trim())
+      .filter((x) => x !== "");
+  const jwksUrl = env["JWT_JWKS_URL"]?.trim() || undefined;
+  const keyFile = env["JWT_KEY_FILE"]?.trim() || undefined;
+  if ((jwksUrl === undefined) === (keyFile === undefined)) {
+    problems.push("AUTH_MODE jwt needs exactly one of JWT_JWKS_URL and JWT_KEY_FILE");
+  }
+  if (jwksUrl !== undefined) {
+    try {
+      const u = new URL(jwksUrl);
+      if (u.protocol !== "https:" && u.protocol !== "http:") throw new Error("not http(s)");
+    } catch {
+      problems.push(`JWT_JWKS_URL=${JSON.stringify(jwksUrl)} must be an http(s) URL`);
+    }
+  }
+  if (keyFile !== undefined) checkReadable("JWT_KEY_FILE", keyFile, problems);
+  const issuers = list("JWT_ISSUER");
+  const audiences = list("JWT_AUDIENCE");
+  // Without both, any token of any issuer's other audiences would do: refuse to start.
+  if (issuers.length === 0) problems.push("AUTH_MODE jwt needs JWT_ISSUER (the accepted iss values)");
+  if (audiences.length === 0) problems.push("AUTH_MODE jwt needs JWT_AUDIENCE (the accepted aud values)");
+  const algorithms = list("JWT_ALGORITHMS");
+  for (const a of algorithms) {
+    if (!(DEFAULTS.jwt.algorithms as readonly string[]).includes(a))
+      problems.push(`JWT_ALGORITHMS entry ${JSON.stringify(a)} must be one of ${DEFAULTS.jwt.algorithms.join(", ")}`);
+  }
+  const claim = (key: string, fallback: string): string => {
+    const v = env[key]?.trim() || fallback;
+    if (!/^[\x21-\x7e]{1,128}$/.test(v)) problems.push(`${key} must be a claim name`);
+    return v;
+  };
+  return {
+    jwksUrl,
+    keyFile,
+    issuers,
+    audiences,
+    algorithms: algorithms.length > 0 ? algorithms : DEFAULTS.jwt.algorithms,
+    clockSkewS: int("JWT_CLOCK_SKEW_S", DEFAULTS.jwt.clockSkewS, 0, 600),
+    principalClaim: claim("JWT_PRINCIPAL_CLAIM", DEFAULTS.jwt.principalClaim),
+    rolesClaim: claim("JWT_ROLES_CLAIM", DEFAULTS.jwt.rolesClaim),
+    jwksCooldownMs: int("JWT_JWKS_COOLDOWN_MS", DEFAULTS.jwt.jwksCooldownMs, 0, 3600 * 1000),
+    jwksMaxAgeMs: int("JWT_JWKS_MAX_AGE_MS", DEFAULTS.jwt.jwksMaxAgeMs, 1000, 7 * 24 * 3600 * 1000),
+    cacheEntries: int("JWT_CACHE_ENTRIES", DEFAULTS.jwt.cacheEntries, 0, 10_000_000),
+  };
+}
+
+function parseTls(env: Record<string, string | undefined>, problems: string[]): TlsConfig | undefined {
+  const certFile = env["TLS_CERT_FILE"]?.trim() || undefined;
+  const keyFile = env["TLS_KEY_FILE"]?.trim() || undefined;
+  const clientCaFile = env["TLS_CLIENT_CA_FILE"]?.trim() || undefined;
+  if (certFile === undefined && keyFile === undefined) {
+    if (clientCaFile !== undefined) problems.push("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE");
+    return undefined;
+  }
+  if (certFile === undefined || keyFile === undefined) {
+    problems.push("TLS needs both TLS_CERT_FILE and TLS_KEY_FILE");
+    return undefined;
+  }
+  checkReadable("TLS_CERT_FILE", certFile, problems);
+  checkReadable("TLS_KEY_FILE", keyFile, problems);
+  if (clientCaFile !== undefined) checkReadable("TLS_CLIENT_CA_FILE", clientCaFile, problems);
+  return { certFile, keyFile, clientCaFile };
+}
+
+function checkReadable(key: string, path: string, problems: string[]): void {
+  try {
+    accessSync(path, fsConstants.R_OK);
+  } catch {
+    problems.push(`${key} ${path} cannot be read`);
+  }
+}
+
+/** The sections of the config file that are reloaded without a restart. */
+export interface ReloadableSections {
+  /** principals, roles, defaultPermissions (with API_KEYS' principals, which do not change). */
+  readonly auth: AuthFileConfig;
+  /** limits (with RATE_LIMIT_RPS / RATE_LIMIT_BURST as at start). */
+  readonly limits: LimitsConfig;
+}
+
+/**
+ * Reads the config file again for a reload: the sections that apply without a restart, checked
+ * as at start, with what the environment said at start. Throws a ConfigError (every problem)
+ * when the file cannot be read or is invalid: the caller keeps what it has. Nodes and the other
+ * settings need a restart.
+ */
+export function reloadConfigFile(path: string, config: GatewayConfig): ReloadableSections {
+  const problems: string[] = [];
+  const file = readConfigFile(path, problems);
+  const auth = parseAuthFile(file, config.auth.envPrincipals, problems);
+  const limits = parseLimits(file.limits, config.rateLimitEnv, problems);
+  if (problems.length > 0) throw new ConfigError(problems);
+  return { auth, limits };
 }
 
 function readConfigFile(path: string | undefined, problems: string[]): ConfigFile {
@@ -307,6 +467,14 @@ function fileNumCtx(file: ConfigFile, problems: string[]): Record<string, number
 export function redactConfig(config: GatewayConfig): Record<string, unknown> {
   return {
     ...config,
+    // Names only: key hashes are not secrets, but they have no business in a log either.
+    auth: {
+      modes: config.auth.modes,
+      restrictReflection: config.auth.restrictReflection,
+      principals: config.auth.file.principals.map((p) => p.name),
+      roles: [...config.auth.file.roles.keys()],
+      jwt: config.auth.jwt,
+    },
     routing: { ...config.routing, numCtx: Object.fromEntries(config.routing.numCtx) },
     nodes: config.nodes.map((n) => ({ ...n, url: redactUrl(n.url) })),
     cache: { ...config.cache, redisUrl: config.cache.redisUrl && redactUrl(config.cache.redisUrl) },

@@ -219,6 +219,77 @@ export function callEnded(): ConnectError {
   }
 }
 
+/**
+ * The call carries no credentials (no `authorization: Bearer`, no `x-api-key`, no client
+ * certificate) while authentication is on.
+ */
+export function missingCredentials(): ConnectError {
+  return gatewayError(
+    Code.Unauthenticated,
+    "MISSING_CREDENTIALS",
+    "credentials are required (authorization Bearer or x-api-key)",
+  );
+}
+
+/**
+ * The credentials are not valid: an unknown, disabled or malformed key, a token with a wrong
+ * signature, issuer or audience, an unverified certificate. Never says which: a caller probing
+ * keys learns nothing.
+ */
+export function invalidCredentials(): ConnectError {
+  return gatewayError(Code.Unauthenticated, "INVALID_CREDENTIALS", "the credentials are not valid");
+}
+
+/** The credentials were valid but have expired (an API key's expiry, a token's exp), or are not valid yet (nbf). */
+export function expiredCredentials(): ConnectError {
+  return gatewayError(Code.Unauthenticated, "EXPIRED_CREDENTIALS", "the credentials have expired or are not valid yet");
+}
+
+/**
+ * The gateway could not get the keys to check a token with (the JWKS URL unreachable and never
+ * fetched): not the caller's fault, so UNAVAILABLE with a RetryInfo. The cause is kept for the log.
+ */
+export function authUnavailable(cause: unknown): ConnectError {
+  return gatewayError(Code.Unavailable, "AUTH_UNAVAILABLE", "the credentials cannot be checked right now", {
+    retryAfterMs: RETRY_AFTER_MS,
+    cause,
+  });
+}
+
+/** What a principal was refused: a model, a method, or an `x-priority` above its maximum. */
+export type PermissionDenial =
+  | { readonly kind: "model"; readonly model: string }
+  | { readonly kind: "method"; readonly method: string }
+  | { readonly kind: "priority"; readonly priority: number; readonly maxPriority: number };
+
+/** The authenticated principal may not do this (README "Permissions"); `principal` goes in the metadata. */
+export function permissionDenied(principal: string, denial: PermissionDenial): ConnectError {
+  switch (denial.kind) {
+    case "model":
+      return gatewayError(
+        Code.PermissionDenied,
+        "MODEL_NOT_ALLOWED",
+        `${principal} may not use model ${denial.model}`,
+        {
+          metadata: { principal, model: denial.model },
+        },
+      );
+    case "method":
+      return gatewayError(Code.PermissionDenied, "METHOD_NOT_ALLOWED", `${principal} may not call ${denial.method}`, {
+        metadata: { principal, method: denial.method },
+      });
+    case "priority":
+      return gatewayError(
+        Code.PermissionDenied,
+        "PRIORITY_NOT_ALLOWED",
+        `${principal} may not use x-priority above ${denial.maxPriority}`,
+        {
+          metadata: { principal, priority: String(denial.priority), max_priority: String(denial.maxPriority) },
+        },
+      );
+  }
+}
+
 /** Anything that is not one of the above: a gateway bug. The cause is kept for the log, never sent. */
 export function internalError(cause: unknown): ConnectError {
   return new ConnectError("internal error", Code.Internal, undefined, undefined, cause);

@@ -25,6 +25,8 @@ export interface RpcInfo {
   promptTokens: number;
   /** Completion tokens Ollama reported (`eval_count` of its final message); 0 until then. */
   completionTokens: number;
+  /** The authenticated principal's name (never a credential); empty when authentication is off or skipped. */
+  principal: string;
 }
 
 /** Context key under which each request's RpcInfo lives. */
@@ -32,7 +34,16 @@ export const kRpcInfo = createContextKey<RpcInfo | undefined>(undefined, { descr
 
 /** A fresh RpcInfo for a call from `peer` (undefined: unknown), before the pipeline and the handler fill it in. */
 export function newRpcInfo(peer: string | undefined): RpcInfo {
-  return { requestId: "", peer: peer ?? "", model: "", node: "", messages: 0, promptTokens: 0, completionTokens: 0 };
+  return {
+    requestId: "",
+    peer: peer ?? "",
+    model: "",
+    node: "",
+    messages: 0,
+    promptTokens: 0,
+    completionTokens: 0,
+    principal: "",
+  };
 }
 
 /** The RpcInfo of a handler's request (a throwaway one outside the adapter, e.g. in unit tests). */

@@ -1,6 +1,8 @@
 import type { DescMethod } from "@bufbuild/protobuf";
 import { createContextValues } from "@connectrpc/connect";
 import type { ContextValues } from "@connectrpc/connect";
+import type { TLSSocket } from "node:tls";
+import { kTlsSocket } from "../auth/client-certificate.js";
 import { kRpcInfo, newRpcInfo } from "../observability/rpc-info.js";
 import type { RpcInfo } from "../observability/rpc-info.js";
 
@@ -37,11 +39,14 @@ export interface Call {
 
 /**
  * The context values a call starts with: its RpcInfo, with the peer address (undefined:
- * unknown). Both paths make them before the pipeline runs (connect-node through its
- * `contextValues` option), because only the transport knows the socket.
+ * unknown), and the TLS connection it came on, if any (mTLS reads the client certificate from
+ * it). Both paths make them before the pipeline runs (connect-node through its `contextValues`
+ * option), because only the transport knows the socket.
  */
-export function callValues(peer: string | undefined): ContextValues {
-  return createContextValues().set(kRpcInfo, newRpcInfo(peer));
+export function callValues(peer: string | undefined, tls?: TLSSocket): ContextValues {
+  const values = createContextValues().set(kRpcInfo, newRpcInfo(peer));
+  if (tls !== undefined) values.set(kTlsSocket, tls);
+  return values;
 }
 
 /** The protocol a request speaks, from its content type (a Connect GET has none). */

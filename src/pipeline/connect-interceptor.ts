@@ -26,7 +26,8 @@ export function pipelineInterceptor(pipeline: Pipeline): Interceptor {
     const call = new ConnectCall(req);
     let end: CallEnd;
     try {
-      end = pipeline.begin(call);
+      const begun = pipeline.begin(call);
+      end = typeof begun === "function" ? begun : await begun;
     } catch (e) {
       // Refused: the hooks that ran have ended with this error (a ConnectError, see Pipeline).
       throw call.withTrailers(e as ConnectError);

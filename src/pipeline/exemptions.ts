@@ -10,20 +10,27 @@ import { GatewayService } from "../gen/ollama/gateway/v1/gateway_pb.js";
 export interface Exemptions {
   /** Not counted against `MAX_CONCURRENT_RPCS`, so never refused by it. */
   readonly cap: boolean;
-  // Authentication adds its column here (e.g. `auth: boolean`), decided per service in the
-  // same table: health probes will stay open, the others are to be decided with it.
+  /**
+   * Authentication and permissions: "open" never asks for credentials; "open-unless-restricted"
+   * asks only when `AUTH_REFLECTION=authenticated` (and then checks no method permission);
+   * "required" authenticates every call and checks its method permission.
+   */
+  readonly auth: "open" | "open-unless-restricted" | "required";
 }
 
-const NONE: Exemptions = { cap: false };
+const NONE: Exemptions = { cap: false, auth: "required" };
 
 const BY_SERVICE: ReadonlyMap<string, Exemptions> = new Map<string, Exemptions>([
-  // Probes must answer on a saturated gateway, or an orchestrator restarts a replica for being busy.
-  [Health.typeName, { cap: true }],
-  // Tooling (grpcurl, buf curl) must still list the services of a saturated gateway.
-  [ServerReflectionV1.typeName, { cap: true }],
-  [ServerReflectionV1alpha.typeName, { cap: true }],
-  // The status RPC is how an operator sees the saturation (it reports the active calls).
-  [GatewayService.typeName, { cap: true }],
+  // Probes must answer on a saturated gateway, or an orchestrator restarts a replica for being
+  // busy; and probes (the kubelet's grpc probe) carry no credentials.
+  [Health.typeName, { cap: true, auth: "open" }],
+  // Tooling (grpcurl, buf curl) must still list the services of a saturated gateway. The
+  // contract is public (the protos are), so listing it is open unless the operator says not.
+  [ServerReflectionV1.typeName, { cap: true, auth: "open-unless-restricted" }],
+  [ServerReflectionV1alpha.typeName, { cap: true, auth: "open-unless-restricted" }],
+  // The status RPC is how an operator sees the saturation (it reports the active calls); it
+  // shows the fleet, so it needs its own grant (`status`).
+  [GatewayService.typeName, { cap: true, auth: "required" }],
 ]);
 
 /** What calls of `service` (a fully qualified type name) are exempt from; nothing for services not listed. */

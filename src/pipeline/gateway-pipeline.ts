@@ -1,11 +1,13 @@
+import type { Authenticator } from "../auth/authenticator.js";
 import type { Limiter } from "../limits/limiter.js";
 import type { Logger } from "../observability/logger.js";
+import { authenticationHook, permissionsHook } from "./auth-hook.js";
 import { createRpcLog } from "../observability/rpc-log.js";
 import { concurrencyCap } from "./concurrency-cap.js";
 import type { ConcurrencyCap } from "./concurrency-cap.js";
 import { loggingHook } from "./logging-hook.js";
 import { createPipeline } from "./pipeline.js";
-import type { CallHook, Pipeline } from "./pipeline.js";
+import type { Pipeline, WaitingCallHook } from "./pipeline.js";
 import { rateLimitHook } from "./rate-limit-hook.js";
 import { requestIdHook } from "./request-id.js";
 
@@ -17,6 +19,8 @@ export interface GatewayPipelineOptions {
   maxConcurrentRpcs: number;
   /** Makes the id of a call that brings none. @default `sequentialRequestIds()`: random per process, then a counter */
   newRequestId?: () => string;
+  /** Authentication and permissions; undefined = off (no hooks 3 and 4 at all, so no cost). */
+  auth?: Authenticator;
   /** Per-principal rate limits and token quotas (`rateLimitHook`). @default none: no hook */
   limiter?: Limiter;
 }
@@ -38,20 +42,21 @@ export interface GatewayPipeline {
  * 2. logging: wraps everything below, so the one line reports any refusal by them (an
  *    unauthenticated or rate-limited call is logged like any other) and the whole duration.
  *    Metrics and tracing go next to it, for the same reason;
- * 3. authentication (to come): who calls; UNAUTHENTICATED otherwise. Exemptions (health
- *    probes) come from `exemptionsOf`, the table the cap uses;
- * 4. permissions (to come): may this identity call this method (and model); needs 3;
+ * 3. authentication (`auth-hook.ts`): who calls; UNAUTHENTICATED otherwise. Exemptions (health
+ *    probes, open reflection) come from `exemptionsOf`, the table the cap uses. Before the rate
+ *    limits, so unauthenticated calls cannot spend anyone's allowance;
+ * 4. permissions (`auth-hook.ts`): may this identity call this method with this `x-priority`;
+ *    needs 3. The model is checked by the handlers, which know it (`authorizeModel`);
  * 5. rate limits: per identity, so after 3; before the cap, so a client over its limit never
  *    takes a slot others are waiting for (`rateLimitHook`);
  * 6. concurrency cap: last, so only calls every check above admitted take a slot.
  */
 export function createGatewayPipeline(options: GatewayPipelineOptions): GatewayPipeline {
   const cap = concurrencyCap(options.maxConcurrentRpcs);
-  const hooks: CallHook[] = [
+  const hooks: WaitingCallHook[] = [
     requestIdHook(options.newRequestId),
     loggingHook(createRpcLog(options.log)),
-    // Authentication hook goes here (3).
-    // Permission hook goes here (4).
+    ...(options.auth === undefined ? [] : [authenticationHook(options.auth), permissionsHook()]),
     ...(options.limiter === undefined ? [] : [rateLimitHook(options.limiter)]),
     cap,
   ];

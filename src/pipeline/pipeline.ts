@@ -1,5 +1,5 @@
 import { ConnectError } from "@connectrpc/connect";
-import { internalError } from "../errors/domain-errors.js";
+import { clientCancelled, internalError } from "../errors/domain-errors.js";
 import type { Call } from "./call.js";
 
 /**
@@ -19,6 +19,16 @@ export interface CallHook {
   begin(call: Call): CallEnd | undefined;
 }
 
+/**
+ * A hook that sometimes has to wait before it can admit or refuse (authentication verifying a
+ * token it has not seen): it answers with a promise then, and synchronously otherwise, so only
+ * the calls that must wait allocate a promise.
+ */
+export interface WaitingCallHook {
+  /** As `CallHook.begin`, or a promise of it (a rejection refuses the call). */
+  begin(call: Call): CallEnd | undefined | Promise<CallEnd | undefined>;
+}
+
 /** The ordered hooks, run the same way by connect-node's interceptor and the gRPC fast path. */
 export interface Pipeline {
   /**
@@ -26,7 +36,16 @@ export interface Pipeline {
    * run (in reverse) with its error, so the refusal is logged and any slot is given back, and
    * that error is thrown (always a ConnectError). Otherwise returns the one function to call
    * when the call ends: it runs the hooks' ends in reverse order, once, whatever calls it again.
+   *
+   * When a hook answers with a promise, the rest runs once it settles and the result is a
+   * promise (rejecting with the refusal); a call whose signal aborted meanwhile (client gone,
+   * deadline passed) is refused with that reason before the hooks after it run.
    */
+  begin(call: Call): CallEnd | Promise<CallEnd>;
+}
+
+/** A pipeline of hooks that never wait: `begin` always answers at once. */
+export interface SyncPipeline extends Pipeline {
   begin(call: Call): CallEnd;
 }
 
@@ -34,34 +53,66 @@ const NOTHING_TO_END: CallEnd = () => {};
 
 /**
  * Builds a pipeline from hooks in the order they run. Per call it allocates nothing for hooks
- * without an end, and otherwise one array and one closure (no promise, no closure per hook).
+ * without an end, and otherwise one array and one closure (no promise, no closure per hook),
+ * unless a waiting hook answers with a promise.
  */
-export function createPipeline(hooks: readonly CallHook[]): Pipeline {
+export function createPipeline(hooks: readonly CallHook[]): SyncPipeline;
+export function createPipeline(hooks: readonly WaitingCallHook[]): Pipeline;
+export function createPipeline(hooks: readonly WaitingCallHook[]): Pipeline {
   const list = [...hooks];
-  return {
-    begin(call) {
-      let ends: CallEnd[] | undefined;
-      for (const hook of list) {
-        let end: CallEnd | undefined;
-        try {
-          end = hook.begin(call);
-        } catch (e) {
-          // A hook that throws something else has a bug: the call fails as INTERNAL, cause logged.
-          const refusal = e instanceof ConnectError ? e : internalError(e);
-          if (ends !== undefined) endAll(ends, refusal);
-          throw refusal;
-        }
-        if (end !== undefined) (ends ??= []).push(end);
+  /** Runs hooks from `from` on; synchronous until one answers with a promise. */
+  function run(call: Call, from: number, ends: CallEnd[] | undefined): CallEnd | Promise<CallEnd> {
+    for (let i = from; i < list.length; i++) {
+      let end: CallEnd | undefined | Promise<CallEnd | undefined>;
+      try {
+        end = list[i]!.begin(call);
+      } catch (e) {
+        refuse(e, ends);
       }
-      if (ends === undefined) return NOTHING_TO_END;
-      const taken = ends;
-      let ended = false;
-      return (error) => {
-        if (ended) return;
-        ended = true;
-        endAll(taken, error);
-      };
-    },
+      if (end instanceof Promise) return resume(call, end, i + 1, ends);
+      if (end !== undefined) (ends ??= []).push(end);
+    }
+    return endOf(ends);
+  }
+  async function resume(
+    call: Call,
+    pending: Promise<CallEnd | undefined>,
+    next: number,
+    ends: CallEnd[] | undefined,
+  ): Promise<CallEnd> {
+    let end: CallEnd | undefined;
+    try {
+      end = await pending;
+    } catch (e) {
+      refuse(e, ends);
+    }
+    if (end !== undefined) (ends ??= []).push(end);
+    if (call.signal.aborted) {
+      refuse(call.signal.reason instanceof ConnectError ? call.signal.reason : clientCancelled(), ends);
+    }
+    return run(call, next, ends);
+  }
+  return { begin: (call) => run(call, 0, undefined) };
+}
+
+/**
+ * Refuses the call: the ends of the hooks that ran run with the refusal, which is thrown. A hook
+ * that throws something other than a ConnectError has a bug: the call fails as INTERNAL, cause logged.
+ */
+function refuse(e: unknown, ends: readonly CallEnd[] | undefined): never {
+  const refusal = e instanceof ConnectError ? e : internalError(e);
+  if (ends !== undefined) endAll(ends, refusal);
+  throw refusal;
+}
+
+/** The one end of an admitted call: the hooks' ends in reverse, once. */
+function endOf(ends: CallEnd[] | undefined): CallEnd {
+  if (ends === undefined) return NOTHING_TO_END;
+  let ended = false;
+  return (error) => {
+    if (ended) return;
+    ended = true;
+    endAll(ends, error);
   };
 }
 

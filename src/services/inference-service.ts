@@ -12,6 +12,7 @@ import type {
 import { Role } from "../gen/ollama/gateway/v1/types_pb.js";
 import type { UsageSchema } from "../gen/ollama/gateway/v1/types_pb.js";
 import { untilAborted, within } from "../util/until-aborted.js";
+import { authorizeModel } from "../auth/authorize.js";
 import { streamEndedEarly, wrongEmbeddings } from "../errors/domain-errors.js";
 import { errorReason } from "../errors/gateway-error.js";
 import { toConnectError } from "../errors/to-connect-error.js";
@@ -208,16 +209,19 @@ export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
   const service: ServiceImpl<typeof InferenceService> = {
     generate(req, ctx) {
       validateGenerate(req);
+      authorizeModel(ctx, req.model);
       return sinkIterable<GenerateReply>((sink) => generateInto(req, ctx, sink));
     },
 
     chat(req, ctx) {
       validateChat(req);
+      authorizeModel(ctx, req.model);
       return sinkIterable<ChatReply>((sink) => chatInto(req, ctx, sink));
     },
 
     async embed(req, ctx) {
       validateEmbed(req);
+      authorizeModel(ctx, req.model);
       const info = rpcInfo(ctx);
       info.model = req.model;
       const signal = rpcSignal(ctx, deps.maxDeadlineMs);
@@ -267,10 +271,12 @@ export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
     service,
     generate(req, ctx, sink) {
       validateGenerate(req);
+      authorizeModel(ctx, req.model);
       return generateInto(req, ctx, sink);
     },
     chat(req, ctx, sink) {
       validateChat(req);
+      authorizeModel(ctx, req.model);
       return chatInto(req, ctx, sink);
     },
   };

@@ -11,6 +11,7 @@ import type { FieldViolation } from "../errors/gateway-error.js";
 import { toConnectError } from "../errors/to-connect-error.js";
 import { isNodeDown } from "../upstream/network-errors.js";
 import { rpcInfo } from "../observability/rpc-info.js";
+import { authorizeModel, modelFilter } from "../auth/authorize.js";
 import type { FleetMetadata } from "../routing/fleet-metadata.js";
 import { rpcSignal } from "./rpc-signal.js";
 import { canonicalModelName } from "../upstream/model-name.js";
@@ -132,7 +133,10 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
         throw noNodeAnswered({ nodes: unavailable });
       }
       const order = new Map(deps.nodes.map((n, i) => [n.name, i]));
+      // Only the models the caller may use (README "Permissions").
+      const visible = modelFilter(ctx.values);
       const models = [...merged.values()]
+        .filter((m) => visible === undefined || visible(m.name!))
         .map(({ modifiedMs: _, ...m }) => {
           (m.nodes as string[]).sort((a, b) => order.get(a)! - order.get(b)!);
           return m;
@@ -143,6 +147,7 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
 
     async getModel(req, ctx) {
       requireModel(req.model);
+      authorizeModel(ctx, req.model);
       const signal = begin(ctx, req.model);
       const where = await deps.metadata.locate(req.model, signal).catch((e: unknown) => {
         throw fail(e, undefined, signal, { model: req.model });
@@ -195,9 +200,11 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
       if (unavailable.length === nodes.length) {
         throw noNodeAnswered();
       }
+      const visible = modelFilter(ctx.values);
       return {
         models: perNode.flatMap(({ node, running }) =>
           running
+            .filter((r) => visible === undefined || visible(r.name))
             .map((r) => ({
               name: r.name,
               digest: r.digest,
@@ -216,6 +223,7 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
 
     async loadModel(req, ctx) {
       requireModel(req.model);
+      authorizeModel(ctx, req.model);
       const signal = begin(ctx, req.model);
       let node: OllamaNode | undefined;
       if (req.node !== "") {
@@ -248,6 +256,7 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
 
     async unloadModel(req, ctx) {
       requireModel(req.model);
+      authorizeModel(ctx, req.model);
       const signal = begin(ctx, req.model);
       let nodes: OllamaNode[];
       if (req.node !== "") {
@@ -274,6 +283,7 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
 
     async *pullModel(req, ctx) {
       requireModel(req.model);
+      authorizeModel(ctx, req.model);
       const signal = begin(ctx, req.model);
       const nodes = targetNodes(req.nodes, "nodes");
       try {
@@ -293,6 +303,7 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
 
     async deleteModel(req, ctx) {
       requireModel(req.model);
+      authorizeModel(ctx, req.model);
       const signal = begin(ctx, req.model);
       const nodes = await nodesWith(req.model, req.nodes, "nodes", signal);
       await onEach(nodes, signal, { model: req.model }, (n) =>
@@ -309,6 +320,8 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
       checkModel(req.source, v, "source");
       checkModel(req.destination, v, "destination");
       if (v.length > 0) throw invalidArgument(v);
+      authorizeModel(ctx, req.source);
+      authorizeModel(ctx, req.destination);
       const signal = begin(ctx, req.source);
       const nodes = await nodesWith(req.source, req.nodes, "nodes", signal);
       await onEach(nodes, signal, { model: req.source }, (n) =>

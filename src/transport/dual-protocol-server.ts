@@ -1,6 +1,7 @@
 import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as net from "node:net";
+import type { TLSSocket } from "node:tls";
 import type { connectNodeAdapter } from "@connectrpc/connect-node";
 import { DEFAULTS } from "../config/config.js";
 import type { Logger } from "../observability/logger.js";
@@ -11,6 +12,8 @@ import { sweepIntervalMs } from "./http2-session-policy.js";
 import type { SessionTimeouts } from "./http2-session-policy.js";
 import { superviseHttp2Sessions } from "./http2-session-supervisor.js";
 import type { SessionsEnded } from "./http2-session-supervisor.js";
+import { createTlsFront } from "./tls-server.js";
+import type { TlsCredentials } from "./tls-server.js";
 
 /** The request listener connect-node builds (works for http and http2). */
 type NodeHandlerFn = ReturnType<typeof connectNodeAdapter>;
@@ -46,6 +49,8 @@ export interface ListenOptions {
   maxConnectionsPerIp?: number;
   /** Where refused connections and failed accepts are reported (at most once per 10 s each). Default: nowhere. */
   log?: Pick<Logger, "warn" | "debug">;
+  /** Serve TLS (ALPN h2 and http/1.1) instead of plaintext (`tls-server.ts`). @default plaintext */
+  tls?: TlsCredentials;
 }
 
 /** Connection counters, for tests and the operator. */
@@ -70,6 +75,8 @@ export interface DualProtocolServer {
   drained(ms: number): Promise<boolean>;
   /** Destroys every remaining connection. */
   destroy(): void;
+  /** With TLS: new connections use these credentials, open ones keep theirs (certificate reload). */
+  setTlsCredentials(credentials: TlsCredentials): void;
 }
 
 // Every h2c connection begins with these 24 bytes; anything else is HTTP/1.x.
@@ -90,6 +97,10 @@ const REPORT_INTERVAL_MS = 10_000;
  * compatibility request/response objects connect-node's handler takes (built
  * here, as Node's own "request" event would, so the fast path's calls never
  * pay for them).
+ *
+ * With TLS (`options.tls`), each accepted connection goes through the TLS handshake first
+ * (`tls-server.ts`) and is then handed over by its ALPN protocol (h2 or http/1.1) instead of
+ * its first bytes; certificates can be replaced without dropping connections.
  *
  * Every connection ends (README, "Operating it"): connections over the limits
  * are closed at accept; one that does not identify itself in time is dropped;
@@ -191,8 +202,9 @@ export function listenDualProtocol(handler: NodeHandlerFn, options: ListenOption
       return;
     }
     perAddress.set(key, (perAddress.get(key) ?? 0) + 1);
-    // A connection that never says which protocol it speaks is dropped.
-    const sniffTimer = setTimeout(() => socket.destroy(), headersTimeoutMs);
+    // A connection that never says which protocol it speaks is dropped (with TLS: one that does
+    // not finish its handshake in that time, `handshakeTimeout`).
+    const sniffTimer = tlsFront === undefined ? setTimeout(() => socket.destroy(), headersTimeoutMs) : undefined;
     sockets.add(socket);
     socket.once("close", () => {
       sockets.delete(socket);
@@ -202,6 +214,12 @@ export function listenDualProtocol(handler: NodeHandlerFn, options: ListenOption
       else perAddress.delete(key);
     });
     socket.on("error", () => socket.destroy());
+    if (sniffTimer !== undefined) sniff(socket, sniffTimer);
+    else tlsFront?.accept(socket);
+  });
+
+  /** Hands a connection to the HTTP/2 or the HTTP/1.1 server by its first bytes (the h2c preface or not). */
+  const sniff = (socket: net.Socket, sniffTimer: NodeJS.Timeout): void => {
     let seen = Buffer.alloc(0);
     const onReadable = (): void => {
       for (let c: Buffer | null; (c = socket.read() as Buffer | null) !== null; ) seen = Buffer.concat([seen, c]);
@@ -215,7 +233,22 @@ export function listenDualProtocol(handler: NodeHandlerFn, options: ListenOption
       else h1.emit("connection", socket);
     };
     socket.on("readable", onReadable);
-  });
+  };
+  const tlsFront =
+    options.tls === undefined
+      ? undefined
+      : createTlsFront(options.tls, { handshakeTimeoutMs: headersTimeoutMs }, (secure: TLSSocket) => {
+          // The TLS socket wraps the accepted one, which keeps the accounting (closing one closes both).
+          secure.on("error", () => secure.destroy());
+          if (secure.alpnProtocol === "h2") supervisor.handOver(secure);
+          else if (secure.alpnProtocol === "http/1.1") h1.emit("connection", secure);
+          else {
+            // No ALPN (some HTTP/1.1 tools): told apart by the first bytes, as in plaintext.
+            const sniffTimer = setTimeout(() => secure.destroy(), headersTimeoutMs);
+            secure.once("close", () => clearTimeout(sniffTimer));
+            sniff(secure, sniffTimer);
+          }
+        });
   // Node closes connections beyond this as they are accepted, before any
   // socket object, parser or session is made for them ("drop").
   tcp.maxConnections = limits.maxConnections;
@@ -265,6 +298,9 @@ export function listenDualProtocol(handler: NodeHandlerFn, options: ListenOption
         destroy() {
           supervisor.destroyAll();
           for (const s of sockets) s.destroy();
+        },
+        setTlsCredentials(credentials) {
+          tlsFront?.setCredentials(credentials);
         },
       });
     });

@@ -1,4 +1,5 @@
 import { constants as h2constants } from "node:http2";
+import type { Socket } from "node:net";
 import type { IncomingHttpHeaders, OutgoingHttpHeaders, ServerHttp2Stream } from "node:http2";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type {
@@ -16,6 +17,7 @@ import { toConnectError } from "../errors/to-connect-error.js";
 import type { MessageSink } from "../services/message-sink.js";
 import { callEnded, clientCancelled, deadlineExceeded } from "../errors/domain-errors.js";
 import { kRpcInfo } from "../observability/rpc-info.js";
+import { tlsSocketOf } from "../auth/client-certificate.js";
 import { callValues } from "../pipeline/call.js";
 import type { Call } from "../pipeline/call.js";
 import type { CallEnd, Pipeline } from "../pipeline/pipeline.js";
@@ -145,13 +147,8 @@ function serve(
   options: GrpcFastPathOptions,
 ): void {
   const timeout = parseTimeout(single(headers["grpc-timeout"]) ?? null, Number.MAX_SAFE_INTEGER);
-  const ctx = callContext(
-    route.method,
-    headers,
-    timeout.timeoutMs,
-    options.shutdownSignal,
-    stream.session?.socket?.remoteAddress,
-  );
+  const socket = stream.session?.socket;
+  const ctx = callContext(route.method, headers, timeout.timeoutMs, options.shutdownSignal, socket);
   const canceled = clientCancelled;
 
   let responded = false;
@@ -238,8 +235,9 @@ function serve(
     ctx.abort(callEnded());
   };
 
+  let begun: CallEnd | Promise<CallEnd>;
   try {
-    end = options.pipeline.begin(ctx);
+    begun = options.pipeline.begin(ctx);
   } catch (e) {
     // Refused by a hook: the hooks before it have ended with this error (a ConnectError).
     finish(e as ConnectError);
@@ -253,10 +251,25 @@ function serve(
     const kind = route.method.methodKind === "unary" ? "unary" : "server_streaming";
     await route.run(singleMessage(body, options.readMaxBytes, kind), ctx, sink);
   };
-  run().then(
-    () => finish(undefined),
-    (e: unknown) => finish(toConnectError(e, ctx.signal)),
-  );
+  const start = (): void => {
+    run().then(
+      () => finish(undefined),
+      (e: unknown) => finish(toConnectError(e, ctx.signal)),
+    );
+  };
+  if (typeof begun === "function") {
+    end = begun;
+    start();
+  } else {
+    // A hook is waiting (authentication verifying a new token): the call starts once it admits.
+    begun.then(
+      (admitted) => {
+        end = admitted;
+        start();
+      },
+      (e: unknown) => finish(e as ConnectError),
+    );
+  }
 }
 
 /**
@@ -279,7 +292,7 @@ function callContext(
   headers: IncomingHttpHeaders,
   timeoutMs: number | undefined,
   shutdownSignal: AbortSignal,
-  peer: string | undefined,
+  socket: Socket | undefined,
 ): CallContext {
   const controller = new AbortController();
   const deadline = timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
@@ -299,7 +312,7 @@ function callContext(
   }
   let responseHeader: Headers | undefined;
   let responseTrailer: Headers | undefined;
-  const values = callValues(peer);
+  const values = callValues(socket?.remoteAddress, tlsSocketOf(socket));
   return {
     method,
     service: method.parent,

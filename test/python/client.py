@@ -1,6 +1,6 @@
 """A plain grpcio client for the gateway, run by test/python-client.spec.ts.
 
-Usage: client.py <host:port> <stubs dir>
+Usage: client.py <host:port> <stubs dir> [api key]
 
 The stubs dir holds Python code generated from proto/ by grpc_tools.protoc.
 Each call prints one JSON line, so the test can assert on what a Python
@@ -13,6 +13,8 @@ import sys
 import grpc
 
 address, stubs = sys.argv[1], sys.argv[2]
+api_key = sys.argv[3] if len(sys.argv) > 3 else None
+METADATA = (("authorization", "Bearer " + api_key),) if api_key else ()
 sys.path.insert(0, stubs)
 
 from google.rpc import error_details_pb2, status_pb2  # noqa: E402
@@ -33,7 +35,7 @@ def generate(stub):
         prompt="Tell me about llamas",
         options=types_pb2.Options(num_predict=8),
     )
-    for msg in stub.Generate(request, timeout=TIMEOUT_S):
+    for msg in stub.Generate(request, timeout=TIMEOUT_S, metadata=METADATA):
         if msg.text:
             texts += 1
         last = msg
@@ -51,6 +53,7 @@ def embed(stub):
     res = stub.Embed(
         inference_pb2.EmbedRequest(model="all-minilm", inputs=["alpha", "beta"]),
         timeout=TIMEOUT_S,
+        metadata=METADATA,
     )
     emit(
         call="embed",
@@ -62,8 +65,17 @@ def embed(stub):
 
 def unknown_model(stub):
     request = inference_pb2.GenerateRequest(model="no-such-model", prompt="hi")
+    failed_call(stub, request, "error", METADATA)
+
+
+def without_key(stub):
+    request = inference_pb2.GenerateRequest(model="llama3.2", prompt="hi")
+    failed_call(stub, request, "unauthenticated", ())
+
+
+def failed_call(stub, request, name, metadata):
     try:
-        for _ in stub.Generate(request, timeout=TIMEOUT_S):
+        for _ in stub.Generate(request, timeout=TIMEOUT_S, metadata=metadata):
             pass
     except grpc.RpcError as err:
         raw = dict(err.trailing_metadata() or ()).get("grpc-status-details-bin")
@@ -78,7 +90,7 @@ def unknown_model(stub):
                 infos.append(info)
         info = infos[0] if infos else error_details_pb2.ErrorInfo()
         emit(
-            call="error",
+            call=name,
             code=err.code().name,
             message=err.details(),
             status_code=status.code,
@@ -88,7 +100,7 @@ def unknown_model(stub):
             metadata=dict(info.metadata),
         )
         return
-    emit(call="error", code="OK")
+    emit(call=name, code="OK")
 
 
 with grpc.insecure_channel(address) as channel:
@@ -96,3 +108,5 @@ with grpc.insecure_channel(address) as channel:
     generate(stub)
     embed(stub)
     unknown_model(stub)
+    if api_key:
+        without_key(stub)
