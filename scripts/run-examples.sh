@@ -51,8 +51,11 @@ pids+=($!)
 main_url=$(wait_for_line "$logs/sim-main.log" 'listening on' | grep -oE 'http://[0-9.]+:[0-9]+')
 busy_url=$(wait_for_line "$logs/sim-busy.log" 'listening on' | grep -oE 'http://[0-9.]+:[0-9]+')
 
+# API-key authentication on, as in production: the gateway knows only the key's SHA-256.
+api_key="ogw-example-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
+api_key_hash=$(printf '%s' "$api_key" | sha256sum | cut -d' ' -f1)
 PORT=0 HOST=127.0.0.1 LOG_LEVEL=info OLLAMA_URLS="main=$main_url,busy=$busy_url" \
-  node --import tsx src/main.ts >"$logs/gateway.log" 2>&1 &
+  API_KEYS="examples:$api_key_hash" node --import tsx src/main.ts >"$logs/gateway.log" 2>&1 &
 pids+=($!)
 port=$(wait_for_line "$logs/gateway.log" '"gateway listening"' | grep -oE '"port":[0-9]+' | grep -oE '[0-9]+')
 addr=127.0.0.1:$port
@@ -66,9 +69,8 @@ for _ in $(seq 100); do
 done
 
 export OGW_ADDR=$addr OGW_MODEL=llama3.2 OGW_EMBED_MODEL=all-minilm OGW_BUSY_MODEL=qwen3 OGW_SLOW_MODEL=llava
-# The examples send it as `authorization: Bearer ...`; the gateway has no
-# authentication yet and ignores it.
-export OGW_API_KEY=example-key
+# The examples send it as `authorization: Bearer ...`.
+export OGW_API_KEY=$api_key
 
 run() {
   local name=$1; shift

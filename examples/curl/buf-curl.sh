@@ -18,7 +18,9 @@ base=http://${OGW_ADDR:-localhost:50051}
 model=${OGW_MODEL:-llama3.2}
 buf=(npx --prefix "$root" buf curl)
 grpc=(--protocol grpc --http2-prior-knowledge)
-if [ -n "${OGW_API_KEY:-}" ]; then grpc+=(-H "authorization: Bearer $OGW_API_KEY"); fi
+auth=()
+if [ -n "${OGW_API_KEY:-}" ]; then auth=(-H "authorization: Bearer $OGW_API_KEY"); fi
+grpc+=("${auth[@]}")
 
 ok() { printf 'ok %-17s %s\n' "$1:" "$2"; }
 fail() {
@@ -55,7 +57,7 @@ grep -q '"name": "get_weather"' <<<"$out" && grep -q '"city": "Paris"' <<<"$out"
 ok "chat tool call" "get_weather(city=Paris)"
 
 # The same Embed over the Connect protocol, with the schema from proto/ instead of reflection.
-out=$(cd "$root" && "${buf[@]}" --schema proto --protocol connect \
+out=$(cd "$root" && "${buf[@]}" "${auth[@]}" --schema proto --protocol connect \
   -d "{\"model\":\"${OGW_EMBED_MODEL:-all-minilm}\",\"inputs\":[\"hello world\",\"hello there\"]}" \
   "$base/ollama.gateway.v1.InferenceService/Embed" | flat)
 [ "$(grep -o '"values": \[' <<<"$out" | wc -l)" = 2 ] || fail "embed: ${out:0:200}"
