@@ -1,7 +1,8 @@
 import { Code } from "@connectrpc/connect";
 import type { ConnectError } from "@connectrpc/connect";
 import { toConnectError } from "../errors/to-connect-error.js";
-import { DEFAULT_RETRY_POLICY, nextTryDelayMs, sleep } from "../routing/retry-policy.js";
+import { DEFAULT_RETRY_POLICY, nextTryDelayMs } from "../routing/retry-policy.js";
+import { sleep } from "../util/sleep.js";
 import type { RetryPolicy } from "../routing/retry-policy.js";
 import type { Dispatch, Scheduler } from "../routing/scheduler.js";
 import type { OllamaTimings } from "../routing/slot-learning.js";
