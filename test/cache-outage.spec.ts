@@ -62,7 +62,8 @@ describe("cache when Redis fails", { timeout: 30_000 }, () => {
     links.push(link);
     const cache = createCache({ redis: link, log: logs.log });
     caches.push(cache);
-    assert.ok(performance.now() - started < 50, "createCache does not wait for Redis");
+    // Below the command timeout: it returned without waiting for Redis (generous for a loaded machine).
+    assert.ok(performance.now() - started < TIMEOUT_MS, "createCache does not wait for Redis");
     assert.equal(cache.backend, "redis");
     assert.equal(cache.healthy(), false);
 

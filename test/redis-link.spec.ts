@@ -182,7 +182,8 @@ describe("the Redis link a replica shares between its cache, node health and slo
     await eventually("three more failed reconnects", () => l.stats().reconnectAttempts >= attempts + 3);
     const started = performance.now();
     const out = await withChannel.user.run((c) => c.ping());
-    assert.ok(performance.now() - started < 50, "commands fail at once while disconnected");
+    // Well below the 250 ms command timeout: failed without being sent (generous for a loaded machine).
+    assert.ok(performance.now() - started < 150, "commands fail at once while disconnected");
     assert.deepEqual(out, { ok: false, error: NOT_READY });
     assert.deepEqual(withChannel.changes, ["up", "down"]);
     assert.deepEqual(commandsOnly.changes, ["up", "down"]);

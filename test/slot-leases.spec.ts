@@ -259,11 +259,12 @@ describe("slot leases", { timeout: 15_000 }, () => {
       assert.equal(a.shared(), false);
       // Now known to be down: answered locally, without waiting.
       const full = await timed(() => a.tryAcquire("n-hang", "m", 3));
-      assert.ok(full.ms < 50, `tryAcquire took ${full.ms.toFixed(0)} ms`);
+      // Below the command timeout: answered locally, not after waiting on Redis.
+      assert.ok(full.ms < TIMEOUT_MS - 100, `tryAcquire took ${full.ms.toFixed(0)} ms`);
       assert.equal(full.value, undefined, "l1 and the two new leases hold every slot");
       await granted[0]?.release();
       const fast = await timed(() => a.tryAcquire("n-hang", "m", 3));
-      assert.ok(fast.ms < 50, `tryAcquire took ${fast.ms.toFixed(0)} ms`);
+      assert.ok(fast.ms < TIMEOUT_MS - 100, `tryAcquire took ${fast.ms.toFixed(0)} ms`);
       definedLease(fast.value, "a slot released while Redis hangs is free locally at once");
       assert.equal(logs.find(SLOTS_LOCAL_MSG).length, 1);
     } finally {
