@@ -1,6 +1,7 @@
 import cluster from "node:cluster";
 import type { Worker } from "node:cluster";
 import type { Logger } from "./observability/logger.js";
+import { isNodeVerdictMessage } from "./routing/ipc-node-health.js";
 import { answerSlotRequest, isSlotRequest } from "./routing/ipc-slot-gate.js";
 import { createSlotTable } from "./routing/slot-table.js";
 
@@ -13,7 +14,8 @@ import { createSlotTable } from "./routing/slot-table.js";
  * It also keeps the gateway-wide slot table the workers ask over IPC
  * (`routing/ipc-slot-gate.ts`; README, "Several replicas"), so that together
  * they never send a node more requests at once than its slots; a worker that
- * dies has its slots freed at once.
+ * dies has its slots freed at once. A node health verdict from one worker is
+ * passed on to the others (`routing/ipc-node-health.ts`).
  */
 export function runPrimary(workers: number, log: Logger): void {
   let stopping = false;
@@ -22,6 +24,11 @@ export function runPrimary(workers: number, log: Logger): void {
   const fork = (): Worker => cluster.fork();
   cluster.on("online", (worker) => log.info({ worker: worker.process.pid }, "worker started"));
   cluster.on("message", (worker, message: unknown) => {
+    if (isNodeVerdictMessage(message)) {
+      for (const other of Object.values(cluster.workers ?? {}))
+        if (other && other !== worker && other.isConnected()) other.send(message);
+      return;
+    }
     if (!isSlotRequest(message)) return;
     const answer = answerSlotRequest(slots, worker.id, message);
     if (answer && worker.isConnected()) worker.send(answer);

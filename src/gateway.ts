@@ -24,6 +24,8 @@ import { createScheduler, LOCAL_GATE } from "./routing/scheduler.js";
 import { createRedisLink } from "./redis/redis-link.js";
 import { createSharedNodeHealth } from "./routing/shared-node-health.js";
 import { createSlotLeases } from "./routing/slot-leases.js";
+import { createIpcNodeHealth } from "./routing/ipc-node-health.js";
+import type { VerdictChannel } from "./routing/ipc-node-health.js";
 import { createIpcSlotGate } from "./routing/ipc-slot-gate.js";
 import type { IpcChannel } from "./routing/ipc-slot-gate.js";
 import type { Scheduler } from "./routing/scheduler.js";
@@ -166,6 +168,16 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   const workerGate =
     !leases && cluster.isWorker && process.send !== undefined
       ? createIpcSlotGate({ channel: process as IpcChannel, log })
+      : undefined;
+  // Node health likewise: a circuit one worker opens or closes reaches the others through the primary.
+  const workerHealth =
+    !sharedHealth && cluster.isWorker && process.send !== undefined
+      ? createIpcNodeHealth({
+          channel: process as VerdictChannel,
+          health: nodeHealth,
+          nodes: nodes.map((n) => n.name),
+          log,
+        })
       : undefined;
   const fleet = createFleetState(nodes.map((node, i) => ({ node, config: config.nodes[i]! })));
   const scheduler = createScheduler({
@@ -373,6 +385,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
         }
         scheduler.stop();
         workerGate?.close();
+        workerHealth?.close();
         nodeHealth.stop();
         await Promise.all([
           ...nodes.map((n) => n.close()),

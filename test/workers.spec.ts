@@ -112,4 +112,41 @@ describe("the workers of one gateway (WORKERS=2, no Redis)", { timeout: 90_000 }
       await sim.close();
     }
   });
+
+  it("tells the other worker at once when one finds the node failing, without waiting for its own evidence", async () => {
+    const sim = await startSimulator({ numParallel: 8 });
+    // Probes every 10 minutes (and they would pass): only traffic, or another worker, can open a circuit.
+    const g = await spawnGateway({
+      OLLAMA_URL: sim.url,
+      OLLAMA_NUM_PARALLEL: "1",
+      WORKERS: "2",
+      HEALTH_PROBE_INTERVAL_MS: "600000",
+      CIRCUIT_FAILURE_THRESHOLD: "1",
+    });
+    try {
+      await eventually(() => workerPids(g).length === 2, "both workers");
+      // The node answers every Generate with a 500 from now on (its probes would still succeed).
+      sim.faults.add({ kind: "error-before-stream", status: 500, message: "boom", path: "/api/generate", times: -1 });
+      // Calls one at a time until a worker's circuit opens on its own failed traffic (threshold 1);
+      // then no more calls, so the other worker can learn it only from that worker.
+      const opened = () => g.lines().some((l) => l["msg"] === "ollama node is unreachable");
+      for (let i = 0; i < 20 && !opened(); i++) {
+        await assert.rejects(async () => {
+          for await (const _m of client(g.url).generate({ model: "llama3.2", prompt: "x" }, { timeoutMs: 20_000 }))
+            void _m;
+        });
+      }
+      await eventually(opened, "a worker to open its circuit");
+      await eventually(
+        () => g.lines().some((l) => l["msg"] === "node health verdict from another worker applied"),
+        "the other worker to apply the verdict",
+      );
+      const applied = g.lines().find((l) => l["msg"] === "node health verdict from another worker applied");
+      assert.equal(applied?.["verdict"], "down");
+      assert.equal(applied?.["circuit"], "open");
+    } finally {
+      await g.stop();
+      await sim.close();
+    }
+  });
 });
