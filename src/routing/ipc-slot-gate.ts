@@ -22,22 +22,29 @@ export interface IpcSlotGate extends SlotGate {
 /** A worker asks for a slot. */
 export interface SlotAcquireMessage {
   readonly type: "ogw:slot-acquire";
+  /** The worker's id for this request (unique within the worker; the primary keys by worker too). */
   readonly lease: number;
+  /** Node name. */
   readonly node: string;
+  /** Canonical model name. */
   readonly model: string;
+  /** The node's slots for the model, as this worker's scheduler knows them. */
   readonly limit: number;
 }
 
 /** A worker gives a slot back. */
 export interface SlotReleaseMessage {
   readonly type: "ogw:slot-release";
+  /** The lease of the granted acquire. */
   readonly lease: number;
 }
 
 /** The primary's answer to an acquire. */
 export interface SlotAnswerMessage {
   readonly type: "ogw:slot-answer";
+  /** The lease of the acquire answered. */
   readonly lease: number;
+  /** True = the slot is held for the worker until it releases it (or exits). */
   readonly granted: boolean;
 }
 
