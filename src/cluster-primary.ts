@@ -1,19 +1,43 @@
 import cluster from "node:cluster";
 import type { Worker } from "node:cluster";
 import type { Logger } from "./observability/logger.js";
+import { isNodeVerdictMessage } from "./routing/ipc-node-health.js";
+import { answerSlotRequest, isSlotRequest } from "./routing/ipc-slot-gate.js";
+import { createSlotTable } from "./routing/slot-table.js";
 
 /**
  * Multi-core mode (WORKERS > 1): this process forks that many gateway
  * workers sharing one listening port (node:cluster hands connections out in
  * turn), restarts a worker that dies, and on SIGTERM/SIGINT passes the
  * signal on and exits once every worker has finished its graceful shutdown.
+ *
+ * It also keeps the gateway-wide slot table the workers ask over IPC
+ * (`routing/ipc-slot-gate.ts`; README, "Several replicas"), so that together
+ * they never send a node more requests at once than its slots; a worker that
+ * dies has its slots freed at once. A node health verdict from one worker is
+ * passed on to the others (`routing/ipc-node-health.ts`).
  */
 export function runPrimary(workers: number, log: Logger): void {
   let stopping = false;
   const restarts: number[] = [];
+  const slots = createSlotTable();
   const fork = (): Worker => cluster.fork();
+  cluster.on("online", (worker) => log.info({ worker: worker.process.pid }, "worker started"));
+  cluster.on("message", (worker, message: unknown) => {
+    if (isNodeVerdictMessage(message)) {
+      for (const other of Object.values(cluster.workers ?? {}))
+        if (other && other !== worker && other.isConnected()) other.send(message);
+      return;
+    }
+    if (!isSlotRequest(message)) return;
+    const answer = answerSlotRequest(slots, worker.id, message);
+    if (answer && worker.isConnected()) worker.send(answer);
+  });
   for (let i = 0; i < workers; i++) fork();
   cluster.on("exit", (worker, code, signal) => {
+    // Its requests to the nodes died with it: their slots are free now, not after a timeout.
+    const freed = slots.dropOwner(worker.id);
+    if (freed > 0) log.info({ worker: worker.process.pid, slots: freed }, "freed the slots of a worker that exited");
     if (stopping) {
       if (Object.keys(cluster.workers ?? {}).length === 0) {
         log.info("all workers stopped");

@@ -1,3 +1,4 @@
+import cluster from "node:cluster";
 import { setMaxListeners } from "node:events";
 import { readFileSync } from "node:fs";
 import type { ConnectRouter } from "@connectrpc/connect";
@@ -23,6 +24,10 @@ import { createScheduler, LOCAL_GATE } from "./routing/scheduler.js";
 import { createRedisLink } from "./redis/redis-link.js";
 import { createSharedNodeHealth } from "./routing/shared-node-health.js";
 import { createSlotLeases } from "./routing/slot-leases.js";
+import { createIpcNodeHealth } from "./routing/ipc-node-health.js";
+import type { VerdictChannel } from "./routing/ipc-node-health.js";
+import { createIpcSlotGate } from "./routing/ipc-slot-gate.js";
+import type { IpcChannel } from "./routing/ipc-slot-gate.js";
 import type { Scheduler } from "./routing/scheduler.js";
 import { chatDeltaFrame, embedFrame, generateDeltaFrame } from "./transport/reply-frames.js";
 import { createEmbeddingCache } from "./services/embedding-cache.js";
@@ -158,6 +163,22 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
         log,
       })
     : undefined;
+  // Without Redis, the workers of one gateway (WORKERS > 1) share slot accounting through the
+  // primary process instead (README, "Several replicas"); Redis leases cover several replicas, so they win.
+  const workerGate =
+    !leases && cluster.isWorker && process.send !== undefined
+      ? createIpcSlotGate({ channel: process as IpcChannel, log })
+      : undefined;
+  // Node health likewise: a circuit one worker opens or closes reaches the others through the primary.
+  const workerHealth =
+    !sharedHealth && cluster.isWorker && process.send !== undefined
+      ? createIpcNodeHealth({
+          channel: process as VerdictChannel,
+          health: nodeHealth,
+          nodes: nodes.map((n) => n.name),
+          log,
+        })
+      : undefined;
   const fleet = createFleetState(nodes.map((node, i) => ({ node, config: config.nodes[i]! })));
   const scheduler = createScheduler({
     fleet,
@@ -165,7 +186,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     health: nodeHealth,
     log,
     affinity: createAffinityTable(),
-    gate: leases ?? LOCAL_GATE,
+    gate: leases ?? workerGate ?? LOCAL_GATE,
     admission: {
       maxQueuedPerModel: config.routing.maxQueuedPerModel,
       maxQueuedTotal: config.routing.maxQueuedTotal,
@@ -363,6 +384,8 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
           if (!(await server.drained(1_000))) server.destroy();
         }
         scheduler.stop();
+        workerGate?.close();
+        workerHealth?.close();
         nodeHealth.stop();
         await Promise.all([
           ...nodes.map((n) => n.close()),
