@@ -174,8 +174,11 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     rebalance: config.routing.rebalance,
     syncMs: config.cache.psTtlMs,
   });
+  // Model aliases in force; a config reload replaces them for the next calls (README "Model aliases").
+  let aliases = config.routing.aliases;
   const inference = createInferenceService({
     scheduler,
+    aliases: () => aliases,
     retry: { ...DEFAULT_RETRY_POLICY, maxAttempts: config.routing.retryMaxAttempts },
     numCtx: config.routing.numCtx,
     health: nodeHealth,
@@ -184,7 +187,13 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     embeddings: config.cache.embeddings ? createEmbeddingCache(cache, config.cache.embeddingsTtlMs) : undefined,
     embedBatchWindowMs: config.embedBatchWindowMs,
   });
-  const models = createModelService({ nodes, metadata, health: nodeHealth, maxDeadlineMs: config.maxDeadlineMs });
+  const models = createModelService({
+    nodes,
+    metadata,
+    health: nodeHealth,
+    maxDeadlineMs: config.maxDeadlineMs,
+    aliases: () => aliases,
+  });
   // Authentication and permissions (README "Authentication"), when configured.
   const authenticator =
     config.auth.modes.length > 0
@@ -203,12 +212,13 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   const reloader = createConfigReloader({
     configFile: config.configFile,
     read: (path) => reloadConfigFile(path, config),
-    apply: ({ auth, limits }) => {
+    apply: ({ auth, limits, aliases: next }) => {
       authenticator?.apply(auth);
       limiter.update(limits);
+      aliases = next;
       return authenticator === undefined
-        ? {}
-        : { principals: authenticator.policy.principals, keys: authenticator.policy.keys };
+        ? { aliases: next.size }
+        : { principals: authenticator.policy.principals, keys: authenticator.policy.keys, aliases: next.size };
     },
     keyFile: config.auth.jwt?.keyFile,
     reloadKeys: authenticator === undefined ? undefined : () => authenticator.reloadKeys(),
