@@ -207,7 +207,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   // Per-principal limits, shared through the replica's Redis link; without Redis each of the
   // WORKERS processes enforces its share (README, "Rate limits and quotas").
   const limiter = createLimiter({ limits: config.limits, redis, namespace: "ogw:v1:", replicas: config.workers, log });
-  // Principals, keys, permissions and limits apply again on SIGHUP and when the config file (or
+  // Principals, keys, permissions, limits and aliases apply again on SIGHUP and when the config file (or
   // the JWT key file) changes (README "Reload").
   const reloader = createConfigReloader({
     configFile: config.configFile,

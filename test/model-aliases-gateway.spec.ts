@@ -1,8 +1,11 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { createClient } from "@connectrpc/connect";
+import { hashApiKey, newApiKey } from "../src/auth/api-keys.js";
+import { InferenceService } from "../src/gen/ollama/gateway/v1/inference_pb.js";
 import { ModelService } from "../src/gen/ollama/gateway/v1/model_pb.js";
-import { tempConfig } from "./helpers/auth.js";
+import { Role } from "../src/gen/ollama/gateway/v1/types_pb.js";
+import { outcome, tempConfig } from "./helpers/auth.js";
 import type { TempConfig } from "./helpers/auth.js";
 import { fleet, run } from "./helpers/fleet.js";
 import type { Fleet, GenerateInit } from "./helpers/fleet.js";
@@ -34,6 +37,7 @@ const ALIASES = {
     chat: { targets: { "llama3.2": 90, qwen3: 10 } },
     steady: { targets: { "llama3.2": 1 }, fallbacks: ["qwen3"] },
     hurry: { targets: { llava: 1 }, fallbacks: ["qwen3"] },
+    vectors: { targets: { "all-minilm": 1 } },
     ghost: { targets: { "nonexistent:1b": 1 }, fallbacks: ["qwen3"] },
   },
 };
@@ -171,5 +175,88 @@ describe("model aliases through the gateway", () => {
     for (let m = await stream.next(); !m.done; m = await stream.next()) last = m.value;
     assert.equal(last?.done, true, "the running stream finished");
     assert.equal(last?.usage?.model, "llama3.2", "on the model it started with");
+  });
+
+  for (const t of TRANSPORTS) {
+    it(`says which model served Generate, Chat and Embed over ${t.name}`, async () => {
+      const client = createClient(InferenceService, t.make(f.gw.url));
+      const seen: Record<string, [string | null, string | null]> = {};
+      const on = (name: string) => ({
+        onHeader: (h: Headers) => void (seen[name] = [h.get("x-served-model"), h.get("x-fallback-reason")]),
+      });
+      for await (const _ of client.generate({ model: "ghost", prompt: `g ${t.name}` }, on("generate")));
+      for await (const _ of client.chat(
+        { model: "ghost", messages: [{ role: Role.USER, content: `c ${t.name}` }] },
+        on("chat"),
+      ));
+      await client.embed({ model: "vectors", inputs: [`e ${t.name}`] }, on("embed"));
+      assert.deepEqual(seen, {
+        generate: ["qwen3", "model-not-found"],
+        chat: ["qwen3", "model-not-found"],
+        embed: ["all-minilm", null],
+      });
+    });
+  }
+});
+
+describe("model aliases with a queue latency budget", () => {
+  it("falls back when the target waited the whole budget in the queue (queue-wait-too-long)", async () => {
+    const file = await tempConfig({ aliases: { steady: { targets: { "llama3.2": 1 }, fallbacks: ["qwen3"] } } });
+    const f = await fleet(1, {}, { GATEWAY_CONFIG_FILE: file.path, QUEUE_MAX_WAIT_MS: "200" }, 1, 3);
+    try {
+      // Both models loaded side by side first, so the fallback has a free slot at once.
+      await run(f.client, { model: "qwen3", prompt: "warm" });
+      await run(f.client, { model: "llama3.2", prompt: "warm" });
+      const holder = await holdSlot(f, { model: "llama3.2", prompt: "holder" });
+      try {
+        const r = await call(f, { model: "steady", prompt: "patient" });
+        assert.equal(r.error, undefined, r.error?.message);
+        assert.equal(r.served, "qwen3");
+        assert.equal(r.fallback, "queue-wait-too-long");
+      } finally {
+        await holder.release();
+      }
+    } finally {
+      await f.close();
+      await file.remove();
+    }
+  });
+});
+
+describe("model aliases and permissions", () => {
+  it("serves an alias only with models the caller may use, and refuses one whose models it may not", async () => {
+    const key = newApiKey();
+    const file = await tempConfig({
+      aliases: {
+        chat: { targets: { "llama3.2": 50, qwen3: 50 } },
+        private: { targets: { llava: 1 } },
+      },
+      principals: [{ name: "app", models: ["chat", "private", "qwen3"], keys: [{ sha256: hashApiKey(key) }] }],
+    });
+    const f = await fleet(1, {}, { GATEWAY_CONFIG_FILE: file.path }, 1, 3);
+    const auth = { headers: { authorization: `Bearer ${key}` } };
+    try {
+      for (let i = 0; i < 10; i++) {
+        const r = await call(f, { model: "chat", prompt: `p${i}`, sessionKey: `s${i}` }, auth);
+        assert.equal(r.error, undefined, r.error?.message);
+        assert.equal(r.served, "qwen3", "never the target it may not use");
+      }
+      assert.equal(
+        await outcome(async () => {
+          for await (const _ of f.client.generate({ model: "private", prompt: "x" }, auth));
+        }),
+        "PermissionDenied MODEL_NOT_ALLOWED",
+      );
+      assert.equal(
+        await outcome(async () => {
+          for await (const _ of f.client.generate({ model: "llama3.2", prompt: "x" }, auth));
+        }),
+        "PermissionDenied MODEL_NOT_ALLOWED",
+        "the alias grants nothing beyond itself",
+      );
+    } finally {
+      await f.close();
+      await file.remove();
+    }
   });
 });
