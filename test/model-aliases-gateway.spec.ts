@@ -87,6 +87,20 @@ describe("model aliases through the gateway", () => {
     }
   });
 
+  it("splits calls without a session key by the alias's weights (90/10 within a wide binomial bound)", async () => {
+    const served: Record<string, number> = {};
+    // One at a time: this gateway's queues hold one request per model.
+    for (let n = 0; n < 300; n++) {
+      const r = await call(f, { model: "chat", prompt: `w${n}`, options: { numPredict: 1 } });
+      assert.equal(r.error, undefined, r.error?.message);
+      served[r.served!] = (served[r.served!] ?? 0) + 1;
+    }
+    // 30 expected on the canary, standard deviation about 5.2: 4 deviations either side.
+    const canary = served["qwen3"] ?? 0;
+    assert.equal(canary + (served["llama3.2"] ?? 0), 300, JSON.stringify(served));
+    assert.ok(canary >= 9 && canary <= 51, JSON.stringify(served));
+  });
+
   it("falls back when the target is installed nowhere (model-not-found), and says so in the headers and the log", async () => {
     const r = await call(f, { model: "ghost", prompt: "ghost" }, { headers: { "x-request-id": "ghost-call" } });
     assert.equal(r.error, undefined);
