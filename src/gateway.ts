@@ -195,8 +195,11 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     rebalance: config.routing.rebalance,
     syncMs: config.cache.psTtlMs,
   });
+  // Model aliases in force; a config reload replaces them for the next calls (README "Model aliases").
+  let aliases = config.routing.aliases;
   const inference = createInferenceService({
     scheduler,
+    aliases: () => aliases,
     retry: { ...DEFAULT_RETRY_POLICY, maxAttempts: config.routing.retryMaxAttempts },
     numCtx: config.routing.numCtx,
     health: nodeHealth,
@@ -205,7 +208,13 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     embeddings: config.cache.embeddings ? createEmbeddingCache(cache, config.cache.embeddingsTtlMs) : undefined,
     embedBatchWindowMs: config.embedBatchWindowMs,
   });
-  const models = createModelService({ nodes, metadata, health: nodeHealth, maxDeadlineMs: config.maxDeadlineMs });
+  const models = createModelService({
+    nodes,
+    metadata,
+    health: nodeHealth,
+    maxDeadlineMs: config.maxDeadlineMs,
+    aliases: () => aliases,
+  });
   // Authentication and permissions (README "Authentication"), when configured.
   const authenticator =
     config.auth.modes.length > 0
@@ -219,17 +228,18 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   // Per-principal limits, shared through the replica's Redis link; without Redis each of the
   // WORKERS processes enforces its share (README, "Rate limits and quotas").
   const limiter = createLimiter({ limits: config.limits, redis, namespace: "ogw:v1:", replicas: config.workers, log });
-  // Principals, keys, permissions and limits apply again on SIGHUP and when the config file (or
+  // Principals, keys, permissions, limits and aliases apply again on SIGHUP and when the config file (or
   // the JWT key file) changes (README "Reload").
   const reloader = createConfigReloader({
     configFile: config.configFile,
     read: (path) => reloadConfigFile(path, config),
-    apply: ({ auth, limits }) => {
+    apply: ({ auth, limits, aliases: next }) => {
       authenticator?.apply(auth);
       limiter.update(limits);
+      aliases = next;
       return authenticator === undefined
-        ? {}
-        : { principals: authenticator.policy.principals, keys: authenticator.policy.keys };
+        ? { aliases: next.size }
+        : { principals: authenticator.policy.principals, keys: authenticator.policy.keys, aliases: next.size };
     },
     keyFile: config.auth.jwt?.keyFile,
     reloadKeys: authenticator === undefined ? undefined : () => authenticator.reloadKeys(),

@@ -39,8 +39,8 @@ export interface ConfigReloaderOptions<Sections> {
 }
 
 /**
- * Reload without restart (README "Reload"): principals, keys, permissions and limits from the
- * config file, on a change of the file or of the JWT key file (polled, see `watchFiles`) and
+ * Reload without restart (README "Reload"): principals, keys, permissions, limits and model
+ * aliases from the config file, on a change of the file or of the JWT key file (polled, see `watchFiles`) and
  * whenever `reload` is called (SIGHUP). What is applied governs the next calls; running calls
  * keep what they were admitted with, so a stream is never cut by a reload.
  */

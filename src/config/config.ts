@@ -196,6 +196,27 @@ export interface TlsConfig {
   clientCaFile: string | undefined;
 }
 
+/** One model an alias sends traffic to, with its share. */
+export interface AliasTarget {
+  /** The model served (an installed model's name, as written in the config file). */
+  readonly model: string;
+  /** Relative share of the alias's calls (e.g. 90 and 10 for a canary); > 0. */
+  readonly weight: number;
+}
+
+/** A model name clients use that the gateway resolves to real models (README, "Model aliases"). */
+export interface ModelAlias {
+  /** The name as configured (what ListModels shows and the log line's `model` says). */
+  readonly name: string;
+  /** The weighted targets; at least one. */
+  readonly targets: readonly AliasTarget[];
+  /** Models tried in this order when the picked target cannot be admitted (never after a message was sent). */
+  readonly fallbacks: readonly string[];
+}
+
+/** The aliases in force, by canonical name; replaced whole by a config reload. */
+export type AliasMap = ReadonlyMap<string, ModelAlias>;
+
 /** How requests wait for, and are spread over, the fleet. */
 export interface RoutingConfig {
   /** Requests waiting for one model. Env QUEUE_MAX_PER_MODEL. @default 256 */
@@ -226,6 +247,11 @@ export interface RoutingConfig {
    * Env MODEL_NUM_CTX, e.g. `llama3.2:latest=8192,*=4096`; or `modelNumCtx` in the config file. @default none
    */
   numCtx: Map<string, number>;
+  /**
+   * Model aliases by canonical name: weighted targets, sticky per session key, and fallbacks
+   * (README, "Model aliases"). Config file `aliases` only; reloaded. @default none
+   */
+  aliases: AliasMap;
 }
 
 /** Where cached metadata and embeddings live, and for how long. */

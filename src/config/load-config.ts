@@ -2,7 +2,16 @@ import { accessSync, constants as fsConstants, readFileSync } from "node:fs";
 import { parseRedisUrl } from "../redis/redis-target.js";
 import { canonicalModelName } from "../upstream/model-name.js";
 import { DEFAULTS } from "./config.js";
-import type { AuthConfig, AuthMode, GatewayConfig, JwtConfig, NodeConfig, TlsConfig } from "./config.js";
+import type {
+  AliasMap,
+  AuthConfig,
+  AuthMode,
+  GatewayConfig,
+  JwtConfig,
+  ModelAlias,
+  NodeConfig,
+  TlsConfig,
+} from "./config.js";
 import { parseApiKeysEnv, parseAuthFile } from "./auth-file.js";
 import type { AuthFileConfig } from "./auth-file.js";
 import type { LimitsConfig } from "./limits-config.js";
@@ -134,6 +143,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       maxQueueWaitMs: int("QUEUE_MAX_WAIT_MS", DEFAULTS.routing.maxQueueWaitMs, 0, 24 * 3600 * 1000),
       rebalance: onOff("REBALANCE", DEFAULTS.routing.rebalance),
       numCtx,
+      aliases: parseAliases(file.aliases, problems),
     },
     limits: parseLimits(file.limits, env, problems),
     rateLimitEnv: { RATE_LIMIT_RPS: env["RATE_LIMIT_RPS"], RATE_LIMIT_BURST: env["RATE_LIMIT_BURST"] },
@@ -228,6 +238,7 @@ interface ConfigFile {
   nodes?: unknown;
   modelNumCtx?: unknown;
   limits?: unknown;
+  aliases?: unknown;
   [section: string]: unknown;
 }
 
@@ -358,6 +369,8 @@ export interface ReloadableSections {
   readonly auth: AuthFileConfig;
   /** limits (with RATE_LIMIT_RPS / RATE_LIMIT_BURST as at start). */
   readonly limits: LimitsConfig;
+  /** aliases: model aliases with their targets and fallbacks. */
+  readonly aliases: AliasMap;
 }
 
 /**
@@ -371,8 +384,9 @@ export function reloadConfigFile(path: string, config: GatewayConfig): Reloadabl
   const file = readConfigFile(path, problems);
   const auth = parseAuthFile(file, config.auth.envPrincipals, problems);
   const limits = parseLimits(file.limits, config.rateLimitEnv, problems);
+  const aliases = parseAliases(file.aliases, problems);
   if (problems.length > 0) throw new ConfigError(problems);
-  return { auth, limits };
+  return { auth, limits, aliases };
 }
 
 function readConfigFile(path: string | undefined, problems: string[]): ConfigFile {
@@ -463,6 +477,69 @@ function fileNumCtx(file: ConfigFile, problems: string[]): Record<string, number
   return out;
 }
 
+/**
+ * The config file's `aliases`: `{"chat": {"targets": {"llama3.2:3b": 90, "qwen3:4b": 10},
+ * "fallbacks": ["smollm2:135m"]}}`, or `{"chat": "llama3.2:3b"}` for one target. Keys are the
+ * names clients use (compared as model names: `chat` is `chat:latest`); weights are positive
+ * numbers; fallbacks an ordered list of model names. An alias may not name another alias (one
+ * level only, so a route is always finite and obvious from the file).
+ */
+export function parseAliases(raw: unknown, problems: string[]): AliasMap {
+  const out = new Map<string, ModelAlias>();
+  if (raw === undefined) return out;
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+    problems.push("config file: aliases must be an object of alias name to its targets");
+    return out;
+  }
+  const isName = (v: unknown): v is string => typeof v === "string" && /^[\x21-\x7e]{1,256}$/.test(v);
+  for (const [name, value] of Object.entries(raw as Record<string, unknown>)) {
+    const where = `config file: aliases.${name}`;
+    if (!isName(name)) {
+      problems.push(`${where}: the alias name must be 1-256 printable characters without spaces`);
+      continue;
+    }
+    const spec: Record<string, unknown> =
+      typeof value === "string"
+        ? { targets: { [value]: 1 } }
+        : typeof value === "object" && value !== null && !Array.isArray(value)
+          ? (value as Record<string, unknown>)
+          : {};
+    const rawTargets = spec["targets"];
+    const targets: { model: string; weight: number }[] = [];
+    if (typeof rawTargets !== "object" || rawTargets === null || Array.isArray(rawTargets)) {
+      problems.push(`${where} must be a model name or {"targets": {model: weight}, "fallbacks": [models]}`);
+      continue;
+    }
+    for (const [model, weight] of Object.entries(rawTargets as Record<string, unknown>)) {
+      if (!isName(model)) problems.push(`${where}.targets: ${JSON.stringify(model)} is not a model name`);
+      else if (typeof weight !== "number" || !Number.isFinite(weight) || weight <= 0 || weight > 1_000_000)
+        problems.push(`${where}.targets.${model} must be a weight above 0 (at most 1000000)`);
+      else targets.push({ model, weight });
+    }
+    if (targets.length === 0) problems.push(`${where}.targets must name at least one model`);
+    const rawFallbacks = spec["fallbacks"] ?? [];
+    const fallbacks: string[] = [];
+    if (!Array.isArray(rawFallbacks)) problems.push(`${where}.fallbacks must be an array of model names`);
+    else
+      for (const f of rawFallbacks) {
+        if (isName(f)) fallbacks.push(f);
+        else problems.push(`${where}.fallbacks: ${JSON.stringify(f)} is not a model name`);
+      }
+    for (const key of Object.keys(spec))
+      if (key !== "targets" && key !== "fallbacks") problems.push(`${where}.${key} is not a known field`);
+    const key = canonicalModelName(name);
+    if (out.has(key)) problems.push(`${where} names the same alias as another entry`);
+    else out.set(key, { name, targets, fallbacks });
+  }
+  for (const alias of out.values()) {
+    for (const m of [...alias.targets.map((t) => t.model), ...alias.fallbacks]) {
+      if (out.has(canonicalModelName(m)))
+        problems.push(`config file: aliases.${alias.name} names the alias ${m}: an alias must name models`);
+    }
+  }
+  return out;
+}
+
 /** The config as it is safe to log: credentials in URLs masked, maps as objects. */
 export function redactConfig(config: GatewayConfig): Record<string, unknown> {
   return {
@@ -475,7 +552,11 @@ export function redactConfig(config: GatewayConfig): Record<string, unknown> {
       roles: [...config.auth.file.roles.keys()],
       jwt: config.auth.jwt,
     },
-    routing: { ...config.routing, numCtx: Object.fromEntries(config.routing.numCtx) },
+    routing: {
+      ...config.routing,
+      numCtx: Object.fromEntries(config.routing.numCtx),
+      aliases: [...config.routing.aliases.values()],
+    },
     nodes: config.nodes.map((n) => ({ ...n, url: redactUrl(n.url) })),
     cache: { ...config.cache, redisUrl: config.cache.redisUrl && redactUrl(config.cache.redisUrl) },
   };

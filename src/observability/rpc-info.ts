@@ -14,6 +14,10 @@ export interface RpcInfo {
   peer: string;
   /** Model named in the request, when there is one. */
   model: string;
+  /** Model that served the request (an alias's target or fallback, README "Model aliases"), when one was chosen. */
+  servedModel: string;
+  /** Why a fallback model served it (`x-fallback-reason`); empty when none did. */
+  fallbackReason: string;
   /** Node that served the request, when one was chosen. */
   node: string;
   /** Messages sent to the client (streams). */
@@ -38,6 +42,8 @@ export function newRpcInfo(peer: string | undefined): RpcInfo {
     requestId: "",
     peer: peer ?? "",
     model: "",
+    servedModel: "",
+    fallbackReason: "",
     node: "",
     messages: 0,
     promptTokens: 0,

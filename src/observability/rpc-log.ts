@@ -13,7 +13,8 @@ export type RpcLog = (method: string, info: RpcInfo, streaming: boolean) => (err
 
 /**
  * One line per RPC when it ends: request id, method, principal (its name only, never a
- * credential), model, node, status code, duration and (for streams) messages sent. Prompts are
+ * credential), model (and the model that served it when an alias or a fallback chose another, with
+ * the fallback's reason), node, status code, duration and (for streams) messages sent. Prompts are
  * never logged. Server errors (INTERNAL, UNKNOWN) are
  * logged at error level with their cause; everything else at info. The call pipeline's logging
  * hook (`pipeline/logging-hook.ts`) calls it for both connect-node and the gRPC fast path, so
@@ -31,6 +32,8 @@ export function createRpcLog(log: Logger): RpcLog {
       };
       if (info.principal) line["principal"] = info.principal;
       if (info.model) line["model"] = info.model;
+      if (info.servedModel && info.servedModel !== info.model) line["servedModel"] = info.servedModel;
+      if (info.fallbackReason) line["fallbackReason"] = info.fallbackReason;
       if (info.node) line["node"] = info.node;
       if (streaming) line["messages"] = info.messages;
       if (error === undefined) {

@@ -1,6 +1,8 @@
 import { Code } from "@connectrpc/connect";
 import type { ConnectError } from "@connectrpc/connect";
 import { toConnectError } from "../errors/to-connect-error.js";
+import { fallbackReason } from "../routing/model-aliases.js";
+import type { FallbackReason } from "../routing/model-aliases.js";
 import { DEFAULT_RETRY_POLICY, nextTryDelayMs } from "../routing/retry-policy.js";
 import { sleep } from "../util/sleep.js";
 import type { RetryPolicy } from "../routing/retry-policy.js";
@@ -27,6 +29,13 @@ export interface FailoverRequest extends Urgency {
   model: string;
   /** Session or conversation key for node affinity. */
   affinity?: string;
+  /**
+   * Models tried in this order when `model` cannot be admitted (an alias's fallbacks, README
+   * "Model aliases"); each is a new admission, and only before a message was sent. @default none
+   */
+  fallbacks?: readonly string[];
+  /** The affinity key of a fallback model. @default none (no affinity for fallbacks) */
+  affinityOf?: (model: string) => string | undefined;
   /** Aborts when the call is cancelled, expires or the gateway shuts down. */
   signal: AbortSignal;
 }
@@ -35,6 +44,10 @@ export interface FailoverRequest extends Urgency {
 export interface Attempt {
   /** The node the scheduler chose. */
   readonly node: OllamaNode;
+  /** The model this try serves: the request's, or one of its fallbacks. */
+  readonly model: string;
+  /** Why a fallback serves this try; undefined while the request's own model does. */
+  readonly fallback: FallbackReason | undefined;
   /** Time this try waited in the admission queue, ms. */
   readonly queueMs: number;
   /** Which try this is: 1 = the first. */
@@ -70,7 +83,9 @@ export interface Failover {
    * there and gives the slot back, exactly once per try. A try that fails retryably before it
    * sent anything is reported to node health and tried again on another node after a backoff,
    * while the policy and the deadline allow. When no node is left to try, the last try's error
-   * is what the caller gets, not the scheduler's "no node". Every error is a ConnectError.
+   * is what the caller gets, not the scheduler's "no node". A request with fallbacks moves to
+   * the next model, at once, when its model cannot be admitted or every node failed it before it
+   * sent anything (`fallbackReason`); never after a message was sent. Every error is a ConnectError.
    */
   run<T>(req: FailoverRequest, attempt: (a: Attempt) => Promise<T>): Promise<T>;
 }
@@ -82,24 +97,45 @@ export function createFailover(deps: FailoverDeps): Failover {
 
   return {
     async run(req, attempt) {
-      const { model, signal } = req;
+      const { signal } = req;
+      const models = [req.model, ...(req.fallbacks ?? [])];
+      let index = 0;
+      let model = req.model;
+      let affinity = req.affinity;
+      let fallback: FallbackReason | undefined;
+      let modelTry = 0;
       const tried = new Set<string>();
       let last: ConnectError | undefined;
+      /** Moves to the next model when `err` allows it; false when there is none or it does not. */
+      const fallBack = (err: ConnectError): boolean => {
+        const reason = fallbackReason(err);
+        if (reason === undefined || index + 1 >= models.length || signal.aborted) return false;
+        model = models[++index]!;
+        affinity = req.affinityOf?.(model);
+        fallback = reason;
+        modelTry = 0;
+        tried.clear();
+        last = undefined;
+        return true;
+      };
       for (let number = 1; ; number++) {
+        modelTry++;
         let dispatch: Dispatch;
         try {
           dispatch = await deps.scheduler.acquire({
             model,
             priority: req.priority(),
-            affinity: req.affinity,
+            affinity,
             exclude: tried,
             signal,
             remainingMs: Math.max(0, req.remainingMs()),
           });
         } catch (e) {
+          const err = toConnectError(e, signal, { model });
+          if (fallBack(err)) continue;
           // Every node that has the model failed this call: say why.
           if (last !== undefined && !signal.aborted) throw last;
-          throw toConnectError(e, signal, { model });
+          throw err;
         }
         const node = dispatch.node.name;
         let sent = false;
@@ -109,6 +145,8 @@ export function createFailover(deps: FailoverDeps): Failover {
         try {
           const value = await attempt({
             node: dispatch.node,
+            model,
+            fallback,
             queueMs: dispatch.queueMs,
             number,
             sent: () => void (sent = true),
@@ -125,11 +163,15 @@ export function createFailover(deps: FailoverDeps): Failover {
           const verdict = healthVerdict(e, err);
           if (verdict !== undefined) deps.health.reportFailure(node, verdict);
           const delay = nextTryDelayMs(
-            { error: err, attempt: number, sent, remainingMs: req.remainingMs() },
+            { error: err, attempt: modelTry, sent, remainingMs: req.remainingMs() },
             policy,
             random,
           );
-          if (delay === undefined) throw err;
+          if (delay === undefined) {
+            // The node said the model is not there (or the tries ran out) before anything was sent.
+            if (!sent && fallBack(err)) continue;
+            throw err;
+          }
           tried.add(node);
           last = err;
           wait = delay;

@@ -12,13 +12,15 @@ import type {
 import { Role } from "../gen/ollama/gateway/v1/types_pb.js";
 import type { UsageSchema } from "../gen/ollama/gateway/v1/types_pb.js";
 import { untilAborted, within } from "../util/until-aborted.js";
-import { authorizeModel } from "../auth/authorize.js";
+import { authorizeModel, modelFilter } from "../auth/authorize.js";
 import { streamEndedEarly, wrongEmbeddings } from "../errors/domain-errors.js";
 import { errorReason } from "../errors/gateway-error.js";
 import { toConnectError } from "../errors/to-connect-error.js";
 import { rpcInfo } from "../observability/rpc-info.js";
 import { affinityKey } from "../routing/affinity.js";
 import type { FleetMetadata } from "../routing/fleet-metadata.js";
+import { NO_ALIASES, resolveModel } from "../routing/model-aliases.js";
+import type { AliasMap, ModelRoute } from "../routing/model-aliases.js";
 import type { RetryPolicy } from "../routing/retry-policy.js";
 import type { Scheduler } from "../routing/scheduler.js";
 import { ollamaTimings } from "../routing/slot-learning.js";
@@ -60,7 +62,16 @@ export interface InferenceDeps {
   retry?: RetryPolicy;
   /** Per-model num_ctx forced on every request (`*` = any model), so mixed clients cannot make Ollama reload. */
   numCtx?: ReadonlyMap<string, number>;
+  /** The model aliases in force, read at the start of every call (a reload replaces them). @default none */
+  aliases?: () => AliasMap;
+  /** Picks alias targets for calls without a session key, in [0, 1). @default Math.random */
+  random?: () => number;
 }
+
+/** Response header naming the model that served the call (README, "Model aliases"). */
+export const SERVED_MODEL_HEADER = "x-served-model";
+/** Response header saying why a fallback model served the call; absent when none did. */
+export const FALLBACK_REASON_HEADER = "x-fallback-reason";
 
 /** A GenerateResponse as the handlers build it. */
 export type GenerateReply = MessageInitShape<typeof GenerateResponseSchema>;
@@ -111,25 +122,57 @@ export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
     };
   }
 
+  /**
+   * The models a call may be served by: its own, or an alias's pick and fallbacks among those the
+   * caller may use (README, "Permissions": the alias is authorized like a model name, and so is
+   * every model it sends the call to; a caller allowed none of them is refused for the first).
+   */
+  function routeOf(model: string, session: string | undefined, ctx: HandlerContext): ModelRoute {
+    const route = resolveModel(
+      model,
+      deps.aliases?.() ?? NO_ALIASES,
+      session,
+      deps.random ?? Math.random,
+      modelFilter(ctx.values),
+    );
+    if (route.models.length === 0) authorizeModel(ctx, route.alias?.targets[0]?.model ?? model);
+    return route;
+  }
+
+  /** Says in the response headers and the log line which model serves the call, and why when a fallback. */
+  function announce(ctx: HandlerContext, model: string, fallback: string | undefined): void {
+    const info = rpcInfo(ctx);
+    info.servedModel = model;
+    info.fallbackReason = fallback ?? "";
+    ctx.responseHeader.set(SERVED_MODEL_HEADER, model);
+    if (fallback === undefined) ctx.responseHeader.delete(FALLBACK_REASON_HEADER);
+    else ctx.responseHeader.set(FALLBACK_REASON_HEADER, fallback);
+  }
+
   async function relay<T extends { done?: boolean }>(
     path: string,
     body: OllamaBody,
-    model: string,
-    affinity: string | undefined,
+    route: ModelRoute,
+    affinityOf: (model: string) => string | undefined,
     ctx: HandlerContext,
     translate: (chunk: OllamaChunk, usage: UsageContext) => T,
     sink: MessageSink<T>,
   ): Promise<void> {
     const info = rpcInfo(ctx);
-    info.model = model;
+    info.model = route.requested;
     const signal = rpcSignal(ctx, deps.maxDeadlineMs);
-    await failover.run({ model, affinity, signal, ...urgencyOf(ctx) }, async (attempt) => {
+    const [model, ...fallbacks] = route.models as [string, ...string[]];
+    const request = { model, fallbacks, affinity: affinityOf(model), affinityOf, signal, ...urgencyOf(ctx) };
+    await failover.run(request, async (attempt) => {
       const node = attempt.node.name;
+      const model = attempt.model;
       info.node = node;
+      announce(ctx, model, attempt.fallback);
       const usageCtx: UsageContext = { node, queueMs: attempt.queueMs };
       let finished = false;
       let after = 0;
-      const upstream = await attempt.node.open(path, body, signal);
+      const served = model === route.requested ? body : normalise({ ...body, model }, model);
+      const upstream = await attempt.node.open(path, served, signal);
       try {
         await upstream.pump((batch) => {
           // After the final chunk, read on to the end of the response (it
@@ -181,12 +224,12 @@ export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
   /** Generate into a sink (the request is valid). */
   function generateInto(req: GenerateRequest, ctx: HandlerContext, sink: MessageSink<GenerateReply>): Promise<void> {
     const session = req.sessionKey || ctx.requestHeader.get("x-session-id") || undefined;
-    const affinity = affinityKey(canonicalModelName(req.model), session, `${req.system}\u0000${req.prompt}`);
+    const prefix = `${req.system}\u0000${req.prompt}`;
     return relay(
       "/api/generate",
       normalise(generateBody(req), req.model),
-      req.model,
-      affinity,
+      routeOf(req.model, session, ctx),
+      (model) => affinityKey(canonicalModelName(model), session, prefix),
       ctx,
       generateChunk,
       sink,
@@ -202,8 +245,15 @@ export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
       .slice(0, 2)
       .map((m) => m.content)
       .join("\u0000");
-    const affinity = affinityKey(canonicalModelName(req.model), session, prefix);
-    return relay("/api/chat", normalise(chatBody(req), req.model), req.model, affinity, ctx, chatChunk, sink);
+    return relay(
+      "/api/chat",
+      normalise(chatBody(req), req.model),
+      routeOf(req.model, session, ctx),
+      (model) => affinityKey(canonicalModelName(model), session, prefix),
+      ctx,
+      chatChunk,
+      sink,
+    );
   }
 
   const service: ServiceImpl<typeof InferenceService> = {
@@ -219,11 +269,19 @@ export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
       return sinkIterable<ChatReply>((sink) => chatInto(req, ctx, sink));
     },
 
-    async embed(req, ctx) {
-      validateEmbed(req);
-      authorizeModel(ctx, req.model);
+    async embed(asked, ctx) {
+      validateEmbed(asked);
+      authorizeModel(ctx, asked.model);
+      // An alias picks one target (sticky per x-session-id); Embed has no fallbacks (README, "Model aliases").
+      const [served = asked.model] = routeOf(
+        asked.model,
+        ctx.requestHeader.get("x-session-id") || undefined,
+        ctx,
+      ).models;
+      const req = served === asked.model ? asked : { ...asked, model: served };
+      announce(ctx, served, undefined);
       const info = rpcInfo(ctx);
-      info.model = req.model;
+      info.model = asked.model;
       const signal = rpcSignal(ctx, deps.maxDeadlineMs);
       const urgency = urgencyOf(ctx);
 

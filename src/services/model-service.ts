@@ -13,6 +13,7 @@ import { isNodeDown } from "../upstream/network-errors.js";
 import { rpcInfo } from "../observability/rpc-info.js";
 import { authorizeModel, modelFilter } from "../auth/authorize.js";
 import type { FleetMetadata } from "../routing/fleet-metadata.js";
+import type { AliasMap, ModelAlias } from "../routing/model-aliases.js";
 import { rpcSignal } from "./rpc-signal.js";
 import { canonicalModelName } from "../upstream/model-name.js";
 import type { OllamaDetails } from "../upstream/ollama-metadata.js";
@@ -32,6 +33,8 @@ export interface ModelServiceDeps {
   health: NodeHealth;
   /** Upper bound of any RPC's deadline, in ms. */
   maxDeadlineMs: number;
+  /** Model aliases in force, listed by ListModels beside the installed models. @default none */
+  aliases?: () => AliasMap;
 }
 
 /**
@@ -135,6 +138,10 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
       const order = new Map(deps.nodes.map((n, i) => [n.name, i]));
       // Only the models the caller may use (README "Permissions").
       const visible = modelFilter(ctx.values);
+      for (const alias of deps.aliases?.().values() ?? []) {
+        const entry = aliasEntry(alias, [...merged.values()]);
+        if (entry !== undefined) merged.set(`alias|${canonicalModelName(alias.name)}`, entry);
+      }
       const models = [...merged.values()]
         .filter((m) => visible === undefined || visible(m.name!))
         .map(({ modifiedMs: _, ...m }) => {
@@ -459,4 +466,26 @@ function invalidationWait(ctx: HandlerContext, signal: AbortSignal): AbortSignal
 function timestamp(text: string): Timestamp | undefined {
   const ms = Date.parse(text);
   return Number.isFinite(ms) ? timestampFromMs(ms) : undefined;
+}
+
+/**
+ * How ListModels shows an alias (README, "Model aliases"): its own name, no digest (it is no
+ * single set of weights), the details and capabilities of its first installed target, and every
+ * node holding one of its targets. Undefined when none of its targets is installed on the nodes
+ * asked (it could not serve a call there).
+ */
+function aliasEntry(
+  alias: ModelAlias,
+  installed: readonly (MessageInitShape<typeof ModelSchema> & { modifiedMs: number })[],
+): (MessageInitShape<typeof ModelSchema> & { modifiedMs: number }) | undefined {
+  const targets = new Set(alias.targets.map((t) => canonicalModelName(t.model)));
+  const found = installed.filter((m) => targets.has(canonicalModelName(m.name ?? "")));
+  const first = found[0];
+  if (first === undefined) return undefined;
+  return {
+    ...first,
+    name: alias.name,
+    digest: "",
+    nodes: [...new Set(found.flatMap((m) => m.nodes ?? []))],
+  };
 }
