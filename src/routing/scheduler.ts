@@ -577,10 +577,19 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     for (let progress = true; progress; ) {
       progress = false;
       const now = Date.now();
+      let nextUntil = Number.POSITIVE_INFINITY;
       const heads = [...queues.values()]
         .map((q) => q[0])
-        .filter((w): w is Waiter => w !== undefined && !placing.has(w.model) && !backingOff(w.model, now))
+        .filter((w): w is Waiter => {
+          if (w === undefined || placing.has(w.model)) return false;
+          if (!backingOff(w.model, now)) return true;
+          nextUntil = Math.min(nextUntil, gateBackoff.get(w.model)!.until);
+          return false;
+        })
         .sort(compareHeads);
+      // A head still backing off gets a wake-up at its end: a timer that fired a millisecond
+      // early by Date.now (timers run on another clock) must not leave it queued for good.
+      if (nextUntil !== Number.POSITIVE_INFINITY) wakeIn(Math.max(1, nextUntil - now));
       for (const w of heads) {
         const r = reserve(w);
         if (r === undefined) continue;
