@@ -1,5 +1,6 @@
 import cluster from "node:cluster";
 import type { Worker } from "node:cluster";
+import type { MetricsConfig } from "./config/observability-config.js";
 import type { Logger } from "./observability/logger.js";
 
 /**
@@ -7,8 +8,10 @@ import type { Logger } from "./observability/logger.js";
  * workers sharing one listening port (node:cluster hands connections out in
  * turn), restarts a worker that dies, and on SIGTERM/SIGINT passes the
  * signal on and exits once every worker has finished its graceful shutdown.
+ * With METRICS_PORT set it serves the metrics of all workers there, aggregated
+ * per scrape (`observability/telemetry/metrics-cluster.ts`).
  */
-export function runPrimary(workers: number, log: Logger): void {
+export async function runPrimary(workers: number, log: Logger, metrics?: MetricsConfig): Promise<void> {
   let stopping = false;
   const restarts: number[] = [];
   const fork = (): Worker => cluster.fork();
@@ -40,4 +43,14 @@ export function runPrimary(workers: number, log: Logger): void {
   };
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
+  if (metrics?.port !== undefined) {
+    const { listenClusterMetrics } = await import("./observability/telemetry/metrics-cluster.js");
+    const endpoint = await listenClusterMetrics({
+      host: metrics.host,
+      port: metrics.port,
+      onError: (e) =>
+        log.warn({ err: e instanceof Error ? e.message : String(e) }, "workers' metrics could not be collected"),
+    });
+    log.info({ url: endpoint.url, workers }, "metrics listening");
+  }
 }

@@ -1,4 +1,5 @@
 import type { UpstreamOptions } from "../upstream/ollama-node.js";
+import type { MetricsConfig, TracingConfig } from "./observability-config.js";
 
 /** One Ollama node the gateway routes to. */
 export interface NodeConfig {
@@ -69,6 +70,10 @@ export interface GatewayConfig {
   cache: CacheConfig;
   /** Admission queue, node choice and failure handling. */
   routing: RoutingConfig;
+  /** The Prometheus endpoint (METRICS_*); off unless METRICS_PORT is set. */
+  metrics: MetricsConfig;
+  /** Trace export (the standard OTEL_* variables); off unless an OTLP endpoint is set. */
+  tracing: TracingConfig;
 }
 
 /** How requests wait for, and are spread over, the fleet. */

@@ -3,6 +3,7 @@ import { parseRedisUrl } from "../redis/redis-target.js";
 import { canonicalModelName } from "../upstream/model-name.js";
 import { DEFAULTS } from "./config.js";
 import type { GatewayConfig, NodeConfig } from "./config.js";
+import { parseMetricsConfig, parseTracingConfig, redactTracingConfig } from "./observability-config.js";
 
 /** The environment could not be turned into a valid config; `problems` says why, one line each. */
 export class ConfigError extends Error {
@@ -70,9 +71,11 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     }
   }
 
+  const host = env["HOST"]?.trim() || DEFAULTS.host;
+  const port = int("PORT", DEFAULTS.port, 0, 65535);
   const config: GatewayConfig = {
-    host: env["HOST"]?.trim() || DEFAULTS.host,
-    port: int("PORT", DEFAULTS.port, 0, 65535),
+    host,
+    port,
     nodes,
     workers: int("WORKERS", DEFAULTS.workers, 1, 256),
     logLevel,
@@ -112,6 +115,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       rebalance: onOff("REBALANCE", DEFAULTS.routing.rebalance),
       numCtx,
     },
+    metrics: parseMetricsConfig(env, host, port, problems),
+    tracing: parseTracingConfig(env, problems),
     upstream: {
       connections: int("UPSTREAM_CONNECTIONS", DEFAULTS.upstream.connections, 1, 10_000),
       connectTimeoutMs: int("UPSTREAM_CONNECT_TIMEOUT_MS", DEFAULTS.upstream.connectTimeoutMs, 10, 120_000),
@@ -290,6 +295,7 @@ export function redactConfig(config: GatewayConfig): Record<string, unknown> {
     routing: { ...config.routing, numCtx: Object.fromEntries(config.routing.numCtx) },
     nodes: config.nodes.map((n) => ({ ...n, url: redactUrl(n.url) })),
     cache: { ...config.cache, redisUrl: config.cache.redisUrl && redactUrl(config.cache.redisUrl) },
+    tracing: redactTracingConfig(config.tracing),
   };
 }
 

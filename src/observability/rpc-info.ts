@@ -18,6 +18,12 @@ export interface RpcInfo {
   node: string;
   /** Messages sent to the client (streams). */
   messages: number;
+  /** Prompt tokens Ollama reported for the call (its share of an Embed batch); 0 = none reported. */
+  promptTokens: number;
+  /** Completion tokens Ollama reported for the call; 0 = none reported. */
+  completionTokens: number;
+  /** The call's trace id (32 hex) when it is traced or the client sent a `traceparent`; "" otherwise. */
+  traceId: string;
 }
 
 /** Context key under which each request's RpcInfo lives. */
@@ -25,7 +31,16 @@ export const kRpcInfo = createContextKey<RpcInfo | undefined>(undefined, { descr
 
 /** A fresh RpcInfo for a call from `peer` (undefined: unknown), before the pipeline and the handler fill it in. */
 export function newRpcInfo(peer: string | undefined): RpcInfo {
-  return { requestId: "", peer: peer ?? "", model: "", node: "", messages: 0 };
+  return {
+    requestId: "",
+    peer: peer ?? "",
+    model: "",
+    node: "",
+    messages: 0,
+    promptTokens: 0,
+    completionTokens: 0,
+    traceId: "",
+  };
 }
 
 /** The RpcInfo of a handler's request (a throwaway one outside the adapter, e.g. in unit tests). */

@@ -12,8 +12,8 @@ import type { RpcInfo } from "./rpc-info.js";
 export type RpcLog = (method: string, info: RpcInfo, streaming: boolean) => (error: ConnectError | undefined) => void;
 
 /**
- * One line per RPC when it ends: request id, method, model, node, status code, duration and
- * (for streams) messages sent. Prompts are never logged. Server errors (INTERNAL, UNKNOWN) are
+ * One line per RPC when it ends: request id, trace id (when the call is traced), method, model,
+ * node, status code, duration and (for streams) messages sent. Prompts are never logged. Server errors (INTERNAL, UNKNOWN) are
  * logged at error level with their cause; everything else at info. The call pipeline's logging
  * hook (`pipeline/logging-hook.ts`) calls it for both connect-node and the gRPC fast path, so
  * both write the same lines.
@@ -28,6 +28,7 @@ export function createRpcLog(log: Logger): RpcLog {
         method,
         ms,
       };
+      if (info.traceId) line["traceId"] = info.traceId;
       if (info.model) line["model"] = info.model;
       if (info.node) line["node"] = info.node;
       if (streaming) line["messages"] = info.messages;

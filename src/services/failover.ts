@@ -43,6 +43,27 @@ export interface Attempt {
   loaded(ms: number | undefined): void;
 }
 
+/**
+ * What the failover reports as a call goes, for metrics and traces (README, "Operating it"). Each
+ * method is called synchronously from the call's own async flow, must return quickly and never
+ * throw. Nothing is reported for a call its caller gave up on (cancelled, deadline passed).
+ */
+export interface FailoverObserver {
+  /**
+   * Try `number` (1 = the first) got a slot on `node`. `startedAt` is `performance.now()` when it
+   * asked the scheduler (locating the model included); `queueMs` its wait in the scheduler's queue.
+   */
+  admitted(model: string, node: string, number: number, startedAt: number, queueMs: number): void;
+  /** Admission failed with `error`, the call's error (queue full, wait too long, no healthy node, ...). */
+  refused(model: string, error: ConnectError, startedAt: number): void;
+  /** The call's first message reached the client `ms` after the failover started (admission and earlier tries included). */
+  firstMessage(model: string, node: string, ms: number): void;
+  /** The try on `node` failed with `error`; `retried` = another node is tried next. */
+  failed(model: string, node: string, error: ConnectError, retried: boolean): void;
+  /** A call that needed more than one try ended: `recovered` = a later try succeeded. */
+  failedOver(model: string, recovered: boolean): void;
+}
+
 /** What the failover needs from the rest of the gateway. */
 export interface FailoverDeps {
   /** Admission and node choice. */
@@ -53,6 +74,8 @@ export interface FailoverDeps {
   policy?: RetryPolicy;
   /** Jitter of the backoff, in [0, 1). @default Math.random */
   random?: () => number;
+  /** Told how each call goes (metrics, traces). @default none: nothing is measured */
+  observer?: FailoverObserver;
 }
 
 /**
@@ -74,14 +97,17 @@ export interface Failover {
 export function createFailover(deps: FailoverDeps): Failover {
   const policy = deps.policy ?? DEFAULT_RETRY_POLICY;
   const random = deps.random ?? Math.random;
+  const observer = deps.observer;
 
   return {
     async run(req, attempt) {
       const { model, signal } = req;
       const tried = new Set<string>();
       let last: ConnectError | undefined;
+      const started = observer === undefined ? 0 : performance.now();
       for (let number = 1; ; number++) {
         let dispatch: Dispatch;
+        const asked = observer === undefined ? 0 : performance.now();
         try {
           dispatch = await deps.scheduler.acquire({
             model,
@@ -93,10 +119,16 @@ export function createFailover(deps: FailoverDeps): Failover {
           });
         } catch (e) {
           // Every node that has the model failed this call: say why.
-          if (last !== undefined && !signal.aborted) throw last;
-          throw toConnectError(e, signal, { model });
+          if (last !== undefined && !signal.aborted) {
+            observer?.failedOver(model, false);
+            throw last;
+          }
+          const err = toConnectError(e, signal, { model });
+          if (!signal.aborted) observer?.refused(model, err, asked);
+          throw err;
         }
         const node = dispatch.node.name;
+        observer?.admitted(model, node, number, asked, dispatch.queueMs);
         let sent = false;
         let loadMs: number | undefined;
         let wait = 0;
@@ -105,10 +137,14 @@ export function createFailover(deps: FailoverDeps): Failover {
             node: dispatch.node,
             queueMs: dispatch.queueMs,
             number,
-            sent: () => void (sent = true),
+            sent: () => {
+              if (!sent && observer !== undefined) observer.firstMessage(model, node, performance.now() - started);
+              sent = true;
+            },
             loaded: (ms) => void (loadMs = ms),
           });
           deps.health.reportSuccess(node);
+          if (number > 1) observer?.failedOver(model, true);
           return value;
         } catch (e) {
           const err = toConnectError(e, signal, { model, node });
@@ -120,7 +156,11 @@ export function createFailover(deps: FailoverDeps): Failover {
             policy,
             random,
           );
-          if (delay === undefined) throw err;
+          observer?.failed(model, node, err, delay !== undefined);
+          if (delay === undefined) {
+            if (number > 1) observer?.failedOver(model, false);
+            throw err;
+          }
           tried.add(node);
           last = err;
           wait = delay;

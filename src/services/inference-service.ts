@@ -30,7 +30,7 @@ import { createEmbedBatcher } from "./embed-batcher.js";
 import type { EmbedShare } from "./embed-batcher.js";
 import type { EmbeddingCache, EmbeddingKey } from "./embedding-cache.js";
 import { createFailover } from "./failover.js";
-import type { Urgency } from "./failover.js";
+import type { FailoverObserver, Urgency } from "./failover.js";
 import { chatBody, embedBody, generateBody, optionsJson } from "./ollama-request.js";
 import type { OllamaBody } from "./ollama-request.js";
 import { chatChunk, generateChunk, usage } from "./ollama-response.js";
@@ -58,6 +58,8 @@ export interface InferenceDeps {
   retry?: RetryPolicy;
   /** Per-model num_ctx forced on every request (`*` = any model), so mixed clients cannot make Ollama reload. */
   numCtx?: ReadonlyMap<string, number>;
+  /** Told how each upstream call goes (metrics, traces). @default none */
+  observer?: FailoverObserver;
 }
 
 /** A GenerateResponse as the handlers build it. */
@@ -87,7 +89,12 @@ export interface InferenceHandlers {
  * micro-batcher, which admits a batch as urgently as its most urgent caller.
  */
 export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
-  const failover = createFailover({ scheduler: deps.scheduler, health: deps.health, policy: deps.retry });
+  const failover = createFailover({
+    scheduler: deps.scheduler,
+    health: deps.health,
+    policy: deps.retry,
+    observer: deps.observer,
+  });
 
   function normalise(body: OllamaBody, model: string): OllamaBody {
     const forced = deps.numCtx?.get(canonicalModelName(model)) ?? deps.numCtx?.get("*");
@@ -141,6 +148,8 @@ export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
             attempt.sent();
             more = sink.send(message) && more;
             if (message.done === true) {
+              info.promptTokens = tokenCount(chunk["prompt_eval_count"]);
+              info.completionTokens = tokenCount(chunk["eval_count"]);
               attempt.loaded(nanosToMs(chunk["load_duration"]));
               finished = true;
               return true;
@@ -241,6 +250,7 @@ export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
         const usageCtx: UsageContext = { node: share.node, queueMs: share.queueMs };
         fresh = embedVectors(share.vectors, missing.length, usageCtx, req.model);
         usageInit = usage(share.raw, usageCtx);
+        info.promptTokens = usageInit.promptTokens ?? 0;
         if (key) {
           await deps.embeddings!.store(key, missing, fresh, signal).catch((e: unknown) => {
             throw toConnectError(e, signal, { model: req.model });
@@ -316,6 +326,11 @@ function embedVectors(vectors: unknown, expected: number, ctx: UsageContext, mod
 export function parsePriority(header: string | null): number {
   const raw = Number(header ?? "0");
   return Number.isFinite(raw) ? Math.max(-100, Math.min(100, Math.trunc(raw))) : 0;
+}
+
+/** A token count Ollama reported (`prompt_eval_count`, `eval_count`); 0 when absent or odd. */
+function tokenCount(v: unknown): number {
+  return typeof v === "number" && Number.isFinite(v) && v > 0 ? Math.trunc(v) : 0;
 }
 
 /** Ollama's nanosecond durations (e.g. `load_duration`) in ms; undefined when absent or odd. */

@@ -1,0 +1,72 @@
+import type { FailoverObserver } from "../../services/failover.js";
+import type { UpstreamExchange, UpstreamObserver } from "../../upstream/ollama-node.js";
+
+/**
+ * Metrics and tracing each observe upstream requests and the failover; the gateway hands the
+ * layers below one observer of each kind. These combine zero, one or two into one: with one,
+ * that one itself (no indirection per call); with none, undefined (nothing is observed at all).
+ */
+
+/** One upstream observer telling both `a` and `b` (either may be absent). */
+export function bothUpstream(
+  a: UpstreamObserver | undefined,
+  b: UpstreamObserver | undefined,
+): UpstreamObserver | undefined {
+  if (a === undefined || b === undefined) return a ?? b;
+  return {
+    start(node, method, path, body) {
+      const x = a.start(node, method, path, body);
+      const y = b.start(node, method, path, body);
+      if (x === undefined || y === undefined) return x ?? y;
+      const both: UpstreamExchange = {
+        headers:
+          x.headers === undefined || y.headers === undefined
+            ? (x.headers ?? y.headers)
+            : { ...x.headers, ...y.headers },
+        responded(status) {
+          x.responded(status);
+          y.responded(status);
+        },
+        answered(final) {
+          x.answered(final);
+          y.answered(final);
+        },
+        ended(error) {
+          x.ended(error);
+          y.ended(error);
+        },
+      };
+      return both;
+    },
+  };
+}
+
+/** One failover observer telling both `a` and `b` (either may be absent). */
+export function bothFailover(
+  a: FailoverObserver | undefined,
+  b: FailoverObserver | undefined,
+): FailoverObserver | undefined {
+  if (a === undefined || b === undefined) return a ?? b;
+  return {
+    admitted(model, node, number, startedAt, queueMs) {
+      a.admitted(model, node, number, startedAt, queueMs);
+      b.admitted(model, node, number, startedAt, queueMs);
+    },
+    refused(model, error, startedAt) {
+      a.refused(model, error, startedAt);
+      b.refused(model, error, startedAt);
+    },
+    firstMessage(model, node, ms) {
+      a.firstMessage(model, node, ms);
+      b.firstMessage(model, node, ms);
+    },
+    failed(model, node, error, retried) {
+      a.failed(model, node, error, retried);
+      b.failed(model, node, error, retried);
+    },
+    failedOver(model, recovered) {
+      a.failedOver(model, recovered);
+      b.failedOver(model, recovered);
+    },
+  };
+}
