@@ -132,6 +132,15 @@ function positive(v: unknown): number | undefined {
   return typeof v === "number" && Number.isFinite(v) && v > 0 ? Math.trunc(v) : undefined;
 }
 
+/**
+ * A `performance.now()` instant on the wall clock (ms since the epoch), as the SDK times spans
+ * started now: `performance.timeOrigin` plus it drifts from `Date.now()` over a process's life,
+ * and a child timed on the other clock could seem to end after its next sibling started.
+ */
+function wallClock(instant: number): number {
+  return Date.now() - (performance.now() - instant);
+}
+
 /** `error.type` of a failed upstream request: the HTTP status, or the error's code or name. */
 function upstreamErrorType(e: unknown): string {
   if (isUpstreamError(e)) return e.kind === "http" ? String(e.status) : `upstream_${e.kind}`;
@@ -256,7 +265,7 @@ export function createGatewayTracing(options: GatewayTracingOptions): GatewayTra
         .startSpan(
           SPAN.queueWait,
           {
-            startTime: performance.timeOrigin + startedAt,
+            startTime: wallClock(startedAt),
             attributes: {
               "gen_ai.request.model": model,
               [ATTR.node]: node,
@@ -274,7 +283,7 @@ export function createGatewayTracing(options: GatewayTracingOptions): GatewayTra
       const reason = errorReason(error);
       const span = tracer.startSpan(
         SPAN.queueWait,
-        { startTime: performance.timeOrigin + startedAt, attributes: { "gen_ai.request.model": model } },
+        { startTime: wallClock(startedAt), attributes: { "gen_ai.request.model": model } },
         running.context,
       );
       span.setAttribute("error.type", reason ?? codeLabel(error.code));
