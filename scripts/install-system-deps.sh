@@ -5,7 +5,7 @@
 #   python3-grpc-tools  - a Python gRPC client built from our proto in a test
 # Skips apt entirely when everything is already installed.
 set -euo pipefail
-packages=(redis-server python3-grpcio python3-grpc-tools)
+packages=(redis-server python3-grpcio python3-grpc-tools prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -97,6 +97,7 @@ describe("label bound", () => {
         c.want,
       );
       assert.ok(bound.size <= c.max);
+      assert.equal([...bound.values()].length, bound.size);
     });
   }
 

@@ -17,6 +17,8 @@ export interface LabelBound {
   label(value: string): string;
   /** Values admitted so far. */
   readonly size: number;
+  /** The admitted values, in the order they were admitted. */
+  values(): IterableIterator<string>;
 }
 
 /** Creates a bound of `max` distinct values (at least 1). */
@@ -38,6 +40,7 @@ export function createLabelBound(max: number, options: { admitOnSight: boolean }
     get size() {
       return admitted.size;
     },
+    values: () => admitted.values(),
   };
 }
 

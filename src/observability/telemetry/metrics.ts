@@ -280,12 +280,13 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
   });
   new Gauge({
     name: `${p}queue_depth`,
-    help: "Requests waiting in the admission queue, per model.",
+    help: "Requests waiting in the admission queue, per model (0 for every model served so far with nobody waiting).",
     labelNames: ["model"] as const,
     registers,
     collect() {
       this.reset();
       if (sources === undefined) return;
+      for (const model of models.values()) this.set({ model }, 0);
       for (const q of sources.scheduler.queues()) {
         admitModel(q.model);
         this.inc({ model: modelLabel(q.model) }, q.depth);
