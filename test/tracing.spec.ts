@@ -5,6 +5,7 @@ import { ConnectError, createClient } from "@connectrpc/connect";
 import type { Client } from "@connectrpc/connect";
 import { ConfigError, loadConfig, redactConfig } from "../src/config/load-config.js";
 import { parseTracingConfig } from "../src/config/observability-config.js";
+import { Health } from "../src/gen/grpc/health/v1/health_pb.js";
 import { InferenceService } from "../src/gen/ollama/gateway/v1/inference_pb.js";
 import { Role } from "../src/gen/ollama/gateway/v1/types_pb.js";
 import { TRACE_EXPORT_FAILED_MSG, TRACE_EXPORT_RECOVERED_MSG } from "../src/observability/telemetry/otel-sdk.js";
@@ -357,6 +358,24 @@ describe("traces of calls (an OTLP/HTTP receiver in the test)", () => {
     assert.equal(server.attributes["rpc.grpc.status_code"], r.error.code);
     assert.equal(server.status.code, 2, `status ${r.error.code} is a server-side failure`);
     sim.faults.clear();
+  });
+
+  it("does not trace health probes", async () => {
+    const health = createClient(Health, TRANSPORTS[0]!.make(gw.url));
+    const ctx = clientContext();
+    await health.check({ service: "" }, { headers: { traceparent: ctx.header } });
+    // A traced call after it: once its spans are in, the probe's would be too.
+    const marker = clientContext();
+    await run(
+      createClient(InferenceService, TRANSPORTS[0]!.make(gw.url)),
+      { model: "llama3.2", prompt: "after probe", options: { numPredict: 1 } },
+      {
+        headers: { traceparent: marker.header },
+      },
+    );
+    await traceOf(rx, marker.traceId, 2);
+    await gw.tracing!.forceFlush();
+    assert.ok(!rx.spans.some((s) => s.traceId === ctx.traceId));
   });
 
   it("starts a new trace for a call that brings none", async () => {

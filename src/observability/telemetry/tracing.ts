@@ -122,6 +122,13 @@ const SERVER_ERRORS: ReadonlySet<Code> = new Set([
   Code.DataLoss,
 ]);
 
+/**
+ * Services whose calls are not traced: health probes come every few seconds from every
+ * orchestrator and load balancer and would drown the traces (they are still counted and logged).
+ * They never call upstream, so they need no trace context either.
+ */
+const UNTRACED: ReadonlySet<string> = new Set(["grpc.health.v1.Health"]);
+
 /** Ollama's `done_reason` as the GenAI finish reasons. */
 function finishReasons(final: Record<string, unknown>): string[] | undefined {
   const r = final["done_reason"];
@@ -302,6 +309,7 @@ export function createGatewayTracing(options: GatewayTracingOptions): GatewayTra
 
   return {
     beginCall(call) {
+      if (UNTRACED.has(call.method.parent.typeName)) return undefined;
       const parent = propagator.extract(ROOT_CONTEXT, call.requestHeader, headerGetter);
       const remote = trace.getSpanContext(parent);
       const service = call.method.parent.typeName;
