@@ -1,12 +1,14 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { Code, ConnectError, createClient, createContextValues } from "@connectrpc/connect";
+import { Registry } from "prom-client";
 import type { Client } from "@connectrpc/connect";
 import { gatewayOverloaded, modelNotFound } from "../src/errors/domain-errors.js";
 import type { GatewayService } from "../src/gen/ollama/gateway/v1/gateway_pb.js";
 import { InferenceService } from "../src/gen/ollama/gateway/v1/inference_pb.js";
 import { newRpcInfo } from "../src/observability/rpc-info.js";
 import { createLabelBound, memoised, OTHER_LABEL } from "../src/observability/telemetry/label-bound.js";
+import { fastCounter, fastHistogram } from "../src/observability/telemetry/fast-series.js";
 import { createGatewayMetrics } from "../src/observability/telemetry/metrics.js";
 import { kPrincipal, principalOf } from "../src/pipeline/principal.js";
 import { fleet, run } from "./helpers/fleet.js";
@@ -109,6 +111,36 @@ describe("label bound", () => {
     }, 2);
     assert.deepEqual(["a", "a", "b", "c", "c"].map(upper), ["A", "A", "B", "C", "C"]);
     assert.equal(calls, 4, "a and b remembered, c computed twice");
+  });
+});
+
+describe("fast series (the per-call counters and histograms)", () => {
+  it("count in prom-client's text format, buckets holding values up to and including their bound", async () => {
+    const registry = new Registry();
+    const c = fastCounter({ registry, name: "t_total", help: "t", labelNames: ["a", "b"] });
+    const h = fastHistogram({ registry, name: "t_seconds", help: "t", labelNames: ["a"], buckets: [0.1, 1] });
+    c.series("x", "y").inc();
+    c.series("x", "y").inc(2);
+    c.series("x", "z");
+    const s = h.series("x");
+    for (const v of [0.05, 0.1, 0.5, 1, 7, Number.NaN]) s.observe(v);
+    const page = parsePromText(await registry.metrics());
+    assert.equal(page.types.get("t_total"), "counter");
+    assert.equal(page.types.get("t_seconds"), "histogram");
+    assert.equal(page.sum("t_total", { a: "x", b: "y" }), 3);
+    assert.equal(page.find("t_total", { a: "x", b: "z" })[0]?.value, 0);
+    assert.deepEqual(
+      page.find("t_seconds_bucket", { a: "x" }).map((b) => [b.labels["le"], b.value]),
+      [
+        ["0.1", 2],
+        ["1", 4],
+        ["+Inf", 5],
+      ],
+    );
+    assert.equal(page.sum("t_seconds_count", { a: "x" }), 5, "NaN is not an observation");
+    assert.equal(page.sum("t_seconds_sum", { a: "x" }), 8.65);
+    assert.throws(() => c.series("only one"), /expected 2 label values/);
+    assert.throws(() => fastHistogram({ registry, name: "bad", help: "b", labelNames: [], buckets: [1, 1] }), /ascend/);
   });
 });
 

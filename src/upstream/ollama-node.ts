@@ -63,16 +63,19 @@ export interface UpstreamObserver {
   start(node: string, method: UpstreamMethod, path: string, body: unknown): UpstreamExchange | undefined;
 }
 
-/** One request an UpstreamObserver follows. */
+/**
+ * One request an UpstreamObserver follows. Every member is optional: a request is only followed
+ * as far as someone listens (a stream is wrapped only for `answered` or `ended`).
+ */
 export interface UpstreamExchange {
   /** Headers to send with the request (the trace context: `traceparent`, `tracestate`), if any. */
-  readonly headers: Readonly<Record<string, string>> | undefined;
+  readonly headers?: Readonly<Record<string, string>>;
   /** The response headers arrived with this status. */
-  responded(status: number): void;
+  readonly responded?: (status: number) => void;
   /** The answer's last object: a stream's final chunk (`done: true`), or the JSON answer. */
-  answered(final: Record<string, unknown>): void;
+  readonly answered?: (final: Record<string, unknown>) => void;
   /** The exchange is over: read to its end or closed (`error` undefined), or failed. Called once. */
-  ended(error: unknown): void;
+  readonly ended?: (error: unknown) => void;
 }
 
 /** Where and how to reach one node. */
@@ -122,14 +125,14 @@ export function createOllamaNode(
         signal,
       });
     } catch (e) {
-      exchange?.ended(e);
+      exchange?.ended?.(e);
       throw e;
     }
-    exchange?.responded(res.statusCode);
+    exchange?.responded?.(res.statusCode);
     if (res.statusCode >= 400) {
       const text = await readText(res.body, ERROR_BODY_LIMIT, name).catch(() => "");
       const error = new UpstreamError("http", ollamaErrorText(text, res.statusCode), name, res.statusCode);
-      exchange?.ended(error);
+      exchange?.ended?.(error);
       throw error;
     }
     return res;
@@ -139,7 +142,9 @@ export function createOllamaNode(
     const exchange = observer?.start(name, "POST", path, body);
     const res = await send("POST", path, body, signal, exchange);
     const reader = readNdjson(res.body, options.maxLineBytes, name);
-    return exchange === undefined ? reader : observedStream(reader, exchange);
+    return exchange?.answered === undefined && exchange?.ended === undefined
+      ? reader
+      : observedStream(reader, exchange);
   }
 
   return {
@@ -171,14 +176,14 @@ export function createOllamaNode(
           }
         }
       } catch (e) {
-        exchange?.ended(e);
+        exchange?.ended?.(e);
         throw e;
       }
       if (exchange !== undefined) {
         if (typeof answer === "object" && answer !== null && !Array.isArray(answer)) {
-          exchange.answered(answer as Record<string, unknown>);
+          exchange.answered?.(answer as Record<string, unknown>);
         }
-        exchange.ended(undefined);
+        exchange.ended?.(undefined);
       }
       return answer;
     },
@@ -193,15 +198,32 @@ const JSON_HEADERS: Readonly<Record<string, string>> = Object.freeze({ "content-
  * body, a failure or `close()` comes first). Only observed requests pay for it.
  */
 function observedStream(reader: NdjsonStream, exchange: UpstreamExchange): NdjsonStream {
+  const { answered, ended } = exchange;
   let over = false;
   const end = (error: unknown): void => {
     if (over) return;
     over = true;
-    exchange.ended(error);
+    ended?.(error);
   };
   const look = (batch: Record<string, unknown>[]): void => {
-    for (const chunk of batch) if (chunk["done"] === true) exchange.answered(chunk);
+    if (answered !== undefined) for (const chunk of batch) if (chunk["done"] === true) answered(chunk);
   };
+  if (ended === undefined) {
+    // Only the final chunk is wanted: no promise of our own per stream.
+    return {
+      async next() {
+        const batch = await reader.next();
+        if (batch !== undefined) look(batch);
+        return batch;
+      },
+      pump: (onBatch) =>
+        reader.pump((batch) => {
+          look(batch);
+          return onBatch(batch);
+        }),
+      close: () => reader.close(),
+    };
+  }
   return {
     async next() {
       try {

@@ -1,7 +1,7 @@
 import type { DescMethod } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import type { ConnectError, ContextValues } from "@connectrpc/connect";
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+import { collectDefaultMetrics, Counter, Gauge, Registry } from "prom-client";
 import type { Cache } from "../../cache/cache.js";
 import { errorReason } from "../../errors/gateway-error.js";
 import type { RedisLink } from "../../redis/redis-link.js";
@@ -14,6 +14,8 @@ import type { CircuitState, NodeHealth } from "../../upstream/node-health.js";
 import type { UpstreamExchange, UpstreamObserver } from "../../upstream/ollama-node.js";
 import type { RpcInfo } from "../rpc-info.js";
 import { codeLabel } from "./code-label.js";
+import { fastCounter, fastHistogram } from "./fast-series.js";
+import type { CounterSeries, HistogramSeries } from "./fast-series.js";
 import { createLabelBound, memoised } from "./label-bound.js";
 
 /** Every metric name starts with this (README, "Operating it", Metrics). */
@@ -110,8 +112,8 @@ function protocolIndex(name: string): number {
 }
 
 interface CallSeries {
-  calls: { inc(): void };
-  duration: { observe(value: number): void };
+  calls: CounterSeries;
+  duration: HistogramSeries;
 }
 
 interface MethodSeries {
@@ -122,18 +124,28 @@ interface MethodSeries {
 }
 
 interface ModelNodeSeries {
-  ttft: { observe(value: number): void };
-  tokensPerSecond: { observe(value: number): void };
-  inputTokens: { inc(value: number): void };
-  outputTokens: { inc(value: number): void };
-  loads: { inc(): void };
-  loadSeconds: { observe(value: number): void };
+  ttft: HistogramSeries;
+  tokensPerSecond: HistogramSeries;
+  inputTokens: CounterSeries;
+  outputTokens: CounterSeries;
+  loads: CounterSeries;
+  loadSeconds: HistogramSeries;
 }
 
 interface PrincipalSeries {
-  calls: { inc(): void };
-  inputTokens: { inc(value: number): void };
-  outputTokens: { inc(value: number): void };
+  calls: CounterSeries;
+  inputTokens: CounterSeries;
+  outputTokens: CounterSeries;
+}
+
+/** Series per label value, resolved once (the hot paths' lookups are one Map get). */
+function perLabel<T>(make: (label: string) => T): (label: string) => T {
+  const all = new Map<string, T>();
+  return (label) => {
+    let s = all.get(label);
+    if (s === undefined) all.set(label, (s = make(label)));
+    return s;
+  };
 }
 
 /** Creates the registry and every metric (see GatewayMetrics). */
@@ -162,24 +174,24 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
   }).set({ version: options.version, node_version: process.version }, 1);
 
   // --- calls (the pipeline hook) ---
-  const calls = new Counter({
+  const calls = fastCounter({
+    registry,
     name: `${p}calls_total`,
     help: "Calls that ended, by service, method, protocol, status code and model (refusals included).",
-    labelNames: ["service", "method", "protocol", "code", "model"] as const,
-    registers,
+    labelNames: ["service", "method", "protocol", "code", "model"],
   });
-  const duration = new Histogram({
+  const duration = fastHistogram({
+    registry,
     name: `${p}call_duration_seconds`,
     help: "Call duration from the first hook to the last message or the error, seconds.",
-    labelNames: ["service", "method", "protocol", "code", "model"] as const,
+    labelNames: ["service", "method", "protocol", "code", "model"],
     buckets: DURATION_BUCKETS,
-    registers,
   });
-  const refusals = new Counter({
+  const refusals = fastCounter({
+    registry,
     name: `${p}refusals_total`,
     help: "Calls refused (RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED) by ErrorInfo reason and model.",
-    labelNames: ["reason", "model"] as const,
-    registers,
+    labelNames: ["reason", "model"],
   });
   new Gauge({
     name: `${p}calls_active`,
@@ -191,92 +203,92 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
   });
 
   // --- per principal ---
-  const principalCalls = new Counter({
+  const principalCalls = fastCounter({
+    registry,
     name: `${p}principal_calls_total`,
     help: "Calls per authenticated principal (at most METRICS_MAX_PRINCIPALS names, the rest as other).",
-    labelNames: ["principal"] as const,
-    registers,
+    labelNames: ["principal"],
   });
-  const principalTokens = new Counter({
+  const principalTokens = fastCounter({
+    registry,
     name: `${p}principal_tokens_total`,
     help: "Tokens Ollama reported for a principal's calls, by type (input = prompt, output = completion).",
-    labelNames: ["principal", "type"] as const,
-    registers,
+    labelNames: ["principal", "type"],
   });
-  const principalRefusals = new Counter({
+  const principalRefusals = fastCounter({
+    registry,
     name: `${p}principal_refusals_total`,
     help: "A principal's calls refused, by ErrorInfo reason.",
-    labelNames: ["principal", "reason"] as const,
-    registers,
+    labelNames: ["principal", "reason"],
   });
 
   // --- per model and node (upstream answers, the failover) ---
-  const ttft = new Histogram({
+  const ttft = fastHistogram({
+    registry,
     name: `${p}time_to_first_token_seconds`,
     help: "Streams: from the start of the upstream call (admission queue and retries included) to the first message sent, seconds.",
-    labelNames: ["model", "node"] as const,
+    labelNames: ["model", "node"],
     buckets: TTFT_BUCKETS,
-    registers,
   });
-  const tokensPerSecond = new Histogram({
+  const tokensPerSecond = fastHistogram({
+    registry,
     name: `${p}output_tokens_per_second`,
     help: "Generation speed Ollama reported per request (eval_count / eval_duration).",
-    labelNames: ["model", "node"] as const,
+    labelNames: ["model", "node"],
     buckets: TOKENS_PER_SECOND_BUCKETS,
-    registers,
   });
-  const tokens = new Counter({
+  const tokens = fastCounter({
+    registry,
     name: `${p}tokens_total`,
     help: "Tokens Ollama processed, by type: input (prompt_eval_count) and output (eval_count).",
-    labelNames: ["model", "node", "type"] as const,
-    registers,
+    labelNames: ["model", "node", "type"],
   });
-  const loads = new Counter({
+  const loads = fastCounter({
+    registry,
     name: `${p}model_loads_total`,
     help: "Model loads seen in Ollama's answers (load_duration over 50 ms).",
-    labelNames: ["model", "node"] as const,
-    registers,
+    labelNames: ["model", "node"],
   });
-  const loadSeconds = new Histogram({
+  const loadSeconds = fastHistogram({
+    registry,
     name: `${p}model_load_duration_seconds`,
     help: "Load time of the model loads seen (load_duration), seconds.",
-    labelNames: ["model", "node"] as const,
+    labelNames: ["model", "node"],
     buckets: LOAD_BUCKETS,
-    registers,
   });
-  const upstreamErrors = new Counter({
+  const upstreamErrors = fastCounter({
+    registry,
     name: `${p}upstream_errors_total`,
     help: "Failed tries on a node, by ErrorInfo reason (every try, retried or not).",
-    labelNames: ["model", "node", "reason"] as const,
-    registers,
+    labelNames: ["model", "node", "reason"],
   });
-  const retries = new Counter({
+  const retries = fastCounter({
+    registry,
     name: `${p}retries_total`,
     help: "Failed tries that were tried again on another node (node = the one that failed).",
-    labelNames: ["model", "node", "reason"] as const,
-    registers,
+    labelNames: ["model", "node", "reason"],
   });
-  const failovers = new Counter({
+  const failovers = fastCounter({
+    registry,
     name: `${p}failovers_total`,
     help: "Calls that needed more than one try: outcome recovered (a later try succeeded) or failed.",
-    labelNames: ["model", "outcome"] as const,
-    registers,
+    labelNames: ["model", "outcome"],
   });
-  const embedBatch = new Histogram({
+  const embedBatch = fastHistogram({
+    registry,
     name: `${p}embed_batch_inputs`,
     help: "Inputs per /api/embed request sent to Ollama (micro-batches of concurrent Embed calls).",
-    labelNames: ["model"] as const,
+    labelNames: ["model"],
     buckets: BATCH_BUCKETS,
-    registers,
   });
 
   // --- admission ---
-  const queueWait = new Histogram({
+  const queueWait = fastHistogram({
+    registry,
     name: `${p}queue_wait_seconds`,
     help: "Time a try waited in the admission queue for a slot, seconds.",
-    labelNames: ["model"] as const,
+    labelNames: ["model"],
     buckets: QUEUE_BUCKETS,
-    registers,
   });
   new Gauge({
     name: `${p}queue_depth`,
@@ -449,7 +461,7 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
     let s = byModel.get(model);
     if (s === undefined) {
       const labels = [m.service, m.name, PROTOCOLS[pi]!, codeLabel(code), model] as const;
-      s = { calls: calls.labels(...labels), duration: duration.labels(...labels) };
+      s = { calls: calls.series(...labels), duration: duration.series(...labels) };
       byModel.set(model, s);
     }
     return s;
@@ -462,26 +474,28 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
     let s = perModel.get(model);
     if (s === undefined) {
       s = {
-        ttft: ttft.labels(model, node),
-        tokensPerSecond: tokensPerSecond.labels(model, node),
-        inputTokens: tokens.labels(model, node, "input"),
-        outputTokens: tokens.labels(model, node, "output"),
-        loads: loads.labels(model, node),
-        loadSeconds: loadSeconds.labels(model, node),
+        ttft: ttft.series(model, node),
+        tokensPerSecond: tokensPerSecond.series(model, node),
+        inputTokens: tokens.series(model, node, "input"),
+        outputTokens: tokens.series(model, node, "output"),
+        loads: loads.series(model, node),
+        loadSeconds: loadSeconds.series(model, node),
       };
       perModel.set(model, s);
     }
     return s;
   };
 
+  const waitOf = perLabel((model) => queueWait.series(model));
+  const batchOf = perLabel((model) => embedBatch.series(model));
   const byPrincipal = new Map<string, PrincipalSeries>();
   const principalSeries = (principal: string): PrincipalSeries => {
     let s = byPrincipal.get(principal);
     if (s === undefined) {
       s = {
-        calls: principalCalls.labels(principal),
-        inputTokens: principalTokens.labels(principal, "input"),
-        outputTokens: principalTokens.labels(principal, "output"),
+        calls: principalCalls.series(principal),
+        inputTokens: principalTokens.series(principal, "input"),
+        outputTokens: principalTokens.series(principal, "output"),
       };
       byPrincipal.set(principal, s);
     }
@@ -498,7 +512,7 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
     let reason: string | undefined;
     if (error !== undefined && REFUSAL_CODES.has(error.code)) {
       reason = errorReason(error);
-      if (reason !== undefined) refusals.labels(reason, model).inc();
+      if (reason !== undefined) refusals.series(reason, model).inc();
     }
     const name = options.principalOf?.(call.values);
     if (name === undefined) return;
@@ -507,7 +521,7 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
     ps.calls.inc();
     if (info.promptTokens > 0) ps.inputTokens.inc(info.promptTokens);
     if (info.completionTokens > 0) ps.outputTokens.inc(info.completionTokens);
-    if (reason !== undefined) principalRefusals.labels(principal, reason).inc();
+    if (reason !== undefined) principalRefusals.series(principal, reason).inc();
   }
 
   /** One exchange per node for the inference paths: the metrics keep nothing per request. */
@@ -516,9 +530,6 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
     let x = answers.get(node);
     if (x === undefined) {
       x = {
-        headers: undefined,
-        responded: () => undefined,
-        ended: () => undefined,
         answered(final) {
           const name = typeof final["model"] === "string" ? final["model"] : "";
           admitModel(name);
@@ -554,7 +565,7 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
         if (path === "/api/embed") {
           const b = body as { model?: unknown; input?: unknown } | undefined;
           if (Array.isArray(b?.input) && typeof b.model === "string") {
-            embedBatch.labels(modelLabel(b.model)).observe(b.input.length);
+            batchOf(modelLabel(b.model)).observe(b.input.length);
           }
           return answerWatcher(node);
         }
@@ -564,7 +575,7 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
     failover: {
       admitted(model, _node, _number, _startedAt, queueMs) {
         admitModel(model);
-        queueWait.labels(modelLabel(model)).observe(queueMs / 1000);
+        waitOf(modelLabel(model)).observe(queueMs / 1000);
       },
       refused(model, error) {
         const reason = errorReason(error);
@@ -576,11 +587,11 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
       failed(model, node, error, retried) {
         const label = modelLabel(model);
         const reason = errorReason(error) ?? codeLabel(error.code);
-        upstreamErrors.labels(label, node, reason).inc();
-        if (retried) retries.labels(label, node, reason).inc();
+        upstreamErrors.series(label, node, reason).inc();
+        if (retried) retries.series(label, node, reason).inc();
       },
       failedOver(model, recovered) {
-        failovers.labels(modelLabel(model), recovered ? "recovered" : "failed").inc();
+        failovers.series(modelLabel(model), recovered ? "recovered" : "failed").inc();
       },
     },
     watch(s) {

@@ -23,21 +23,21 @@ export function bothUpstream(
           x.headers === undefined || y.headers === undefined
             ? (x.headers ?? y.headers)
             : { ...x.headers, ...y.headers },
-        responded(status) {
-          x.responded(status);
-          y.responded(status);
-        },
-        answered(final) {
-          x.answered(final);
-          y.answered(final);
-        },
-        ended(error) {
-          x.ended(error);
-          y.ended(error);
-        },
+        responded: either(x.responded, y.responded),
+        answered: either(x.answered, y.answered),
+        ended: either(x.ended, y.ended),
       };
       return both;
     },
+  };
+}
+
+/** One callback calling `f` and `g` (either may be absent; both absent: absent). */
+function either<T>(f: ((v: T) => void) | undefined, g: ((v: T) => void) | undefined): ((v: T) => void) | undefined {
+  if (f === undefined || g === undefined) return f ?? g;
+  return (v) => {
+    f(v);
+    g(v);
   };
 }
 

@@ -3,16 +3,9 @@ import { ExportResultCode } from "@opentelemetry/core";
 import { OTLPTraceExporter as OtlpJsonExporter } from "@opentelemetry/exporter-trace-otlp-http";
 import { OTLPTraceExporter as OtlpProtobufExporter } from "@opentelemetry/exporter-trace-otlp-proto";
 import { defaultResource, resourceFromAttributes } from "@opentelemetry/resources";
-import {
-  AlwaysOffSampler,
-  AlwaysOnSampler,
-  BatchSpanProcessor,
-  ParentBasedSampler,
-  TraceIdRatioBasedSampler,
-  TracerProvider,
-} from "@opentelemetry/sdk-trace";
-import type { Sampler, SpanExporter } from "@opentelemetry/sdk-trace";
-import type { SamplerName, TracingConfig } from "../../config/observability-config.js";
+import { AlwaysOnSampler, BatchSpanProcessor, TracerProvider } from "@opentelemetry/sdk-trace";
+import type { SpanExporter } from "@opentelemetry/sdk-trace";
+import type { TracingConfig } from "../../config/observability-config.js";
 
 /**
  * The OpenTelemetry SDK as the gateway uses it: one TracerProvider per gateway (never the global
@@ -31,24 +24,6 @@ export interface ExportLog {
 export const TRACE_EXPORT_FAILED_MSG = "trace export failed; spans are dropped until the collector answers";
 /** Logged (info) when exports work again after a failure. */
 export const TRACE_EXPORT_RECOVERED_MSG = "trace export works again";
-
-/** The sampler OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG name. */
-export function samplerFor(name: SamplerName, ratio: number): Sampler {
-  switch (name) {
-    case "always_on":
-      return new AlwaysOnSampler();
-    case "always_off":
-      return new AlwaysOffSampler();
-    case "traceidratio":
-      return new TraceIdRatioBasedSampler(ratio);
-    case "parentbased_always_on":
-      return new ParentBasedSampler({ root: new AlwaysOnSampler() });
-    case "parentbased_always_off":
-      return new ParentBasedSampler({ root: new AlwaysOffSampler() });
-    case "parentbased_traceidratio":
-      return new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(ratio) });
-  }
-}
 
 /** `exporter` reporting failed exports to `log`, once per streak of failures (the SDK itself is silent). */
 export function reportingExporter(exporter: SpanExporter, log: ExportLog): SpanExporter {
@@ -81,7 +56,11 @@ export interface ProviderOptions {
   exporter?: SpanExporter;
 }
 
-/** Builds the tracer provider; `config.endpoint` must be set. */
+/**
+ * Builds the tracer provider; `config.endpoint` must be set. Its sampler keeps every span it is
+ * asked to start: whether a call is traced is decided before, by `sampleCall` (OTEL_TRACES_SAMPLER's
+ * rules), so a call that is not traced never reaches the SDK.
+ */
 export function createTracerProvider(config: TracingConfig, options: ProviderOptions): TracerProvider {
   const Exporter = config.protocol === "http/json" ? OtlpJsonExporter : OtlpProtobufExporter;
   const exporter =
@@ -97,7 +76,7 @@ export function createTracerProvider(config: TracingConfig, options: ProviderOpt
   );
   return new TracerProvider({
     resource,
-    sampler: samplerFor(config.sampler, config.samplerRatio),
+    sampler: new AlwaysOnSampler(),
     spanProcessors: [
       new BatchSpanProcessor({
         exporter: reportingExporter(exporter, options.log),

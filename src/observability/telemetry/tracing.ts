@@ -1,7 +1,7 @@
 import type { DescMethod } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import type { ConnectError, ContextValues } from "@connectrpc/connect";
-import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, TraceFlags, trace } from "@opentelemetry/api";
 import type { Attributes, Context, Span, TextMapGetter, TextMapSetter, Tracer } from "@opentelemetry/api";
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import type { SpanExporter } from "@opentelemetry/sdk-trace";
@@ -16,6 +16,7 @@ import type { RpcInfo } from "../rpc-info.js";
 import { codeLabel } from "./code-label.js";
 import { createTracerProvider } from "./otel-sdk.js";
 import type { ExportLog } from "./otel-sdk.js";
+import { sampleCall } from "./sampling.js";
 import { createTraceScope } from "./trace-scope.js";
 
 /** Attribute names of our own (not in the OpenTelemetry semantic conventions). */
@@ -75,9 +76,9 @@ export interface GatewayTracingOptions {
  * per call, parented to the client's W3C `traceparent` on every protocol and path, with GenAI
  * attributes; child spans for the queue wait, each upstream request (an HTTP client span whose
  * context goes to Ollama in `traceparent`) and Embed cache lookups. Spans of a call are linked
- * through its trace context (see TraceScope). A call the sampler drops costs a context and a
- * non-recording span: no children, no attributes, nothing exported; its trace context still
- * travels to Ollama, as W3C asks.
+ * through its trace context (see TraceScope). A call the sampler drops (`sampleCall`) costs no
+ * span object at all: no children, no attributes, nothing exported; a trace context it came with
+ * still travels to Ollama, not sampled, as W3C asks.
  */
 export interface GatewayTracing {
   /** Starts a call's server span; the result (undefined for a call not sampled) ends it. */
@@ -216,8 +217,8 @@ export function createGatewayTracing(options: GatewayTracingOptions): GatewayTra
       const parent = trace.getSpan(context);
       if (parent === undefined) return undefined;
       if (!parent.isRecording()) {
-        // Not sampled: no span, but the trace context still travels (flags say "not sampled").
-        return { headers: inject(context), responded() {}, answered() {}, ended() {} };
+        // Not sampled, with the caller's trace context: it travels on (its flags say "not sampled").
+        return { headers: inject(context) };
       }
       const address = addresses.get(node);
       const model = (body as { model?: unknown } | undefined)?.model;
@@ -310,8 +311,24 @@ export function createGatewayTracing(options: GatewayTracingOptions): GatewayTra
   return {
     beginCall(call) {
       if (UNTRACED.has(call.method.parent.typeName)) return undefined;
-      const parent = propagator.extract(ROOT_CONTEXT, call.requestHeader, headerGetter);
-      const remote = trace.getSpanContext(parent);
+      // Only a call that brings a trace context pays for reading it.
+      const header = call.requestHeader.get("traceparent");
+      const parent =
+        header === null ? ROOT_CONTEXT : propagator.extract(ROOT_CONTEXT, call.requestHeader, headerGetter);
+      const remote = header === null ? undefined : trace.getSpanContext(parent);
+      const sampled = sampleCall(
+        options.config.sampler,
+        options.config.samplerRatio,
+        remote === undefined
+          ? undefined
+          : { traceId: remote.traceId, sampled: (remote.traceFlags & TraceFlags.SAMPLED) !== 0 },
+      );
+      if (!sampled) {
+        // Every call enters a context, traced or not, so none inherits the previous call's (TraceScope).
+        scope.enter(parent);
+        if (remote !== undefined) call.info.traceId = remote.traceId;
+        return undefined;
+      }
       const service = call.method.parent.typeName;
       const attributes: Attributes = {
         "rpc.system": call.protocolName === "connect" ? "connect_rpc" : "grpc",
@@ -328,12 +345,7 @@ export function createGatewayTracing(options: GatewayTracingOptions): GatewayTra
         attributes["gen_ai.system"] = "ollama";
       }
       const span = tracer.startSpan(`${service}/${call.method.name}`, { kind: SpanKind.SERVER, attributes }, parent);
-      // Every call enters a context, traced or not, so none inherits the previous call's (TraceScope).
       scope.enter(trace.setSpan(parent, span));
-      if (!span.isRecording()) {
-        if (remote !== undefined) call.info.traceId = remote.traceId;
-        return undefined;
-      }
       call.info.traceId = span.spanContext().traceId;
       return (error) => endServerSpan(span, call, error);
     },
