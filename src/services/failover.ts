@@ -47,21 +47,22 @@ export interface Attempt {
  * What the failover reports as a call goes, for metrics and traces (README, "Operating it"). Each
  * method is called synchronously from the call's own async flow, must return quickly and never
  * throw. Nothing is reported for a call its caller gave up on (cancelled, deadline passed).
+ * `req` is the call's request (its model, and its signal: `originOf(req.signal)` is the call's).
  */
 export interface FailoverObserver {
   /**
    * Try `number` (1 = the first) got a slot on `node`. `startedAt` is `performance.now()` when it
    * asked the scheduler (locating the model included); `queueMs` its wait in the scheduler's queue.
    */
-  admitted(model: string, node: string, number: number, startedAt: number, queueMs: number): void;
+  admitted(req: FailoverRequest, node: string, number: number, startedAt: number, queueMs: number): void;
   /** Admission failed with `error`, the call's error (queue full, wait too long, no healthy node, ...). */
-  refused(model: string, error: ConnectError, startedAt: number): void;
+  refused(req: FailoverRequest, error: ConnectError, startedAt: number): void;
   /** The call's first message reached the client `ms` after the failover started (admission and earlier tries included). */
-  firstMessage(model: string, node: string, ms: number): void;
+  firstMessage(req: FailoverRequest, node: string, ms: number): void;
   /** The try on `node` failed with `error`; `retried` = another node is tried next. */
-  failed(model: string, node: string, error: ConnectError, retried: boolean): void;
+  failed(req: FailoverRequest, node: string, error: ConnectError, retried: boolean): void;
   /** A call that needed more than one try ended: `recovered` = a later try succeeded. */
-  failedOver(model: string, recovered: boolean): void;
+  failedOver(req: FailoverRequest, recovered: boolean): void;
 }
 
 /** What the failover needs from the rest of the gateway. */
@@ -120,15 +121,15 @@ export function createFailover(deps: FailoverDeps): Failover {
         } catch (e) {
           // Every node that has the model failed this call: say why.
           if (last !== undefined && !signal.aborted) {
-            observer?.failedOver(model, false);
+            observer?.failedOver(req, false);
             throw last;
           }
           const err = toConnectError(e, signal, { model });
-          if (!signal.aborted) observer?.refused(model, err, asked);
+          if (!signal.aborted) observer?.refused(req, err, asked);
           throw err;
         }
         const node = dispatch.node.name;
-        observer?.admitted(model, node, number, asked, dispatch.queueMs);
+        observer?.admitted(req, node, number, asked, dispatch.queueMs);
         let sent = false;
         let loadMs: number | undefined;
         let wait = 0;
@@ -138,13 +139,13 @@ export function createFailover(deps: FailoverDeps): Failover {
             queueMs: dispatch.queueMs,
             number,
             sent: () => {
-              if (!sent && observer !== undefined) observer.firstMessage(model, node, performance.now() - started);
+              if (!sent && observer !== undefined) observer.firstMessage(req, node, performance.now() - started);
               sent = true;
             },
             loaded: (ms) => void (loadMs = ms),
           });
           deps.health.reportSuccess(node);
-          if (number > 1) observer?.failedOver(model, true);
+          if (number > 1) observer?.failedOver(req, true);
           return value;
         } catch (e) {
           const err = toConnectError(e, signal, { model, node });
@@ -156,9 +157,9 @@ export function createFailover(deps: FailoverDeps): Failover {
             policy,
             random,
           );
-          observer?.failed(model, node, err, delay !== undefined);
+          observer?.failed(req, node, err, delay !== undefined);
           if (delay === undefined) {
-            if (number > 1) observer?.failedOver(model, false);
+            if (number > 1) observer?.failedOver(req, false);
             throw err;
           }
           tried.add(node);

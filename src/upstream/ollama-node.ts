@@ -59,8 +59,17 @@ export interface OllamaNode {
  * "Operating it"). Called synchronously from the request's own async flow; must never throw.
  */
 export interface UpstreamObserver {
-  /** A request to `node` is about to go out; the returned exchange (if any) follows it. */
-  start(node: string, method: UpstreamMethod, path: string, body: unknown): UpstreamExchange | undefined;
+  /**
+   * A request to `node` is about to go out under `signal` (a call's, or derived from one: see
+   * `originOf`); the returned exchange (if any) follows it.
+   */
+  start(
+    node: string,
+    method: UpstreamMethod,
+    path: string,
+    body: unknown,
+    signal: AbortSignal,
+  ): UpstreamExchange | undefined;
 }
 
 /**
@@ -139,7 +148,7 @@ export function createOllamaNode(
   }
 
   async function open(path: string, body: unknown, signal: AbortSignal): Promise<NdjsonStream> {
-    const exchange = observer?.start(name, "POST", path, body);
+    const exchange = observer?.start(name, "POST", path, body, signal);
     const res = await send("POST", path, body, signal, exchange);
     const reader = readNdjson(res.body, options.maxLineBytes, name);
     return exchange?.answered === undefined && exchange?.ended === undefined
@@ -162,7 +171,7 @@ export function createOllamaNode(
     },
     open,
     async call(method, path, body, signal) {
-      const exchange = observer?.start(name, method, path, body);
+      const exchange = observer?.start(name, method, path, body, signal);
       const res = await send(method, path, body, signal, exchange);
       let answer: unknown;
       try {

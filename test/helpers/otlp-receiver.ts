@@ -4,9 +4,9 @@ import type { AddressInfo } from "node:net";
 import { BinaryReader } from "@bufbuild/protobuf/wire";
 import type { WireType } from "@bufbuild/protobuf/wire";
 
-// An OTLP/HTTP trace receiver for tests (and the benchmark's sink): a plain HTTP server that
+// An OTLP/HTTP trace receiver for tests: a plain HTTP server that
 // decodes each export request itself, field by field, with the field numbers of
-// opentelemetry-proto (collector/trace/v1 and trace/v1), so the spans the gateway's SDK encodes
+// opentelemetry-proto (collector/trace/v1 and trace/v1), so the spans the gateway encodes
 // are checked by a decoder that shares no code with it.
 
 /** An attribute value as OTLP's AnyValue carries it. */
@@ -213,6 +213,69 @@ export function decodeTraceExport(body: Uint8Array): ReceivedSpan[] {
   return out;
 }
 
+interface JsonValue {
+  stringValue?: string;
+  boolValue?: boolean;
+  intValue?: string;
+  doubleValue?: number;
+  arrayValue?: { values: JsonValue[] };
+}
+
+function jsonValue(v: JsonValue): AttributeValue {
+  if (v.stringValue !== undefined) return v.stringValue;
+  if (v.boolValue !== undefined) return v.boolValue;
+  if (v.intValue !== undefined) return Number(v.intValue);
+  if (v.doubleValue !== undefined) return v.doubleValue;
+  return v.arrayValue?.values.map(jsonValue);
+}
+
+const jsonAttributes = (list: { key: string; value: JsonValue }[] = []): Record<string, AttributeValue> =>
+  Object.fromEntries(list.map((kv) => [kv.key, jsonValue(kv.value)]));
+
+/** Decodes an ExportTraceServiceRequest in OTLP/JSON into its spans. */
+export function decodeTraceExportJson(body: string): ReceivedSpan[] {
+  const parsed = JSON.parse(body) as {
+    resourceSpans: {
+      resource?: { attributes?: { key: string; value: JsonValue }[] };
+      scopeSpans: {
+        scope?: { name?: string; version?: string };
+        spans: {
+          traceId: string;
+          spanId: string;
+          parentSpanId?: string;
+          traceState?: string;
+          name: string;
+          kind: number;
+          startTimeUnixNano: string;
+          endTimeUnixNano: string;
+          attributes?: { key: string; value: JsonValue }[];
+          events?: { name: string; timeUnixNano: string }[];
+          status?: { code?: number; message?: string };
+        }[];
+      }[];
+    }[];
+  };
+  return parsed.resourceSpans.flatMap((rs) =>
+    rs.scopeSpans.flatMap((ss) =>
+      ss.spans.map((s) => ({
+        traceId: s.traceId,
+        spanId: s.spanId,
+        parentSpanId: s.parentSpanId ?? "",
+        traceState: s.traceState ?? "",
+        name: s.name,
+        kind: s.kind,
+        startNs: BigInt(s.startTimeUnixNano),
+        endNs: BigInt(s.endTimeUnixNano),
+        attributes: jsonAttributes(s.attributes),
+        events: (s.events ?? []).map((e) => ({ name: e.name, timeNs: BigInt(e.timeUnixNano) })),
+        status: { code: s.status?.code ?? 0, message: s.status?.message ?? "" },
+        resource: jsonAttributes(rs.resource?.attributes),
+        scope: { name: ss.scope?.name ?? "", version: ss.scope?.version ?? "" },
+      })),
+    ),
+  );
+}
+
 /** Starts a receiver on a free loopback port; `status` is what it answers (200, or e.g. 503 to test failures). */
 export async function startOtlpReceiver(options: { status?: () => number } = {}): Promise<OtlpReceiver> {
   const spans: ReceivedSpan[] = [];
@@ -227,6 +290,8 @@ export async function startOtlpReceiver(options: { status?: () => number } = {})
       const status = options.status?.() ?? 200;
       if (status === 200 && contentType.startsWith("application/x-protobuf")) {
         spans.push(...decodeTraceExport(Buffer.concat(chunks)));
+      } else if (status === 200 && contentType.startsWith("application/json")) {
+        spans.push(...decodeTraceExportJson(Buffer.concat(chunks).toString("utf8")));
       }
       // An empty ExportTraceServiceResponse: full success.
       res.writeHead(status, { "content-type": "application/x-protobuf" }).end();

@@ -573,24 +573,24 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
       },
     },
     failover: {
-      admitted(model, _node, _number, _startedAt, queueMs) {
+      admitted({ model }, _node, _number, _startedAt, queueMs) {
         admitModel(model);
         waitOf(modelLabel(model)).observe(queueMs / 1000);
       },
-      refused(model, error) {
+      refused({ model }, error) {
         const reason = errorReason(error);
         if (reason !== undefined && QUEUE_REASONS.has(reason)) admitModel(model);
       },
-      firstMessage(model, node, ms) {
+      firstMessage({ model }, node, ms) {
         modelNodeSeries(modelLabel(model), node).ttft.observe(ms / 1000);
       },
-      failed(model, node, error, retried) {
+      failed({ model }, node, error, retried) {
         const label = modelLabel(model);
         const reason = errorReason(error) ?? codeLabel(error.code);
         upstreamErrors.series(label, node, reason).inc();
         if (retried) retries.series(label, node, reason).inc();
       },
-      failedOver(model, recovered) {
+      failedOver({ model }, recovered) {
         failovers.series(modelLabel(model), recovered ? "recovered" : "failed").inc();
       },
     },

@@ -14,9 +14,9 @@ export function bothUpstream(
 ): UpstreamObserver | undefined {
   if (a === undefined || b === undefined) return a ?? b;
   return {
-    start(node, method, path, body) {
-      const x = a.start(node, method, path, body);
-      const y = b.start(node, method, path, body);
+    start(node, method, path, body, signal) {
+      const x = a.start(node, method, path, body, signal);
+      const y = b.start(node, method, path, body, signal);
       if (x === undefined || y === undefined) return x ?? y;
       const both: UpstreamExchange = {
         headers:
@@ -48,25 +48,25 @@ export function bothFailover(
 ): FailoverObserver | undefined {
   if (a === undefined || b === undefined) return a ?? b;
   return {
-    admitted(model, node, number, startedAt, queueMs) {
-      a.admitted(model, node, number, startedAt, queueMs);
-      b.admitted(model, node, number, startedAt, queueMs);
+    admitted(req, node, number, startedAt, queueMs) {
+      a.admitted(req, node, number, startedAt, queueMs);
+      b.admitted(req, node, number, startedAt, queueMs);
     },
-    refused(model, error, startedAt) {
-      a.refused(model, error, startedAt);
-      b.refused(model, error, startedAt);
+    refused(req, error, startedAt) {
+      a.refused(req, error, startedAt);
+      b.refused(req, error, startedAt);
     },
-    firstMessage(model, node, ms) {
-      a.firstMessage(model, node, ms);
-      b.firstMessage(model, node, ms);
+    firstMessage(req, node, ms) {
+      a.firstMessage(req, node, ms);
+      b.firstMessage(req, node, ms);
     },
-    failed(model, node, error, retried) {
-      a.failed(model, node, error, retried);
-      b.failed(model, node, error, retried);
+    failed(req, node, error, retried) {
+      a.failed(req, node, error, retried);
+      b.failed(req, node, error, retried);
     },
-    failedOver(model, recovered) {
-      a.failedOver(model, recovered);
-      b.failedOver(model, recovered);
+    failedOver(req, recovered) {
+      a.failedOver(req, recovered);
+      b.failedOver(req, recovered);
     },
   };
 }

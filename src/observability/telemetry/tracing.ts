@@ -1,10 +1,7 @@
+import { randomUUID } from "node:crypto";
 import type { DescMethod } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import type { ConnectError, ContextValues } from "@connectrpc/connect";
-import { ROOT_CONTEXT, SpanKind, SpanStatusCode, TraceFlags, trace } from "@opentelemetry/api";
-import type { Attributes, Context, Span, TextMapGetter, TextMapSetter, Tracer } from "@opentelemetry/api";
-import { W3CTraceContextPropagator } from "@opentelemetry/core";
-import type { SpanExporter } from "@opentelemetry/sdk-trace";
 import type { TracingConfig } from "../../config/observability-config.js";
 import { errorReason } from "../../errors/gateway-error.js";
 import { InferenceService } from "../../gen/ollama/gateway/v1/inference_pb.js";
@@ -12,12 +9,16 @@ import type { EmbeddingCache } from "../../services/embedding-cache.js";
 import type { FailoverObserver } from "../../services/failover.js";
 import { isUpstreamError } from "../../upstream/upstream-error.js";
 import type { UpstreamExchange, UpstreamObserver } from "../../upstream/ollama-node.js";
+import { originOf } from "../../util/signal-lineage.js";
 import type { RpcInfo } from "../rpc-info.js";
 import { codeLabel } from "./code-label.js";
-import { createTracerProvider } from "./otel-sdk.js";
-import type { ExportLog } from "./otel-sdk.js";
 import { sampleCall } from "./sampling.js";
-import { createTraceScope } from "./trace-scope.js";
+import { fromPerformance, now, RecordedSpan, SpanKind } from "./span.js";
+import type { AttributeValue } from "./span.js";
+import { createSpanExporter } from "./span-exporter.js";
+import type { ExportLog } from "./span-exporter.js";
+import { newTraceId, parseTraceparent, traceHeaders } from "./trace-context.js";
+import type { SpanContext } from "./trace-context.js";
 
 /** Attribute names of our own (not in the OpenTelemetry semantic conventions). */
 export const ATTR = {
@@ -53,6 +54,8 @@ export interface TracedCall {
   readonly values: ContextValues;
   /** Streams also report the messages sent. */
   readonly streaming: boolean;
+  /** The call's signal: the layers below find the call's trace by it (`originOf`). */
+  readonly signal: AbortSignal;
 }
 
 /** How tracing is set up. */
@@ -65,20 +68,21 @@ export interface GatewayTracingOptions {
   nodes: readonly { name: string; url: string }[];
   /** The name of a call's principal, when authentication set one. @default none */
   principalOf?: (values: ContextValues) => string | undefined;
-  /** Where export failures go. */
+  /** Where export trouble goes. */
   log: ExportLog;
-  /** Replaces the OTLP exporter (tests). */
-  exporter?: SpanExporter;
 }
 
 /**
  * OpenTelemetry traces of the gateway's calls (README, "Operating it", Tracing): one server span
  * per call, parented to the client's W3C `traceparent` on every protocol and path, with GenAI
  * attributes; child spans for the queue wait, each upstream request (an HTTP client span whose
- * context goes to Ollama in `traceparent`) and Embed cache lookups. Spans of a call are linked
- * through its trace context (see TraceScope). A call the sampler drops (`sampleCall`) costs no
- * span object at all: no children, no attributes, nothing exported; a trace context it came with
- * still travels to Ollama, not sampled, as W3C asks.
+ * context goes to Ollama in `traceparent`) and Embed cache lookups; exported over OTLP/HTTP.
+ *
+ * Hand-instrumented rather than on the OpenTelemetry SDK (README, "Tracing", has the measurements):
+ * spans are plain records encoded straight into OTLP, and the layers below find a call's span
+ * from the AbortSignal they were handed (`originOf`), not through AsyncLocalStorage, whose hooks
+ * would tax every promise of every call. A call the sampler drops costs no span object at all; a
+ * trace context it came with still travels to Ollama, not sampled, as W3C asks.
  */
 export interface GatewayTracing {
   /** Starts a call's server span; the result (undefined for a call not sampled) ends it. */
@@ -89,22 +93,17 @@ export interface GatewayTracing {
   readonly failover: FailoverObserver;
   /** `cache` with a span around each lookup of a traced call. */
   embeddingCache(cache: EmbeddingCache): EmbeddingCache;
-  /** Exports every span ended so far (tests). */
+  /** Exports every span ended so far. */
   forceFlush(): Promise<void>;
   /** Exports what is left and stops (the gateway's close). */
   shutdown(): Promise<void>;
 }
 
-const headerGetter: TextMapGetter<Headers> = {
-  get: (carrier, key) => carrier.get(key) ?? undefined,
-  keys: (carrier) => [...carrier.keys()],
-};
-
-const recordSetter: TextMapSetter<Record<string, string>> = {
-  set: (carrier, key, value) => {
-    carrier[key] = value;
-  },
-};
+/** A call's trace: its server span when sampled; else the context it came with, passed on as is. */
+interface CallTrace {
+  span: RecordedSpan | undefined;
+  remote: SpanContext | undefined;
+}
 
 /** The GenAI operation of each inference method (OpenTelemetry GenAI semantic conventions). */
 const GEN_AI_OPERATIONS: ReadonlyMap<string, string> = new Map([
@@ -140,15 +139,6 @@ function positive(v: unknown): number | undefined {
   return typeof v === "number" && Number.isFinite(v) && v > 0 ? Math.trunc(v) : undefined;
 }
 
-/**
- * A `performance.now()` instant on the wall clock (ms since the epoch), as the SDK times spans
- * started now: `performance.timeOrigin` plus it drifts from `Date.now()` over a process's life,
- * and a child timed on the other clock could seem to end after its next sibling started.
- */
-function wallClock(instant: number): number {
-  return Date.now() - (performance.now() - instant);
-}
-
 /** `error.type` of a failed upstream request: the HTTP status, or the error's code or name. */
 function upstreamErrorType(e: unknown): string {
   if (isUpstreamError(e)) return e.kind === "http" ? String(e.status) : `upstream_${e.kind}`;
@@ -157,16 +147,32 @@ function upstreamErrorType(e: unknown): string {
   return e instanceof Error ? e.name : "error";
 }
 
-/** Builds the tracer (loads the SDK) and the hooks and observers that use it. */
+/** Builds tracing: the exporter, and the hook and observers that record spans into it. */
 export function createGatewayTracing(options: GatewayTracingOptions): GatewayTracing {
-  const provider = createTracerProvider(options.config, {
-    version: options.version,
+  const { config } = options;
+  const exporter = createSpanExporter({
+    url: config.endpoint!,
+    headers: config.headers,
+    protocol: config.protocol,
+    timeoutMs: Math.min(config.timeoutMs, config.exportTimeoutMs),
+    scheduleDelayMs: config.scheduleDelayMs,
+    maxQueueSize: config.maxQueueSize,
+    maxExportBatchSize: config.maxExportBatchSize,
     log: options.log,
-    exporter: options.exporter,
+    resource: {
+      "service.instance.id": randomUUID(),
+      "telemetry.sdk.language": "nodejs",
+      "telemetry.sdk.name": "ollama-grpc-gateway",
+      "telemetry.sdk.version": options.version,
+      ...config.resourceAttributes,
+      "service.name": config.serviceName,
+      "service.version": options.version,
+    },
+    scope: { name: "ollama-grpc-gateway", version: options.version },
   });
-  const tracer: Tracer = provider.getTracer("ollama-grpc-gateway", options.version);
-  const propagator = new W3CTraceContextPropagator();
-  const scope = createTraceScope();
+  const record = (span: RecordedSpan): void => exporter.add(span);
+  const calls = new WeakMap<AbortSignal, CallTrace>();
+  const traceOf = (signal: AbortSignal): CallTrace | undefined => calls.get(originOf(signal));
   const addresses = new Map(
     options.nodes.map((n) => {
       const url = new URL(n.url);
@@ -177,86 +183,65 @@ export function createGatewayTracing(options: GatewayTracingOptions): GatewayTra
     }),
   );
 
-  /** The running call's span if it records (a sampled call), else undefined. */
-  const recording = (): { context: Context; span: Span } | undefined => {
-    const context = scope.active();
-    const span = context === undefined ? undefined : trace.getSpan(context);
-    return span?.isRecording() ? { context: context!, span } : undefined;
-  };
-
-  const inject = (context: Context): Record<string, string> => {
-    const headers: Record<string, string> = {};
-    propagator.inject(context, headers, recordSetter);
-    return headers;
-  };
-
-  function endServerSpan(span: Span, call: TracedCall, error: ConnectError | undefined): void {
+  function endServerSpan(span: RecordedSpan, call: TracedCall, error: ConnectError | undefined): void {
     const info = call.info;
-    if (info.model) span.setAttribute("gen_ai.request.model", info.model);
-    if (info.node) span.setAttribute(ATTR.node, info.node);
-    if (info.promptTokens > 0) span.setAttribute("gen_ai.usage.input_tokens", info.promptTokens);
-    if (info.completionTokens > 0) span.setAttribute("gen_ai.usage.output_tokens", info.completionTokens);
-    if (call.streaming) span.setAttribute(ATTR.messages, info.messages);
+    if (info.model) span.set("gen_ai.request.model", info.model);
+    if (info.node) span.set(ATTR.node, info.node);
+    if (info.promptTokens > 0) span.set("gen_ai.usage.input_tokens", info.promptTokens);
+    if (info.completionTokens > 0) span.set("gen_ai.usage.output_tokens", info.completionTokens);
+    if (call.streaming) span.set(ATTR.messages, info.messages);
     const principal = options.principalOf?.(call.values);
-    if (principal !== undefined) span.setAttribute(ATTR.principal, principal);
+    if (principal !== undefined) span.set(ATTR.principal, principal);
     const code = error === undefined ? 0 : error.code;
-    span.setAttribute("rpc.grpc.status_code", code);
+    span.set("rpc.grpc.status_code", code);
     if (error !== undefined) {
       const reason = errorReason(error);
-      span.setAttribute("error.type", reason ?? codeLabel(code));
-      if (reason !== undefined) span.setAttribute(ATTR.reason, reason);
-      if (SERVER_ERRORS.has(error.code)) span.setStatus({ code: SpanStatusCode.ERROR, message: error.rawMessage });
+      span.set("error.type", reason ?? codeLabel(code));
+      if (reason !== undefined) span.set(ATTR.reason, reason);
+      if (SERVER_ERRORS.has(error.code)) span.fail(error.rawMessage);
     }
     span.end();
   }
 
   const upstream: UpstreamObserver = {
-    start(node, method, path, body) {
-      const context = scope.active();
-      if (context === undefined) return undefined;
-      const parent = trace.getSpan(context);
-      if (parent === undefined) return undefined;
-      if (!parent.isRecording()) {
-        // Not sampled, with the caller's trace context: it travels on (its flags say "not sampled").
-        return { headers: inject(context) };
-      }
+    start(node, method, path, body, signal) {
+      const trace = traceOf(signal);
+      if (trace === undefined) return undefined;
+      const parent = trace.span;
+      // Not sampled, with the caller's trace context: it travels on as it came.
+      if (parent === undefined) return trace.remote === undefined ? undefined : { headers: traceHeaders(trace.remote) };
+      const span = parent.child(`${method} ${path}`, SpanKind.CLIENT);
+      span.set("http.request.method", method).set(ATTR.node, node);
       const address = addresses.get(node);
-      const model = (body as { model?: unknown } | undefined)?.model;
-      const attributes: Attributes = {
-        "http.request.method": method,
-        [ATTR.node]: node,
-      };
       if (address !== undefined) {
-        attributes["url.full"] = address.base + path;
-        attributes["server.address"] = address.host;
-        attributes["server.port"] = address.port;
+        span
+          .set("url.full", address.base + path)
+          .set("server.address", address.host)
+          .set("server.port", address.port);
       }
-      if (typeof model === "string") attributes["gen_ai.request.model"] = model;
-      const span = tracer.startSpan(`${method} ${path}`, { kind: SpanKind.CLIENT, attributes }, context);
+      const model = (body as { model?: unknown } | undefined)?.model;
+      if (typeof model === "string") span.set("gen_ai.request.model", model);
       const exchange: UpstreamExchange = {
-        headers: inject(trace.setSpan(context, span)),
+        headers: traceHeaders(span.context),
         responded(status) {
-          span.setAttribute("http.response.status_code", status);
+          span.set("http.response.status_code", status);
         },
         answered(final) {
           const served = final["model"];
           const reasons = finishReasons(final);
+          for (const s of [span, parent]) {
+            if (typeof served === "string") s.set("gen_ai.response.model", served);
+            if (reasons !== undefined) s.set("gen_ai.response.finish_reasons", reasons);
+          }
           const input = positive(final["prompt_eval_count"]);
           const output = positive(final["eval_count"]);
-          for (const s of [span, parent]) {
-            if (typeof served === "string") s.setAttribute("gen_ai.response.model", served);
-            if (reasons !== undefined) s.setAttribute("gen_ai.response.finish_reasons", reasons);
-          }
-          if (input !== undefined) span.setAttribute("gen_ai.usage.input_tokens", input);
-          if (output !== undefined) span.setAttribute("gen_ai.usage.output_tokens", output);
+          if (input !== undefined) span.set("gen_ai.usage.input_tokens", input);
+          if (output !== undefined) span.set("gen_ai.usage.output_tokens", output);
         },
         ended(error) {
           if (error !== undefined) {
-            span.setAttribute("error.type", upstreamErrorType(error));
-            span.setStatus({
-              code: SpanStatusCode.ERROR,
-              message: error instanceof Error ? error.message.slice(0, 500) : String(error),
-            });
+            span.set("error.type", upstreamErrorType(error));
+            span.fail(error instanceof Error ? error.message : String(error));
           }
           span.end();
         },
@@ -266,41 +251,31 @@ export function createGatewayTracing(options: GatewayTracingOptions): GatewayTra
   };
 
   const failover: FailoverObserver = {
-    admitted(model, node, number, startedAt, queueMs) {
-      const running = recording();
-      if (running === undefined) return;
-      tracer
-        .startSpan(
-          SPAN.queueWait,
-          {
-            startTime: wallClock(startedAt),
-            attributes: {
-              "gen_ai.request.model": model,
-              [ATTR.node]: node,
-              [ATTR.attempt]: number,
-              [ATTR.queueMs]: queueMs,
-            },
-          },
-          running.context,
-        )
-        .end();
-    },
-    refused(model, error, startedAt) {
-      const running = recording();
-      if (running === undefined) return;
-      const reason = errorReason(error);
-      const span = tracer.startSpan(
-        SPAN.queueWait,
-        { startTime: wallClock(startedAt), attributes: { "gen_ai.request.model": model } },
-        running.context,
-      );
-      span.setAttribute("error.type", reason ?? codeLabel(error.code));
-      if (reason !== undefined) span.setAttribute(ATTR.reason, reason);
-      span.setStatus({ code: SpanStatusCode.ERROR, message: error.rawMessage });
+    admitted(req, node, number, startedAt, queueMs) {
+      const parent = traceOf(req.signal)?.span;
+      if (parent === undefined) return;
+      const attributes: [string, AttributeValue][] = [
+        ["gen_ai.request.model", req.model],
+        [ATTR.node, node],
+        [ATTR.attempt, number],
+        [ATTR.queueMs, queueMs],
+      ];
+      const span = parent.child(SPAN.queueWait, SpanKind.INTERNAL, fromPerformance(startedAt));
+      for (const [k, v] of attributes) span.set(k, v);
       span.end();
     },
-    firstMessage() {
-      recording()?.span.addEvent(FIRST_MESSAGE_EVENT);
+    refused(req, error, startedAt) {
+      const parent = traceOf(req.signal)?.span;
+      if (parent === undefined) return;
+      const reason = errorReason(error);
+      const span = parent.child(SPAN.queueWait, SpanKind.INTERNAL, fromPerformance(startedAt));
+      span.set("gen_ai.request.model", req.model).set("error.type", reason ?? codeLabel(error.code));
+      if (reason !== undefined) span.set(ATTR.reason, reason);
+      span.fail(error.rawMessage);
+      span.end();
+    },
+    firstMessage(req) {
+      traceOf(req.signal)?.span?.event(FIRST_MESSAGE_EVENT);
     },
     failed() {
       // The failed try's client span already carries the error.
@@ -313,40 +288,40 @@ export function createGatewayTracing(options: GatewayTracingOptions): GatewayTra
       if (UNTRACED.has(call.method.parent.typeName)) return undefined;
       // Only a call that brings a trace context pays for reading it.
       const header = call.requestHeader.get("traceparent");
-      const parent =
-        header === null ? ROOT_CONTEXT : propagator.extract(ROOT_CONTEXT, call.requestHeader, headerGetter);
-      const remote = header === null ? undefined : trace.getSpanContext(parent);
-      const sampled = sampleCall(
-        options.config.sampler,
-        options.config.samplerRatio,
-        remote === undefined
-          ? undefined
-          : { traceId: remote.traceId, sampled: (remote.traceFlags & TraceFlags.SAMPLED) !== 0 },
-      );
-      if (!sampled) {
-        // Every call enters a context, traced or not, so none inherits the previous call's (TraceScope).
-        scope.enter(parent);
-        if (remote !== undefined) call.info.traceId = remote.traceId;
+      const remote = header === null ? undefined : parseTraceparent(header, call.requestHeader.get("tracestate"));
+      if (!sampleCall(config.sampler, config.samplerRatio, remote)) {
+        if (remote !== undefined) {
+          calls.set(call.signal, { span: undefined, remote });
+          call.info.traceId = remote.traceId;
+        }
         return undefined;
       }
       const service = call.method.parent.typeName;
-      const attributes: Attributes = {
-        "rpc.system": call.protocolName === "connect" ? "connect_rpc" : "grpc",
-        "rpc.service": service,
-        "rpc.method": call.method.name,
-        [ATTR.protocol]: call.protocolName,
-        [ATTR.requestId]: call.info.requestId,
-      };
-      if (call.info.peer) attributes["network.peer.address"] = call.info.peer;
+      const span = new RecordedSpan(
+        remote?.traceId ?? newTraceId(),
+        remote?.spanId ?? "",
+        remote?.traceState ?? "",
+        `${service}/${call.method.name}`,
+        SpanKind.SERVER,
+        now(),
+        record,
+      );
+      span
+        .set("rpc.system", call.protocolName === "connect" ? "connect_rpc" : "grpc")
+        .set("rpc.service", service)
+        .set("rpc.method", call.method.name)
+        .set(ATTR.protocol, call.protocolName)
+        .set(ATTR.requestId, call.info.requestId);
+      if (call.info.peer) span.set("network.peer.address", call.info.peer);
       const operation = service === InferenceService.typeName ? GEN_AI_OPERATIONS.get(call.method.name) : undefined;
       if (operation !== undefined) {
-        attributes["gen_ai.operation.name"] = operation;
-        attributes["gen_ai.provider.name"] = "ollama";
-        attributes["gen_ai.system"] = "ollama";
+        span
+          .set("gen_ai.operation.name", operation)
+          .set("gen_ai.provider.name", "ollama")
+          .set("gen_ai.system", "ollama");
       }
-      const span = tracer.startSpan(`${service}/${call.method.name}`, { kind: SpanKind.SERVER, attributes }, parent);
-      scope.enter(trace.setSpan(parent, span));
-      call.info.traceId = span.spanContext().traceId;
+      calls.set(call.signal, { span, remote });
+      call.info.traceId = span.traceId;
       return (error) => endServerSpan(span, call, error);
     },
     upstream,
@@ -354,19 +329,16 @@ export function createGatewayTracing(options: GatewayTracingOptions): GatewayTra
     embeddingCache(cache) {
       return {
         async lookup(key, inputs, signal) {
-          const running = recording();
-          if (running === undefined) return cache.lookup(key, inputs, signal);
-          const span = tracer.startSpan(
-            SPAN.cacheLookup,
-            { attributes: { [ATTR.cacheKind]: "emb", [ATTR.cacheInputs]: inputs.length } },
-            running.context,
-          );
+          const parent = signal === undefined ? undefined : traceOf(signal)?.span;
+          if (parent === undefined) return cache.lookup(key, inputs, signal);
+          const span = parent.child(SPAN.cacheLookup, SpanKind.INTERNAL);
+          span.set(ATTR.cacheKind, "emb").set(ATTR.cacheInputs, inputs.length);
           try {
             const found = await cache.lookup(key, inputs, signal);
-            span.setAttribute(ATTR.cacheHits, found.filter((v) => v !== undefined).length);
+            span.set(ATTR.cacheHits, found.filter((v) => v !== undefined).length);
             return found;
           } catch (e) {
-            span.setStatus({ code: SpanStatusCode.ERROR, message: e instanceof Error ? e.message : String(e) });
+            span.fail(e instanceof Error ? e.message : String(e));
             throw e;
           } finally {
             span.end();
@@ -375,7 +347,7 @@ export function createGatewayTracing(options: GatewayTracingOptions): GatewayTra
         store: (key, inputs, vectors, signal) => cache.store(key, inputs, vectors, signal),
       };
     },
-    forceFlush: () => provider.forceFlush(),
-    shutdown: () => provider.shutdown(),
+    forceFlush: () => exporter.forceFlush(),
+    shutdown: () => exporter.shutdown(),
   };
 }
