@@ -1,7 +1,7 @@
 import { randomFillSync } from "node:crypto";
 
 /**
- * W3C Trace Context (https://www.w3.org/TR/trace-context/): the `traceparent` and `tracestate`
+ * W3C Trace Context (README, "Tracing"): the `traceparent` and `tracestate`
  * headers a call comes with and the gateway sends to Ollama, and new span and trace ids.
  */
 
