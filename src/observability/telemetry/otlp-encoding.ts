@@ -38,13 +38,49 @@ function anyValue(w: BinaryWriter, v: AttributeValue): void {
   }
 }
 
+/** Bytes of a varint holding `n` (a non-negative integer up to 2^53; negative int64s take 10). */
+function varintSize(n: number): number {
+  if (n < 0) return 10;
+  let size = 1;
+  while (n >= 0x80) {
+    n = Math.floor(n / 0x80);
+    size++;
+  }
+  return size;
+}
+
+/** AnyValue's size when it has a fixed layout (string, bool, integer, double); undefined for arrays. */
+function scalarSize(v: AttributeValue): number | undefined {
+  if (typeof v === "string") {
+    const n = Buffer.byteLength(v);
+    return 1 + varintSize(n) + n;
+  }
+  if (typeof v === "boolean") return 2;
+  if (typeof v === "number") return Number.isSafeInteger(v) ? 1 + varintSize(v) : 9;
+  return undefined;
+}
+
+/**
+ * One KeyValue. Scalars (nearly every attribute) are written with their lengths computed up
+ * front: `fork`/`join` per key and value was most of the encoding's cost.
+ */
 function keyValue(w: BinaryWriter, field: number, key: string, value: AttributeValue): void {
-  w.tag(field, WireType.LengthDelimited).fork();
+  const any = scalarSize(value);
+  if (any === undefined) {
+    w.tag(field, WireType.LengthDelimited).fork();
+    w.tag(1, WireType.LengthDelimited).string(key);
+    w.tag(2, WireType.LengthDelimited).fork();
+    anyValue(w, value);
+    w.join();
+    w.join();
+    return;
+  }
+  const keyBytes = Buffer.byteLength(key);
+  const size = 1 + varintSize(keyBytes) + keyBytes + 1 + varintSize(any) + any;
+  w.tag(field, WireType.LengthDelimited).uint32(size);
   w.tag(1, WireType.LengthDelimited).string(key);
-  w.tag(2, WireType.LengthDelimited).fork();
+  w.tag(2, WireType.LengthDelimited).uint32(any);
   anyValue(w, value);
-  w.join();
-  w.join();
 }
 
 const hexBytes = (hex: string): Uint8Array => Buffer.from(hex, "hex");
