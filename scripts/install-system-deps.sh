@@ -15,7 +15,7 @@
 # Skips apt entirely when everything is already installed.
 set -euo pipefail
 packages=(
-  redis-server python3-grpcio python3-grpc-tools
+  redis-server python3-grpcio python3-grpc-tools prometheus
   golang-go golang-google-grpc-dev golang-github-golang-protobuf-1-5-dev golang-google-protobuf-dev
   golang-google-genproto-dev protobuf-compiler protoc-gen-go protoc-gen-go-grpc
   curl perl

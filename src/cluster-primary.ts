@@ -1,5 +1,6 @@
 import cluster from "node:cluster";
 import type { Worker } from "node:cluster";
+import type { MetricsConfig } from "./config/observability-config.js";
 import type { Logger } from "./observability/logger.js";
 import { isNodeVerdictMessage } from "./routing/ipc-node-health.js";
 import { answerSlotRequest, isSlotRequest } from "./routing/ipc-slot-gate.js";
@@ -16,8 +17,10 @@ import { createSlotTable } from "./routing/slot-table.js";
  * they never send a node more requests at once than its slots; a worker that
  * dies has its slots freed at once. A node health verdict from one worker is
  * passed on to the others (`routing/ipc-node-health.ts`).
+ * With METRICS_PORT set it serves the metrics of all workers there, aggregated
+ * per scrape (`observability/telemetry/metrics-cluster.ts`).
  */
-export function runPrimary(workers: number, log: Logger): void {
+export async function runPrimary(workers: number, log: Logger, metrics?: MetricsConfig): Promise<void> {
   let stopping = false;
   const restarts: number[] = [];
   const slots = createSlotTable();
@@ -68,4 +71,14 @@ export function runPrimary(workers: number, log: Logger): void {
   process.on("SIGHUP", () => {
     for (const w of Object.values(cluster.workers ?? {})) w?.process.kill("SIGHUP");
   });
+  if (metrics?.port !== undefined) {
+    const { listenClusterMetrics } = await import("./observability/telemetry/metrics-cluster.js");
+    const endpoint = await listenClusterMetrics({
+      host: metrics.host,
+      port: metrics.port,
+      onError: (e) =>
+        log.warn({ err: e instanceof Error ? e.message : String(e) }, "workers' metrics could not be collected"),
+    });
+    log.info({ url: endpoint.url, workers }, "metrics listening");
+  }
 }

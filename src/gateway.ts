@@ -16,6 +16,12 @@ import type { Logger } from "./observability/logger.js";
 import { callValues } from "./pipeline/call.js";
 import { pipelineInterceptor } from "./pipeline/connect-interceptor.js";
 import { createGatewayPipeline } from "./pipeline/gateway-pipeline.js";
+import { principalOf } from "./pipeline/principal.js";
+import type { ContextValues } from "@connectrpc/connect";
+import type { GatewayMetrics } from "./observability/telemetry/metrics.js";
+import type { MetricsEndpoint } from "./observability/telemetry/metrics-endpoint.js";
+import { bothFailover, bothUpstream } from "./observability/telemetry/observers.js";
+import type { GatewayTracing } from "./observability/telemetry/tracing.js";
 import { createFleetMetadata } from "./routing/fleet-metadata.js";
 import { createAffinityTable } from "./routing/affinity.js";
 import { createFleetState } from "./routing/fleet-state.js";
@@ -72,6 +78,12 @@ export interface Gateway {
    * (logged; the previous version kept).
    */
   reload(): Promise<boolean>;
+  /** The Prometheus metrics (METRICS_PORT set), else undefined. */
+  readonly metrics: GatewayMetrics | undefined;
+  /** `http://host:port/metrics` when this process serves the metrics endpoint. */
+  readonly metricsUrl: string | undefined;
+  /** Trace export (an OTLP endpoint set), else undefined: no tracing hook, no span objects. */
+  readonly tracing: GatewayTracing | undefined;
   /**
    * Graceful shutdown: health NOT_SERVING, stop accepting, GOAWAY, let
    * running calls finish for `config.shutdownGraceMs`, then cancel the rest
@@ -94,16 +106,54 @@ const VERSION = ((): string => {
   }
 })();
 
+/** How `startGateway` runs besides its configuration. */
+export interface StartOptions {
+  /**
+   * Listen on METRICS_PORT. False in node:cluster workers: the primary serves every worker's
+   * metrics aggregated on that port (`main.ts`). @default true
+   */
+  metricsEndpoint?: boolean;
+}
+
+/** The principal's name for metrics and spans (never a credential). */
+const principalName = (values: ContextValues): string | undefined => principalOf(values)?.name;
+
 /** Builds every layer from the config and starts listening. */
-export async function startGateway(config: GatewayConfig, log: Logger): Promise<Gateway> {
+export async function startGateway(config: GatewayConfig, log: Logger, options: StartOptions = {}): Promise<Gateway> {
   const startedAtMs = Date.now();
+  // Metrics and tracing are loaded only when configured: otherwise neither their libraries nor
+  // any hook or observer exist (README, "Operating it").
+  const metrics =
+    config.metrics.port === undefined
+      ? undefined
+      : (await import("./observability/telemetry/metrics.js")).createGatewayMetrics({
+          maxModels: config.metrics.maxModels,
+          maxPrincipals: config.metrics.maxPrincipals,
+          principalOf: principalName,
+          version: VERSION,
+        });
+  const tracing =
+    config.tracing.endpoint === undefined
+      ? undefined
+      : (await import("./observability/telemetry/tracing.js")).createGatewayTracing({
+          config: config.tracing,
+          version: VERSION,
+          nodes: config.nodes,
+          principalOf: principalName,
+          log,
+        });
+  const upstreamObserver = bothUpstream(metrics?.upstream, tracing?.upstream);
   // Enough connections for every slot of every model a node may hold (the
   // admission queue bounds what is in flight), and never fewer than configured.
   const nodes = config.nodes.map((n) =>
-    createOllamaNode(n, {
-      ...config.upstream,
-      connections: Math.max(config.upstream.connections, n.parallel * n.maxLoadedModels + 8),
-    }),
+    createOllamaNode(
+      n,
+      {
+        ...config.upstream,
+        connections: Math.max(config.upstream.connections, n.parallel * n.maxLoadedModels + 8),
+      },
+      upstreamObserver,
+    ),
   );
   // One Redis link per replica (a command connection and one subscriber), shared by the cache,
   // node-health sharing and slot leases; closed after all three.
@@ -197,6 +247,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   });
   // Model aliases in force; a config reload replaces them for the next calls (README "Model aliases").
   let aliases = config.routing.aliases;
+  const embeddings = config.cache.embeddings ? createEmbeddingCache(cache, config.cache.embeddingsTtlMs) : undefined;
   const inference = createInferenceService({
     scheduler,
     aliases: () => aliases,
@@ -205,8 +256,9 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     health: nodeHealth,
     maxDeadlineMs: config.maxDeadlineMs,
     metadata,
-    embeddings: config.cache.embeddings ? createEmbeddingCache(cache, config.cache.embeddingsTtlMs) : undefined,
+    embeddings: embeddings && tracing ? tracing.embeddingCache(embeddings) : embeddings,
     embedBatchWindowMs: config.embedBatchWindowMs,
+    observer: bothFailover(metrics?.failover, tracing?.failover),
   });
   const models = createModelService({
     nodes,
@@ -246,14 +298,17 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     watchIntervalMs: config.configWatchIntervalMs,
     log,
   });
-  // Request id, logging, authentication, permissions, rate limits and the concurrency cap
-  // (pipeline/gateway-pipeline.ts), run the same way by connect-node and the fast path.
+  // Request id, tracing, logging, metrics, authentication, permissions, rate limits and the
+  // concurrency cap (pipeline/gateway-pipeline.ts), run the same way by connect-node and the fast path.
   const { pipeline, cap } = createGatewayPipeline({
     log,
     maxConcurrentRpcs: config.maxConcurrentRpcs,
+    metrics,
+    tracing,
     auth: authenticator,
     limiter,
   });
+  metrics?.watch({ scheduler, fleet, health: nodeHealth, cache, redis, activeCalls: () => cap.active });
   const status = createGatewayService({
     version: VERSION,
     startedAtMs,
@@ -363,6 +418,17 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   await nodeHealth.probeAll();
   applyFleetHealth();
   scheduler.start();
+  let metricsEndpoint: MetricsEndpoint | undefined;
+  if (metrics !== undefined && config.metrics.port !== undefined && options.metricsEndpoint !== false) {
+    const registry = metrics.registry;
+    metricsEndpoint = await (await import("./observability/telemetry/metrics-endpoint.js")).listenMetrics({
+      host: config.metrics.host,
+      port: config.metrics.port,
+      render: async () => ({ contentType: registry.contentType, body: await registry.metrics() }),
+      onError: (e) => log.error({ err: e }, "metrics could not be collected"),
+    });
+    log.info({ url: metricsEndpoint.url }, "metrics listening");
+  }
 
   const host = config.host === "0.0.0.0" || config.host === "::" ? "127.0.0.1" : config.host;
   let closed: Promise<void> | undefined;
@@ -378,6 +444,9 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
       return (await reloader.reload({ file: true, keys: true })) && tlsOk;
     },
     limiter,
+    metrics,
+    metricsUrl: metricsEndpoint?.url,
+    tracing,
     close() {
       closed ??= (async () => {
         reloader.close();
@@ -403,8 +472,11 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
           leases?.close(),
           sharedHealth?.close(),
           limiter.close(),
+          metricsEndpoint?.close(),
         ]);
         await redis?.close();
+        // Last, so the spans of the calls that just ended are exported too.
+        await tracing?.shutdown().catch((e: unknown) => log.warn({ err: e }, "trace export at shutdown failed"));
       })();
       return closed;
     },

@@ -19,16 +19,24 @@ async function main(): Promise<void> {
   const log = createLogger(config.logLevel);
   if (config.workers > 1 && cluster.isPrimary) {
     log.info({ config: redactConfig(config) }, "effective configuration");
-    runPrimary(config.workers, log);
+    await runPrimary(config.workers, log, config.metrics);
     return;
   }
-  if (cluster.isPrimary) log.info({ config: redactConfig(config) }, "effective configuration");
+  const worker = cluster.isWorker;
+  // In a worker the primary serves the metrics of all workers on METRICS_PORT, asking each.
+  const clusterMetrics =
+    worker && config.metrics.port !== undefined
+      ? await import("./observability/telemetry/metrics-cluster.js")
+      : undefined;
+  clusterMetrics?.answerPrimary();
+  if (!worker) log.info({ config: redactConfig(config) }, "effective configuration");
   else {
     // Each worker takes its share of the process-wide call and connection limits.
     config.maxConcurrentRpcs = Math.max(1, Math.ceil(config.maxConcurrentRpcs / config.workers));
     config.maxConnections = Math.max(1, Math.ceil(config.maxConnections / config.workers));
   }
-  const gateway = await startGateway(config, log);
+  const gateway = await startGateway(config, log, { metricsEndpoint: !worker });
+  if (gateway.metrics !== undefined) clusterMetrics?.shareRegistry(gateway.metrics.registry);
   log.info({ port: gateway.port, url: gateway.url }, "gateway listening");
 
   let stopping = false;

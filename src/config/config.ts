@@ -1,6 +1,7 @@
 import type { UpstreamOptions } from "../upstream/ollama-node.js";
 import type { AuthFileConfig, PrincipalEntry } from "./auth-file.js";
 import type { LimitsConfig } from "./limits-config.js";
+import type { MetricsConfig, TracingConfig } from "./observability-config.js";
 
 /** One Ollama node the gateway routes to. */
 export interface NodeConfig {
@@ -137,6 +138,10 @@ export interface GatewayConfig {
   auth: AuthConfig;
   /** TLS on the port; undefined = plaintext (h2c and HTTP/1.1). */
   tls: TlsConfig | undefined;
+  /** The Prometheus endpoint (METRICS_*); off unless METRICS_PORT is set. */
+  metrics: MetricsConfig;
+  /** Trace export (the standard OTEL_* variables); off unless an OTLP endpoint is set. */
+  tracing: TracingConfig;
 }
 
 /** How a caller may prove who it is. */

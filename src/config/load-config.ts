@@ -16,6 +16,7 @@ import { parseApiKeysEnv, parseAuthFile } from "./auth-file.js";
 import type { AuthFileConfig } from "./auth-file.js";
 import type { LimitsConfig } from "./limits-config.js";
 import { parseLimits } from "./limits-config.js";
+import { parseMetricsConfig, parseTracingConfig, redactTracingConfig } from "./observability-config.js";
 
 /** The environment could not be turned into a valid config; `problems` says why, one line each. */
 export class ConfigError extends Error {
@@ -90,9 +91,11 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     problems.push("AUTH_MODE mtls needs TLS_CERT_FILE, TLS_KEY_FILE and TLS_CLIENT_CA_FILE");
   }
 
+  const host = env["HOST"]?.trim() || DEFAULTS.host;
+  const port = int("PORT", DEFAULTS.port, 0, 65535);
   const config: GatewayConfig = {
-    host: env["HOST"]?.trim() || DEFAULTS.host,
-    port: int("PORT", DEFAULTS.port, 0, 65535),
+    host,
+    port,
     nodes,
     workers: int("WORKERS", DEFAULTS.workers, 1, 256),
     logLevel,
@@ -147,6 +150,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     },
     limits: parseLimits(file.limits, env, problems),
     rateLimitEnv: { RATE_LIMIT_RPS: env["RATE_LIMIT_RPS"], RATE_LIMIT_BURST: env["RATE_LIMIT_BURST"] },
+    metrics: parseMetricsConfig(env, host, port, problems),
+    tracing: parseTracingConfig(env, problems),
     upstream: {
       connections: int("UPSTREAM_CONNECTIONS", DEFAULTS.upstream.connections, 1, 10_000),
       connectTimeoutMs: int("UPSTREAM_CONNECT_TIMEOUT_MS", DEFAULTS.upstream.connectTimeoutMs, 10, 120_000),
@@ -559,6 +564,7 @@ export function redactConfig(config: GatewayConfig): Record<string, unknown> {
     },
     nodes: config.nodes.map((n) => ({ ...n, url: redactUrl(n.url) })),
     cache: { ...config.cache, redisUrl: config.cache.redisUrl && redactUrl(config.cache.redisUrl) },
+    tracing: redactTracingConfig(config.tracing),
   };
 }
 

@@ -23,14 +23,16 @@ export interface RpcInfo {
   /** Messages sent to the client (streams). */
   messages: number;
   /**
-   * Prompt tokens Ollama reported for the call (`prompt_eval_count` of its final message, or of
-   * an Embed answer); 0 until then. With `completionTokens`, what the token quotas charge.
+   * Prompt tokens Ollama reported for the call (`prompt_eval_count` of its final message, or its
+   * share of an Embed batch); 0 until then. With `completionTokens`, what the token quotas charge.
    */
   promptTokens: number;
   /** Completion tokens Ollama reported (`eval_count` of its final message); 0 until then. */
   completionTokens: number;
   /** The authenticated principal's name (never a credential); empty when authentication is off or skipped. */
   principal: string;
+  /** The call's trace id (32 hex) when it is traced or the client sent a `traceparent`; "" otherwise. */
+  traceId: string;
 }
 
 /** Context key under which each request's RpcInfo lives. */
@@ -49,6 +51,7 @@ export function newRpcInfo(peer: string | undefined): RpcInfo {
     promptTokens: 0,
     completionTokens: 0,
     principal: "",
+    traceId: "",
   };
 }
 

@@ -12,10 +12,10 @@ import type { RpcInfo } from "./rpc-info.js";
 export type RpcLog = (method: string, info: RpcInfo, streaming: boolean) => (error: ConnectError | undefined) => void;
 
 /**
- * One line per RPC when it ends: request id, method, principal (its name only, never a
- * credential), model (and the model that served it when an alias or a fallback chose another, with
- * the fallback's reason), node, status code, duration and (for streams) messages sent. Prompts are
- * never logged. Server errors (INTERNAL, UNKNOWN) are
+ * One line per RPC when it ends: request id, trace id (when the call is traced), method, principal
+ * (its name only, never a credential), model (and the model that served it when an alias or a
+ * fallback chose another, with the fallback's reason), node, status code, duration and (for
+ * streams) messages sent. Prompts are never logged. Server errors (INTERNAL, UNKNOWN) are
  * logged at error level with their cause; everything else at info. The call pipeline's logging
  * hook (`pipeline/logging-hook.ts`) calls it for both connect-node and the gRPC fast path, so
  * both write the same lines.
@@ -31,6 +31,7 @@ export function createRpcLog(log: Logger): RpcLog {
         ms,
       };
       if (info.principal) line["principal"] = info.principal;
+      if (info.traceId) line["traceId"] = info.traceId;
       if (info.model) line["model"] = info.model;
       if (info.servedModel && info.servedModel !== info.model) line["servedModel"] = info.servedModel;
       if (info.fallbackReason) line["fallbackReason"] = info.fallbackReason;

@@ -6,10 +6,23 @@ import { createRpcLog } from "../observability/rpc-log.js";
 import { concurrencyCap } from "./concurrency-cap.js";
 import type { ConcurrencyCap } from "./concurrency-cap.js";
 import { loggingHook } from "./logging-hook.js";
+import type { Call } from "./call.js";
 import { createPipeline } from "./pipeline.js";
-import type { Pipeline, WaitingCallHook } from "./pipeline.js";
+import type { CallEnd, Pipeline, WaitingCallHook } from "./pipeline.js";
 import { rateLimitHook } from "./rate-limit-hook.js";
 import { requestIdHook } from "./request-id.js";
+
+/** Counts calls (Prometheus metrics, `observability/telemetry/metrics.ts`). */
+export interface CallMeter {
+  /** Starts counting a call; the result runs once when it ends. */
+  beginCall(call: Call): CallEnd;
+}
+
+/** Traces calls (OpenTelemetry, `observability/telemetry/tracing.ts`). */
+export interface CallTracer {
+  /** Starts a call's server span and makes its context the running one; the result (if any) ends the span. */
+  beginCall(call: Call): CallEnd | undefined;
+}
 
 /** What the gateway's pipeline is built from. */
 export interface GatewayPipelineOptions {
@@ -23,6 +36,10 @@ export interface GatewayPipelineOptions {
   auth?: Authenticator;
   /** Per-principal rate limits and token quotas (`rateLimitHook`). @default none: no hook */
   limiter?: Limiter;
+  /** Metrics (METRICS_PORT); undefined = no hook at all, so no cost. */
+  metrics?: CallMeter;
+  /** Tracing (an OTLP endpoint); undefined = no hook at all, so no cost. */
+  tracing?: CallTracer;
 }
 
 /** The gateway's pipeline, and the cap's gauge for the status RPC. */
@@ -41,7 +58,9 @@ export interface GatewayPipeline {
  * 1. request id: first, so the log line and every answer, refusals included, carry the id;
  * 2. logging: wraps everything below, so the one line reports any refusal by them (an
  *    unauthenticated or rate-limited call is logged like any other) and the whole duration.
- *    Metrics and tracing go next to it, for the same reason;
+ *    Tracing begins just before it (the line carries the trace id; the server span covers the
+ *    whole call and every refusal below) and metrics just after it (a refused call is counted
+ *    with its reason), both only when configured;
  * 3. authentication (`auth-hook.ts`): who calls; UNAUTHENTICATED otherwise. Exemptions (health
  *    probes, open reflection) come from `exemptionsOf`, the table the cap uses. Before the rate
  *    limits, so unauthenticated calls cannot spend anyone's allowance;
@@ -53,9 +72,12 @@ export interface GatewayPipeline {
  */
 export function createGatewayPipeline(options: GatewayPipelineOptions): GatewayPipeline {
   const cap = concurrencyCap(options.maxConcurrentRpcs);
+  const { metrics, tracing } = options;
   const hooks: WaitingCallHook[] = [
     requestIdHook(options.newRequestId),
+    ...(tracing === undefined ? [] : [{ begin: (call: Call) => tracing.beginCall(call) }]),
     loggingHook(createRpcLog(options.log)),
+    ...(metrics === undefined ? [] : [{ begin: (call: Call) => metrics.beginCall(call) }]),
     ...(options.auth === undefined ? [] : [authenticationHook(options.auth), permissionsHook()]),
     ...(options.limiter === undefined ? [] : [rateLimitHook(options.limiter)]),
     cap,

@@ -1,3 +1,4 @@
+import { deriveSignal } from "../util/signal-lineage.js";
 import type { Urgency } from "./failover.js";
 import type { OllamaBody } from "./ollama-request.js";
 
@@ -114,6 +115,8 @@ export function createEmbedBatcher(options: EmbedBatcherOptions): EmbedBatcher {
     // Distinct texts once; each member maps its inputs onto them.
     const texts = [...new Set(live.flatMap((m) => m.inputs))];
     const controller = new AbortController();
+    // The batch's upstream work counts as its first caller's (its spans go under that call).
+    deriveSignal(controller.signal, live[0]!.signal);
     let remaining = live.length;
     // A caller that leaves is answered at once; the others' request goes on without it.
     const listeners = live.map((m) => ({

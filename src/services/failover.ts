@@ -61,6 +61,28 @@ export interface Attempt {
   loaded(ms: number | undefined, timings?: OllamaTimings): void;
 }
 
+/**
+ * What the failover reports as a call goes, for metrics and traces (README, "Operating it"). Each
+ * method is called synchronously from the call's own async flow, must return quickly and never
+ * throw. Nothing is reported for a call its caller gave up on (cancelled, deadline passed).
+ * `req` is the call's request (its model, and its signal: `originOf(req.signal)` is the call's).
+ */
+export interface FailoverObserver {
+  /**
+   * Try `number` (1 = the first) got a slot on `node`. `startedAt` is `performance.now()` when it
+   * asked the scheduler (locating the model included); `queueMs` its wait in the scheduler's queue.
+   */
+  admitted(req: FailoverRequest, node: string, number: number, startedAt: number, queueMs: number): void;
+  /** Admission failed with `error`, the call's error (queue full, wait too long, no healthy node, ...). */
+  refused(req: FailoverRequest, error: ConnectError, startedAt: number): void;
+  /** The call's first message reached the client `ms` after the failover started (admission and earlier tries included). */
+  firstMessage(req: FailoverRequest, node: string, ms: number): void;
+  /** The try on `node` failed with `error`; `retried` = another node is tried next. */
+  failed(req: FailoverRequest, node: string, error: ConnectError, retried: boolean): void;
+  /** A call that needed more than one try ended: `recovered` = a later try succeeded. */
+  failedOver(req: FailoverRequest, recovered: boolean): void;
+}
+
 /** What the failover needs from the rest of the gateway. */
 export interface FailoverDeps {
   /** Admission and node choice. */
@@ -71,6 +93,8 @@ export interface FailoverDeps {
   policy?: RetryPolicy;
   /** Jitter of the backoff, in [0, 1). @default Math.random */
   random?: () => number;
+  /** Told how each call goes (metrics, traces). @default none: nothing is measured */
+  observer?: FailoverObserver;
 }
 
 /**
@@ -94,6 +118,7 @@ export interface Failover {
 export function createFailover(deps: FailoverDeps): Failover {
   const policy = deps.policy ?? DEFAULT_RETRY_POLICY;
   const random = deps.random ?? Math.random;
+  const observer = deps.observer;
 
   return {
     async run(req, attempt) {
@@ -118,9 +143,11 @@ export function createFailover(deps: FailoverDeps): Failover {
         last = undefined;
         return true;
       };
+      const started = observer === undefined ? 0 : performance.now();
       for (let number = 1; ; number++) {
         modelTry++;
         let dispatch: Dispatch;
+        const asked = observer === undefined ? 0 : performance.now();
         try {
           dispatch = await deps.scheduler.acquire({
             model,
@@ -134,10 +161,15 @@ export function createFailover(deps: FailoverDeps): Failover {
           const err = toConnectError(e, signal, { model });
           if (fallBack(err)) continue;
           // Every node that has the model failed this call: say why.
-          if (last !== undefined && !signal.aborted) throw last;
+          if (last !== undefined && !signal.aborted) {
+            observer?.failedOver(req, false);
+            throw last;
+          }
+          if (!signal.aborted) observer?.refused(req, err, asked);
           throw err;
         }
         const node = dispatch.node.name;
+        observer?.admitted(req, node, number, asked, dispatch.queueMs);
         let sent = false;
         let loadMs: number | undefined;
         let timings: OllamaTimings | undefined;
@@ -149,13 +181,17 @@ export function createFailover(deps: FailoverDeps): Failover {
             fallback,
             queueMs: dispatch.queueMs,
             number,
-            sent: () => void (sent = true),
+            sent: () => {
+              if (!sent && observer !== undefined) observer.firstMessage(req, node, performance.now() - started);
+              sent = true;
+            },
             loaded: (ms, t) => {
               loadMs = ms;
               timings = t;
             },
           });
           deps.health.reportSuccess(node);
+          if (number > 1) observer?.failedOver(req, true);
           return value;
         } catch (e) {
           const err = toConnectError(e, signal, { model, node });
@@ -167,9 +203,11 @@ export function createFailover(deps: FailoverDeps): Failover {
             policy,
             random,
           );
+          observer?.failed(req, node, err, delay !== undefined);
           if (delay === undefined) {
             // The node said the model is not there (or the tries ran out) before anything was sent.
             if (!sent && fallBack(err)) continue;
+            if (number > 1) observer?.failedOver(req, false);
             throw err;
           }
           tried.add(node);

@@ -34,7 +34,7 @@ import { createEmbedBatcher } from "./embed-batcher.js";
 import type { EmbedShare } from "./embed-batcher.js";
 import type { EmbeddingCache, EmbeddingKey } from "./embedding-cache.js";
 import { createFailover } from "./failover.js";
-import type { Urgency } from "./failover.js";
+import type { FailoverObserver, Urgency } from "./failover.js";
 import { chatBody, embedBody, generateBody, optionsJson } from "./ollama-request.js";
 import type { OllamaBody } from "./ollama-request.js";
 import { chatChunk, generateChunk, usage } from "./ollama-response.js";
@@ -66,6 +66,8 @@ export interface InferenceDeps {
   aliases?: () => AliasMap;
   /** Picks alias targets for calls without a session key, in [0, 1). @default Math.random */
   random?: () => number;
+  /** Told how each upstream call goes (metrics, traces). @default none */
+  observer?: FailoverObserver;
 }
 
 /** Response header naming the model that served the call (README, "Model aliases"). */
@@ -100,7 +102,12 @@ export interface InferenceHandlers {
  * micro-batcher, which admits a batch as urgently as its most urgent caller.
  */
 export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
-  const failover = createFailover({ scheduler: deps.scheduler, health: deps.health, policy: deps.retry });
+  const failover = createFailover({
+    scheduler: deps.scheduler,
+    health: deps.health,
+    policy: deps.retry,
+    observer: deps.observer,
+  });
 
   function normalise(body: OllamaBody, model: string): OllamaBody {
     const forced = deps.numCtx?.get(canonicalModelName(model)) ?? deps.numCtx?.get("*");

@@ -1,5 +1,6 @@
 import type { HandlerContext } from "@connectrpc/connect";
 import { maxDeadlinePassed } from "../errors/domain-errors.js";
+import { deriveSignal } from "../util/signal-lineage.js";
 
 /**
  * The signal that bounds one RPC's work: the client's deadline, cancel and
@@ -13,6 +14,7 @@ export function rpcSignal(ctx: HandlerContext, maxMs: number): AbortSignal {
   if (remaining !== undefined && remaining <= maxMs) return ctx.signal;
   if (ctx.signal.aborted) return ctx.signal;
   const controller = new AbortController();
+  deriveSignal(controller.signal, ctx.signal);
   const timer = setTimeout(() => controller.abort(maxDeadlinePassed()), maxMs);
   ctx.signal.addEventListener(
     "abort",

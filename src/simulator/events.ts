@@ -15,6 +15,8 @@ export interface RequestEvent {
    * is the simulator's own: read it, do not modify it.
    */
   readonly body?: Buffer;
+  /** The W3C `traceparent` header it came with, if any (a traced gateway sends its client span's). */
+  readonly traceparent?: string;
   readonly at: number;
 }
 

@@ -151,12 +151,12 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     bump(stats.requests, ex.path);
     const methods = ROUTES[ex.path];
     if (!methods) {
-      events.emit("request", { method: ex.method, path: ex.path, at: performance.now() });
+      events.emit("request", { method: ex.method, path: ex.path, ...traced(ex), at: performance.now() });
       return ex.sendText(404, "404 page not found");
     }
     const handler = methods[ex.method];
     if (!handler) {
-      events.emit("request", { method: ex.method, path: ex.path, at: performance.now() });
+      events.emit("request", { method: ex.method, path: ex.path, ...traced(ex), at: performance.now() });
       ex.res.setHeader("Allow", Object.keys(methods).join(", "));
       return ex.sendText(405, "405 method not allowed");
     }
@@ -167,6 +167,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       path: ex.path,
       model: ex.model,
       ...(ex.method !== "GET" && ex.method !== "HEAD" ? { body: ex.body } : {}),
+      ...traced(ex),
       at: performance.now(),
     });
     const fault = faults.take(ex.path, ex.model);
@@ -255,6 +256,12 @@ async function readBody(req: IncomingMessage): Promise<Buffer> {
     chunks.push(buffer);
   }
   return Buffer.concat(chunks);
+}
+
+/** The request's `traceparent` header as a RequestEvent field (absent when it came without one). */
+function traced(ex: Exchange): { traceparent?: string } {
+  const header = ex.req.headers["traceparent"];
+  return typeof header === "string" ? { traceparent: header } : {};
 }
 
 function renderError(ex: Exchange, error: unknown): void {

@@ -54,6 +54,39 @@ export interface OllamaNode {
   close(): Promise<void>;
 }
 
+/**
+ * Follows the requests nodes send, for metrics and traces (wired in `gateway.ts`; README,
+ * "Operating it"). Called synchronously from the request's own async flow; must never throw.
+ */
+export interface UpstreamObserver {
+  /**
+   * A request to `node` is about to go out under `signal` (a call's, or derived from one: see
+   * `originOf`); the returned exchange (if any) follows it.
+   */
+  start(
+    node: string,
+    method: UpstreamMethod,
+    path: string,
+    body: unknown,
+    signal: AbortSignal,
+  ): UpstreamExchange | undefined;
+}
+
+/**
+ * One request an UpstreamObserver follows. Every member is optional: a request is only followed
+ * as far as someone listens (a stream is wrapped only for `answered` or `ended`).
+ */
+export interface UpstreamExchange {
+  /** Headers to send with the request (the trace context: `traceparent`, `tracestate`), if any. */
+  readonly headers?: Readonly<Record<string, string>>;
+  /** The response headers arrived with this status. */
+  readonly responded?: (status: number) => void;
+  /** The answer's last object: a stream's final chunk (`done: true`), or the JSON answer. */
+  readonly answered?: (final: Record<string, unknown>) => void;
+  /** The exchange is over: read to its end or closed (`error` undefined), or failed. Called once. */
+  readonly ended?: (error: unknown) => void;
+}
+
 /** Where and how to reach one node. */
 export interface NodeAddress {
   /** Unique name of the node. */
@@ -64,8 +97,12 @@ export interface NodeAddress {
 
 const ERROR_BODY_LIMIT = 64 * 1024;
 
-/** Creates the pool and calls for one node. */
-export function createOllamaNode(address: NodeAddress, options: UpstreamOptions): OllamaNode {
+/** Creates the pool and calls for one node; `observer` (optional) follows every request. */
+export function createOllamaNode(
+  address: NodeAddress,
+  options: UpstreamOptions,
+  observer?: UpstreamObserver,
+): OllamaNode {
   const origin = new URL(address.url);
   const basePath = origin.pathname.replace(/\/+$/, "");
   const pool = new Pool(origin.origin, {
@@ -83,24 +120,40 @@ export function createOllamaNode(address: NodeAddress, options: UpstreamOptions)
     path: string,
     body: unknown,
     signal: AbortSignal,
+    exchange: UpstreamExchange | undefined,
   ): Promise<Dispatcher.ResponseData> {
-    const res = await pool.request({
-      method,
-      path: basePath + path,
-      headers: body === undefined ? undefined : { "content-type": "application/json" },
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal,
-    });
+    const json = body === undefined ? undefined : JSON_HEADERS;
+    const extra = exchange?.headers;
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await pool.request({
+        method,
+        path: basePath + path,
+        headers: extra === undefined ? json : { ...json, ...extra },
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal,
+      });
+    } catch (e) {
+      exchange?.ended?.(e);
+      throw e;
+    }
+    exchange?.responded?.(res.statusCode);
     if (res.statusCode >= 400) {
       const text = await readText(res.body, ERROR_BODY_LIMIT, name).catch(() => "");
-      throw new UpstreamError("http", ollamaErrorText(text, res.statusCode), name, res.statusCode);
+      const error = new UpstreamError("http", ollamaErrorText(text, res.statusCode), name, res.statusCode);
+      exchange?.ended?.(error);
+      throw error;
     }
     return res;
   }
 
   async function open(path: string, body: unknown, signal: AbortSignal): Promise<NdjsonStream> {
-    const res = await send("POST", path, body, signal);
-    return readNdjson(res.body, options.maxLineBytes, name);
+    const exchange = observer?.start(name, "POST", path, body, signal);
+    const res = await send("POST", path, body, signal, exchange);
+    const reader = readNdjson(res.body, options.maxLineBytes, name);
+    return exchange?.answered === undefined && exchange?.ended === undefined
+      ? reader
+      : observedStream(reader, exchange);
   }
 
   return {
@@ -118,16 +171,98 @@ export function createOllamaNode(address: NodeAddress, options: UpstreamOptions)
     },
     open,
     async call(method, path, body, signal) {
-      const res = await send(method, path, body, signal);
-      const text = await readText(res.body, options.maxResponseBytes, name);
-      if (text.trim() === "") return undefined;
+      const exchange = observer?.start(name, method, path, body, signal);
+      const res = await send(method, path, body, signal, exchange);
+      let answer: unknown;
       try {
-        return JSON.parse(text) as unknown;
+        const text = await readText(res.body, options.maxResponseBytes, name);
+        if (text.trim() === "") answer = undefined;
+        else {
+          try {
+            answer = JSON.parse(text) as unknown;
+          } catch (e) {
+            throw new UpstreamError("protocol", "response is not valid JSON", name, 0, { cause: e });
+          }
+        }
       } catch (e) {
-        throw new UpstreamError("protocol", "response is not valid JSON", name, 0, { cause: e });
+        exchange?.ended?.(e);
+        throw e;
       }
+      if (exchange !== undefined) {
+        if (typeof answer === "object" && answer !== null && !Array.isArray(answer)) {
+          exchange.answered?.(answer as Record<string, unknown>);
+        }
+        exchange.ended?.(undefined);
+      }
+      return answer;
     },
     close: () => pool.destroy(),
+  };
+}
+
+const JSON_HEADERS: Readonly<Record<string, string>> = Object.freeze({ "content-type": "application/json" });
+
+/**
+ * `reader` with `exchange` told about its final chunk and its end (whichever of the end of the
+ * body, a failure or `close()` comes first). Only observed requests pay for it.
+ */
+function observedStream(reader: NdjsonStream, exchange: UpstreamExchange): NdjsonStream {
+  const { answered, ended } = exchange;
+  let over = false;
+  const end = (error: unknown): void => {
+    if (over) return;
+    over = true;
+    ended?.(error);
+  };
+  const look = (batch: Record<string, unknown>[]): void => {
+    if (answered !== undefined) for (const chunk of batch) if (chunk["done"] === true) answered(chunk);
+  };
+  if (ended === undefined) {
+    // Only the final chunk is wanted: no promise of our own per stream.
+    return {
+      async next() {
+        const batch = await reader.next();
+        if (batch !== undefined) look(batch);
+        return batch;
+      },
+      pump: (onBatch) =>
+        reader.pump((batch) => {
+          look(batch);
+          return onBatch(batch);
+        }),
+      close: () => reader.close(),
+    };
+  }
+  return {
+    async next() {
+      try {
+        const batch = await reader.next();
+        if (batch === undefined) end(undefined);
+        else look(batch);
+        return batch;
+      } catch (e) {
+        end(e);
+        throw e;
+      }
+    },
+    pump(onBatch) {
+      return reader
+        .pump((batch) => {
+          look(batch);
+          return onBatch(batch);
+        })
+        .then(
+          () => end(undefined),
+          (e: unknown) => {
+            end(e);
+            throw e;
+          },
+        );
+    },
+    close() {
+      reader.close();
+      end(undefined);
+    },
   };
 }
 
