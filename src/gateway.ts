@@ -1,7 +1,7 @@
 import { setMaxListeners } from "node:events";
 import { readFileSync } from "node:fs";
 import type { ConnectRouter } from "@connectrpc/connect";
-import { compressionGzip, connectNodeAdapter } from "@connectrpc/connect-node";
+import { compressionGzip } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "./gen/grpc/health/v1/health_pb.js";
 import { GatewayService } from "./gen/ollama/gateway/v1/gateway_pb.js";
 import { InferenceService } from "./gen/ollama/gateway/v1/inference_pb.js";
@@ -11,7 +11,6 @@ import type { Cache } from "./cache/cache.js";
 import type { GatewayConfig } from "./config/config.js";
 import type { Logger } from "./observability/logger.js";
 import { callValues } from "./pipeline/call.js";
-import { pipelineInterceptor } from "./pipeline/connect-interceptor.js";
 import { createGatewayPipeline } from "./pipeline/gateway-pipeline.js";
 import { createFleetMetadata } from "./routing/fleet-metadata.js";
 import { createAffinityTable } from "./routing/affinity.js";
@@ -27,7 +26,9 @@ import { createEmbeddingCache } from "./services/embedding-cache.js";
 import { createGatewayService } from "./services/gateway-service.js";
 import { createInferenceService } from "./services/inference-service.js";
 import { createModelService } from "./services/model-service.js";
+import { createConnectHandler } from "./transport/connect-handler.js";
 import { listenDualProtocol } from "./transport/dual-protocol-server.js";
+import { createRequestBodyWaits } from "./transport/request-body-waits.js";
 import { createGrpcFastPath, serverStreamingRoute, unaryRoute } from "./transport/grpc-fast-path.js";
 import { createHealthService } from "./transport/health-service.js";
 import type { HealthService } from "./transport/health-service.js";
@@ -167,6 +168,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     metadata,
     embeddings: config.cache.embeddings ? createEmbeddingCache(cache, config.cache.embeddingsTtlMs) : undefined,
     embedBatchWindowMs: config.embedBatchWindowMs,
+    maxMessageBytes: config.maxMessageBytes,
   });
   const models = createModelService({ nodes, metadata, health: nodeHealth, maxDeadlineMs: config.maxDeadlineMs });
   // Request id, logging and the concurrency cap (pipeline/gateway-pipeline.ts), run the same way
@@ -198,9 +200,18 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   // per call, removed when the call ends, so the count is bounded by the
   // concurrent-call limit (plus health watchers), not a leak.
   setMaxListeners(0, shutdown.signal);
-  const handler = connectNodeAdapter({
+  // Calls waiting for their request body, on both paths: bounded in time and number, not counted
+  // against MAX_CONCURRENT_RPCS until the body has arrived (README, "Operating it").
+  const bodies = createRequestBodyWaits({
+    timeoutMs: config.requestBodyTimeoutMs,
+    maxWaiting: config.requestBodyMaxWaiting,
+  });
+  const handler = createConnectHandler({
     routes,
-    interceptors: [pipelineInterceptor(pipeline)],
+    pipeline,
+    maxDeadlineMs: config.maxDeadlineMs,
+    bodies,
+    log,
     readMaxBytes: config.maxMessageBytes,
     writeMaxBytes: config.maxMessageBytes,
     acceptCompression: [compressionGzip],
@@ -223,6 +234,8 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
         writeMaxBytes: config.maxMessageBytes,
         shutdownSignal: shutdown.signal,
         pipeline,
+        maxDeadlineMs: config.maxDeadlineMs,
+        bodies,
       })
     : undefined;
 

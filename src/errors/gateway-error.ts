@@ -22,7 +22,9 @@ export type ErrorReason =
   | "UPSTREAM_TIMEOUT"
   | "UPSTREAM_ERROR"
   | "UPSTREAM_PROTOCOL_ERROR"
-  | "SHUTTING_DOWN";
+  | "SHUTTING_DOWN"
+  | "REQUEST_BODY_TIMEOUT"
+  | "ANSWER_TOO_LARGE";
 
 /** One invalid request field, reported as a `google.rpc.BadRequest` violation. */
 export interface FieldViolation {

@@ -17,6 +17,13 @@ export type CallEnd = (error: ConnectError | undefined) => void;
 export interface CallHook {
   /** Admits (returns) or refuses (throws) the call; the optional result runs when it ends. */
   begin(call: Call): CallEnd | undefined;
+  /**
+   * Optional second step, run once the call's request message has arrived, before the handler
+   * (every hook has begun by then); may throw a ConnectError to refuse the call. A hook that
+   * counts calls against a shared limit counts them here, so a call whose body never comes
+   * holds nothing of it (README, "Operating it").
+   */
+  admit?(call: Call): void;
 }
 
 /** The ordered hooks, run the same way by connect-node's interceptor and the gRPC fast path. */
@@ -28,6 +35,12 @@ export interface Pipeline {
    * when the call ends: it runs the hooks' ends in reverse order, once, whatever calls it again.
    */
   begin(call: Call): CallEnd;
+  /**
+   * Runs the hooks' `admit` in order once the request message has arrived (after a `begin`
+   * that returned). Throws the first refusal (a ConnectError; anything else becomes INTERNAL):
+   * the caller ends the call with it through the `CallEnd` from `begin`.
+   */
+  admit(call: Call): void;
 }
 
 const NOTHING_TO_END: CallEnd = () => {};
@@ -38,7 +51,17 @@ const NOTHING_TO_END: CallEnd = () => {};
  */
 export function createPipeline(hooks: readonly CallHook[]): Pipeline {
   const list = [...hooks];
+  const admitting = list.filter((h) => h.admit !== undefined);
   return {
+    admit(call) {
+      for (const hook of admitting) {
+        try {
+          hook.admit!(call);
+        } catch (e) {
+          throw e instanceof ConnectError ? e : internalError(e);
+        }
+      }
+    },
     begin(call) {
       let ends: CallEnd[] | undefined;
       for (const hook of list) {
