@@ -34,7 +34,7 @@ import { createRequestBodyWaits, shedVictim } from "../src/transport/request-bod
 import { createPipeline } from "../src/pipeline/pipeline.js";
 import { spawnGateway } from "./helpers/gateway-process.js";
 import type { GatewayProcess } from "./helpers/gateway-process.js";
-import { eventually, fdCount, h2Connect, h2Request, rssMb, within } from "./helpers/hostile-clients.js";
+import { connectRaw, eventually, fdCount, h2Connect, h2Request, rssMb, within } from "./helpers/hostile-clients.js";
 import type { H2Reply } from "./helpers/hostile-clients.js";
 import { encode, frame } from "./helpers/raw-grpc.js";
 import { TRANSPORTS } from "./helpers/transports.js";
@@ -182,6 +182,20 @@ describe("hostile requests against the gateway process", { timeout: 300_000 }, (
       } finally {
         session.close();
       }
+    });
+
+    it("answers a Connect call over HTTP/1.1 whose body stalls at the body timeout, then closes the connection (the rest of the body will not be read)", async () => {
+      const c = await connectRaw(Number(new URL(gw.url).port));
+      c.socket.write(
+        `POST ${EMBED} HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nX-Request-Id: h1-stall\r\nContent-Length: 100\r\n\r\n{"model":`,
+      );
+      const closedAfter = await within(c.closed, 10_000, "the connection is closed");
+      const answer = c.received().toString();
+      assert.match(answer.split("\r\n")[0]!, /^HTTP\/1.1 504/, answer);
+      assert.match(answer, /connection: close/i);
+      assert.match(answer, /"code":"deadline_exceeded"/);
+      assert.ok(closedAfter >= 1400, `closed at the body timeout, not before (${closedAfter} ms)`);
+      assert.equal((await rpcLine(gw, "h1-stall"))["reason"], "REQUEST_BODY_TIMEOUT");
     });
 
     it("ends the wait for a body at the call's deadline when that comes first", async () => {
