@@ -15,6 +15,7 @@ import {
   InferenceService,
 } from "../src/gen/ollama/gateway/v1/inference_pb.js";
 import { GatewayService } from "../src/gen/ollama/gateway/v1/gateway_pb.js";
+import { ServerReflection } from "../src/gen/grpc/reflection/v1/reflection_pb.js";
 import { startSimulator } from "../src/simulator/simulator.js";
 import type { Simulator } from "../src/simulator/simulator.js";
 import {
@@ -196,6 +197,18 @@ describe("hostile requests against the gateway process", { timeout: 300_000 }, (
       assert.match(answer, /"code":"deadline_exceeded"/);
       assert.ok(closedAfter >= 1400, `closed at the body timeout, not before (${closedAfter} ms)`);
       assert.equal((await rpcLine(gw, "h1-stall"))["reason"], "REQUEST_BODY_TIMEOUT");
+    });
+
+    it("keeps a bidi stream (reflection) that sends its first message at once open past the body timeout", async () => {
+      const client = createClient(ServerReflection, TRANSPORTS[0]!.make(gw.url));
+      async function* requests() {
+        yield { messageRequest: { case: "listServices" as const, value: "" } };
+        await new Promise((r) => setTimeout(r, 2500));
+        yield { messageRequest: { case: "listServices" as const, value: "" } };
+      }
+      let answers = 0;
+      for await (const _ of client.serverReflectionInfo(requests())) answers++;
+      assert.equal(answers, 2, "both requests answered, the second after the body timeout");
     });
 
     it("ends the wait for a body at the call's deadline when that comes first", async () => {

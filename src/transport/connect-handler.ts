@@ -98,7 +98,9 @@ export function createConnectHandler(options: ConnectHandlerOptions): NodeReques
     const values = options.contextValues(req);
     const uReq = universalRequestFromNodeRequest(req, res, undefined, values);
     const deadlineMs = capDeadlineHeaders(uReq.header, options.maxDeadlineMs);
-    const body = watchBody(uReq, options.bodies, deadlineMs, () => {
+    const kind = handler.method.methodKind;
+    const streamingInput = kind === "client_streaming" || kind === "bidi_streaming";
+    const body = watchBody(uReq, options.bodies, deadlineMs, streamingInput, () => {
       // HTTP/1.1: the rest of the body will not be read, so the connection cannot serve another request.
       if (!("stream" in req) && !res.headersSent) res.setHeader("connection", "close");
     });
@@ -128,11 +130,16 @@ export function createConnectHandler(options: ConnectHandlerOptions): NodeReques
   };
 }
 
-/** The request body as connect-node reads it, under the body register; `wait` is the call's place there. */
+/**
+ * The request body as connect-node reads it, under the body register; `wait` is the call's place
+ * there. A call whose input is a stream (client streaming, bidi: reflection) leaves the register
+ * with its first bytes, since its body ends only with the call.
+ */
 function watchBody(
   uReq: UniversalServerRequest,
   bodies: RequestBodyWaits,
   deadlineMs: number | undefined,
+  streamingInput: boolean,
   onExpire: () => void,
 ): { iterable: AsyncIterable<Uint8Array>; wait: BodyWait } {
   let failure: ConnectError | undefined;
@@ -158,7 +165,7 @@ function watchBody(
         async next() {
           if (failure !== undefined) throw failure;
           const r = await Promise.race([it.next(), expired]);
-          if (r.done === true) wait.done();
+          if (r.done === true || streamingInput) wait.done();
           else wait.progress();
           return r;
         },
