@@ -16,9 +16,9 @@ export type RpcLog = (method: string, info: RpcInfo, streaming: boolean) => (err
  * One line per RPC when it ends: request id, method, model, node, status code, duration and
  * (for streams) messages sent. Prompts are never logged. Server errors (INTERNAL, UNKNOWN) are
  * logged at error level with their cause; everything else at info, without a stack, including
- * INTERNAL errors the client caused with bytes the gateway cannot decode (`isServerError`). The call pipeline's logging
- * hook (`pipeline/logging-hook.ts`) calls it for both connect-node and the gRPC fast path, so
- * both write the same lines.
+ * INTERNAL errors the client caused with bytes the gateway cannot decode (`isServerError`). The
+ * call pipeline's logging hook (`pipeline/logging-hook.ts`) calls it for both connect-node and
+ * the gRPC fast path, so both write the same lines.
  */
 export function createRpcLog(log: Logger): RpcLog {
   return (method, info, streaming) => {
