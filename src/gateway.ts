@@ -2,7 +2,7 @@ import cluster from "node:cluster";
 import { setMaxListeners } from "node:events";
 import { readFileSync } from "node:fs";
 import type { ConnectRouter } from "@connectrpc/connect";
-import { compressionGzip, connectNodeAdapter } from "@connectrpc/connect-node";
+import { compressionGzip } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "./gen/grpc/health/v1/health_pb.js";
 import { GatewayService } from "./gen/ollama/gateway/v1/gateway_pb.js";
 import { InferenceService } from "./gen/ollama/gateway/v1/inference_pb.js";
@@ -14,7 +14,6 @@ import { createLimiter } from "./limits/limiter.js";
 import type { Limiter } from "./limits/limiter.js";
 import type { Logger } from "./observability/logger.js";
 import { callValues } from "./pipeline/call.js";
-import { pipelineInterceptor } from "./pipeline/connect-interceptor.js";
 import { createGatewayPipeline } from "./pipeline/gateway-pipeline.js";
 import { principalOf } from "./pipeline/principal.js";
 import type { ContextValues } from "@connectrpc/connect";
@@ -40,7 +39,9 @@ import { createEmbeddingCache } from "./services/embedding-cache.js";
 import { createGatewayService } from "./services/gateway-service.js";
 import { createInferenceService } from "./services/inference-service.js";
 import { createModelService } from "./services/model-service.js";
+import { createConnectHandler } from "./transport/connect-handler.js";
 import { listenDualProtocol } from "./transport/dual-protocol-server.js";
+import { createRequestBodyWaits } from "./transport/request-body-waits.js";
 import { createGrpcFastPath, serverStreamingRoute, unaryRoute } from "./transport/grpc-fast-path.js";
 import { createHealthService } from "./transport/health-service.js";
 import type { HealthService } from "./transport/health-service.js";
@@ -259,6 +260,7 @@ export async function startGateway(config: GatewayConfig, log: Logger, options: 
     embeddings: embeddings && tracing ? tracing.embeddingCache(embeddings) : embeddings,
     embedBatchWindowMs: config.embedBatchWindowMs,
     observer: bothFailover(metrics?.failover, tracing?.failover),
+    maxMessageBytes: config.maxMessageBytes,
   });
   const models = createModelService({
     nodes,
@@ -335,9 +337,18 @@ export async function startGateway(config: GatewayConfig, log: Logger, options: 
   // per call, removed when the call ends, so the count is bounded by the
   // concurrent-call limit (plus health watchers), not a leak.
   setMaxListeners(0, shutdown.signal);
-  const handler = connectNodeAdapter({
+  // Calls waiting for their request body, on both paths: bounded in time and number, not counted
+  // against MAX_CONCURRENT_RPCS until the body has arrived (README, "Operating it").
+  const bodies = createRequestBodyWaits({
+    timeoutMs: config.requestBodyTimeoutMs,
+    maxWaiting: config.requestBodyMaxWaiting,
+  });
+  const handler = createConnectHandler({
     routes,
-    interceptors: [pipelineInterceptor(pipeline)],
+    pipeline,
+    maxDeadlineMs: config.maxDeadlineMs,
+    bodies,
+    log,
     readMaxBytes: config.maxMessageBytes,
     writeMaxBytes: config.maxMessageBytes,
     acceptCompression: [compressionGzip],
@@ -362,6 +373,8 @@ export async function startGateway(config: GatewayConfig, log: Logger, options: 
         writeMaxBytes: config.maxMessageBytes,
         shutdownSignal: shutdown.signal,
         pipeline,
+        maxDeadlineMs: config.maxDeadlineMs,
+        bodies,
       })
     : undefined;
 

@@ -222,24 +222,33 @@ describe("exemptions and the concurrency cap", () => {
     for (const [service, exempt] of table) assert.equal(exemptionsOf(service).cap, exempt, service);
   });
 
-  it("counts calls, refuses past the cap with GATEWAY_OVERLOADED and a RetryInfo, and counts no exempt call", () => {
+  it("counts calls once admitted (their body arrived), refuses past the cap with GATEWAY_OVERLOADED and a RetryInfo, and counts no exempt call", () => {
+    const overloaded = (e: unknown): boolean =>
+      e instanceof ConnectError &&
+      e.code === Code.ResourceExhausted &&
+      e.findDetails(ErrorInfoSchema)[0]?.reason === "GATEWAY_OVERLOADED" &&
+      e.findDetails(RetryInfoSchema).length === 1;
     const cap = concurrencyCap(2);
-    const first = cap.begin(fakeCall())!;
-    const second = cap.begin(fakeCall())!;
-    assert.equal(cap.begin(fakeCall(Health.typeName)), undefined, "health is not counted");
+    const calls = [fakeCall(), fakeCall(), fakeCall()] as const;
+    const [first, second, bodiless] = calls.map((c) => cap.begin(c)!);
+    assert.equal(cap.active, 0, "begun calls without a body hold no slot");
+    cap.admit!(calls[0]);
+    cap.admit!(calls[1]);
+    const health = fakeCall(Health.typeName);
+    assert.equal(cap.begin(health), undefined, "health is not counted");
+    cap.admit!(health);
     assert.equal(cap.active, 2);
-    assert.throws(
-      () => cap.begin(fakeCall()),
-      (e) =>
-        e instanceof ConnectError &&
-        e.code === Code.ResourceExhausted &&
-        e.findDetails(ErrorInfoSchema)[0]?.reason === "GATEWAY_OVERLOADED" &&
-        e.findDetails(RetryInfoSchema).length === 1,
-    );
-    first(undefined);
+    assert.throws(() => cap.begin(fakeCall()), overloaded, "a call arriving at a full cap is refused before its body");
+    assert.throws(() => cap.admit!(calls[2]), overloaded, "a body arriving at a full cap is refused");
+    bodiless!(undefined);
+    assert.equal(cap.active, 2, "ending a call that was never admitted releases nothing");
+    first!(undefined);
     assert.equal(cap.active, 1);
-    cap.begin(fakeCall())!(undefined);
-    second(undefined);
+    const late = fakeCall();
+    const end = cap.begin(late)!;
+    cap.admit!(late);
+    end(undefined);
+    second!(undefined);
     assert.equal(cap.active, 0);
   });
 

@@ -102,6 +102,18 @@ export interface GatewayConfig {
    */
   healthMaxWatchers: number;
   /**
+   * Time a call's request body has to arrive, from its headers; a call whose body has not
+   * arrived by then ends with DEADLINE_EXCEEDED (reason REQUEST_BODY_TIMEOUT). Env
+   * REQUEST_BODY_TIMEOUT_MS. @default 10000
+   */
+  requestBodyTimeoutMs: number;
+  /**
+   * Calls waiting for their request body at once (they are not counted against
+   * `maxConcurrentRpcs` until it arrives); one more sheds the call silent longest with
+   * RESOURCE_EXHAUSTED. Env REQUEST_BODY_MAX_WAITING. @default 4096
+   */
+  requestBodyMaxWaiting: number;
+  /**
    * Concurrent Embed calls for one model and node arriving within this many
    * ms are sent to Ollama as one request; 0 = off. Env EMBED_BATCH_WINDOW_MS. @default 2
    */
@@ -308,6 +320,8 @@ export const DEFAULTS = {
   maxConnections: 10_000,
   maxConnectionsPerIp: 0,
   healthMaxWatchers: 1000,
+  requestBodyTimeoutMs: 10_000,
+  requestBodyMaxWaiting: 4096,
   embedBatchWindowMs: 2,
   grpcFastPath: true,
   configWatchIntervalMs: 2_000,

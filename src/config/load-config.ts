@@ -115,6 +115,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     maxConnections: int("MAX_CONNECTIONS", DEFAULTS.maxConnections, 1, 10_000_000),
     maxConnectionsPerIp: int("MAX_CONNECTIONS_PER_IP", DEFAULTS.maxConnectionsPerIp, 0, 10_000_000),
     healthMaxWatchers: int("HEALTH_MAX_WATCHERS", DEFAULTS.healthMaxWatchers, 0, 1_000_000),
+    requestBodyTimeoutMs: int("REQUEST_BODY_TIMEOUT_MS", DEFAULTS.requestBodyTimeoutMs, 100, 3600 * 1000),
+    requestBodyMaxWaiting: int("REQUEST_BODY_MAX_WAITING", DEFAULTS.requestBodyMaxWaiting, 1, 10_000_000),
     embedBatchWindowMs: int("EMBED_BATCH_WINDOW_MS", DEFAULTS.embedBatchWindowMs, 0, 1000),
     grpcFastPath: onOff("GRPC_FAST_PATH", DEFAULTS.grpcFastPath),
     configFile,

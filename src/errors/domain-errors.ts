@@ -294,3 +294,58 @@ export function permissionDenied(principal: string, denial: PermissionDenial): C
 export function internalError(cause: unknown): ConnectError {
   return new ConnectError("internal error", Code.Internal, undefined, undefined, cause);
 }
+
+/**
+ * A call's request body did not arrive within `REQUEST_BODY_TIMEOUT_MS` of its headers. DEADLINE_EXCEEDED, as for a
+ * deadline: the call could not complete in the time it was given, and another try may (a client that is merely slow).
+ */
+export function requestBodyTimeout(timeoutMs: number): ConnectError {
+  return gatewayError(
+    Code.DeadlineExceeded,
+    "REQUEST_BODY_TIMEOUT",
+    `the request body did not arrive within ${timeoutMs} ms of the headers`,
+    { metadata: { timeout_ms: String(timeoutMs) } },
+  );
+}
+
+/**
+ * More calls than `REQUEST_BODY_MAX_WAITING` were waiting for their request body at once, and this one had been
+ * silent longest, so it was ended to make room (README, "Operating it").
+ */
+export function requestBodyShed(maxWaiting: number): ConnectError {
+  return gatewayError(
+    Code.ResourceExhausted,
+    "GATEWAY_OVERLOADED",
+    `too many calls are waiting for their request body (${maxWaiting}); this one was silent longest`,
+    { retryAfterMs: OVERLOADED_RETRY_AFTER_MS, metadata: { max_waiting_bodies: String(maxWaiting) } },
+  );
+}
+
+/**
+ * An Embed whose answer cannot fit in one response message (`MAX_MESSAGE_BYTES`): refused before any upstream
+ * work, with how many of its inputs would fit, so the client can split it.
+ */
+export function embedAnswerTooLarge(facts: {
+  model: string;
+  inputs: number;
+  fit: number;
+  dimensions: number;
+  answerBytes: number;
+  maxBytes: number;
+}): ConnectError {
+  return gatewayError(
+    Code.InvalidArgument,
+    "ANSWER_TOO_LARGE",
+    `the answer to ${facts.inputs} inputs of ${facts.dimensions} dimensions (about ${facts.answerBytes} bytes in this encoding) ` +
+      `exceeds the ${facts.maxBytes}-byte message limit - at most ${facts.fit} inputs fit in one call`,
+    {
+      metadata: {
+        model: facts.model,
+        max_inputs: String(facts.fit),
+        dimensions: String(facts.dimensions),
+        max_message_bytes: String(facts.maxBytes),
+      },
+      violations: [{ field: "inputs", description: `at most ${facts.fit} inputs fit in one answer for this model` }],
+    },
+  );
+}

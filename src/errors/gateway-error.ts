@@ -32,7 +32,9 @@ export type ErrorReason =
   | "PRIORITY_NOT_ALLOWED"
   | "RATE_LIMITED"
   | "TOKEN_QUOTA_EXCEEDED"
-  | "TOO_MANY_STREAMS";
+  | "TOO_MANY_STREAMS"
+  | "REQUEST_BODY_TIMEOUT"
+  | "ANSWER_TOO_LARGE";
 
 /** One invalid request field, reported as a `google.rpc.BadRequest` violation. */
 export interface FieldViolation {

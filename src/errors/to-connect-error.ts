@@ -3,6 +3,7 @@ import { errors as undiciErrors } from "undici";
 import { isUnreachable } from "../upstream/network-errors.js";
 import { isUpstreamError } from "../upstream/upstream-error.js";
 import type { UpstreamError } from "../upstream/upstream-error.js";
+import { contentFreeError } from "./client-errors.js";
 import { internalError, RETRY_AFTER_MS } from "./domain-errors.js";
 import { gatewayError } from "./gateway-error.js";
 
@@ -11,14 +12,17 @@ import { gatewayError } from "./gateway-error.js";
  *
  * Order matters: an aborted RPC signal wins (deadline, cancel and shutdown
  * carry their own ConnectError as the reason, whatever the upstream threw
- * while being torn down); then errors that already are ConnectErrors; then
+ * while being torn down); then errors that already are ConnectErrors (a
+ * request decoding error reduced to its field path and kind, see
+ * `contentFreeError`); then
  * Ollama's HTTP statuses and stream errors; then network errors. Anything
  * else is a gateway bug: INTERNAL with a generic message, cause kept for logs.
  * `facts` (model, node ...) go into the ErrorInfo metadata of upstream errors.
  */
 export function toConnectError(err: unknown, signal?: AbortSignal, facts: Record<string, string> = {}): ConnectError {
   if (signal?.aborted && signal.reason instanceof ConnectError) return signal.reason;
-  if (err instanceof ConnectError) return err;
+  // A request that could not be decoded: the message may quote the request, which is neither logged nor echoed.
+  if (err instanceof ConnectError) return contentFreeError(err);
   if (isUpstreamError(err)) return fromUpstream(err, facts);
   if (err instanceof undiciErrors.HeadersTimeoutError || err instanceof undiciErrors.BodyTimeoutError) {
     return gatewayError(Code.Unavailable, "UPSTREAM_TIMEOUT", "the Ollama node stopped responding", {

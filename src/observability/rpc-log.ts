@@ -1,5 +1,6 @@
 import { Code } from "@connectrpc/connect";
 import type { ConnectError } from "@connectrpc/connect";
+import { isServerError } from "../errors/client-errors.js";
 import { errorReason } from "../errors/gateway-error.js";
 import type { Logger } from "./logger.js";
 import type { RpcInfo } from "./rpc-info.js";
@@ -16,9 +17,10 @@ export type RpcLog = (method: string, info: RpcInfo, streaming: boolean) => (err
  * (its name only, never a credential), model (and the model that served it when an alias or a
  * fallback chose another, with the fallback's reason), node, status code, duration and (for
  * streams) messages sent. Prompts are never logged. Server errors (INTERNAL, UNKNOWN) are
- * logged at error level with their cause; everything else at info. The call pipeline's logging
- * hook (`pipeline/logging-hook.ts`) calls it for both connect-node and the gRPC fast path, so
- * both write the same lines.
+ * logged at error level with their cause; everything else at info, without a stack, including
+ * INTERNAL errors the client caused with bytes the gateway cannot decode (`isServerError`). The
+ * call pipeline's logging hook (`pipeline/logging-hook.ts`) calls it for both connect-node and
+ * the gRPC fast path, so both write the same lines.
  */
 export function createRpcLog(log: Logger): RpcLog {
   return (method, info, streaming) => {
@@ -46,7 +48,7 @@ export function createRpcLog(log: Logger): RpcLog {
       const reason = errorReason(error);
       if (reason) line["reason"] = reason;
       line["error"] = error.rawMessage;
-      if (error.code === Code.Internal || error.code === Code.Unknown) {
+      if (isServerError(error)) {
         line["cause"] = describeCause(error.cause ?? error);
         log.error(line, "rpc");
       } else {

@@ -1,4 +1,5 @@
 import { gatewayOverloaded } from "../errors/domain-errors.js";
+import type { Call } from "./call.js";
 import { exemptionsOf } from "./exemptions.js";
 import type { CallEnd, CallHook } from "./pipeline.js";
 
@@ -11,15 +12,16 @@ export interface ConcurrencyCap extends CallHook {
 /**
  * Caps the calls handled at once (`MAX_CONCURRENT_RPCS`): past `max` a call is refused at once
  * with RESOURCE_EXHAUSTED, reason GATEWAY_OVERLOADED and a RetryInfo, instead of queueing
- * without bound in memory. A call counts from its `begin` until its end (last message sent,
- * failed, or cancelled); services exempt from the cap (`exemptionsOf`) are not counted.
+ * without bound in memory. A call counts from the arrival of its request message (`admit`)
+ * until its end (last message sent, failed, or cancelled), so streams that send headers and
+ * never a body hold no slot (those are bounded by the transport: `REQUEST_BODY_TIMEOUT_MS`,
+ * `REQUEST_BODY_MAX_WAITING`). A call arriving while the cap is full is refused at `begin`,
+ * before its body is read; one whose body arrives while it is full, at `admit`. Services exempt
+ * from the cap (`exemptionsOf`) are not counted.
  */
 export function concurrencyCap(max: number): ConcurrencyCap {
   let active = 0;
-  // One release for every call: the pipeline runs each call's end once.
-  const release: CallEnd = () => {
-    active--;
-  };
+  const counted = new WeakSet<Call>();
   return {
     get active() {
       return active;
@@ -27,8 +29,17 @@ export function concurrencyCap(max: number): ConcurrencyCap {
     begin(call) {
       if (exemptionsOf(call.method.parent.typeName).cap) return undefined;
       if (active >= max) throw gatewayOverloaded(max);
-      active++;
+      // The pipeline runs each call's end once: released only if admitted.
+      const release: CallEnd = () => {
+        if (counted.delete(call)) active--;
+      };
       return release;
+    },
+    admit(call) {
+      if (exemptionsOf(call.method.parent.typeName).cap || counted.has(call)) return;
+      if (active >= max) throw gatewayOverloaded(max);
+      counted.add(call);
+      active++;
     },
   };
 }

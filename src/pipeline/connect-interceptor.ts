@@ -34,6 +34,10 @@ export function pipelineInterceptor(pipeline: Pipeline): Interceptor {
     }
     let res;
     try {
+      // connect-node runs interceptors of unary calls once the request message has arrived, and
+      // of streaming calls before: those are admitted when their first message arrives.
+      if (req.stream) req = { ...req, message: admitOnFirst(req.message, () => pipeline.admit(call)) };
+      else pipeline.admit(call);
       res = await next(req);
     } catch (e) {
       const error = toConnectError(e, req.signal);
@@ -64,6 +68,27 @@ export function pipelineInterceptor(pipeline: Pipeline): Interceptor {
         mapError: (error) => failure ?? toConnectError(error, req.signal),
       }),
     };
+  };
+}
+
+/** `messages`, running `admit` when the first one (or the end of an empty stream) arrives; a refusal fails the read. */
+function admitOnFirst<T>(messages: AsyncIterable<T>, admit: () => void): AsyncIterable<T> {
+  return {
+    [Symbol.asyncIterator]() {
+      const it = messages[Symbol.asyncIterator]();
+      let admitted = false;
+      return {
+        async next() {
+          const r = await it.next();
+          if (!admitted) {
+            admitted = true;
+            admit();
+          }
+          return r;
+        },
+        return: (value?: unknown) => it.return?.(value) ?? Promise.resolve({ done: true as const, value: undefined }),
+      };
+    },
   };
 }
 

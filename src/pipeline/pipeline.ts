@@ -17,6 +17,13 @@ export type CallEnd = (error: ConnectError | undefined) => void;
 export interface CallHook {
   /** Admits (returns) or refuses (throws) the call; the optional result runs when it ends. */
   begin(call: Call): CallEnd | undefined;
+  /**
+   * Optional second step, run once the call's request message has arrived, before the handler
+   * (every hook has begun by then); may throw a ConnectError to refuse the call. A hook that
+   * counts calls against a shared limit counts them here, so a call whose body never comes
+   * holds nothing of it (README, "Operating it").
+   */
+  admit?(call: Call): void;
 }
 
 /**
@@ -27,6 +34,8 @@ export interface CallHook {
 export interface WaitingCallHook {
   /** As `CallHook.begin`, or a promise of it (a rejection refuses the call). */
   begin(call: Call): CallEnd | undefined | Promise<CallEnd | undefined>;
+  /** As `CallHook.admit`. */
+  admit?(call: Call): void;
 }
 
 /** The ordered hooks, run the same way by connect-node's interceptor and the gRPC fast path. */
@@ -42,6 +51,12 @@ export interface Pipeline {
    * deadline passed) is refused with that reason before the hooks after it run.
    */
   begin(call: Call): CallEnd | Promise<CallEnd>;
+  /**
+   * Runs the hooks' `admit` in order once the request message has arrived (after a `begin`
+   * that returned). Throws the first refusal (a ConnectError; anything else becomes INTERNAL):
+   * the caller ends the call with it through the `CallEnd` from `begin`.
+   */
+  admit(call: Call): void;
 }
 
 /** A pipeline of hooks that never wait: `begin` always answers at once. */
@@ -60,6 +75,7 @@ export function createPipeline(hooks: readonly CallHook[]): SyncPipeline;
 export function createPipeline(hooks: readonly WaitingCallHook[]): Pipeline;
 export function createPipeline(hooks: readonly WaitingCallHook[]): Pipeline {
   const list = [...hooks];
+  const admitting = list.filter((h) => h.admit !== undefined);
   /** Runs hooks from `from` on; synchronous until one answers with a promise. */
   function run(call: Call, from: number, ends: CallEnd[] | undefined): CallEnd | Promise<CallEnd> {
     for (let i = from; i < list.length; i++) {
@@ -92,7 +108,18 @@ export function createPipeline(hooks: readonly WaitingCallHook[]): Pipeline {
     }
     return run(call, next, ends);
   }
-  return { begin: (call) => run(call, 0, undefined) };
+  return {
+    begin: (call) => run(call, 0, undefined),
+    admit(call) {
+      for (const hook of admitting) {
+        try {
+          hook.admit!(call);
+        } catch (e) {
+          throw e instanceof ConnectError ? e : internalError(e);
+        }
+      }
+    },
+  };
 }
 
 /**

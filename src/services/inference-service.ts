@@ -39,7 +39,13 @@ import { chatBody, embedBody, generateBody, optionsJson } from "./ollama-request
 import type { OllamaBody } from "./ollama-request.js";
 import { chatChunk, generateChunk, usage } from "./ollama-response.js";
 import type { OllamaChunk, UsageContext } from "./ollama-response.js";
-import { validateChat, validateEmbed, validateGenerate } from "./validate-request.js";
+import {
+  answerEncoding,
+  checkEmbedAnswerFits,
+  validateChat,
+  validateEmbed,
+  validateGenerate,
+} from "./validate-request.js";
 
 /** Longest an Embed waits for the fresh /api/tags behind its cache key before it goes without the cache. */
 const DIGEST_WAIT_MS = 1_000;
@@ -68,6 +74,8 @@ export interface InferenceDeps {
   random?: () => number;
   /** Told how each upstream call goes (metrics, traces). @default none */
   observer?: FailoverObserver;
+  /** Largest response message (`MAX_MESSAGE_BYTES`): an Embed whose answer cannot fit is refused up front. @default no check */
+  maxMessageBytes?: number;
 }
 
 /** Response header naming the model that served the call (README, "Model aliases"). */
@@ -291,6 +299,12 @@ export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
       info.model = asked.model;
       const signal = rpcSignal(ctx, deps.maxDeadlineMs);
       const urgency = urgencyOf(ctx);
+      if (deps.maxMessageBytes !== undefined) {
+        const encoding = answerEncoding(ctx.requestHeader.get("content-type"));
+        await checkEmbedAnswerFits(req, encoding, deps.maxMessageBytes, deps.metadata, signal).catch((e: unknown) => {
+          throw toConnectError(e, signal, { model: req.model });
+        });
+      }
 
       const key = deps.embeddings && req.inputs.length > 0 ? await embeddingKey(req, signal) : undefined;
       // The cache gives up on Redis after its command timeout, and on the RPC when its signal aborts.

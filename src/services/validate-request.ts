@@ -2,7 +2,9 @@ import type { Duration } from "@bufbuild/protobuf/wkt";
 import type { ChatRequest, EmbedRequest, GenerateRequest } from "../gen/ollama/gateway/v1/inference_pb.js";
 import { Role, ThinkMode } from "../gen/ollama/gateway/v1/types_pb.js";
 import type { Options } from "../gen/ollama/gateway/v1/types_pb.js";
+import { embedAnswerTooLarge } from "../errors/domain-errors.js";
 import { invalidArgument } from "../errors/gateway-error.js";
+import type { FleetMetadata } from "../routing/fleet-metadata.js";
 import type { FieldViolation } from "../errors/gateway-error.js";
 import { OPTION_NAMES } from "./ollama-request.js";
 
@@ -130,4 +132,104 @@ function checkOptions(o: Options | undefined, v: FieldViolation[]): void {
   }
   if (o.numCtx !== undefined && o.numCtx < 1) v.push({ field: "options.num_ctx", description: "must be positive" });
   if (o.stop.length > 16) v.push({ field: "options.stop", description: "at most 16 stop sequences" });
+}
+
+/** How a call's answer is encoded on the wire: binary protobuf, or protobuf's JSON mapping. */
+export type AnswerEncoding = "binary" | "json";
+
+/** The answer's encoding from the request's content type: JSON for Connect JSON, gRPC-Web+json and gRPC+json. */
+export function answerEncoding(contentType: string | null): AnswerEncoding {
+  return contentType?.includes("json") ? "json" : "binary";
+}
+
+/**
+ * Bytes one embedding value takes in the answer: a float32 in binary; in JSON, about three
+ * times that: a normalised float32 prints as 9 to 14 characters and a comma (`-0.012345678,`),
+ * 12.5 bytes on average for Ollama's vectors; 12 are counted, so an answer estimated too large
+ * is too large in practice, while one just under the estimate may still exceed the limit when
+ * it is sent (RESOURCE_EXHAUSTED then, as before).
+ */
+const VALUE_BYTES: Record<AnswerEncoding, number> = { binary: 4, json: 12 };
+
+/** No embedding model has more dimensions than this: an Embed whose answer fits at this size needs no lookup. */
+const MAX_PLAUSIBLE_DIMENSIONS = 16_384;
+
+/**
+ * Estimated size of an EmbedResponse with `inputs` vectors of `dimensions` values: the vectors
+ * only (the rest of the answer is a few dozen bytes), each with its field tag and length in binary.
+ */
+export function embedAnswerBytes(inputs: number, dimensions: number, encoding: AnswerEncoding): number {
+  const values = dimensions * VALUE_BYTES[encoding];
+  const perVector =
+    encoding === "binary"
+      ? values + 2 + varintBytes(values) + varintBytes(values + 1 + varintBytes(values))
+      : values + '{"values":[]},'.length;
+  return inputs * perVector;
+}
+
+/** How many inputs of `dimensions` fit in an answer of at most `maxBytes`. */
+export function embedInputsThatFit(dimensions: number, maxBytes: number, encoding: AnswerEncoding): number {
+  return Math.floor(maxBytes / embedAnswerBytes(1, dimensions, encoding));
+}
+
+function varintBytes(n: number): number {
+  let bytes = 1;
+  for (let v = n; v >= 128; v = Math.floor(v / 128)) bytes++;
+  return bytes;
+}
+
+/**
+ * The embedding length of a model from its /api/show `model_info`: `<architecture>.embedding_length`,
+ * else the one `*.embedding_length` that is not a vision projector's; undefined when unknown.
+ */
+export function embeddingLength(modelInfo: Record<string, unknown>): number | undefined {
+  const arch = modelInfo["general.architecture"];
+  const own = typeof arch === "string" ? modelInfo[`${arch}.embedding_length`] : undefined;
+  if (typeof own === "number" && Number.isInteger(own) && own > 0) return own;
+  const found = Object.entries(modelInfo).filter(
+    ([k, v]) => k.endsWith(".embedding_length") && !k.startsWith("clip.") && typeof v === "number" && v > 0,
+  );
+  return found.length === 1 ? (found[0]![1] as number) : undefined;
+}
+
+/**
+ * Refuses, before any upstream work, an Embed whose answer cannot fit in one message of
+ * `maxBytes` (INVALID_ARGUMENT, reason ANSWER_TOO_LARGE, with how many inputs fit). The
+ * dimensions are the request's `dimensions` when set, else the model's embedding length from
+ * its metadata (cached /api/tags and /api/show); when that is unknown (metadata unavailable, no
+ * embedding length) the call goes ahead and the message limit still applies to the answer.
+ * Requests small enough to fit at any plausible size need no lookup.
+ */
+export async function checkEmbedAnswerFits(
+  req: EmbedRequest,
+  encoding: AnswerEncoding,
+  maxBytes: number,
+  metadata: FleetMetadata,
+  signal: AbortSignal,
+): Promise<void> {
+  if (embedAnswerBytes(req.inputs.length, MAX_PLAUSIBLE_DIMENSIONS, encoding) <= maxBytes) return;
+  let dimensions: number | undefined;
+  try {
+    const where = await metadata.locate(req.model, signal);
+    const first = where.located[0];
+    if (first !== undefined) {
+      const show = await metadata.show(first.node, first.tag.name, first.tag.digest, signal);
+      dimensions = embeddingLength(show.modelInfo);
+    }
+  } catch (e) {
+    if (signal.aborted) throw e;
+    return; // metadata unavailable: the answer's size is checked when it is sent
+  }
+  if (dimensions === undefined) return;
+  if (req.dimensions > 0) dimensions = Math.min(dimensions, req.dimensions);
+  const answerBytes = embedAnswerBytes(req.inputs.length, dimensions, encoding);
+  if (answerBytes <= maxBytes) return;
+  throw embedAnswerTooLarge({
+    model: req.model,
+    inputs: req.inputs.length,
+    fit: embedInputsThatFit(dimensions, maxBytes, encoding),
+    dimensions,
+    answerBytes,
+    maxBytes,
+  });
 }

@@ -22,6 +22,9 @@ import { callValues } from "../pipeline/call.js";
 import type { Call } from "../pipeline/call.js";
 import type { CallEnd, Pipeline } from "../pipeline/pipeline.js";
 import { FRAME_PREFIX_BYTES, frame, frameMessageBytes, singleMessage } from "./grpc-frame.js";
+import { createRequestBodyWaits } from "./request-body-waits.js";
+import type { BodyWait, RequestBodyWaits } from "./request-body-waits.js";
+import { MAX_TIMER_MS } from "./deadline-header.js";
 
 /**
  * One method the fast path serves. Built with `unaryRoute` or `serverStreamingRoute`, which keep
@@ -100,6 +103,16 @@ export interface GrpcFastPathOptions {
    * answered at once), ended with the error the client is sent.
    */
   pipeline: Pipeline;
+  /**
+   * Longest deadline a call may have: a longer `grpc-timeout` is capped to it (README,
+   * "Operating it"). @default 2147483647 (the longest a Node timer can wait)
+   */
+  maxDeadlineMs?: number;
+  /**
+   * The register of calls waiting for their request body, shared with connect-node's path
+   * (timeout, shedding). @default its own, with the default limits
+   */
+  bodies?: RequestBodyWaits;
 }
 
 /** Serves some gRPC calls straight on HTTP/2 streams. */
@@ -126,6 +139,8 @@ const CONTENT_TYPE = "application/grpc+proto";
  */
 export function createGrpcFastPath(options: GrpcFastPathOptions): GrpcFastPath {
   const routes = new Map(options.routes.map((r) => [`/${r.method.parent.typeName}/${r.method.name}`, r]));
+  const bodies = options.bodies ?? createRequestBodyWaits();
+  const maxDeadlineMs = Math.min(options.maxDeadlineMs ?? MAX_TIMER_MS, MAX_TIMER_MS);
   return {
     handle(stream, headers) {
       const route = routes.get(headers[":path"] ?? "");
@@ -134,7 +149,7 @@ export function createGrpcFastPath(options: GrpcFastPathOptions): GrpcFastPath {
       if (type !== "application/grpc" && type !== CONTENT_TYPE) return false;
       const encoding = headers["grpc-encoding"];
       if (encoding !== undefined && encoding !== "identity") return false;
-      serve(stream, headers, route, options);
+      serve(stream, headers, route, options, bodies, maxDeadlineMs);
       return true;
     },
   };
@@ -145,10 +160,19 @@ function serve(
   headers: IncomingHttpHeaders,
   route: FastRoute,
   options: GrpcFastPathOptions,
+  bodies: RequestBodyWaits,
+  maxDeadlineMs: number,
 ): void {
   const timeout = parseTimeout(single(headers["grpc-timeout"]) ?? null, Number.MAX_SAFE_INTEGER);
   const socket = stream.session?.socket;
-  const ctx = callContext(route.method, headers, timeout.timeoutMs, options.shutdownSignal, socket);
+  // The deadline runs from now (the headers), body included; a longer one is capped, never overflowing a timer.
+  const ctx = callContext(
+    route.method,
+    headers,
+    timeout.timeoutMs === undefined ? undefined : Math.min(timeout.timeoutMs, maxDeadlineMs),
+    options.shutdownSignal,
+    socket,
+  );
   const canceled = clientCancelled;
 
   let responded = false;
@@ -246,8 +270,10 @@ function serve(
   const run = async (): Promise<void> => {
     // After the pipeline, as connect-node raises it inside the interceptors: the refusal is logged.
     if (timeout.error) throw timeout.error;
-    const body = await readRequest(stream, options.readMaxBytes, ctx.signal);
+    const body = await readRequest(stream, options.readMaxBytes, ctx.signal, bodies);
     requestRead = true;
+    // Counted against the concurrency cap from here: a call without a body holds no slot.
+    options.pipeline.admit(ctx);
     const kind = route.method.methodKind === "unary" ? "unary" : "server_streaming";
     await route.run(singleMessage(body, options.readMaxBytes, kind), ctx, sink);
   };
@@ -338,17 +364,28 @@ function callContext(
   };
 }
 
-/** Reads the whole request body (one enveloped message), bounded by the limit and the call's signal. */
-function readRequest(stream: ServerHttp2Stream, readMaxBytes: number, signal: AbortSignal): Promise<Buffer> {
+/**
+ * Reads the whole request body (one enveloped message), bounded by the limit, the call's signal
+ * and the body register (`REQUEST_BODY_TIMEOUT_MS`, shedding).
+ */
+function readRequest(
+  stream: ServerHttp2Stream,
+  readMaxBytes: number,
+  signal: AbortSignal,
+  bodies: RequestBodyWaits,
+): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
+    let wait: BodyWait | undefined;
     const cleanup = (): void => {
       stream.off("data", onData);
       stream.off("end", onEnd);
       signal.removeEventListener("abort", onAbort);
+      wait?.done();
     };
     const onData = (chunk: Buffer): void => {
+      wait?.progress();
       size += chunk.length;
       chunks.push(chunk);
       if (size > readMaxBytes + FRAME_PREFIX_BYTES) {
@@ -371,6 +408,11 @@ function readRequest(stream: ServerHttp2Stream, readMaxBytes: number, signal: Ab
       reject(signal.reason);
     };
     if (signal.aborted) return onAbort();
+    wait = bodies.wait((error) => {
+      cleanup();
+      stream.pause();
+      reject(error);
+    });
     stream.on("data", onData);
     stream.once("end", onEnd);
     signal.addEventListener("abort", onAbort, { once: true });

@@ -251,3 +251,92 @@ export async function within<T>(promise: Promise<T>, ms: number, what: string): 
     clearTimeout(timer);
   }
 }
+
+/** What came back for one raw HTTP/2 request. */
+export interface H2Reply {
+  /** The response headers (`:status`, and the gRPC status of a trailers-only answer). */
+  headers: http2.IncomingHttpHeaders;
+  /** The trailers, if any. */
+  trailers: http2.IncomingHttpHeaders;
+  /** The response body. */
+  body: Buffer;
+  /** The stream's RST_STREAM code (0: closed normally). */
+  rstCode: number;
+  /** grpc-status from the trailers or the headers, if any. */
+  grpcStatus: number | undefined;
+  /** grpc-message, decoded. */
+  grpcMessage: string;
+  /** ms from the request to the stream's close. */
+  ms: number;
+}
+
+/**
+ * One request on an existing HTTP/2 session with exactly these headers and body chunks; the
+ * request stays open (no END_STREAM) when `keepOpen`. Resolves when the stream closes (or with
+ * a reply whose `rstCode` is -1 after `timeoutMs`, the stream then cancelled). Never rejects.
+ */
+export function h2Request(
+  session: http2.ClientHttp2Session,
+  headers: http2.OutgoingHttpHeaders,
+  body: Buffer[] = [],
+  opts: { keepOpen?: boolean; timeoutMs?: number; onStream?: (s: http2.ClientHttp2Stream) => void } = {},
+): Promise<H2Reply> {
+  return new Promise((resolve) => {
+    const started = Date.now();
+    let stream: http2.ClientHttp2Stream;
+    try {
+      stream = session.request(headers, { endStream: false });
+    } catch {
+      resolve({
+        headers: {},
+        trailers: {},
+        body: Buffer.alloc(0),
+        rstCode: -2,
+        grpcStatus: undefined,
+        grpcMessage: "",
+        ms: 0,
+      });
+      return;
+    }
+    let resHeaders: http2.IncomingHttpHeaders = {};
+    let trailers: http2.IncomingHttpHeaders = {};
+    const chunks: Buffer[] = [];
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      stream.close(http2.constants.NGHTTP2_CANCEL);
+    }, opts.timeoutMs ?? 20_000);
+    stream.on("response", (h) => (resHeaders = h));
+    stream.on("trailers", (t) => (trailers = t));
+    stream.on("data", (c: Buffer) => chunks.push(c));
+    stream.on("error", () => {
+      // the close says how it ended
+    });
+    stream.on("close", () => {
+      clearTimeout(timer);
+      const status = trailers["grpc-status"] ?? resHeaders["grpc-status"];
+      const message = trailers["grpc-message"] ?? resHeaders["grpc-message"];
+      resolve({
+        headers: resHeaders,
+        trailers,
+        body: Buffer.concat(chunks),
+        rstCode: timedOut ? -1 : (stream.rstCode ?? 0),
+        grpcStatus: status === undefined ? undefined : Number(status),
+        grpcMessage: typeof message === "string" ? decodeURIComponent(message) : "",
+        ms: Date.now() - started,
+      });
+    });
+    opts.onStream?.(stream);
+    for (const b of body) stream.write(b);
+    if (!opts.keepOpen) stream.end();
+  });
+}
+
+/** A client HTTP/2 session to `url` whose errors are ignored (a refused or reset session shows in its requests). */
+export function h2Connect(url: string): http2.ClientHttp2Session {
+  const session = http2.connect(url);
+  session.on("error", () => {
+    // seen by the requests
+  });
+  return session;
+}
