@@ -207,16 +207,16 @@ export function maxDeadlinePassed(): ConnectError {
 
 /**
  * The reason a call's signal is aborted with once the call has ended, so timers and listeners tied
- * to it are freed. Built without a stack trace: it is made once per call and never reaches a client.
+ * to it are freed. One object for every call, the one exception to "a fresh error per call": it is
+ * made on every call's hot path (a ConnectError per call was 1 % of the gateway's CPU in bench (a)),
+ * and it never reaches a client, a log line or the pipeline, which is what could write into an
+ * error; nothing in the gateway mutates errors.
  */
+const CALL_ENDED = new ConnectError("the call has ended", Code.Canceled);
+
+/** See CALL_ENDED. */
 export function callEnded(): ConnectError {
-  const limit = Error.stackTraceLimit;
-  Error.stackTraceLimit = 0;
-  try {
-    return new ConnectError("the call has ended", Code.Canceled);
-  } finally {
-    Error.stackTraceLimit = limit;
-  }
+  return CALL_ENDED;
 }
 
 /**

@@ -51,6 +51,7 @@ function fields(bytes: Uint8Array, on: (field: number, wire: WireType, r: Binary
   const r = new BinaryReader(bytes);
   while (r.pos < r.len) {
     const [field, wire] = r.tag();
+    // Unknown protobuf fields are stepped over (BinaryReader.skip is the wire reader's, not a test's).
     if (!on(field, wire, r)) r.skip(wire, field);
   }
 }
