@@ -64,16 +64,35 @@ export function resolveModel(
 ): ModelRoute {
   const alias = aliases.get(canonicalModelName(requested));
   if (alias === undefined) return { requested, alias, models: [requested] };
-  const targets = alias.targets.filter((t) => allowed(t.model));
+  const usable = usableAlias(alias, allowed);
   const picked = pickTarget(
-    targets,
+    usable.targets,
     sessionKey === undefined ? random() : stableUnit(`${alias.name}\u0000${sessionKey}`),
   );
   const models: string[] = [];
-  for (const m of [...(picked === undefined ? [] : [picked]), ...alias.fallbacks]) {
-    if (allowed(m) && !models.some((x) => canonicalModelName(x) === canonicalModelName(m))) models.push(m);
+  for (const m of [...(picked === undefined ? [] : [picked]), ...usable.fallbacks]) {
+    if (!models.some((x) => canonicalModelName(x) === canonicalModelName(m))) models.push(m);
   }
   return { requested, alias, models };
+}
+
+/**
+ * The part of an alias a caller may be served by: its targets and fallbacks without those
+ * `allowed` (the caller's permissions) excludes. The one rule behind calls (`resolveModel`),
+ * ListModels and GetModel (README, "Model aliases"), so an alias never shows a model it would
+ * not serve. When nothing is left the caller may not use the alias at all.
+ */
+export function usableAlias(alias: ModelAlias, allowed: (model: string) => boolean): ModelAlias {
+  return {
+    name: alias.name,
+    targets: alias.targets.filter((t) => allowed(t.model)),
+    fallbacks: alias.fallbacks.filter((m) => allowed(m)),
+  };
+}
+
+/** Whether a caller may use an alias at all: its name aside, some target or fallback is left to serve it. */
+export function aliasUsable(usable: ModelAlias): boolean {
+  return usable.targets.length > 0 || usable.fallbacks.length > 0;
 }
 
 /** The target whose cumulative weight interval holds `u` (in [0, 1)); undefined when there is none. */

@@ -1,10 +1,18 @@
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { create } from "@bufbuild/protobuf";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { JsonObject } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import type { ModelService } from "../gen/ollama/gateway/v1/model_pb.js";
-import type { ModelDetailsSchema, ModelSchema, PullModelResponseSchema } from "../gen/ollama/gateway/v1/model_pb.js";
+import { ModelAliasSchema } from "../gen/ollama/gateway/v1/model_pb.js";
+import type {
+  GetModelResponseSchema,
+  ModelAlias as ModelAliasMessage,
+  ModelDetailsSchema,
+  ModelSchema,
+  PullModelResponseSchema,
+} from "../gen/ollama/gateway/v1/model_pb.js";
 import { invalidArgument } from "../errors/gateway-error.js";
 import { modelNotFound, modelNotInRegistry, noNodeAnswered, pullWithoutSuccess } from "../errors/domain-errors.js";
 import type { FieldViolation } from "../errors/gateway-error.js";
@@ -12,7 +20,8 @@ import { toConnectError } from "../errors/to-connect-error.js";
 import { isNodeDown } from "../upstream/network-errors.js";
 import { rpcInfo } from "../observability/rpc-info.js";
 import { authorizeModel, modelFilter } from "../auth/authorize.js";
-import type { FleetMetadata } from "../routing/fleet-metadata.js";
+import type { FleetMetadata, Located } from "../routing/fleet-metadata.js";
+import { aliasUsable, usableAlias } from "../routing/model-aliases.js";
 import type { AliasMap, ModelAlias } from "../routing/model-aliases.js";
 import { rpcSignal } from "./rpc-signal.js";
 import { canonicalModelName } from "../upstream/model-name.js";
@@ -33,7 +42,7 @@ export interface ModelServiceDeps {
   health: NodeHealth;
   /** Upper bound of any RPC's deadline, in ms. */
   maxDeadlineMs: number;
-  /** Model aliases in force, listed by ListModels beside the installed models. @default none */
+  /** Model aliases in force, listed by ListModels beside the installed models and described by GetModel. @default none */
   aliases?: () => AliasMap;
 }
 
@@ -136,10 +145,13 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
         throw noNodeAnswered({ nodes: unavailable });
       }
       const order = new Map(deps.nodes.map((n, i) => [n.name, i]));
-      // Only the models the caller may use (README "Permissions").
+      // Only the models the caller may use (README "Permissions"); an alias shows only the
+      // targets and fallbacks that could serve the caller, as a call would use them.
       const visible = modelFilter(ctx.values);
+      const installed = [...merged.values()];
       for (const alias of deps.aliases?.().values() ?? []) {
-        const entry = aliasEntry(alias, [...merged.values()]);
+        const usable = usableAlias(alias, visible ?? (() => true));
+        const entry = aliasUsable(usable) ? aliasEntry(usable, installed) : undefined;
         if (entry !== undefined) merged.set(`alias|${canonicalModelName(alias.name)}`, entry);
       }
       const models = [...merged.values()]
@@ -155,38 +167,19 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
     async getModel(req, ctx) {
       requireModel(req.model);
       authorizeModel(ctx, req.model);
+      const alias = deps.aliases?.().get(canonicalModelName(req.model));
+      if (alias !== undefined) return describeAlias(alias, ctx);
       const signal = begin(ctx, req.model);
       const where = await deps.metadata.locate(req.model, signal).catch((e: unknown) => {
         throw fail(e, undefined, signal, { model: req.model });
       });
-      const first = where.located.find((l) => deps.health.isHealthy(l.node.name)) ?? where.located[0];
-      if (first === undefined) {
+      if (where.located.length === 0) {
         if (where.unavailable.length === deps.nodes.length) {
           throw noNodeAnswered();
         }
         throw modelNotFound(req.model);
       }
-      rpcInfo(ctx).node = first.node.name;
-      let show;
-      try {
-        show = await deps.metadata.show(first.node, first.tag.name, first.tag.digest, signal);
-      } catch (e) {
-        throw fail(e, first.node, signal, { model: req.model });
-      }
-      return {
-        name: first.tag.name,
-        digest: first.tag.digest,
-        details: details(show.details.family ? show.details : first.tag.details),
-        capabilities: show.capabilities.length > 0 ? show.capabilities : first.tag.capabilities,
-        parameters: show.parameters,
-        template: show.template,
-        license: show.license,
-        system: show.system,
-        modelfile: show.modelfile,
-        modelInfo: show.modelInfo as JsonObject,
-        modifiedAt: timestamp(show.modifiedAt || first.tag.modifiedAt),
-        nodes: where.located.map((l) => l.node.name),
-      };
+      return describe(where, req.model, ctx, signal);
     },
 
     async listRunningModels(req, ctx) {
@@ -339,6 +332,77 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
     },
   };
 
+  /**
+   * GetModel's answer for a model installed on `where.located` (at least one node): Ollama's
+   * description from the first healthy node that has it.
+   */
+  async function describe(
+    where: Located,
+    asked: string,
+    ctx: HandlerContext,
+    signal: AbortSignal,
+  ): Promise<MessageInitShape<typeof GetModelResponseSchema>> {
+    const first = where.located.find((l) => deps.health.isHealthy(l.node.name)) ?? where.located[0]!;
+    rpcInfo(ctx).node = first.node.name;
+    let show;
+    try {
+      show = await deps.metadata.show(first.node, first.tag.name, first.tag.digest, signal);
+    } catch (e) {
+      throw fail(e, first.node, signal, { model: asked });
+    }
+    return {
+      name: first.tag.name,
+      digest: first.tag.digest,
+      details: details(show.details.family ? show.details : first.tag.details),
+      capabilities: show.capabilities.length > 0 ? show.capabilities : first.tag.capabilities,
+      parameters: show.parameters,
+      template: show.template,
+      license: show.license,
+      system: show.system,
+      modelfile: show.modelfile,
+      modelInfo: show.modelInfo as JsonObject,
+      modifiedAt: timestamp(show.modifiedAt || first.tag.modifiedAt),
+      nodes: where.located.map((l) => l.node.name),
+    };
+  }
+
+  /**
+   * GetModel on an alias (README, "Model aliases"): the description of its first target (config
+   * order) installed on some node, under the alias's name, with no digest, the nodes holding any
+   * of its targets, and what it resolves to. The permission rule is that of a call: the alias's
+   * name was granted (checked by the caller), and a caller granted none of its models is refused
+   * for the first target; targets it may not use are neither described nor shown.
+   */
+  async function describeAlias(
+    alias: ModelAlias,
+    ctx: HandlerContext,
+  ): Promise<MessageInitShape<typeof GetModelResponseSchema>> {
+    const usable = usableAlias(alias, modelFilter(ctx.values) ?? (() => true));
+    if (!aliasUsable(usable)) authorizeModel(ctx, alias.targets[0]?.model ?? alias.name);
+    const signal = begin(ctx, alias.name);
+    const wheres = await Promise.all(usable.targets.map((t) => deps.metadata.locate(t.model, signal))).catch(
+      (e: unknown) => {
+        throw fail(e, undefined, signal, { model: alias.name });
+      },
+    );
+    const described = wheres.findIndex((w) => w.located.length > 0);
+    if (described === -1) {
+      if (wheres.length > 0 && wheres.every((w) => w.unavailable.length === deps.nodes.length)) {
+        throw noNodeAnswered();
+      }
+      throw modelNotFound(alias.name);
+    }
+    const answer = await describe(wheres[described]!, alias.name, ctx, signal);
+    const holding = new Set(wheres.flatMap((w) => w.located.map((l) => l.node.name)));
+    return {
+      ...answer,
+      name: alias.name,
+      digest: "",
+      nodes: deps.nodes.filter((n) => holding.has(n.name)).map((n) => n.name),
+      alias: aliasMessage(usable, usable.targets[described]!.model),
+    };
+  }
+
   /** Nodes (among those named, or all) that have `model`; NOT_FOUND when none does. */
   async function nodesWith(
     model: string,
@@ -469,23 +533,35 @@ function timestamp(text: string): Timestamp | undefined {
 }
 
 /**
- * How ListModels shows an alias (README, "Model aliases"): its own name, no digest (it is no
- * single set of weights), the details and capabilities of its first installed target, and every
- * node holding one of its targets. Undefined when none of its targets is installed on the nodes
+ * How ListModels shows an alias (README, "Model aliases"), given the part of it the caller may
+ * use: its own name, no digest (it is no single set of weights), the details and capabilities of
+ * its first target (config order) installed on the nodes asked, every node holding one of its
+ * targets, and what it resolves to. Undefined when none of its targets is installed on the nodes
  * asked (it could not serve a call there).
  */
 function aliasEntry(
   alias: ModelAlias,
   installed: readonly (MessageInitShape<typeof ModelSchema> & { modifiedMs: number })[],
 ): (MessageInitShape<typeof ModelSchema> & { modifiedMs: number }) | undefined {
-  const targets = new Set(alias.targets.map((t) => canonicalModelName(t.model)));
-  const found = installed.filter((m) => targets.has(canonicalModelName(m.name ?? "")));
-  const first = found[0];
-  if (first === undefined) return undefined;
+  const holding = (model: string) =>
+    installed.filter((m) => canonicalModelName(m.name ?? "") === canonicalModelName(model));
+  const found = alias.targets.map((t) => holding(t.model));
+  const described = found.findIndex((f) => f.length > 0);
+  if (described === -1) return undefined;
   return {
-    ...first,
+    ...found[described]![0]!,
     name: alias.name,
     digest: "",
-    nodes: [...new Set(found.flatMap((m) => m.nodes ?? []))],
+    nodes: [...new Set(found.flat().flatMap((m) => m.nodes ?? []))],
+    alias: aliasMessage(alias, alias.targets[described]!.model),
   };
+}
+
+/** The `alias` field of ListModels and GetModel: an alias's targets and fallbacks, and the target described. */
+function aliasMessage(alias: ModelAlias, describedModel: string): ModelAliasMessage {
+  return create(ModelAliasSchema, {
+    targets: alias.targets.map((t) => ({ model: t.model, weight: t.weight })),
+    fallbacks: [...alias.fallbacks],
+    describedModel,
+  });
 }

@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file ollama/gateway/v1/model.proto.
  */
 export const file_ollama_gateway_v1_model: GenFile = /*@__PURE__*/
-  fileDesc("Ch1vbGxhbWEvZ2F0ZXdheS92MS9tb2RlbC5wcm90bxIRb2xsYW1hLmdhdGV3YXkudjEivAEKDE1vZGVsRGV0YWlscxIOCgZmb3JtYXQYASABKAkSDgoGZmFtaWx5GAIgASgJEhAKCGZhbWlsaWVzGAMgAygJEhYKDnBhcmFtZXRlcl9zaXplGAQgASgJEhoKEnF1YW50aXphdGlvbl9sZXZlbBgFIAEoCRIUCgxwYXJlbnRfbW9kZWwYBiABKAkSFgoOY29udGV4dF9sZW5ndGgYByABKAMSGAoQZW1iZWRkaW5nX2xlbmd0aBgIIAEoAyK7AQoFTW9kZWwSDAoEbmFtZRgBIAEoCRIOCgZkaWdlc3QYAiABKAkSDAoEc2l6ZRgDIAEoAxIwCgdkZXRhaWxzGAQgASgLMh8ub2xsYW1hLmdhdGV3YXkudjEuTW9kZWxEZXRhaWxzEhQKDGNhcGFiaWxpdGllcxgFIAMoCRIvCgttb2RpZmllZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFbm9kZXMYByADKAkiIQoRTGlzdE1vZGVsc1JlcXVlc3QSDAoEbm9kZRgBIAEoCSJZChJMaXN0TW9kZWxzUmVzcG9uc2USKAoGbW9kZWxzGAEgAygLMhgub2xsYW1hLmdhdGV3YXkudjEuTW9kZWwSGQoRdW5hdmFpbGFibGVfbm9kZXMYAiADKAkiIAoPR2V0TW9kZWxSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJIr8CChBHZXRNb2RlbFJlc3BvbnNlEgwKBG5hbWUYASABKAkSDgoGZGlnZXN0GAIgASgJEjAKB2RldGFpbHMYAyABKAsyHy5vbGxhbWEuZ2F0ZXdheS52MS5Nb2RlbERldGFpbHMSFAoMY2FwYWJpbGl0aWVzGAQgAygJEhIKCnBhcmFtZXRlcnMYBSABKAkSEAoIdGVtcGxhdGUYBiABKAkSDwoHbGljZW5zZRgHIAEoCRIOCgZzeXN0ZW0YCCABKAkSEQoJbW9kZWxmaWxlGAkgASgJEisKCm1vZGVsX2luZm8YCiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ei8KC21vZGlmaWVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVub2RlcxgMIAMoCSIoChhMaXN0UnVubmluZ01vZGVsc1JlcXVlc3QSDAoEbm9kZRgBIAEoCSLVAQoMUnVubmluZ01vZGVsEgwKBG5hbWUYASABKAkSDgoGZGlnZXN0GAIgASgJEgwKBHNpemUYAyABKAMSEQoJc2l6ZV92cmFtGAQgASgDEi4KCmV4cGlyZXNfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDmNvbnRleHRfbGVuZ3RoGAYgASgDEgwKBG5vZGUYByABKAkSMAoHZGV0YWlscxgIIAEoCzIfLm9sbGFtYS5nYXRld2F5LnYxLk1vZGVsRGV0YWlscyJnChlMaXN0UnVubmluZ01vZGVsc1Jlc3BvbnNlEi8KBm1vZGVscxgBIAMoCzIfLm9sbGFtYS5nYXRld2F5LnYxLlJ1bm5pbmdNb2RlbBIZChF1bmF2YWlsYWJsZV9ub2RlcxgCIAMoCSKLAQoQTG9hZE1vZGVsUmVxdWVzdBINCgVtb2RlbBgBIAEoCRItCgprZWVwX2FsaXZlGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEgwKBG5vZGUYAyABKAkSKwoHb3B0aW9ucxgEIAEoCzIaLm9sbGFtYS5nYXRld2F5LnYxLk9wdGlvbnMiUwoRTG9hZE1vZGVsUmVzcG9uc2USDAoEbm9kZRgBIAEoCRIwCg1sb2FkX2R1cmF0aW9uGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIjEKElVubG9hZE1vZGVsUmVxdWVzdBINCgVtb2RlbBgBIAEoCRIMCgRub2RlGAIgASgJIiQKE1VubG9hZE1vZGVsUmVzcG9uc2USDQoFbm9kZXMYASADKAkiQgoQUHVsbE1vZGVsUmVxdWVzdBINCgVtb2RlbBgBIAEoCRIQCghpbnNlY3VyZRgCIAEoCBINCgVub2RlcxgDIAMoCSJjChFQdWxsTW9kZWxSZXNwb25zZRIOCgZzdGF0dXMYASABKAkSDgoGZGlnZXN0GAIgASgJEg0KBXRvdGFsGAMgASgDEhEKCWNvbXBsZXRlZBgEIAEoAxIMCgRub2RlGAUgASgJIjIKEkRlbGV0ZU1vZGVsUmVxdWVzdBINCgVtb2RlbBgBIAEoCRINCgVub2RlcxgCIAMoCSIkChNEZWxldGVNb2RlbFJlc3BvbnNlEg0KBW5vZGVzGAEgAygJIkYKEENvcHlNb2RlbFJlcXVlc3QSDgoGc291cmNlGAEgASgJEhMKC2Rlc3RpbmF0aW9uGAIgASgJEg0KBW5vZGVzGAMgAygJIiIKEUNvcHlNb2RlbFJlc3BvbnNlEg0KBW5vZGVzGAEgAygJMvQFCgxNb2RlbFNlcnZpY2USWQoKTGlzdE1vZGVscxIkLm9sbGFtYS5nYXRld2F5LnYxLkxpc3RNb2RlbHNSZXF1ZXN0GiUub2xsYW1hLmdhdGV3YXkudjEuTGlzdE1vZGVsc1Jlc3BvbnNlElMKCEdldE1vZGVsEiIub2xsYW1hLmdhdGV3YXkudjEuR2V0TW9kZWxSZXF1ZXN0GiMub2xsYW1hLmdhdGV3YXkudjEuR2V0TW9kZWxSZXNwb25zZRJuChFMaXN0UnVubmluZ01vZGVscxIrLm9sbGFtYS5nYXRld2F5LnYxLkxpc3RSdW5uaW5nTW9kZWxzUmVxdWVzdBosLm9sbGFtYS5nYXRld2F5LnYxLkxpc3RSdW5uaW5nTW9kZWxzUmVzcG9uc2USVgoJTG9hZE1vZGVsEiMub2xsYW1hLmdhdGV3YXkudjEuTG9hZE1vZGVsUmVxdWVzdBokLm9sbGFtYS5nYXRld2F5LnYxLkxvYWRNb2RlbFJlc3BvbnNlElwKC1VubG9hZE1vZGVsEiUub2xsYW1hLmdhdGV3YXkudjEuVW5sb2FkTW9kZWxSZXF1ZXN0GiYub2xsYW1hLmdhdGV3YXkudjEuVW5sb2FkTW9kZWxSZXNwb25zZRJYCglQdWxsTW9kZWwSIy5vbGxhbWEuZ2F0ZXdheS52MS5QdWxsTW9kZWxSZXF1ZXN0GiQub2xsYW1hLmdhdGV3YXkudjEuUHVsbE1vZGVsUmVzcG9uc2UwARJcCgtEZWxldGVNb2RlbBIlLm9sbGFtYS5nYXRld2F5LnYxLkRlbGV0ZU1vZGVsUmVxdWVzdBomLm9sbGFtYS5nYXRld2F5LnYxLkRlbGV0ZU1vZGVsUmVzcG9uc2USVgoJQ29weU1vZGVsEiMub2xsYW1hLmdhdGV3YXkudjEuQ29weU1vZGVsUmVxdWVzdBokLm9sbGFtYS5nYXRld2F5LnYxLkNvcHlNb2RlbFJlc3BvbnNlQp0BChFvbGxhbWEuZ2F0ZXdheS52MUIKTW9kZWxQcm90b1ABWjZvbGxhbWEtZ3JwYy1nYXRld2F5L2dlbi9nby9vbGxhbWEvZ2F0ZXdheS92MTtnYXRld2F5djGiAgNPR1iqAhFPbGxhbWEuR2F0ZXdheS5WMcoCEU9sbGFtYVxHYXRld2F5XFYx6gITT2xsYW1hOjpHYXRld2F5OjpWMWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_ollama_gateway_v1_types]);
+  fileDesc("Ch1vbGxhbWEvZ2F0ZXdheS92MS9tb2RlbC5wcm90bxIRb2xsYW1hLmdhdGV3YXkudjEivAEKDE1vZGVsRGV0YWlscxIOCgZmb3JtYXQYASABKAkSDgoGZmFtaWx5GAIgASgJEhAKCGZhbWlsaWVzGAMgAygJEhYKDnBhcmFtZXRlcl9zaXplGAQgASgJEhoKEnF1YW50aXphdGlvbl9sZXZlbBgFIAEoCRIUCgxwYXJlbnRfbW9kZWwYBiABKAkSFgoOY29udGV4dF9sZW5ndGgYByABKAMSGAoQZW1iZWRkaW5nX2xlbmd0aBgIIAEoAyLpAQoFTW9kZWwSDAoEbmFtZRgBIAEoCRIOCgZkaWdlc3QYAiABKAkSDAoEc2l6ZRgDIAEoAxIwCgdkZXRhaWxzGAQgASgLMh8ub2xsYW1hLmdhdGV3YXkudjEuTW9kZWxEZXRhaWxzEhQKDGNhcGFiaWxpdGllcxgFIAMoCRIvCgttb2RpZmllZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFbm9kZXMYByADKAkSLAoFYWxpYXMYCCABKAsyHS5vbGxhbWEuZ2F0ZXdheS52MS5Nb2RlbEFsaWFzImkKCk1vZGVsQWxpYXMSLwoHdGFyZ2V0cxgBIAMoCzIeLm9sbGFtYS5nYXRld2F5LnYxLkFsaWFzVGFyZ2V0EhEKCWZhbGxiYWNrcxgCIAMoCRIXCg9kZXNjcmliZWRfbW9kZWwYAyABKAkiLAoLQWxpYXNUYXJnZXQSDQoFbW9kZWwYASABKAkSDgoGd2VpZ2h0GAIgASgBIiEKEUxpc3RNb2RlbHNSZXF1ZXN0EgwKBG5vZGUYASABKAkiWQoSTGlzdE1vZGVsc1Jlc3BvbnNlEigKBm1vZGVscxgBIAMoCzIYLm9sbGFtYS5nYXRld2F5LnYxLk1vZGVsEhkKEXVuYXZhaWxhYmxlX25vZGVzGAIgAygJIiAKD0dldE1vZGVsUmVxdWVzdBINCgVtb2RlbBgBIAEoCSLtAgoQR2V0TW9kZWxSZXNwb25zZRIMCgRuYW1lGAEgASgJEg4KBmRpZ2VzdBgCIAEoCRIwCgdkZXRhaWxzGAMgASgLMh8ub2xsYW1hLmdhdGV3YXkudjEuTW9kZWxEZXRhaWxzEhQKDGNhcGFiaWxpdGllcxgEIAMoCRISCgpwYXJhbWV0ZXJzGAUgASgJEhAKCHRlbXBsYXRlGAYgASgJEg8KB2xpY2Vuc2UYByABKAkSDgoGc3lzdGVtGAggASgJEhEKCW1vZGVsZmlsZRgJIAEoCRIrCgptb2RlbF9pbmZvGAogASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIvCgttb2RpZmllZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFbm9kZXMYDCADKAkSLAoFYWxpYXMYDSABKAsyHS5vbGxhbWEuZ2F0ZXdheS52MS5Nb2RlbEFsaWFzIigKGExpc3RSdW5uaW5nTW9kZWxzUmVxdWVzdBIMCgRub2RlGAEgASgJItUBCgxSdW5uaW5nTW9kZWwSDAoEbmFtZRgBIAEoCRIOCgZkaWdlc3QYAiABKAkSDAoEc2l6ZRgDIAEoAxIRCglzaXplX3ZyYW0YBCABKAMSLgoKZXhwaXJlc19hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOY29udGV4dF9sZW5ndGgYBiABKAMSDAoEbm9kZRgHIAEoCRIwCgdkZXRhaWxzGAggASgLMh8ub2xsYW1hLmdhdGV3YXkudjEuTW9kZWxEZXRhaWxzImcKGUxpc3RSdW5uaW5nTW9kZWxzUmVzcG9uc2USLwoGbW9kZWxzGAEgAygLMh8ub2xsYW1hLmdhdGV3YXkudjEuUnVubmluZ01vZGVsEhkKEXVuYXZhaWxhYmxlX25vZGVzGAIgAygJIosBChBMb2FkTW9kZWxSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEi0KCmtlZXBfYWxpdmUYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDAoEbm9kZRgDIAEoCRIrCgdvcHRpb25zGAQgASgLMhoub2xsYW1hLmdhdGV3YXkudjEuT3B0aW9ucyJTChFMb2FkTW9kZWxSZXNwb25zZRIMCgRub2RlGAEgASgJEjAKDWxvYWRfZHVyYXRpb24YAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iMQoSVW5sb2FkTW9kZWxSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEgwKBG5vZGUYAiABKAkiJAoTVW5sb2FkTW9kZWxSZXNwb25zZRINCgVub2RlcxgBIAMoCSJCChBQdWxsTW9kZWxSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEhAKCGluc2VjdXJlGAIgASgIEg0KBW5vZGVzGAMgAygJImMKEVB1bGxNb2RlbFJlc3BvbnNlEg4KBnN0YXR1cxgBIAEoCRIOCgZkaWdlc3QYAiABKAkSDQoFdG90YWwYAyABKAMSEQoJY29tcGxldGVkGAQgASgDEgwKBG5vZGUYBSABKAkiMgoSRGVsZXRlTW9kZWxSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEg0KBW5vZGVzGAIgAygJIiQKE0RlbGV0ZU1vZGVsUmVzcG9uc2USDQoFbm9kZXMYASADKAkiRgoQQ29weU1vZGVsUmVxdWVzdBIOCgZzb3VyY2UYASABKAkSEwoLZGVzdGluYXRpb24YAiABKAkSDQoFbm9kZXMYAyADKAkiIgoRQ29weU1vZGVsUmVzcG9uc2USDQoFbm9kZXMYASADKAky9AUKDE1vZGVsU2VydmljZRJZCgpMaXN0TW9kZWxzEiQub2xsYW1hLmdhdGV3YXkudjEuTGlzdE1vZGVsc1JlcXVlc3QaJS5vbGxhbWEuZ2F0ZXdheS52MS5MaXN0TW9kZWxzUmVzcG9uc2USUwoIR2V0TW9kZWwSIi5vbGxhbWEuZ2F0ZXdheS52MS5HZXRNb2RlbFJlcXVlc3QaIy5vbGxhbWEuZ2F0ZXdheS52MS5HZXRNb2RlbFJlc3BvbnNlEm4KEUxpc3RSdW5uaW5nTW9kZWxzEisub2xsYW1hLmdhdGV3YXkudjEuTGlzdFJ1bm5pbmdNb2RlbHNSZXF1ZXN0Giwub2xsYW1hLmdhdGV3YXkudjEuTGlzdFJ1bm5pbmdNb2RlbHNSZXNwb25zZRJWCglMb2FkTW9kZWwSIy5vbGxhbWEuZ2F0ZXdheS52MS5Mb2FkTW9kZWxSZXF1ZXN0GiQub2xsYW1hLmdhdGV3YXkudjEuTG9hZE1vZGVsUmVzcG9uc2USXAoLVW5sb2FkTW9kZWwSJS5vbGxhbWEuZ2F0ZXdheS52MS5VbmxvYWRNb2RlbFJlcXVlc3QaJi5vbGxhbWEuZ2F0ZXdheS52MS5VbmxvYWRNb2RlbFJlc3BvbnNlElgKCVB1bGxNb2RlbBIjLm9sbGFtYS5nYXRld2F5LnYxLlB1bGxNb2RlbFJlcXVlc3QaJC5vbGxhbWEuZ2F0ZXdheS52MS5QdWxsTW9kZWxSZXNwb25zZTABElwKC0RlbGV0ZU1vZGVsEiUub2xsYW1hLmdhdGV3YXkudjEuRGVsZXRlTW9kZWxSZXF1ZXN0GiYub2xsYW1hLmdhdGV3YXkudjEuRGVsZXRlTW9kZWxSZXNwb25zZRJWCglDb3B5TW9kZWwSIy5vbGxhbWEuZ2F0ZXdheS52MS5Db3B5TW9kZWxSZXF1ZXN0GiQub2xsYW1hLmdhdGV3YXkudjEuQ29weU1vZGVsUmVzcG9uc2VCnQEKEW9sbGFtYS5nYXRld2F5LnYxQgpNb2RlbFByb3RvUAFaNm9sbGFtYS1ncnBjLWdhdGV3YXkvZ2VuL2dvL29sbGFtYS9nYXRld2F5L3YxO2dhdGV3YXl2MaICA09HWKoCEU9sbGFtYS5HYXRld2F5LlYxygIRT2xsYW1hXEdhdGV3YXlcVjHqAhNPbGxhbWE6OkdhdGV3YXk6OlYxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_ollama_gateway_v1_types]);
 
 /**
  * Facts about a model's weights.
@@ -142,6 +142,17 @@ export type Model = Message<"ollama.gateway.v1.Model"> & {
    * @generated from field: repeated string nodes = 7;
    */
   nodes: string[];
+
+  /**
+   * Set when the name is a model alias of the gateway's config file, not an
+   * installed model: what it resolves to. Then digest is empty (an alias is
+   * no single set of weights), size, details, capabilities and modified_at
+   * are those of alias.described_model, and nodes are every node holding one
+   * of its targets. Unset for an installed model.
+   *
+   * @generated from field: ollama.gateway.v1.ModelAlias alias = 8;
+   */
+  alias?: ModelAlias | undefined;
 };
 
 /**
@@ -150,6 +161,74 @@ export type Model = Message<"ollama.gateway.v1.Model"> & {
  */
 export const ModelSchema: GenMessage<Model> = /*@__PURE__*/
   messageDesc(file_ollama_gateway_v1_model, 1);
+
+/**
+ * What a model alias resolves to (README, "Model aliases, versions and
+ * fallbacks"), as far as the caller may use it: targets and fallbacks the
+ * caller's permissions exclude are left out, as they are when it is called.
+ *
+ * @generated from message ollama.gateway.v1.ModelAlias
+ */
+export type ModelAlias = Message<"ollama.gateway.v1.ModelAlias"> & {
+  /**
+   * The weighted targets, in the config file's order. Each call picks one in
+   * proportion to its weight; calls with the same session key pick the same.
+   *
+   * @generated from field: repeated ollama.gateway.v1.AliasTarget targets = 1;
+   */
+  targets: AliasTarget[];
+
+  /**
+   * Models tried in this order when the picked target cannot be admitted
+   * (never after a message was sent).
+   *
+   * @generated from field: repeated string fallbacks = 2;
+   */
+  fallbacks: string[];
+
+  /**
+   * The target whose details this answer shows: the first target, in the
+   * config file's order, that is installed on a node asked.
+   *
+   * @generated from field: string described_model = 3;
+   */
+  describedModel: string;
+};
+
+/**
+ * Describes the message ollama.gateway.v1.ModelAlias.
+ * Use `create(ModelAliasSchema)` to create a new message.
+ */
+export const ModelAliasSchema: GenMessage<ModelAlias> = /*@__PURE__*/
+  messageDesc(file_ollama_gateway_v1_model, 2);
+
+/**
+ * One weighted target of a model alias.
+ *
+ * @generated from message ollama.gateway.v1.AliasTarget
+ */
+export type AliasTarget = Message<"ollama.gateway.v1.AliasTarget"> & {
+  /**
+   * The model served, as written in the config file.
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * Its relative share of the alias's calls (e.g. 90 and 10 for a canary).
+   *
+   * @generated from field: double weight = 2;
+   */
+  weight: number;
+};
+
+/**
+ * Describes the message ollama.gateway.v1.AliasTarget.
+ * Use `create(AliasTargetSchema)` to create a new message.
+ */
+export const AliasTargetSchema: GenMessage<AliasTarget> = /*@__PURE__*/
+  messageDesc(file_ollama_gateway_v1_model, 3);
 
 /**
  * Request for ListModels.
@@ -170,7 +249,7 @@ export type ListModelsRequest = Message<"ollama.gateway.v1.ListModelsRequest"> &
  * Use `create(ListModelsRequestSchema)` to create a new message.
  */
 export const ListModelsRequestSchema: GenMessage<ListModelsRequest> = /*@__PURE__*/
-  messageDesc(file_ollama_gateway_v1_model, 2);
+  messageDesc(file_ollama_gateway_v1_model, 4);
 
 /**
  * The installed models.
@@ -198,7 +277,7 @@ export type ListModelsResponse = Message<"ollama.gateway.v1.ListModelsResponse">
  * Use `create(ListModelsResponseSchema)` to create a new message.
  */
 export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PURE__*/
-  messageDesc(file_ollama_gateway_v1_model, 3);
+  messageDesc(file_ollama_gateway_v1_model, 5);
 
 /**
  * Request for GetModel.
@@ -219,7 +298,7 @@ export type GetModelRequest = Message<"ollama.gateway.v1.GetModelRequest"> & {
  * Use `create(GetModelRequestSchema)` to create a new message.
  */
 export const GetModelRequestSchema: GenMessage<GetModelRequest> = /*@__PURE__*/
-  messageDesc(file_ollama_gateway_v1_model, 4);
+  messageDesc(file_ollama_gateway_v1_model, 6);
 
 /**
  * Everything Ollama knows about a model.
@@ -228,7 +307,7 @@ export const GetModelRequestSchema: GenMessage<GetModelRequest> = /*@__PURE__*/
  */
 export type GetModelResponse = Message<"ollama.gateway.v1.GetModelResponse"> & {
   /**
-   * The model's full name as installed.
+   * The model's full name as installed (for an alias, the alias's name).
    *
    * @generated from field: string name = 1;
    */
@@ -305,11 +384,21 @@ export type GetModelResponse = Message<"ollama.gateway.v1.GetModelResponse"> & {
   modifiedAt?: Timestamp | undefined;
 
   /**
-   * Nodes that have this model.
+   * Nodes that have this model (for an alias: every node holding one of
+   * its targets).
    *
    * @generated from field: repeated string nodes = 12;
    */
   nodes: string[];
+
+  /**
+   * Set when the model asked for is a model alias: what it resolves to. Then
+   * name is the alias, digest is empty, and the description is that of
+   * alias.described_model. Unset for an installed model.
+   *
+   * @generated from field: ollama.gateway.v1.ModelAlias alias = 13;
+   */
+  alias?: ModelAlias | undefined;
 };
 
 /**
@@ -317,7 +406,7 @@ export type GetModelResponse = Message<"ollama.gateway.v1.GetModelResponse"> & {
  * Use `create(GetModelResponseSchema)` to create a new message.
  */
 export const GetModelResponseSchema: GenMessage<GetModelResponse> = /*@__PURE__*/
-  messageDesc(file_ollama_gateway_v1_model, 5);
+  messageDesc(file_ollama_gateway_v1_model, 7);
 
 /**
  * Request for ListRunningModels.
@@ -338,7 +427,7 @@ export type ListRunningModelsRequest = Message<"ollama.gateway.v1.ListRunningMod
  * Use `create(ListRunningModelsRequestSchema)` to create a new message.
  */
 export const ListRunningModelsRequestSchema: GenMessage<ListRunningModelsRequest> = /*@__PURE__*/
-  messageDesc(file_ollama_gateway_v1_model, 6);
+  messageDesc(file_ollama_gateway_v1_model, 8);
 
 /**
  * A model loaded in memory on one node.
@@ -408,7 +497,7 @@ export type RunningModel = Message<"ollama.gateway.v1.RunningModel"> & {
  * Use `create(RunningModelSchema)` to create a new message.
  */
 export const RunningModelSchema: GenMessage<RunningModel> = /*@__PURE__*/
-  messageDesc(file_ollama_gateway_v1_model, 7);
+  messageDesc(file_ollama_gateway_v1_model, 9);
 
 /**
  * The loaded models.
@@ -436,7 +525,7 @@ export type ListRunningModelsResponse = Message<"ollama.gateway.v1.ListRunningMo
  * Use `create(ListRunningModelsResponseSchema)` to create a new message.
  */
 export const ListRunningModelsResponseSchema: GenMessage<ListRunningModelsResponse> = /*@__PURE__*/
-  messageDesc(file_ollama_gateway_v1_model, 8);
+  messageDesc(file_ollama_gateway_v1_model, 10);
 
 /**
  * Request for LoadModel.
@@ -479,7 +568,7 @@ export type LoadModelRequest = Message<"ollama.gateway.v1.LoadModelRequest"> & {
  * Use `create(LoadModelRequestSchema)` to create a new message.
  */
 export const LoadModelRequestSchema: GenMessage<LoadModelRequest> = /*@__PURE__*/
-  messageDesc(file_ollama_gateway_v1_model, 9);
+  messageDesc(file_ollama_gateway_v1_model, 11);
 
 /**
  * Result of LoadModel.
@@ -507,7 +596,7 @@ export type LoadModelResponse = Message<"ollama.gateway.v1.LoadModelResponse"> &
  * Use `create(LoadModelResponseSchema)` to create a new message.
  */
 export const LoadModelResponseSchema: GenMessage<LoadModelResponse> = /*@__PURE__*/
-  messageDesc(file_ollama_gateway_v1_model, 10);
+  messageDesc(file_ollama_gateway_v1_model, 12);
 
 /**
  * Request for UnloadModel.
@@ -535,7 +624,7 @@ export type UnloadModelRequest = Message<"ollama.gateway.v1.UnloadModelRequest">
  * Use `create(UnloadModelRequestSchema)` to create a new message.
  */
 export const UnloadModelRequestSchema: GenMessage<UnloadModelRequest> = /*@__PURE__*/
-  messageDesc(file_ollama_gateway_v1_model, 11);
+  messageDesc(file_ollama_gateway_v1_model, 13);
 
 /**
  * Result of UnloadModel.
@@ -556,7 +645,7 @@ export type UnloadModelResponse = Message<"ollama.gateway.v1.UnloadModelResponse
  * Use `create(UnloadModelResponseSchema)` to create a new message.
  */
 export const UnloadModelResponseSchema: GenMessage<UnloadModelResponse> = /*@__PURE__*/
-  messageDesc(file_ollama_gateway_v1_model, 12);
+  messageDesc(file_ollama_gateway_v1_model, 14);
 
 /**
  * Request for PullModel.
@@ -591,7 +680,7 @@ export type PullModelRequest = Message<"ollama.gateway.v1.PullModelRequest"> & {
  * Use `create(PullModelRequestSchema)` to create a new message.
  */
 export const PullModelRequestSchema: GenMessage<PullModelRequest> = /*@__PURE__*/
-  messageDesc(file_ollama_gateway_v1_model, 13);
+  messageDesc(file_ollama_gateway_v1_model, 15);
 
 /**
  * One progress report of a pull.
@@ -642,7 +731,7 @@ export type PullModelResponse = Message<"ollama.gateway.v1.PullModelResponse"> &
  * Use `create(PullModelResponseSchema)` to create a new message.
  */
 export const PullModelResponseSchema: GenMessage<PullModelResponse> = /*@__PURE__*/
-  messageDesc(file_ollama_gateway_v1_model, 14);
+  messageDesc(file_ollama_gateway_v1_model, 16);
 
 /**
  * Request for DeleteModel.
@@ -670,7 +759,7 @@ export type DeleteModelRequest = Message<"ollama.gateway.v1.DeleteModelRequest">
  * Use `create(DeleteModelRequestSchema)` to create a new message.
  */
 export const DeleteModelRequestSchema: GenMessage<DeleteModelRequest> = /*@__PURE__*/
-  messageDesc(file_ollama_gateway_v1_model, 15);
+  messageDesc(file_ollama_gateway_v1_model, 17);
 
 /**
  * Result of DeleteModel.
@@ -691,7 +780,7 @@ export type DeleteModelResponse = Message<"ollama.gateway.v1.DeleteModelResponse
  * Use `create(DeleteModelResponseSchema)` to create a new message.
  */
 export const DeleteModelResponseSchema: GenMessage<DeleteModelResponse> = /*@__PURE__*/
-  messageDesc(file_ollama_gateway_v1_model, 16);
+  messageDesc(file_ollama_gateway_v1_model, 18);
 
 /**
  * Request for CopyModel.
@@ -726,7 +815,7 @@ export type CopyModelRequest = Message<"ollama.gateway.v1.CopyModelRequest"> & {
  * Use `create(CopyModelRequestSchema)` to create a new message.
  */
 export const CopyModelRequestSchema: GenMessage<CopyModelRequest> = /*@__PURE__*/
-  messageDesc(file_ollama_gateway_v1_model, 17);
+  messageDesc(file_ollama_gateway_v1_model, 19);
 
 /**
  * Result of CopyModel.
@@ -747,7 +836,7 @@ export type CopyModelResponse = Message<"ollama.gateway.v1.CopyModelResponse"> &
  * Use `create(CopyModelResponseSchema)` to create a new message.
  */
 export const CopyModelResponseSchema: GenMessage<CopyModelResponse> = /*@__PURE__*/
-  messageDesc(file_ollama_gateway_v1_model, 18);
+  messageDesc(file_ollama_gateway_v1_model, 20);
 
 /**
  * The models installed on, and loaded by, the Ollama fleet.
