@@ -11,7 +11,14 @@ import {
   waitedTooLong,
 } from "../src/errors/domain-errors.js";
 import { parseAliases } from "../src/config/load-config.js";
-import { fallbackReason, pickTarget, resolveModel, stableUnit } from "../src/routing/model-aliases.js";
+import {
+  aliasUsable,
+  fallbackReason,
+  pickTarget,
+  resolveModel,
+  stableUnit,
+  usableAlias,
+} from "../src/routing/model-aliases.js";
 import type { AliasMap, ModelAlias } from "../src/routing/model-aliases.js";
 
 // Alias resolution and fallback choice are pure functions (README, "Model aliases"): each case is
@@ -122,6 +129,45 @@ describe("model aliases: fallback order", () => {
 
   it("a caller allowed none of the alias's models gets an empty route", () => {
     assert.deepEqual(resolveModel("chat", ALIASES, undefined, Math.random, () => false).models, []);
+  });
+
+  // What ListModels and GetModel show of an alias is what a call may use (one rule).
+  const usable: { name: string; allowed: (m: string) => boolean; targets: string[]; fallbacks: string[] }[] = [
+    {
+      name: "everything",
+      allowed: () => true,
+      targets: ["llama3.2:3b", "qwen3:4b"],
+      fallbacks: ["qwen3:4b", "smollm2:135m"],
+    },
+    {
+      name: "all but the main target",
+      allowed: (m) => m !== "llama3.2:3b",
+      targets: ["qwen3:4b"],
+      fallbacks: ["qwen3:4b", "smollm2:135m"],
+    },
+    { name: "only a fallback", allowed: (m) => m === "smollm2:135m", targets: [], fallbacks: ["smollm2:135m"] },
+    { name: "nothing", allowed: () => false, targets: [], fallbacks: [] },
+  ];
+  for (const c of usable) {
+    it(`a caller allowed ${c.name} is shown targets [${c.targets.join(", ")}] and fallbacks [${c.fallbacks.join(", ")}]`, () => {
+      const u = usableAlias(CHAT, c.allowed);
+      assert.deepEqual(
+        u.targets.map((t) => t.model),
+        c.targets,
+      );
+      assert.deepEqual(u.fallbacks, c.fallbacks);
+      assert.equal(u.name, "chat");
+      assert.equal(aliasUsable(u), c.targets.length + c.fallbacks.length > 0, "usable while a model is left");
+      const route = resolveModel("chat", ALIASES, undefined, () => 0.5, c.allowed).models;
+      assert.ok(
+        route.every((m) => [...c.targets, ...c.fallbacks].includes(m)),
+        "a call uses only what is shown",
+      );
+    });
+  }
+
+  it("keeps each remaining target's weight as configured", () => {
+    assert.deepEqual(usableAlias(CHAT, (m) => m !== "llama3.2:3b").targets, [{ model: "qwen3:4b", weight: 10 }]);
   });
 
   const reasons: { error: unknown; expected: string | undefined }[] = [
