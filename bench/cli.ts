@@ -38,6 +38,8 @@ export interface BenchOptions {
   client: "h2" | "connect";
   /** Extra environment for every gateway (`--gateway-env NAME=value`, repeatable). */
   gatewayEnv: Record<string, string>;
+  /** A commit whose gateway scenario (a) also measures, interleaved with this one (undefined = none). */
+  beforeRev: string | undefined;
   /** Where reports and gateway logs go. */
   outDir: string;
   /** The arguments as given, for the report. */
@@ -76,6 +78,9 @@ simulator over HTTP). Writes bench-results/bench-<time>.{md,json}.
   --gateway-env NAME=value
                           extra setting for every gateway, repeatable
                           (e.g. GRPC_FAST_PATH=off)
+  --before-rev REV        also build the gateway of commit REV and measure it in
+                          scenario a beside this one (order A B B A per row, CPU per
+                          call pooled): a before/after comparison in one run
   --out DIR               output directory (default bench-results)
   -h, --help              this text
 `;
@@ -107,6 +112,7 @@ export function parseBenchArgs(argv: string[]): BenchOptions | undefined {
       "stream-loadgens": { type: "string" },
       client: { type: "string" },
       "gateway-env": { type: "string", multiple: true },
+      "before-rev": { type: "string" },
       out: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
@@ -158,6 +164,7 @@ export function parseBenchArgs(argv: string[]): BenchOptions | undefined {
     streamLoadgens: int("stream-loadgens", values["stream-loadgens"], 2, 1, 16),
     client,
     gatewayEnv,
+    beforeRev: values["before-rev"],
     outDir: values.out ?? "bench-results",
     argv,
   };

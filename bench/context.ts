@@ -39,6 +39,8 @@ export class BenchContext {
     readonly runtime: Runtime,
     readonly logDir: string,
     readonly stamp: string,
+    /** The `--before-rev` build, if any. */
+    readonly before?: Runtime,
   ) {}
 
   /** A string no other job of this run uses (keeps embedding texts distinct across jobs). */
@@ -70,7 +72,13 @@ export class BenchContext {
    * Starts a gateway in front of `sim` with the common environment plus
    * `extra`; it is stopped by `stop` or `close`.
    */
-  async startGateway(name: string, sim: Started, parallel: number, extra: Record<string, string>): Promise<Started> {
+  async startGateway(
+    name: string,
+    sim: Started,
+    parallel: number,
+    extra: Record<string, string>,
+    runtime: Runtime = this.runtime,
+  ): Promise<Started> {
     const env: Record<string, string> = {
       OLLAMA_URL: sim.url,
       LOG_LEVEL: this.opts.logLevel,
@@ -89,7 +97,7 @@ export class BenchContext {
         ? ["--cpu-prof", "--cpu-prof-dir", prof, "--cpu-prof-name", `gateway-${name}-${this.stamp}.cpuprofile`]
         : []),
     ];
-    const gw = await startGatewayProcess(this.runtime, env, log, nodeArgs);
+    const gw = await startGatewayProcess(runtime, env, log, nodeArgs);
     this.gateways.push({ name, env: { ...env, OLLAMA_URL: "<simulator>" }, nodeOptions: nodeArgs, log });
     this.gws.push(gw);
     return gw;
@@ -104,6 +112,22 @@ export class BenchContext {
       this.startGateway("relay", sim, MAIN_SIM_PARALLEL, { EMBED_CACHE: "off", EMBED_BATCH_WINDOW_MS: "0" }),
     );
     return this.relayP;
+  }
+
+  /**
+   * The relay gateway built from `--before-rev` (same settings as `relayGateway`), or undefined
+   * without that option; scenario (a) measures it beside this checkout's.
+   */
+  async beforeGateway(): Promise<Started | undefined> {
+    if (this.before === undefined) return undefined;
+    const sim = await this.mainSim();
+    return this.startGateway(
+      "relay-before",
+      sim,
+      MAIN_SIM_PARALLEL,
+      { EMBED_CACHE: "off", EMBED_BATCH_WINDOW_MS: "0" },
+      this.before,
+    );
   }
 
   /** Starts a null gRPC server (bench/null-server.ts); it is stopped by `stop` or `close`. */

@@ -11,7 +11,7 @@ import { parseBenchArgs, USAGE } from "./cli.js";
 import type { BenchOptions, ScenarioId } from "./cli.js";
 import { BenchContext } from "./context.js";
 import type { RunSummary } from "./measure.js";
-import { killAllChildren, prepareRuntime } from "./processes.js";
+import { killAllChildren, prepareBefore, prepareRuntime } from "./processes.js";
 import { checkTargets, derivedNotes, renderMarkdown } from "./report.js";
 import type { MachineFacts, ScenarioResults } from "./report.js";
 import { scenarioA, scenarioB, scenarioC, scenarioD, scenarioE } from "./scenarios.js";
@@ -56,7 +56,9 @@ async function run(opts: BenchOptions): Promise<number> {
   if (opts.cpuProfDir) mkdirSync(opts.cpuProfDir, { recursive: true });
 
   const runtime = prepareRuntime(opts.runtime);
-  const ctx = new BenchContext(opts, runtime, logDir, stamp);
+  const before = opts.beforeRev !== undefined ? prepareBefore(opts.beforeRev) : undefined;
+  const ctx = new BenchContext(opts, runtime, logDir, stamp, before);
+  if (before?.note) ctx.notes.push(before.note);
   if (runtime.note) ctx.notes.push(runtime.note);
   const inherited = inheritedGatewayEnv();
   if (inherited.length > 0) ctx.notes.push(`Gateway settings inherited from the environment: ${inherited.join(", ")}.`);

@@ -3,7 +3,7 @@
 // (normal end, error, Ctrl-C) stops all of them.
 import { spawn, spawnSync } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
-import { closeSync, existsSync, openSync, rmSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
@@ -30,6 +30,8 @@ export interface Runtime {
   kind: "compiled" | "tsx";
   /** Why, when it is not what was asked for, or what the build said. */
   note?: string;
+  /** Where the compiled JavaScript is (default `.bench/dist`); a `--before-rev` build has its own. */
+  dist?: string;
 }
 
 const TSX = ["--import", "tsx"];
@@ -106,9 +108,44 @@ export function prepareRuntime(wanted: Runtime["kind"]): Runtime {
   return { kind: "compiled" };
 }
 
+/** Where an earlier commit's sources are unpacked and compiled (`--before-rev`). */
+const BEFORE_SRC = ".bench/before-src";
+const BEFORE_DIST = ".bench/before-dist";
+
+/**
+ * Builds the gateway of another commit (`--before-rev`) beside this one, so one run can measure
+ * before and after on the same machine minutes apart instead of in two runs an unknown load apart.
+ * Its `src/` and tsconfig files are taken from git (`git archive`) into `.bench/before-src` (inside
+ * the project, so its imports resolve to this checkout's node_modules: that commit must not need a
+ * package this checkout lacks) and compiled with this checkout's tsc into `.bench/before-dist`.
+ * Throws when the commit is unknown or nothing was emitted.
+ */
+export function prepareBefore(rev: string): Runtime {
+  const commit = spawnSync("git", ["rev-parse", "--verify", "--quiet", `${rev}^{commit}`], { encoding: "utf8" });
+  if (commit.status !== 0) throw new Error(`--before-rev ${rev}: not a commit of this repository`);
+  const sha = commit.stdout.trim();
+  rmSync(BEFORE_SRC, { recursive: true, force: true });
+  rmSync(BEFORE_DIST, { recursive: true, force: true });
+  mkdirSync(BEFORE_SRC, { recursive: true });
+  const archive = spawnSync(
+    "sh",
+    ["-c", `git archive ${sha} src tsconfig.json tsconfig.build.json | tar -x -C ${BEFORE_SRC}`],
+    { encoding: "utf8" },
+  );
+  if (archive.status !== 0) throw new Error(`--before-rev ${rev}: git archive failed: ${archive.stderr.trim()}`);
+  const tsc = join("node_modules", ".bin", "tsc");
+  spawnSync(tsc, ["-p", join(BEFORE_SRC, "tsconfig.build.json"), "--outDir", BEFORE_DIST, "--sourceMap", "false"], {
+    encoding: "utf8",
+    timeout: 120_000,
+  });
+  if (!existsSync(join(BEFORE_DIST, "main.js")))
+    throw new Error(`--before-rev ${rev}: tsc emitted no main.js for that commit`);
+  return { kind: "compiled", dist: BEFORE_DIST, note: `"before" gateway: commit ${sha.slice(0, 10)} (${rev})` };
+}
+
 function entry(runtime: Runtime, src: string, extraNodeArgs: readonly string[] = []): string[] {
   if (runtime.kind === "compiled")
-    return [...extraNodeArgs, join(DIST, src.replace(/^src\//, "").replace(/\.ts$/, ".js"))];
+    return [...extraNodeArgs, join(runtime.dist ?? DIST, src.replace(/^src\//, "").replace(/\.ts$/, ".js"))];
   return [...extraNodeArgs, ...TSX, src];
 }
 

@@ -261,6 +261,26 @@ export function renderMarkdown(
       );
     }
     L.push("");
+    if (r.a.some((x) => x.before !== undefined)) {
+      L.push(
+        "### (a) before and after (`--before-rev`)",
+        "",
+        "The same rows against the gateway built from the earlier commit, right after this one's run, in the order " +
+          "after, before, before, after; CPU per request pooled over the two runs of each (latency from the first run of each).",
+        "",
+        "| kind | c | gateway CPU µs/req before / after | after ÷ before | p50 ms before / after | p99 ms before / after | errors |",
+        "|---|---|---|---|---|---|---|",
+      );
+      for (const x of r.a) {
+        const b = x.before;
+        if (b === undefined) continue;
+        L.push(
+          `| ${x.kind} | ${x.concurrency} | ${b.cpuUsPerRequest.before} / ${b.cpuUsPerRequest.after} | ${b.cpuRatio} | ` +
+            `${b.p50Ms.before} / ${b.p50Ms.after} | ${b.p99Ms.before} / ${b.p99Ms.after} | ${b.errors} |`,
+        );
+      }
+      L.push("");
+    }
   }
 
   if (r.b) {

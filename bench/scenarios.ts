@@ -64,6 +64,35 @@ export interface LatencyRow {
   nullServerCpuUsPerRequest: number;
   /** Load-generator CPU per request, µs: undici direct, connect client towards the gateway. */
   clientCpuUsPerRequest: { direct: number; gateway: number };
+  /** With `--before-rev`: this gateway against that commit's, measured in the same run. */
+  before?: BeforeComparison;
+}
+
+/**
+ * This gateway against an earlier commit's (`--before-rev`), measured right after each other in
+ * the order A B B A (A = this checkout), so that drift of the shared machine during the row hits
+ * both alike; CPU per request is pooled over the two runs of each.
+ */
+export interface BeforeComparison {
+  /** Gateway CPU per request, µs: the earlier commit's and this checkout's. */
+  cpuUsPerRequest: { before: number; after: number };
+  /** after / before (1.05 = 5 % more CPU per call than before). */
+  cpuRatio: number;
+  /** Latency of the first run of each, ms. */
+  p50Ms: { before: number; after: number };
+  /** Latency of the first run of each, ms. */
+  p99Ms: { before: number; after: number };
+  /** Failed requests in the extra runs (both gateways). */
+  errors: number;
+  /** Requests timed, both runs of each. */
+  requests: { before: number; after: number };
+}
+
+/** CPU per request, µs, pooled over several runs of one gateway. */
+function pooledCpuUs(runs: readonly RunSummary[]): number {
+  const cpu = runs.reduce((s, r) => s + (r.cpuSeconds.gateway ?? NaN), 0);
+  const requests = runs.reduce((s, r) => s + r.requests, 0);
+  return round((cpu * 1e6) / Math.max(1, requests));
 }
 
 function perRequestUs(seconds: number | undefined, s: RunSummary): number {
@@ -76,6 +105,7 @@ export async function scenarioA(ctx: BenchContext): Promise<LatencyRow[]> {
   const sim = await ctx.mainSim();
   const gw = await ctx.relayGateway();
   const nul = await ctx.nullServer();
+  const beforeGw = await ctx.beforeGateway();
   const rows: LatencyRow[] = [];
   try {
     for (const kind of ["generate", "embed"] as const) {
@@ -112,6 +142,30 @@ export async function scenarioA(ctx: BenchContext): Promise<LatencyRow[]> {
           simPid: sim.pid,
           gatewayPid: gw.pid,
         });
+        let before: BeforeComparison | undefined;
+        if (beforeGw !== undefined) {
+          const again = (label: string, p: typeof gw) =>
+            measure(ctx.pool, {
+              label,
+              jobs: [job(ctx, p, "gateway", fields)],
+              warmup,
+              warmupNumPredict: 1,
+              simPid: sim.pid,
+              gatewayPid: p.pid,
+            });
+          const b1 = (await again("gateway before", beforeGw)).summary;
+          const b2 = (await again("gateway before", beforeGw)).summary;
+          const a2 = (await again("gateway", gw)).summary;
+          const cpu = { before: pooledCpuUs([b1, b2]), after: pooledCpuUs([gateway.summary, a2]) };
+          before = {
+            cpuUsPerRequest: cpu,
+            cpuRatio: round(ratio(cpu.after, cpu.before)),
+            p50Ms: { before: b1.latencyMs.p50, after: gateway.summary.latencyMs.p50 },
+            p99Ms: { before: b1.latencyMs.p99, after: gateway.summary.latencyMs.p99 },
+            errors: b1.errors + b2.errors + a2.errors,
+            requests: { before: b1.requests + b2.requests, after: gateway.summary.requests + a2.requests },
+          };
+        }
         const d = direct.summary;
         const n = nullRun.summary;
         const g = gateway.summary;
@@ -130,6 +184,7 @@ export async function scenarioA(ctx: BenchContext): Promise<LatencyRow[]> {
             direct: perRequestUs(d.cpuSeconds.loadgen, d),
             gateway: perRequestUs(g.cpuSeconds.loadgen, g),
           },
+          ...(before !== undefined ? { before } : {}),
         };
         rows.push(row);
         log(
