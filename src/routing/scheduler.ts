@@ -225,9 +225,15 @@ function hostOf(url: string): string {
   }
 }
 
-/** A gate for a single replica: the scheduler's own counting is the whole truth. */
+/** The slot `LOCAL_GATE` grants: nothing to give back. */
+const LOCAL_SLOT = { release: (): Promise<void> => Promise.resolve() };
+
+/**
+ * A gate for a single replica: the scheduler's own counting is the whole truth. The scheduler
+ * recognises it and settles a placement without asking it (no promise per call).
+ */
 export const LOCAL_GATE: SlotGate = {
-  tryAcquire: () => Promise.resolve({ release: () => Promise.resolve() }),
+  tryAcquire: () => Promise.resolve(LOCAL_SLOT),
 };
 
 /** An error's message with any `scheme://user:password@` credentials masked, fit for a log line. */
@@ -252,6 +258,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   const drainListeners = new Set<(draining: DrainingNode[]) => void>();
   /** Models whose queue head is waiting for the gate: at most one placement per model at a time. */
   const placing = new Set<string>();
+  /** A single replica: placements settle at once, without asking a gate. */
+  const local = deps.gate === LOCAL_GATE;
   /** Per model, while its gate calls throw: failures in a row, and when to try again (ms). */
   const gateBackoff = new Map<string, { failures: number; until: number }>();
   let wakeTimer: NodeJS.Timeout | undefined;
@@ -433,6 +441,14 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       wakeIn(RETRY_MS);
       return false;
     }
+    return settle(w, r, slot);
+  }
+
+  /**
+   * Settles `w` with the slot the gate granted for its reservation `r` (see `confirm`). Called
+   * directly, without a promise, with a single replica's gate (`LOCAL_GATE`), which always grants.
+   */
+  function settle(w: Waiter, r: Reservation, slot: { release(): Promise<void> }): boolean {
     if (w.done || w.signal.aborted) {
       unreserve(w, r);
       void slot.release().catch(() => undefined);
@@ -656,7 +672,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       const caps = where.located[0]!.tag.capabilities;
       const fileBytes = where.located[0]!.tag.size > 0 ? where.located[0]!.tag.size : undefined;
       const embeddingOnly = caps.includes("embedding") && !caps.includes("completion");
-      if (![...candidates].some((n) => health.isHealthy(n) && !req.exclude?.has(n))) {
+      if (!where.located.some((l) => health.isHealthy(l.node.name) && !req.exclude?.has(l.node.name))) {
         throw noHealthyNodeFor(req.model);
       }
 
@@ -688,7 +704,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
           // Nobody ahead of it: try to place it straight away.
           if (!waiting(model) && !backingOff(model, Date.now())) {
             const r = reserve(w);
-            if (r !== undefined && (await confirm(w, r))) return;
+            if (r !== undefined && (local ? settle(w, r, LOCAL_SLOT) : await confirm(w, r))) return;
           }
           if (req.signal.aborted) return reject(req.signal.reason);
           const depth = queues.get(model)?.length ?? 0;

@@ -123,23 +123,26 @@ export function createFailover(deps: FailoverDeps): Failover {
   return {
     async run(req, attempt) {
       const { signal } = req;
-      const models = [req.model, ...(req.fallbacks ?? [])];
+      const fallbacks = req.fallbacks;
+      /** How many of `fallbacks` are used up: 0 = serving `req.model`. */
       let index = 0;
       let model = req.model;
       let affinity = req.affinity;
       let fallback: FallbackReason | undefined;
       let modelTry = 0;
-      const tried = new Set<string>();
+      // Made on the first failure: most calls never fail, and this runs for every call.
+      let tried: Set<string> | undefined;
       let last: ConnectError | undefined;
       /** Moves to the next model when `err` allows it; false when there is none or it does not. */
       const fallBack = (err: ConnectError): boolean => {
         const reason = fallbackReason(err);
-        if (reason === undefined || index + 1 >= models.length || signal.aborted) return false;
-        model = models[++index]!;
+        if (reason === undefined || fallbacks === undefined || index >= fallbacks.length || signal.aborted)
+          return false;
+        model = fallbacks[index++]!;
         affinity = req.affinityOf?.(model);
         fallback = reason;
         modelTry = 0;
-        tried.clear();
+        tried?.clear();
         last = undefined;
         return true;
       };
@@ -210,7 +213,7 @@ export function createFailover(deps: FailoverDeps): Failover {
             if (number > 1) observer?.failedOver(req, false);
             throw err;
           }
-          tried.add(node);
+          (tried ??= new Set()).add(node);
           last = err;
           wait = delay;
         } finally {

@@ -18,6 +18,7 @@ import type { MessageSink } from "../services/message-sink.js";
 import { callEnded, clientCancelled, deadlineExceeded } from "../errors/domain-errors.js";
 import { kRpcInfo } from "../observability/rpc-info.js";
 import { tlsSocketOf } from "../auth/client-certificate.js";
+import { LiteHeaders } from "./lite-headers.js";
 import { callValues } from "../pipeline/call.js";
 import type { Call } from "../pipeline/call.js";
 import type { CallEnd, Pipeline } from "../pipeline/pipeline.js";
@@ -336,8 +337,8 @@ function callContext(
     if (timeoutMs <= 0) expire();
     else timer = setTimeout(expire, timeoutMs);
   }
-  let responseHeader: Headers | undefined;
-  let responseTrailer: Headers | undefined;
+  let responseHeader: LiteHeaders | undefined;
+  let responseTrailer: LiteHeaders | undefined;
   const values = callValues(socket?.remoteAddress, tlsSocketOf(socket));
   return {
     method,
@@ -346,12 +347,12 @@ function callContext(
     signal: controller.signal,
     timeoutMs: () => (deadline === undefined ? undefined : deadline - Date.now()),
     requestMethod: "POST",
-    requestHeader: requestHeaders(headers),
+    requestHeader: new LiteHeaders(headers),
     get responseHeader() {
-      return (responseHeader ??= new Headers());
+      return (responseHeader ??= new LiteHeaders());
     },
     get responseTrailer() {
-      return (responseTrailer ??= new Headers());
+      return (responseTrailer ??= new LiteHeaders());
     },
     get header() {
       return responseHeader;
@@ -419,21 +420,11 @@ function readRequest(
   });
 }
 
-function requestHeaders(headers: IncomingHttpHeaders): Headers {
-  const out = new Headers();
-  for (const name in headers) {
-    if (name.startsWith(":")) continue;
-    const v = headers[name];
-    if (typeof v === "string") out.append(name, v);
-    else if (Array.isArray(v)) for (const x of v) out.append(name, x);
-  }
-  return out;
-}
-
 const NO_HEADERS: OutgoingHttpHeaders = Object.freeze({});
 
 function outgoing(headers: Headers | undefined): OutgoingHttpHeaders {
   if (headers === undefined) return NO_HEADERS;
+  if (headers instanceof LiteHeaders) return headers.outgoing();
   const out: OutgoingHttpHeaders = {};
   headers.forEach((value, name) => {
     out[name] = value;
