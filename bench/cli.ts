@@ -40,6 +40,11 @@ export interface BenchOptions {
   gatewayEnv: Record<string, string>;
   /** A commit whose gateway scenario (a) also measures, interleaved with this one (undefined = none). */
   beforeRev: string | undefined;
+  /**
+   * Extra environment for a second gateway of this checkout that scenario (a) measures beside the
+   * plain one (`--compare-env NAME=value`, repeatable; empty = none): what a setting costs per call.
+   */
+  compareEnv: Record<string, string>;
   /** Where reports and gateway logs go. */
   outDir: string;
   /** The arguments as given, for the report. */
@@ -81,6 +86,10 @@ simulator over HTTP). Writes bench-results/bench-<time>.{md,json}.
   --before-rev REV        also build the gateway of commit REV and measure it in
                           scenario a beside this one (order A B B A per row, CPU per
                           call pooled): a before/after comparison in one run
+  --compare-env NAME=value
+                          like --before-rev, but the second gateway is this checkout
+                          with this extra setting (repeatable), e.g.
+                          --compare-env METRICS_PORT=0: what a feature costs per call
   --out DIR               output directory (default bench-results)
   -h, --help              this text
 `;
@@ -113,6 +122,7 @@ export function parseBenchArgs(argv: string[]): BenchOptions | undefined {
       client: { type: "string" },
       "gateway-env": { type: "string", multiple: true },
       "before-rev": { type: "string" },
+      "compare-env": { type: "string", multiple: true },
       out: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
@@ -149,6 +159,15 @@ export function parseBenchArgs(argv: string[]): BenchOptions | undefined {
     gatewayEnv[v.slice(0, eq)] = v.slice(eq + 1);
   }
 
+  const compareEnv: Record<string, string> = {};
+  for (const v of values["compare-env"] ?? []) {
+    const eq = v.indexOf("=");
+    if (eq < 1) throw new Error(`--compare-env needs NAME=value, got "${v}"`);
+    compareEnv[v.slice(0, eq)] = v.slice(eq + 1);
+  }
+  if (values["before-rev"] !== undefined && Object.keys(compareEnv).length > 0)
+    throw new Error("--before-rev and --compare-env each add a second gateway: give one of them");
+
   return {
     smoke,
     scenarios,
@@ -165,6 +184,7 @@ export function parseBenchArgs(argv: string[]): BenchOptions | undefined {
     client,
     gatewayEnv,
     beforeRev: values["before-rev"],
+    compareEnv,
     outDir: values.out ?? "bench-results",
     argv,
   };

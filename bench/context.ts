@@ -20,6 +20,17 @@ export interface GatewayInfo {
   log: string;
 }
 
+/** A second gateway to compare the relay gateway with (`--before-rev`, `--compare-env`). */
+export interface Comparison {
+  /** The process. */
+  gw: Started;
+  /** Which side of the comparison it is; the relay gateway is the other. */
+  role: "before" | "after";
+  /** What "before" and "after" are, for the report. */
+  before: string;
+  after: string;
+}
+
 /** Everything scenarios share. */
 export class BenchContext {
   /** Load-generator processes. */
@@ -115,19 +126,25 @@ export class BenchContext {
   }
 
   /**
-   * The relay gateway built from `--before-rev` (same settings as `relayGateway`), or undefined
-   * without that option; scenario (a) measures it beside this checkout's.
+   * The second relay gateway scenario (a) measures beside `relayGateway`, or undefined: the one
+   * built from `--before-rev` (it is "before", this checkout "after"), or this checkout with
+   * `--compare-env` (it is "after", the plain one "before"). Same settings otherwise.
    */
-  async beforeGateway(): Promise<Started | undefined> {
-    if (this.before === undefined) return undefined;
+  async comparisonGateway(): Promise<Comparison | undefined> {
+    const compareEnv = this.opts.compareEnv;
+    const withEnv = Object.keys(compareEnv).length > 0;
+    if (this.before === undefined && !withEnv) return undefined;
     const sim = await this.mainSim();
-    return this.startGateway(
-      "relay-before",
-      sim,
-      MAIN_SIM_PARALLEL,
-      { EMBED_CACHE: "off", EMBED_BATCH_WINDOW_MS: "0" },
-      this.before,
-    );
+    const relayEnv = { EMBED_CACHE: "off", EMBED_BATCH_WINDOW_MS: "0" };
+    if (this.before !== undefined) {
+      const gw = await this.startGateway("relay-before", sim, MAIN_SIM_PARALLEL, relayEnv, this.before);
+      return { gw, role: "before", before: `commit ${this.opts.beforeRev}`, after: "this checkout" };
+    }
+    const gw = await this.startGateway("relay-compare", sim, MAIN_SIM_PARALLEL, { ...relayEnv, ...compareEnv });
+    const env = Object.entries(compareEnv)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(" ");
+    return { gw, role: "after", before: "this checkout", after: `this checkout with ${env}` };
   }
 
   /** Starts a null gRPC server (bench/null-server.ts); it is stopped by `stop` or `close`. */

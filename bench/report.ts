@@ -261,12 +261,13 @@ export function renderMarkdown(
       );
     }
     L.push("");
-    if (r.a.some((x) => x.before !== undefined)) {
+    const labels = r.a.find((x) => x.before !== undefined)?.before?.labels;
+    if (labels !== undefined) {
       L.push(
-        "### (a) before and after (`--before-rev`)",
+        "### (a) before and after (`--before-rev` / `--compare-env`)",
         "",
-        "The same rows against the gateway built from the earlier commit, right after this one's run, in the order " +
-          "after, before, before, after; CPU per request pooled over the two runs of each (latency from the first run of each).",
+        `Before: ${labels.before}. After: ${labels.after}. The same rows, each gateway run twice right after ` +
+          "the other in the order A B B A (A = the gateway measured above); CPU per request pooled over the two runs of each (latency from the first run of each).",
         "",
         "| kind | c | gateway CPU µs/req before / after | after ÷ before | p50 ms before / after | p99 ms before / after | errors |",
         "|---|---|---|---|---|---|---|",

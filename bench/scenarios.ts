@@ -64,16 +64,19 @@ export interface LatencyRow {
   nullServerCpuUsPerRequest: number;
   /** Load-generator CPU per request, µs: undici direct, connect client towards the gateway. */
   clientCpuUsPerRequest: { direct: number; gateway: number };
-  /** With `--before-rev`: this gateway against that commit's, measured in the same run. */
+  /** With `--before-rev` or `--compare-env`: two gateways measured against each other in the same run. */
   before?: BeforeComparison;
 }
 
 /**
- * This gateway against an earlier commit's (`--before-rev`), measured right after each other in
- * the order A B B A (A = this checkout), so that drift of the shared machine during the row hits
- * both alike; CPU per request is pooled over the two runs of each.
+ * Two gateways measured right after each other in the order A B B A (A = the relay gateway), so
+ * that drift of the shared machine during the row hits both alike; CPU per request is pooled over
+ * the two runs of each. "before" and "after": an earlier commit's gateway and this checkout's
+ * (`--before-rev`), or this checkout's plain and with extra settings (`--compare-env`).
  */
 export interface BeforeComparison {
+  /** What "before" and "after" are. */
+  labels: { before: string; after: string };
   /** Gateway CPU per request, µs: the earlier commit's and this checkout's. */
   cpuUsPerRequest: { before: number; after: number };
   /** after / before (1.05 = 5 % more CPU per call than before). */
@@ -105,7 +108,7 @@ export async function scenarioA(ctx: BenchContext): Promise<LatencyRow[]> {
   const sim = await ctx.mainSim();
   const gw = await ctx.relayGateway();
   const nul = await ctx.nullServer();
-  const beforeGw = await ctx.beforeGateway();
+  const other = await ctx.comparisonGateway();
   const rows: LatencyRow[] = [];
   try {
     for (const kind of ["generate", "embed"] as const) {
@@ -143,27 +146,34 @@ export async function scenarioA(ctx: BenchContext): Promise<LatencyRow[]> {
           gatewayPid: gw.pid,
         });
         let before: BeforeComparison | undefined;
-        if (beforeGw !== undefined) {
-          const again = (label: string, p: typeof gw) =>
-            measure(ctx.pool, {
-              label,
-              jobs: [job(ctx, p, "gateway", fields)],
-              warmup,
-              warmupNumPredict: 1,
-              simPid: sim.pid,
-              gatewayPid: p.pid,
-            });
-          const b1 = (await again("gateway before", beforeGw)).summary;
-          const b2 = (await again("gateway before", beforeGw)).summary;
-          const a2 = (await again("gateway", gw)).summary;
-          const cpu = { before: pooledCpuUs([b1, b2]), after: pooledCpuUs([gateway.summary, a2]) };
+        if (other !== undefined) {
+          const again = async (label: string, p: typeof gw) =>
+            (
+              await measure(ctx.pool, {
+                label,
+                jobs: [job(ctx, p, "gateway", fields)],
+                warmup,
+                warmupNumPredict: 1,
+                simPid: sim.pid,
+                gatewayPid: p.pid,
+              })
+            ).summary;
+          // A B B A, A being the gateway measured above.
+          const b1 = await again(`gateway ${other.role}`, other.gw);
+          const b2 = await again(`gateway ${other.role}`, other.gw);
+          const a2 = await again("gateway", gw);
+          const a = [gateway.summary, a2];
+          const b = [b1, b2];
+          const [bef, aft] = other.role === "before" ? [b, a] : [a, b];
+          const cpu = { before: pooledCpuUs(bef), after: pooledCpuUs(aft) };
           before = {
+            labels: { before: other.before, after: other.after },
             cpuUsPerRequest: cpu,
             cpuRatio: round(ratio(cpu.after, cpu.before)),
-            p50Ms: { before: b1.latencyMs.p50, after: gateway.summary.latencyMs.p50 },
-            p99Ms: { before: b1.latencyMs.p99, after: gateway.summary.latencyMs.p99 },
+            p50Ms: { before: bef[0]!.latencyMs.p50, after: aft[0]!.latencyMs.p50 },
+            p99Ms: { before: bef[0]!.latencyMs.p99, after: aft[0]!.latencyMs.p99 },
             errors: b1.errors + b2.errors + a2.errors,
-            requests: { before: b1.requests + b2.requests, after: gateway.summary.requests + a2.requests },
+            requests: { before: bef[0]!.requests + bef[1]!.requests, after: aft[0]!.requests + aft[1]!.requests },
           };
         }
         const d = direct.summary;

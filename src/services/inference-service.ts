@@ -176,8 +176,11 @@ export function createInferenceService(deps: InferenceDeps): InferenceHandlers {
     const info = rpcInfo(ctx);
     info.model = route.requested;
     const signal = rpcSignal(ctx, deps.maxDeadlineMs);
-    const [model, ...fallbacks] = route.models as [string, ...string[]];
-    const request = { model, fallbacks, affinity: affinityOf(model), affinityOf, signal, ...urgencyOf(ctx) };
+    const models = route.models;
+    const model = models[0]!;
+    const { priority, remainingMs } = urgencyOf(ctx);
+    const fallbacks = models.length > 1 ? models.slice(1) : undefined;
+    const request = { model, fallbacks, affinity: affinityOf(model), affinityOf, signal, priority, remainingMs };
     await failover.run(request, async (attempt) => {
       const node = attempt.node.name;
       const model = attempt.model;
