@@ -268,8 +268,12 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   let unsubscribeHealth: (() => void) | undefined;
   /** Aborted by `stop`: ends the load watchers. */
   let stopping = new AbortController();
-  /** Per "node\0model": the running requests' peaks of concurrent requests there (for slot learning). */
-  const running = new Map<string, Set<{ peak: number }>>();
+  /**
+   * Per "node\0model": the running requests' peaks of concurrent requests there (for slot
+   * learning). Arrays, not Sets: a Set churned once per call made V8 promote its entries out of
+   * the young generation (docs/architecture.md, "Cost per call").
+   */
+  const running = new Map<string, { peak: number }[]>();
   /** "node\0model" pairs whose lowered slots were logged. */
   const slotsLogged = new Set<string>();
   const pollMs = Math.max(10, Math.min(LOAD_POLL_MS, deps.syncMs ?? 2_000));
@@ -480,9 +484,9 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     if (w.affinity) deps.affinity.set(w.affinity, state.node.name);
     const key = `${state.node.name}\0${w.model}`;
     let peers = running.get(key);
-    if (peers === undefined) running.set(key, (peers = new Set()));
+    if (peers === undefined) running.set(key, (peers = []));
     const me = { peak: state.models.get(w.model)?.inFlight ?? 1 };
-    peers.add(me);
+    peers.push(me);
     let released = false;
     let onRelease: () => void = () => undefined;
     const ended = new Promise<void>((resolve) => {
@@ -496,8 +500,13 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         if (released) return;
         released = true;
         fleet.end(state, w.model);
-        peers.delete(me);
-        if (peers.size === 0) running.delete(key);
+        // Swap with the last and pop: order does not matter, and a node runs at most its slots.
+        const i = peers.indexOf(me);
+        if (i >= 0) {
+          peers[i] = peers[peers.length - 1]!;
+          peers.pop();
+        }
+        if (peers.length === 0) running.delete(key);
         onRelease();
         const learned = learnTimes(
           { serviceMs: serviceMs.get(w.model), loadMs: loadMs.get(w.model) },

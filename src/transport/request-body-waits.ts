@@ -67,8 +67,8 @@ export function shedVictim<T>(order: Iterable<T>, waiting: number, maxWaiting: n
  * serves them all (only a call whose deadline is shorter than the body timeout, given by
  * connect-node's path, gets a timer of its own); both orders are lists threaded through the
  * entries themselves. A timer per call and a `Set` of entries made the gateway's garbage
- * collector promote several kB per call out of V8's young generation (measured with
- * `--trace-gc-nvp` under `npm run bench` (a)'s load): a tenth of the gateway's CPU per call.
+ * collector promote several kB per call out of V8's young generation, about a tenth of the
+ * gateway's CPU per call (docs/architecture.md, "Cost per call").
  */
 export function createRequestBodyWaits(limits: RequestBodyLimits = DEFAULT_BODY_LIMITS): RequestBodyWaits {
   const ended = { timedOut: 0, shed: 0 };
