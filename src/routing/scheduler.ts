@@ -598,7 +598,9 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
    * reserving is synchronous, in that order; the gate calls then run concurrently, one per model.
    */
   function pump(): void {
-    endDrains(obsoleteDrains(view()));
+    // Only a draining node can have an obsolete drain (and a view is not free: this runs per call).
+    if (draining.size > 0) endDrains(obsoleteDrains(view()));
+    if (queues.size === 0) return;
     for (let progress = true; progress; ) {
       progress = false;
       const now = Date.now();
@@ -620,6 +622,11 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         if (r === undefined) continue;
         // A placement may end a drain or load a model: look at the other heads again.
         progress = true;
+        if (local) {
+          // The single-replica gate always grants: settled here, no promise per call.
+          settle(w, r, LOCAL_SLOT);
+          continue;
+        }
         placing.add(w.model);
         void placeHead(w, r);
       }
