@@ -41,10 +41,11 @@ export interface BenchOptions {
   /** A commit whose gateway scenario (a) also measures, interleaved with this one (undefined = none). */
   beforeRev: string | undefined;
   /**
-   * Extra environment for a second gateway of this checkout that scenario (a) measures beside the
-   * plain one (`--compare-env NAME=value`, repeatable; empty = none): what a setting costs per call.
+   * Variants of this checkout's gateway that scenario (a) measures beside the plain one, each with
+   * its extra settings (`--compare-env "NAME=value ..."`, repeatable, one variant each; empty =
+   * none): what a setting costs per call.
    */
-  compareEnv: Record<string, string>;
+  compareEnv: Record<string, string>[];
   /** Where reports and gateway logs go. */
   outDir: string;
   /** The arguments as given, for the report. */
@@ -86,10 +87,11 @@ simulator over HTTP). Writes bench-results/bench-<time>.{md,json}.
   --before-rev REV        also build the gateway of commit REV and measure it in
                           scenario a beside this one (order A B B A per row, CPU per
                           call pooled): a before/after comparison in one run
-  --compare-env NAME=value
-                          like --before-rev, but the second gateway is this checkout
-                          with this extra setting (repeatable), e.g.
-                          --compare-env METRICS_PORT=0: what a feature costs per call
+  --compare-env "NAME=value ..."
+                          like --before-rev, but the other gateway is this checkout
+                          with these settings (space-separated); repeatable, one
+                          gateway each, e.g. --compare-env METRICS_PORT=0: what a
+                          feature costs per call
   --out DIR               output directory (default bench-results)
   -h, --help              this text
 `;
@@ -159,14 +161,19 @@ export function parseBenchArgs(argv: string[]): BenchOptions | undefined {
     gatewayEnv[v.slice(0, eq)] = v.slice(eq + 1);
   }
 
-  const compareEnv: Record<string, string> = {};
-  for (const v of values["compare-env"] ?? []) {
-    const eq = v.indexOf("=");
-    if (eq < 1) throw new Error(`--compare-env needs NAME=value, got "${v}"`);
-    compareEnv[v.slice(0, eq)] = v.slice(eq + 1);
+  const compareEnv: Record<string, string>[] = [];
+  for (const variant of values["compare-env"] ?? []) {
+    const env: Record<string, string> = {};
+    for (const v of variant.split(/\s+/).filter((x) => x !== "")) {
+      const eq = v.indexOf("=");
+      if (eq < 1) throw new Error(`--compare-env needs NAME=value, got "${v}"`);
+      env[v.slice(0, eq)] = v.slice(eq + 1);
+    }
+    if (Object.keys(env).length === 0) throw new Error("--compare-env needs at least one NAME=value");
+    compareEnv.push(env);
   }
-  if (values["before-rev"] !== undefined && Object.keys(compareEnv).length > 0)
-    throw new Error("--before-rev and --compare-env each add a second gateway: give one of them");
+  if (values["before-rev"] !== undefined && compareEnv.length > 0)
+    throw new Error("--before-rev and --compare-env each add gateways to compare: give one of them");
 
   return {
     smoke,

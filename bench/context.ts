@@ -126,25 +126,26 @@ export class BenchContext {
   }
 
   /**
-   * The second relay gateway scenario (a) measures beside `relayGateway`, or undefined: the one
-   * built from `--before-rev` (it is "before", this checkout "after"), or this checkout with
-   * `--compare-env` (it is "after", the plain one "before"). Same settings otherwise.
+   * The other relay gateways scenario (a) measures beside `relayGateway` (none without the
+   * options): the one built from `--before-rev` (it is "before", this checkout "after"), or one of
+   * this checkout per `--compare-env` (each "after", the plain one "before"). Same settings otherwise.
    */
-  async comparisonGateway(): Promise<Comparison | undefined> {
-    const compareEnv = this.opts.compareEnv;
-    const withEnv = Object.keys(compareEnv).length > 0;
-    if (this.before === undefined && !withEnv) return undefined;
+  async comparisonGateways(): Promise<Comparison[]> {
     const sim = await this.mainSim();
     const relayEnv = { EMBED_CACHE: "off", EMBED_BATCH_WINDOW_MS: "0" };
     if (this.before !== undefined) {
       const gw = await this.startGateway("relay-before", sim, MAIN_SIM_PARALLEL, relayEnv, this.before);
-      return { gw, role: "before", before: `commit ${this.opts.beforeRev}`, after: "this checkout" };
+      return [{ gw, role: "before", before: `commit ${this.opts.beforeRev}`, after: "this checkout" }];
     }
-    const gw = await this.startGateway("relay-compare", sim, MAIN_SIM_PARALLEL, { ...relayEnv, ...compareEnv });
-    const env = Object.entries(compareEnv)
-      .map(([k, v]) => `${k}=${v}`)
-      .join(" ");
-    return { gw, role: "after", before: "this checkout", after: `this checkout with ${env}` };
+    const out: Comparison[] = [];
+    for (const [i, extra] of this.opts.compareEnv.entries()) {
+      const gw = await this.startGateway(`relay-compare-${i + 1}`, sim, MAIN_SIM_PARALLEL, { ...relayEnv, ...extra });
+      const env = Object.entries(extra)
+        .map(([k, v]) => `${k}=${v}`)
+        .join(" ");
+      out.push({ gw, role: "after", before: "this checkout", after: `this checkout with ${env}` });
+    }
+    return out;
   }
 
   /** Starts a null gRPC server (bench/null-server.ts); it is stopped by `stop` or `close`. */

@@ -261,24 +261,27 @@ export function renderMarkdown(
       );
     }
     L.push("");
-    const labels = r.a.find((x) => x.before !== undefined)?.before?.labels;
-    if (labels !== undefined) {
+    const compared = r.a.find((x) => x.comparisons !== undefined)?.comparisons;
+    if (compared !== undefined) {
       L.push(
         "### (a) before and after (`--before-rev` / `--compare-env`)",
         "",
-        `Before: ${labels.before}. After: ${labels.after}. The same rows, each gateway run twice right after ` +
-          "the other in the order A B B A (A = the gateway measured above); CPU per request pooled over the two runs of each (latency from the first run of each).",
+        "The same rows against other gateways, each run twice close to the gateway above in the order " +
+          "A B C ... C B A (A = the gateway above); CPU per request pooled over the two runs of each " +
+          "(latency from the first run of each).",
         "",
-        "| kind | c | gateway CPU µs/req before / after | after ÷ before | p50 ms before / after | p99 ms before / after | errors |",
-        "|---|---|---|---|---|---|---|",
+        ...compared.map((c, i) => `- (${i + 1}) before: ${c.labels.before}; after: ${c.labels.after}`),
+        "",
+        "| kind | c | | gateway CPU µs/req before / after | after ÷ before | p50 ms before / after | p99 ms before / after | errors |",
+        "|---|---|---|---|---|---|---|---|",
       );
       for (const x of r.a) {
-        const b = x.before;
-        if (b === undefined) continue;
-        L.push(
-          `| ${x.kind} | ${x.concurrency} | ${b.cpuUsPerRequest.before} / ${b.cpuUsPerRequest.after} | ${b.cpuRatio} | ` +
-            `${b.p50Ms.before} / ${b.p50Ms.after} | ${b.p99Ms.before} / ${b.p99Ms.after} | ${b.errors} |`,
-        );
+        for (const [i, b] of (x.comparisons ?? []).entries()) {
+          L.push(
+            `| ${x.kind} | ${x.concurrency} | (${i + 1}) | ${b.cpuUsPerRequest.before} / ${b.cpuUsPerRequest.after} | ${b.cpuRatio} | ` +
+              `${b.p50Ms.before} / ${b.p50Ms.after} | ${b.p99Ms.before} / ${b.p99Ms.after} | ${b.errors} |`,
+          );
+        }
       }
       L.push("");
     }

@@ -64,14 +64,14 @@ export interface LatencyRow {
   nullServerCpuUsPerRequest: number;
   /** Load-generator CPU per request, µs: undici direct, connect client towards the gateway. */
   clientCpuUsPerRequest: { direct: number; gateway: number };
-  /** With `--before-rev` or `--compare-env`: two gateways measured against each other in the same run. */
-  before?: BeforeComparison;
+  /** With `--before-rev` or `--compare-env`: gateways measured against each other in the same run. */
+  comparisons?: BeforeComparison[];
 }
 
 /**
- * Two gateways measured right after each other in the order A B B A (A = the relay gateway), so
- * that drift of the shared machine during the row hits both alike; CPU per request is pooled over
- * the two runs of each. "before" and "after": an earlier commit's gateway and this checkout's
+ * Two gateways measured close together: the relay gateway (A) and the others (B, C, ...) in the
+ * order A B C ... C B A, so that drift of the shared machine during the row hits all alike; CPU
+ * per request is pooled over the two runs of each. "before" and "after": an earlier commit's gateway and this checkout's
  * (`--before-rev`), or this checkout's plain and with extra settings (`--compare-env`).
  */
 export interface BeforeComparison {
@@ -108,7 +108,7 @@ export async function scenarioA(ctx: BenchContext): Promise<LatencyRow[]> {
   const sim = await ctx.mainSim();
   const gw = await ctx.relayGateway();
   const nul = await ctx.nullServer();
-  const other = await ctx.comparisonGateway();
+  const others = await ctx.comparisonGateways();
   const rows: LatencyRow[] = [];
   try {
     for (const kind of ["generate", "embed"] as const) {
@@ -145,8 +145,8 @@ export async function scenarioA(ctx: BenchContext): Promise<LatencyRow[]> {
           simPid: sim.pid,
           gatewayPid: gw.pid,
         });
-        let before: BeforeComparison | undefined;
-        if (other !== undefined) {
+        let comparisons: BeforeComparison[] | undefined;
+        if (others.length > 0) {
           const again = async (label: string, p: typeof gw) =>
             (
               await measure(ctx.pool, {
@@ -158,23 +158,26 @@ export async function scenarioA(ctx: BenchContext): Promise<LatencyRow[]> {
                 gatewayPid: p.pid,
               })
             ).summary;
-          // A B B A, A being the gateway measured above.
-          const b1 = await again(`gateway ${other.role}`, other.gw);
-          const b2 = await again(`gateway ${other.role}`, other.gw);
-          const a2 = await again("gateway", gw);
-          const a = [gateway.summary, a2];
-          const b = [b1, b2];
-          const [bef, aft] = other.role === "before" ? [b, a] : [a, b];
-          const cpu = { before: pooledCpuUs(bef), after: pooledCpuUs(aft) };
-          before = {
-            labels: { before: other.before, after: other.after },
-            cpuUsPerRequest: cpu,
-            cpuRatio: round(ratio(cpu.after, cpu.before)),
-            p50Ms: { before: bef[0]!.latencyMs.p50, after: aft[0]!.latencyMs.p50 },
-            p99Ms: { before: bef[0]!.latencyMs.p99, after: aft[0]!.latencyMs.p99 },
-            errors: b1.errors + b2.errors + a2.errors,
-            requests: { before: bef[0]!.requests + bef[1]!.requests, after: aft[0]!.requests + aft[1]!.requests },
-          };
+          // A B C ... C B A, A being the gateway measured above.
+          const first: RunSummary[] = [];
+          for (const o of others) first.push(await again(`gateway ${o.role}`, o.gw));
+          const second: RunSummary[] = [];
+          for (const o of [...others].reverse()) second.unshift(await again(`gateway ${o.role}`, o.gw));
+          const a = [gateway.summary, await again("gateway", gw)];
+          comparisons = others.map((o, i) => {
+            const b = [first[i]!, second[i]!];
+            const [bef, aft] = o.role === "before" ? [b, a] : [a, b];
+            const cpu = { before: pooledCpuUs(bef), after: pooledCpuUs(aft) };
+            return {
+              labels: { before: o.before, after: o.after },
+              cpuUsPerRequest: cpu,
+              cpuRatio: round(ratio(cpu.after, cpu.before)),
+              p50Ms: { before: bef[0]!.latencyMs.p50, after: aft[0]!.latencyMs.p50 },
+              p99Ms: { before: bef[0]!.latencyMs.p99, after: aft[0]!.latencyMs.p99 },
+              errors: b[0]!.errors + b[1]!.errors + a[1]!.errors,
+              requests: { before: bef[0]!.requests + bef[1]!.requests, after: aft[0]!.requests + aft[1]!.requests },
+            };
+          });
         }
         const d = direct.summary;
         const n = nullRun.summary;
@@ -194,7 +197,7 @@ export async function scenarioA(ctx: BenchContext): Promise<LatencyRow[]> {
             direct: perRequestUs(d.cpuSeconds.loadgen, d),
             gateway: perRequestUs(g.cpuSeconds.loadgen, g),
           },
-          ...(before !== undefined ? { before } : {}),
+          ...(comparisons !== undefined ? { comparisons } : {}),
         };
         rows.push(row);
         log(
