@@ -85,24 +85,34 @@ export function choosePlacement(
   options: RebalanceOptions = { rebalance: true },
 ): Placement | undefined {
   const usable = usableNodes(view, req);
-  const drained = usable.find((s) => s.drainingFor === req.model && inFlightOn(s) === 0);
-  if (drained) return { node: drained.name, rule: "drained" };
-  // Nodes drained for another model take no new work.
-  const open = usable.filter((s) => s.drainingFor === undefined || s.drainingFor === req.model);
+  // Two short passes, few allocations (this runs for every call): a drained node wins at once; nodes drained for another
+  // model take no new work; the open nodes where the model is loaded with a free slot win next,
+  // unless none is free and one may be losing the model to a load in flight (wait for /api/ps).
+  const open: NodeView[] = [];
+  let loadedFree: NodeView[] | undefined;
+  let unsure = false;
+  for (const s of usable) {
+    if (s.drainingFor === req.model && inFlightOn(s) === 0) return { node: s.name, rule: "drained" };
+  }
+  for (const s of usable) {
+    if (s.drainingFor !== undefined && s.drainingFor !== req.model) continue;
+    open.push(s);
+    const m = s.models.get(req.model);
+    if (m === undefined) continue;
+    if (!mayServe(s, req.model)) unsure = true;
+    else if (m.inFlight < slotsFor(s, req.embeddingOnly, req.model)) (loadedFree ??= []).push(s);
+  }
   const chosen = (list: readonly NodeView[], rule: PlacementRule): Placement | undefined => {
     const s = pick(list, req.affinityNode);
     return s === undefined ? undefined : { node: s.name, rule };
   };
-  const loadedFree = open.filter((s) => {
-    const m = s.models.get(req.model);
-    return m !== undefined && m.inFlight < slotsFor(s, req.embeddingOnly, req.model) && mayServe(s, req.model);
-  });
-  if (loadedFree.length > 0) return chosen(loadedFree, "loaded");
-  // Loaded where a load in flight may be pushing it out: wait for /api/ps to tell.
-  if (open.some((s) => s.models.has(req.model) && !mayServe(s, req.model))) return undefined;
+  if (loadedFree !== undefined) return chosen(loadedFree, "loaded");
+  if (unsure) return undefined;
   const notLoaded = open.filter(
     (s) => !s.models.has(req.model) && s.drainingFor === undefined && s.loading === undefined,
   );
+  // Every rule below places on a node without the model: none, nothing to place.
+  if (notLoaded.length === 0) return undefined;
   const room = notLoaded.map((s) => ({ s, how: roomFor(view, s, req.model, req.sizeBytes) }));
   const sure = room.filter((r) => r.how === "sure").map((r) => r.s);
   const guess = room.filter((r) => r.how === "guess").map((r) => r.s);
