@@ -38,25 +38,27 @@ describe("the request body register", { timeout: 20_000 }, () => {
     assert.equal(waits.ended.timedOut, 1);
   });
 
-  it("expires several calls with one timer, each at its own time, oldest first", async () => {
+  it("expires several calls with one timer, oldest first, none before its own timeout", async () => {
     const waits = createRequestBodyWaits({ timeoutMs: 80, maxWaiting: 10 });
-    const order: number[] = [];
+    const order: { n: number; afterMs: number }[] = [];
     const first = waiter();
     waits.wait((e) => {
-      order.push(1);
+      order.push({ n: 1, afterMs: Date.now() - first.at });
       first.onExpire(e);
     });
     await sleep(40);
     const second = waiter();
     waits.wait((e) => {
-      order.push(2);
+      order.push({ n: 2, afterMs: Date.now() - second.at });
       second.onExpire(e);
     });
-    await first.expired;
-    assert.equal(second.error, undefined, "the younger call is still waiting when the older expires");
-    await second.expired;
-    assert.deepEqual(order, [1, 2]);
-    assert.ok(Date.now() - second.at >= 75, "the younger call had its whole timeout");
+    await Promise.all([first.expired, second.expired]);
+    assert.deepEqual(
+      order.map((o) => o.n),
+      [1, 2],
+    );
+    // On a loaded machine the timer may fire late (then both may go at once), never early.
+    for (const o of order) assert.ok(o.afterMs >= 80, `call ${o.n} expired after ${o.afterMs} ms, before its 80 ms`);
     assert.equal(waits.ended.timedOut, 2);
   });
 
