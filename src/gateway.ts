@@ -322,7 +322,7 @@ export async function startGateway(config: GatewayConfig, log: Logger, options: 
     activeCalls: () => cap.active,
     fleet,
     scheduler,
-    slotsShared: () => leases?.shared() ?? false,
+    slotsShared: () => leases?.shared() ?? workerGate?.shared() ?? false,
   });
   const routes = (router: ConnectRouter): void => {
     router.service(InferenceService, inference.service);
