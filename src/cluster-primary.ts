@@ -2,6 +2,7 @@ import cluster from "node:cluster";
 import type { Worker } from "node:cluster";
 import type { MetricsConfig } from "./config/observability-config.js";
 import type { Logger } from "./observability/logger.js";
+import { isFleetLearningMessage } from "./routing/ipc-fleet-learning.js";
 import { isNodeVerdictMessage } from "./routing/ipc-node-health.js";
 import { answerSlotRequest, grantMessages, isSlotRequest } from "./routing/ipc-slot-gate.js";
 import type { SlotOutgoing } from "./routing/ipc-slot-gate.js";
@@ -18,8 +19,9 @@ import { createSlotTable } from "./routing/slot-table.js";
  * they never send a node more requests at once than its slots, and a freed
  * slot goes to the most urgent request waiting in any worker; a worker that
  * dies has its slots freed (and handed on) and its waiters dropped at once. A
- * node health verdict from one worker is passed on to the others
- * (`routing/ipc-node-health.ts`).
+ * node health verdict from one worker, and what it learned about a node's
+ * capacity and slots, are passed on to the others (`routing/ipc-node-health.ts`,
+ * `routing/ipc-fleet-learning.ts`).
  * With METRICS_PORT set it serves the metrics of all workers there, aggregated
  * per scrape (`observability/telemetry/metrics-cluster.ts`).
  */
@@ -30,7 +32,8 @@ export async function runPrimary(workers: number, log: Logger, metrics?: Metrics
   const fork = (): Worker => cluster.fork();
   cluster.on("online", (worker) => log.info({ worker: worker.process.pid }, "worker started"));
   cluster.on("message", (worker, message: unknown) => {
-    if (isNodeVerdictMessage(message)) {
+    // Health verdicts and learned capacity/slots: passed on to the other workers as they are.
+    if (isNodeVerdictMessage(message) || isFleetLearningMessage(message)) {
       for (const other of Object.values(cluster.workers ?? {}))
         if (other && other !== worker && other.isConnected()) other.send(message);
       return;
