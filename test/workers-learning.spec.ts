@@ -22,6 +22,18 @@ import type { NodeLearning } from "../src/routing/shared-learning.js";
 import { createSlotLearning } from "../src/routing/slot-learning.js";
 import type { SlotLearning } from "../src/routing/slot-learning.js";
 import type { OllamaNode } from "../src/upstream/ollama-node.js";
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { GatewayService } from "../src/gen/ollama/gateway/v1/gateway_pb.js";
+import type { GetStatusResponse } from "../src/gen/ollama/gateway/v1/gateway_pb.js";
+import { InferenceService } from "../src/gen/ollama/gateway/v1/inference_pb.js";
+import { ThinkMode } from "../src/gen/ollama/gateway/v1/types_pb.js";
+import { SLOTS_LOWERED_MSG } from "../src/routing/scheduler.js";
+import { startSimulator } from "../src/simulator/simulator.js";
+import { spawnGateway } from "./helpers/gateway-process.js";
+import type { GatewayProcess } from "./helpers/gateway-process.js";
+
+const MODEL = "llama3.2:latest";
 
 const GB = 1_000_000_000;
 
@@ -238,5 +250,110 @@ describe("the workers' shared learning over IPC", () => {
     await settle();
     assert.equal(sent.length, count, "news already shared is not sent again (nothing echoes)");
     for (const w of workers) w.close();
+  });
+});
+
+/** Each worker's GetStatus, keyed by its start time (`started_at` tells the workers apart); fresh connections until both answered. */
+async function statusPerWorker(url: string) {
+  const seen = new Map<string, GetStatusResponse>();
+  for (let i = 0; i < 20 && seen.size < 2; i++) {
+    const s = await createClient(GatewayService, createGrpcTransport({ baseUrl: url })).getStatus({});
+    seen.set(`${s.startedAt?.seconds}.${s.startedAt?.nanos}`, s);
+  }
+  return [...seen.values()];
+}
+
+/** Polls `cond` until it holds; fails after `ms` (generous: the machine may be loaded). */
+async function eventually(cond: () => Promise<boolean>, what: string, ms = 60_000): Promise<void> {
+  const until = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+const listening = (g: GatewayProcess) => g.lines().filter((l) => l["msg"] === "gateway listening").length;
+
+// Real workers (WORKERS=2, no Redis). All traffic goes over ONE HTTP/2 connection, which node:cluster
+// gives to one worker: the other serves nothing, so whatever it knows it learned from the first.
+describe("what one worker learns reaches the other (WORKERS=2, no Redis)", { timeout: 180_000 }, () => {
+  it("the other worker shows and uses the slots one worker lowered", async () => {
+    const sim = await startSimulator({ numParallel: 1, tokenMs: 10 });
+    const g = await spawnGateway({ OLLAMA_URL: sim.url, OLLAMA_NUM_PARALLEL: "4", WORKERS: "2" });
+    try {
+      await eventually(async () => listening(g) === 2, "both workers");
+      const one = createClient(InferenceService, createGrpcTransport({ baseUrl: g.url }));
+      const lowered = () => g.lines().some((l) => l["msg"] === SLOTS_LOWERED_MSG);
+      for (let i = 0; i < 12 && !lowered(); i++) {
+        await Promise.all(
+          Array.from({ length: 4 }, async (_, k) => {
+            for await (const _m of one.generate(
+              { model: "llama3.2", prompt: `w${i}.${k}`, options: { numPredict: 15 } },
+              { timeoutMs: 30_000 },
+            ))
+              void _m;
+          }),
+        );
+      }
+      assert.ok(lowered(), "the worker serving the calls lowered the node's slots");
+      let last: GetStatusResponse[] = [];
+      await eventually(async () => {
+        last = await statusPerWorker(g.url);
+        return (
+          last.length === 2 &&
+          last.every((s) => (s.nodes[0]?.loweredSlots.find((l) => l.model === MODEL)?.slots ?? 4) < 4)
+        );
+      }, "both workers to show the lowered slots");
+      const applied = g.lines().find((l) => l["msg"] === WORKER_LEARNING_MSG);
+      assert.ok(applied, "the idle worker applied the other's learning");
+      assert.equal(g.lines().filter((l) => l["msg"] === SLOTS_LOWERED_MSG).length, 1, "learned by one worker only");
+      const [a, b] = last.map((s) => s.nodes[0]?.loweredSlots.find((l) => l.model === MODEL)?.slots);
+      assert.equal(a, b, "both use the same slots");
+    } finally {
+      await g.stop();
+      await sim.close();
+    }
+  });
+
+  it("the other worker shows the capacity one worker learned from an eviction", async () => {
+    // At num_ctx 4096 the simulator's llama3.2 takes 2.47 GB and qwen3 5.83 GB: 7 GB holds either, never both.
+    const sim = await startSimulator({ vramBytes: 7e9, loadMs: 50, tokenMs: 2, maxLoadedModels: 3 });
+    const g = await spawnGateway({
+      OLLAMA_URL: sim.url,
+      OLLAMA_MAX_LOADED_MODELS: "3",
+      CACHE_PS_TTL_MS: "200",
+      WORKERS: "2",
+    });
+    try {
+      await eventually(async () => listening(g) === 2, "both workers");
+      const one = createClient(InferenceService, createGrpcTransport({ baseUrl: g.url }));
+      const call = async (model: string, prompt: string) => {
+        for await (const _m of one.generate(
+          { model, prompt, think: ThinkMode.OFF, options: { numPredict: 4 } },
+          { timeoutMs: 30_000 },
+        ))
+          void _m;
+      };
+      const evicted = (s: GetStatusResponse) => s.nodes[0]?.capacity?.evidence.some((e) => e.kind === "evicted");
+      let last: GetStatusResponse[] = [];
+      for (let i = 0; i < 6; i++) {
+        await call("llama3.2", `a${i}`);
+        await call("qwen3", `b${i}`);
+        last = await statusPerWorker(g.url);
+        if (last.some(evicted)) break;
+      }
+      assert.ok(last.some(evicted), "the worker serving the calls saw an eviction");
+      await eventually(async () => {
+        last = await statusPerWorker(g.url);
+        return last.length === 2 && last.every((s) => evicted(s) === true);
+      }, "both workers to show the eviction");
+      const [a, b] = last.map((s) => s.nodes[0]!.capacity!);
+      assert.equal(a!.overflowBytes, b!.overflowBytes, "the same upper bound");
+      assert.ok(a!.overflowBytes > 0n);
+      assert.ok(g.lines().some((l) => l["msg"] === WORKER_LEARNING_MSG));
+    } finally {
+      await g.stop();
+      await sim.close();
+    }
   });
 });
