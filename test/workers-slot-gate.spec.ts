@@ -326,6 +326,37 @@ describe("a worker's IPC slot gate", () => {
     assert.equal(table.held(A), 0);
   });
 
+  it("gives a slot back together with its next acquire, so that request competes with the other workers' waiters", async () => {
+    const table = createSlotTable();
+    const primary = fakePrimary(table);
+    const one = createIpcSlotGate({ channel: primary.channel(1) });
+    const two = createIpcSlotGate({ channel: primary.channel(2) });
+    const slot = await one.tryAcquire("a", "llama3.2:latest", 1, { priority: 0, enqueuedAt: 1 });
+    assert.ok(slot);
+    assert.equal(await two.tryAcquire("a", "llama3.2:latest", 1, { priority: 0, enqueuedAt: 2 }), undefined);
+    // Worker one's request ends and, in the same tick, its next (more urgent) request asks.
+    void slot.release();
+    const next = await one.tryAcquire("a", "llama3.2:latest", 1, { priority: 5, enqueuedAt: 3 });
+    assert.ok(next, "the more urgent request at the releasing worker gets the slot");
+    const sentByOne = primary.sent.filter((s) => s.owner === 1).map((s) => s.m);
+    assert.equal(sentByOne.at(-1)?.type, "ogw:slot-acquire");
+    assert.equal((sentByOne.at(-1) as { releasing?: number }).releasing, 1, "the release travelled with it");
+    assert.equal(table.waiting(A), 1, "worker two still waits");
+    // Its next request is less urgent than worker two's waiter: that one gets the slot now.
+    let taken: Promise<unknown> | undefined;
+    const woken = nextCall();
+    two.onFree((node, model) => {
+      taken = two.tryAcquire(node, model, 1);
+      woken.listener(node, model);
+    });
+    void next.release();
+    assert.equal(await one.tryAcquire("a", "llama3.2:latest", 1, { priority: 0, enqueuedAt: 9 }), undefined);
+    await woken.called;
+    assert.ok(await taken, "worker two, woken, holds the slot");
+    assert.equal(table.held(A), 1);
+    assert.equal(table.waiting(A), 1, "worker one waits now");
+  });
+
   it("gives a handed slot straight back when nobody here takes it (the waiter was cancelled or placed elsewhere)", async () => {
     const table = createSlotTable();
     const primary = fakePrimary(table);

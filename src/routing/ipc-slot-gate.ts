@@ -43,6 +43,13 @@ export interface SlotAcquireMessage {
   readonly limit: number;
   /** The request's rank; with it, a refusal leaves a waiter in the primary. */
   readonly rank?: SlotRank | undefined;
+  /**
+   * A lease of the same (node, model) this worker gives back in the same breath (a request ended
+   * and the next one here wants its slot): the primary hands that slot to the best waiter of all
+   * the workers, this request included, instead of to another worker's waiter before this
+   * request's rank is known.
+   */
+  readonly releasing?: number | undefined;
 }
 
 /** A worker gives a slot back. */
@@ -59,6 +66,8 @@ export interface SlotAnswerMessage {
   readonly lease: number;
   /** True = the slot is held for the worker until it releases it (or exits). */
   readonly granted: boolean;
+  /** The lease to release it by, when not `lease` (the slot given back with it went to this request). */
+  readonly heldAs?: number | undefined;
 }
 
 /** The primary handed a freed slot to this worker's waiter: it is held under `lease` until released. */
@@ -132,7 +141,8 @@ function isRank(v: unknown): v is SlotRank {
 /** True for an answer or grant of this protocol (the channel also carries node:cluster's own messages). */
 function isReply(m: unknown): m is SlotReplyMessage {
   if (!isObject(m) || !isLease(m["lease"])) return false;
-  if (m["type"] === "ogw:slot-answer") return typeof m["granted"] === "boolean";
+  if (m["type"] === "ogw:slot-answer")
+    return typeof m["granted"] === "boolean" && (m["heldAs"] === undefined || isLease(m["heldAs"]));
   return m["type"] === "ogw:slot-grant" && isName(m["node"]) && isName(m["model"]);
 }
 
@@ -145,7 +155,8 @@ export function isSlotRequest(m: unknown): m is SlotRequestMessage {
     isName(m["node"]) &&
     isName(m["model"]) &&
     Number.isSafeInteger(m["limit"]) &&
-    (m["rank"] === undefined || isRank(m["rank"]))
+    (m["rank"] === undefined || isRank(m["rank"])) &&
+    (m["releasing"] === undefined || isLease(m["releasing"]))
   );
 }
 
@@ -168,8 +179,20 @@ export function answerSlotRequest(
   now = Date.now(),
 ): SlotOutgoing[] {
   if (m.type === "ogw:slot-release") return grantMessages(table.release(owner, m.lease, now));
-  const granted = table.acquire(owner, m.lease, slotKey(m.node, m.model), m.limit, m.rank);
-  return [{ owner, message: { type: "ogw:slot-answer", lease: m.lease, granted } }];
+  const key = slotKey(m.node, m.model);
+  // Waits (when refused) before the slot given back with it frees, so it competes for that slot.
+  const granted = table.acquire(owner, m.lease, key, m.limit, m.rank);
+  const answer = (heldAs?: number): SlotOutgoing => ({
+    owner,
+    message:
+      heldAs === undefined
+        ? { type: "ogw:slot-answer", lease: m.lease, granted: granted || heldAs !== undefined }
+        : { type: "ogw:slot-answer", lease: m.lease, granted: true, heldAs },
+  });
+  if (m.releasing === undefined) return [answer()];
+  const grants = table.release(owner, m.releasing, now);
+  const mine = granted ? undefined : grants.find((g) => g.owner === owner && g.key === key);
+  return [answer(mine?.lease), ...grantMessages(grants.filter((g) => g !== mine))];
 }
 
 const NO_SLOT_TO_RETURN = { release: (): Promise<void> => Promise.resolve() };
@@ -182,7 +205,7 @@ export function createIpcSlotGate(options: IpcSlotGateOptions): IpcSlotGate {
   let closed = false;
   let fellBack = false;
   /** Acquires waiting for their answer. */
-  const pending = new Map<number, (granted: boolean) => void>();
+  const pending = new Map<number, (granted: boolean, heldAs?: number) => void>();
   /** Per key: slots the primary handed this worker's waiter, not taken yet. */
   const parked = new Map<string, number[]>();
   const freeListeners = new Set<(node: string, model: string) => void>();
@@ -197,19 +220,45 @@ export function createIpcSlotGate(options: IpcSlotGateOptions): IpcSlotGate {
     }
   };
   const release = (lease: number): void => void send({ type: "ogw:slot-release", lease });
+  /**
+   * Releases of held slots not sent yet, lease → key: sent at the end of the current tick, unless
+   * an acquire of the same key made in the same tick carries one along (`releasing`).
+   */
+  const releasing = new Map<number, string>();
+  let flushing = false;
+  const flush = (): void => {
+    flushing = false;
+    for (const lease of releasing.keys()) release(lease);
+    releasing.clear();
+  };
 
-  /** A slot held under `lease`, given back once. */
-  const held = (lease: number): { release(): Promise<void> } => {
+  /** A slot of `key` held under `lease`, given back once. */
+  const held = (lease: number, key: string): { release(): Promise<void> } => {
     let released = false;
     return {
       release() {
         if (!released) {
           released = true;
-          release(lease);
+          releasing.set(lease, key);
+          if (!flushing) {
+            flushing = true;
+            queueMicrotask(flush);
+          }
         }
         return Promise.resolve();
       },
     };
+  };
+
+  /** Takes a release of `key` not sent yet, to send it along with an acquire of the same key. */
+  const takeRelease = (key: string): number | undefined => {
+    for (const [lease, k] of releasing) {
+      if (k === key) {
+        releasing.delete(lease);
+        return lease;
+      }
+    }
+    return undefined;
   };
 
   const unpark = (key: string, lease: number): boolean => {
@@ -248,10 +297,10 @@ export function createIpcSlotGate(options: IpcSlotGateOptions): IpcSlotGate {
     const waiter = pending.get(m.lease);
     if (waiter) {
       pending.delete(m.lease);
-      waiter(m.granted);
+      waiter(m.granted, m.heldAs);
     } else if (m.granted) {
       // Its caller stopped waiting and counted locally: the primary must not keep the slot.
-      release(m.lease);
+      release(m.heldAs ?? m.lease);
     }
   };
   channel.on("message", onMessage);
@@ -268,24 +317,31 @@ export function createIpcSlotGate(options: IpcSlotGateOptions): IpcSlotGate {
     tryAcquire(node, model, limit, rank) {
       const key = slotKey(node, model);
       const waiting = parked.get(key)?.[0];
-      if (waiting !== undefined && unpark(key, waiting)) return Promise.resolve(held(waiting));
+      if (waiting !== undefined && unpark(key, waiting)) return Promise.resolve(held(waiting, key));
       const lease = nextLease++;
-      const m: SlotAcquireMessage = rank
-        ? { type: "ogw:slot-acquire", lease, node, model, limit, rank }
-        : { type: "ogw:slot-acquire", lease, node, model, limit };
+      const along = takeRelease(key);
+      const m: SlotAcquireMessage = {
+        type: "ogw:slot-acquire",
+        lease,
+        node,
+        model,
+        limit,
+        ...(rank ? { rank } : {}),
+        ...(along !== undefined ? { releasing: along } : {}),
+      };
       if (!send(m)) return Promise.resolve(fallBack(node, model));
       return new Promise((resolve) => {
         const timer = setTimeout(() => {
           pending.delete(lease);
           resolve(fallBack(node, model));
         }, timeoutMs);
-        pending.set(lease, (granted) => {
+        pending.set(lease, (granted, heldAs) => {
           clearTimeout(timer);
           if (fellBack) {
             fellBack = false;
             log?.info({ node, model }, IPC_SLOTS_SHARED_AGAIN_MSG);
           }
-          resolve(granted ? held(lease) : undefined);
+          resolve(granted ? held(heldAs ?? lease, key) : undefined);
         });
       });
     },
@@ -297,6 +353,7 @@ export function createIpcSlotGate(options: IpcSlotGateOptions): IpcSlotGate {
     },
     shared: () => !closed && !fellBack && channel.connected,
     close() {
+      flush();
       for (const leases of parked.values()) for (const lease of leases) release(lease);
       parked.clear();
       closed = true;
