@@ -96,6 +96,8 @@ describe("one admission order across the workers (WORKERS=2, no Redis)", { timeo
     const g = await spawnGateway({ OLLAMA_URL: sim.url, OLLAMA_NUM_PARALLEL: "1", WORKERS: "2" });
     try {
       await eventually(() => workerPids(g).length === 2, "both workers");
+      const status = await createClient(GatewayService, transport(g.url)).getStatus({});
+      assert.equal(status.slotsShared, true, "GetStatus says the slots are shared (through the primary)");
       const holder = await holdSlot(g.url, sim);
       const lows = await waitAtBoth(g.url, 6, (i) => generate(g.url, `low${i}`, { priority: 0 }));
       const high = generate(g.url, "high", { priority: 10 });

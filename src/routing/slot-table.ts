@@ -24,8 +24,6 @@ export interface SlotTable {
    * Returns the slots this handed to waiters (the shell tells their workers).
    */
   release(owner: number, lease: number, now?: number): readonly SlotGrant[];
-  /** Takes away a worker's waiter for `key` (it wants the slot no more). */
-  cancelWait(owner: number, key: string): void;
   /**
    * Forgets a worker (it died: its requests to the nodes died with it): frees every slot it held,
    * drops its waiters and limits. Returns how many slots it held and the slots handed to waiters.
@@ -181,7 +179,6 @@ export function createSlotTable(): SlotTable {
       handOut(key, now, grants);
       return grants;
     },
-    cancelWait: unwait,
     dropOwner(owner, now = Date.now()) {
       for (const key of [...waiters.keys()]) unwait(owner, key);
       const touched = new Set<string>();
