@@ -7,7 +7,7 @@
  * slot placed as the scheduler places it (`handoff`): each release travels with the next acquire,
  * so this is one round trip from one holder to the next.
  *
- *   node --import tsx bench/ipc-slot-gate.ts [calls per run, default 20000] [runs, default 5]
+ *   node --import tsx bench/ipc-slot-gate.ts [calls per run, default 20000] [runs, default 5] [granted-only]
  */
 import cluster from "node:cluster";
 import { performance } from "node:perf_hooks";
@@ -17,6 +17,8 @@ import { createSlotTable } from "../src/routing/slot-table.js";
 
 const calls = Number(process.argv[2] ?? 20_000);
 const runs = Number(process.argv[3] ?? 5);
+/** `granted-only`: skip the one-slot runs (to compare the CPU time of the whole run with the protocol before). */
+const grantedOnly = process.argv[4] === "granted-only";
 const CONCURRENCY = [1, 16];
 
 const median = (xs: number[]): number => {
@@ -89,7 +91,7 @@ if (cluster.isPrimary) {
     lines.push(`c=${c} granted: ${median(free).toFixed(1)} µs  (runs: ${free.map((x) => x.toFixed(1)).join(", ")})`);
   }
   const handoffs: number[] = [];
-  if (!("onFree" in gate)) {
+  if (grantedOnly || !("onFree" in gate)) {
     // Before the shared admission order a refused acquire was retried on a timer: nothing to time here.
     process.send?.({ report: lines.join("\n") });
     await new Promise(() => undefined);
