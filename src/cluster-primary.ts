@@ -2,8 +2,10 @@ import cluster from "node:cluster";
 import type { Worker } from "node:cluster";
 import type { MetricsConfig } from "./config/observability-config.js";
 import type { Logger } from "./observability/logger.js";
+import { isFleetLearningMessage } from "./routing/ipc-fleet-learning.js";
 import { isNodeVerdictMessage } from "./routing/ipc-node-health.js";
-import { answerSlotRequest, isSlotRequest } from "./routing/ipc-slot-gate.js";
+import { answerSlotRequest, grantMessages, isSlotRequest } from "./routing/ipc-slot-gate.js";
+import type { SlotOutgoing } from "./routing/ipc-slot-gate.js";
 import { createSlotTable } from "./routing/slot-table.js";
 
 /**
@@ -14,9 +16,12 @@ import { createSlotTable } from "./routing/slot-table.js";
  *
  * It also keeps the gateway-wide slot table the workers ask over IPC
  * (`routing/ipc-slot-gate.ts`; README, "Several replicas"), so that together
- * they never send a node more requests at once than its slots; a worker that
- * dies has its slots freed at once. A node health verdict from one worker is
- * passed on to the others (`routing/ipc-node-health.ts`).
+ * they never send a node more requests at once than its slots, and a freed
+ * slot goes to the most urgent request waiting in any worker; a worker that
+ * dies has its slots freed (and handed on) and its waiters dropped at once. A
+ * node health verdict from one worker, and what it learned about a node's
+ * capacity and slots, are passed on to the others (`routing/ipc-node-health.ts`,
+ * `routing/ipc-fleet-learning.ts`).
  * With METRICS_PORT set it serves the metrics of all workers there, aggregated
  * per scrape (`observability/telemetry/metrics-cluster.ts`).
  */
@@ -27,19 +32,32 @@ export async function runPrimary(workers: number, log: Logger, metrics?: Metrics
   const fork = (): Worker => cluster.fork();
   cluster.on("online", (worker) => log.info({ worker: worker.process.pid }, "worker started"));
   cluster.on("message", (worker, message: unknown) => {
-    if (isNodeVerdictMessage(message)) {
+    // Health verdicts and learned capacity/slots: passed on to the other workers as they are.
+    if (isNodeVerdictMessage(message) || isFleetLearningMessage(message)) {
       for (const other of Object.values(cluster.workers ?? {}))
         if (other && other !== worker && other.isConnected()) other.send(message);
       return;
     }
     if (!isSlotRequest(message)) return;
-    const answer = answerSlotRequest(slots, worker.id, message);
-    if (answer && worker.isConnected()) worker.send(answer);
+    deliver(answerSlotRequest(slots, worker.id, message));
   });
+  /** Sends slot replies; a grant whose worker is gone is released again (and handed on). */
+  const deliver = (out: readonly SlotOutgoing[]): void => {
+    const queue = [...out];
+    for (let o = queue.shift(); o !== undefined; o = queue.shift()) {
+      const to = cluster.workers?.[o.owner];
+      if (to?.isConnected()) {
+        to.send(o.message);
+        continue;
+      }
+      if (o.message.type === "ogw:slot-grant") queue.push(...grantMessages(slots.release(o.owner, o.message.lease)));
+    }
+  };
   for (let i = 0; i < workers; i++) fork();
   cluster.on("exit", (worker, code, signal) => {
     // Its requests to the nodes died with it: their slots are free now, not after a timeout.
-    const freed = slots.dropOwner(worker.id);
+    const { freed, grants } = slots.dropOwner(worker.id);
+    deliver(grantMessages(grants));
     if (freed > 0) log.info({ worker: worker.process.pid, slots: freed }, "freed the slots of a worker that exited");
     if (stopping) {
       if (Object.keys(cluster.workers ?? {}).length === 0) {

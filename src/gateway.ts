@@ -29,6 +29,8 @@ import { createScheduler, LOCAL_GATE } from "./routing/scheduler.js";
 import { createRedisLink } from "./redis/redis-link.js";
 import { createSharedNodeHealth } from "./routing/shared-node-health.js";
 import { createSlotLeases } from "./routing/slot-leases.js";
+import { createIpcFleetLearning } from "./routing/ipc-fleet-learning.js";
+import type { LearningChannel } from "./routing/ipc-fleet-learning.js";
 import { createIpcNodeHealth } from "./routing/ipc-node-health.js";
 import type { VerdictChannel } from "./routing/ipc-node-health.js";
 import { createIpcSlotGate } from "./routing/ipc-slot-gate.js";
@@ -230,7 +232,13 @@ export async function startGateway(config: GatewayConfig, log: Logger, options: 
           log,
         })
       : undefined;
-  const fleet = createFleetState(nodes.map((node, i) => ({ node, config: config.nodes[i]! })));
+  const localFleet = createFleetState(nodes.map((node, i) => ({ node, config: config.nodes[i]! })));
+  // And what each worker learns about the nodes' capacity and slots (README, "Several replicas").
+  const workerLearning =
+    cluster.isWorker && process.send !== undefined
+      ? createIpcFleetLearning({ channel: process as LearningChannel, fleet: localFleet, log })
+      : undefined;
+  const fleet = workerLearning?.fleet ?? localFleet;
   const scheduler = createScheduler({
     fleet,
     metadata,
@@ -322,7 +330,7 @@ export async function startGateway(config: GatewayConfig, log: Logger, options: 
     activeCalls: () => cap.active,
     fleet,
     scheduler,
-    slotsShared: () => leases?.shared() ?? false,
+    slotsShared: () => leases?.shared() ?? workerGate?.shared() ?? false,
   });
   const routes = (router: ConnectRouter): void => {
     router.service(InferenceService, inference.service);
@@ -478,6 +486,7 @@ export async function startGateway(config: GatewayConfig, log: Logger, options: 
         scheduler.stop();
         workerGate?.close();
         workerHealth?.close();
+        workerLearning?.close();
         nodeHealth.stop();
         await Promise.all([
           ...nodes.map((n) => n.close()),

@@ -368,6 +368,43 @@ describe("the scheduler's placement mechanism", { timeout: 10_000 }, () => {
     assert.deepEqual(seen, [[{ node: "n0", model: "llava:latest" }], []]);
   });
 
+  it("passes the head's rank to the gate, and places a refused head at once when the gate says a slot was handed over", async () => {
+    const ranks: unknown[] = [];
+    let refuse = true;
+    let wake: (node: string, model: string) => void = () => undefined;
+    const gate: SlotGate = {
+      tryAcquire(_node, _model, _limit, rank) {
+        ranks.push(rank && { priority: rank.priority, deadline: rank.deadlineAt! - rank.enqueuedAt });
+        return Promise.resolve(refuse ? undefined : { release: () => Promise.resolve() });
+      },
+      onFree(listener) {
+        wake = listener;
+        return () => undefined;
+      },
+    };
+    const h = harness({ gate });
+    let placed = false;
+    const call = h.acquire("llama", { priority: 3 }).then((d) => {
+      placed = true;
+      return d;
+    });
+    try {
+      await settle();
+      assert.ok(ranks.length > 0);
+      for (const r of ranks) assert.deepEqual(r, { priority: 3, deadline: 60_000 }, "with its priority and deadline");
+      assert.equal(placed, false, "refused");
+      refuse = false;
+      const asked = ranks.length;
+      wake("n0", "llama:latest");
+      await settle();
+      assert.equal(placed, true, "placed on the wake-up, not on a retry timer");
+      assert.equal(ranks.length, asked + 1);
+      (await call).release();
+    } finally {
+      h.scheduler.stop();
+    }
+  });
+
   it("gives the slot back when a request is cancelled while its gate call runs", async () => {
     const g = manualGate();
     const h = harness({ gate: g.gate });

@@ -23,6 +23,7 @@ import { choosePlacement } from "./placement-policy.js";
 import type { FleetView, PlacementRequest, QueueView } from "./policy-snapshot.js";
 import { compareHeads, queueInsertIndex } from "./queue-order-policy.js";
 import type { OllamaTimings } from "./slot-learning.js";
+import type { SlotRank } from "./slot-table.js";
 import { expectedWaitMs, learnTimes } from "./wait-estimate.js";
 
 /** Bounds of the admission queue. */
@@ -35,10 +36,24 @@ export interface AdmissionOptions {
   maxWaitMs?: number;
 }
 
-/** A slot taken on a node, shared with other replicas when Redis is used. */
+/** A slot taken on a node, shared with other replicas (Redis) or the other workers of the gateway (IPC). */
 export interface SlotGate {
-  /** Takes one of `limit` slots of (node, model), or undefined when all are held (by any replica). */
-  tryAcquire(node: string, model: string, limit: number): Promise<{ release(): Promise<void> } | undefined>;
+  /**
+   * Takes one of `limit` slots of (node, model), or undefined when all are held (by any replica).
+   * `rank` is where the request stands in the admission order: a gate that keeps one order across
+   * processes (the workers' IPC gate) remembers a refused request by it; others ignore it.
+   */
+  tryAcquire(
+    node: string,
+    model: string,
+    limit: number,
+    rank?: SlotRank,
+  ): Promise<{ release(): Promise<void> } | undefined>;
+  /**
+   * Optional: calls `listener` when a slot this process waits for was handed to it (the IPC gate),
+   * so the scheduler places its heads at once instead of on its retry timer. Returns the unsubscribe.
+   */
+  onFree?(listener: (node: string, model: string) => void): () => void;
 }
 
 /** What a request asks of the scheduler. */
@@ -194,6 +209,8 @@ interface Waiter {
   /** The model's file size (from /api/tags): the size guess where no node has shown it loaded. */
   readonly fileBytes: number | undefined;
   readonly enqueuedAt: number;
+  /** Its deadline, ms since the epoch (undefined: none), for a gate that orders across processes. */
+  readonly deadlineAt: number | undefined;
   readonly signal: AbortSignal;
   /** Set once the request got its dispatch or its error: later outcomes are dropped. */
   done: boolean;
@@ -204,6 +221,11 @@ interface Waiter {
 
 /** A held slot refused by every replica is looked at again after this long, ms. */
 const RETRY_MS = 25;
+/**
+ * The same with a gate that wakes the scheduler when a slot is handed to it (`SlotGate.onFree`):
+ * only a safety net then (a slot handed over while this model's head was busy is given back), ms.
+ */
+const NOTIFIED_RETRY_MS = 250;
 /** Longest pause between placements of a model while the gate keeps throwing, ms. */
 const MAX_BACKOFF_MS = 2_000;
 /** How often /api/ps is re-read on a node while a load sent there is not confirmed, ms (at most `syncMs`). */
@@ -277,6 +299,9 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   /** "node\0model" pairs whose lowered slots were logged. */
   const slotsLogged = new Set<string>();
   const pollMs = Math.max(10, Math.min(LOAD_POLL_MS, deps.syncMs ?? 2_000));
+  const retryMs = deps.gate.onFree ? NOTIFIED_RETRY_MS : RETRY_MS;
+  // A slot another process freed for this one: place the heads now (the gate gives it back otherwise).
+  deps.gate.onFree?.(() => pump());
 
   const waiting = (model: string): boolean => (queues.get(model)?.length ?? 0) > 0;
   const drainList = (): DrainingNode[] => [...draining].map(([node, model]) => ({ node, model }));
@@ -432,7 +457,11 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     const node = state.node.name;
     let slot: { release(): Promise<void> } | undefined;
     try {
-      slot = await deps.gate.tryAcquire(node, w.model, fleet.slots(state, w.embeddingOnly, w.model));
+      slot = await deps.gate.tryAcquire(node, w.model, fleet.slots(state, w.embeddingOnly, w.model), {
+        priority: w.priority,
+        enqueuedAt: w.enqueuedAt,
+        deadlineAt: w.deadlineAt,
+      });
       gateBackoff.delete(w.model);
     } catch (e) {
       unreserve(w, r);
@@ -442,7 +471,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     if (slot === undefined) {
       unreserve(w, r);
       // Another replica holds the slots: look again shortly.
-      wakeIn(RETRY_MS);
+      wakeIn(retryMs);
       return false;
     }
     return settle(w, r, slot);
@@ -694,6 +723,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
 
       return new Promise<Dispatch>((resolve, reject) => {
         let waitTimer: NodeJS.Timeout | undefined;
+        const enqueuedAt = Date.now();
         const w: Waiter = {
           model,
           priority: req.priority,
@@ -702,7 +732,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
           candidates,
           embeddingOnly,
           fileBytes,
-          enqueuedAt: Date.now(),
+          enqueuedAt,
+          deadlineAt: Number.isFinite(req.remainingMs) ? enqueuedAt + req.remainingMs : undefined,
           signal: req.signal,
           done: false,
           resolve,
