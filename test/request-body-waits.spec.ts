@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { describe, it } from "node:test";
+import { spawnSync } from "node:child_process";
+import { after, before, describe, it } from "node:test";
 import { Code, type ConnectError } from "@connectrpc/connect";
 import { errorReason } from "../src/errors/gateway-error.js";
 import { createRequestBodyWaits, shedVictim } from "../src/transport/request-body-waits.js";
@@ -26,6 +27,30 @@ function waiter() {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe("the request body register", { timeout: 20_000 }, () => {
+  // The register's timer does not hold a process open (a waiting call's connection does, in the
+  // gateway); here nothing else would, so the tests hold the event loop themselves.
+  let hold: ReturnType<typeof setInterval> | undefined;
+  before(() => {
+    hold = setInterval(() => {}, 1_000);
+  });
+  after(() => clearInterval(hold));
+
+  it("does not hold a stopping process open once its calls are done", () => {
+    const script = `
+      import { createRequestBodyWaits } from "./src/transport/request-body-waits.ts";
+      const waits = createRequestBodyWaits({ timeoutMs: 60_000, maxWaiting: 10 });
+      waits.wait(() => {}).done();
+      waits.wait(() => {}, 30_000).done();
+    `;
+    const started = Date.now();
+    const r = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+      encoding: "utf8",
+      timeout: 30_000,
+    });
+    assert.equal(r.status, 0, r.stderr);
+    assert.ok(Date.now() - started < 20_000, "the process exited without waiting for the 60 s timer");
+  });
+
   it("ends a call whose body does not come within the timeout with DEADLINE_EXCEEDED, REQUEST_BODY_TIMEOUT", async () => {
     const waits = createRequestBodyWaits({ timeoutMs: 60, maxWaiting: 10 });
     const w = waiter();

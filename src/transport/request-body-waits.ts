@@ -87,6 +87,9 @@ export function createRequestBodyWaits(limits: RequestBodyLimits = DEFAULT_BODY_
     sweepAt = first.expiresAt;
     // At least 1 ms: a timer that fires a little early by Date.now re-arms instead of spinning.
     sweep = setTimeout(expireDue, Math.max(1, sweepAt - Date.now()));
+    // It stays armed after the last call is done (cheaper than clearing it per call): it must not
+    // hold a stopping process open. A waiting call's own connection does that while it matters.
+    sweep.unref();
   };
   const expireDue = (): void => {
     sweep = undefined;
