@@ -85,7 +85,9 @@ export type GetStatusResponse = Message<"ollama.gateway.v1.GetStatusResponse"> &
   queues: QueueStatus[];
 
   /**
-   * True when slot accounting is shared with other replicas through Redis.
+   * True when slot accounting is shared: with other replicas through Redis,
+   * or (WORKERS > 1 without Redis) with the other workers through the primary
+   * process while it answers.
    *
    * @generated from field: bool slots_shared = 8;
    */
