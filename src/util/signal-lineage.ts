@@ -6,10 +6,20 @@
  * with it.
  */
 const origins = new WeakMap<AbortSignal, AbortSignal>();
+let recording = false;
+
+/**
+ * Turns the records on, for good: called when tracing is set up, the only reader. Until then
+ * `deriveSignal` records nothing, since a WeakMap entry per call is not free (docs/architecture.md,
+ * "Cost per call").
+ */
+export function recordSignalLineage(): void {
+  recording = true;
+}
 
 /** Records that `derived` was made from `origin` (it aborts when `origin` does, and maybe sooner). */
 export function deriveSignal(derived: AbortSignal, origin: AbortSignal): void {
-  if (derived !== origin) origins.set(derived, origins.get(origin) ?? origin);
+  if (recording && derived !== origin) origins.set(derived, origins.get(origin) ?? origin);
 }
 
 /** The signal `signal` was derived from, first hand (itself when it was not derived). */

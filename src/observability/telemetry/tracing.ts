@@ -9,7 +9,7 @@ import type { EmbeddingCache } from "../../services/embedding-cache.js";
 import type { FailoverObserver } from "../../services/failover.js";
 import { isUpstreamError } from "../../upstream/upstream-error.js";
 import type { UpstreamExchange, UpstreamObserver } from "../../upstream/ollama-node.js";
-import { originOf } from "../../util/signal-lineage.js";
+import { originOf, recordSignalLineage } from "../../util/signal-lineage.js";
 import type { RpcInfo } from "../rpc-info.js";
 import { codeLabel } from "./code-label.js";
 import { sampleCall } from "./sampling.js";
@@ -149,6 +149,7 @@ function upstreamErrorType(e: unknown): string {
 
 /** Builds tracing: the exporter, and the hook and observers that record spans into it. */
 export function createGatewayTracing(options: GatewayTracingOptions): GatewayTracing {
+  recordSignalLineage();
   const { config } = options;
   const exporter = createSpanExporter({
     url: config.endpoint!,
