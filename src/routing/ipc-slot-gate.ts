@@ -113,7 +113,7 @@ export interface IpcSlotGateLog {
 export interface IpcSlotGateOptions {
   /** The channel to the primary; `process` in a worker. */
   channel: IpcChannel;
-  /** Longest wait for the primary's answer before granting on local counting, ms. @default 1000 */
+  /** Longest wait for the primary's answer before granting on local counting, ms. @default 5000 */
   timeoutMs?: number;
   /** Where the fallback is reported (warn once per streak, info when answers come back). @default silent */
   log?: IpcSlotGateLog;
@@ -200,7 +200,7 @@ const NO_SLOT_TO_RETURN = { release: (): Promise<void> => Promise.resolve() };
 /** Creates the worker side of the gate. */
 export function createIpcSlotGate(options: IpcSlotGateOptions): IpcSlotGate {
   const { channel, log } = options;
-  const timeoutMs = options.timeoutMs ?? 1_000;
+  const timeoutMs = options.timeoutMs ?? 5_000;
   let nextLease = 1;
   let closed = false;
   let fellBack = false;
