@@ -6,26 +6,15 @@ import { GatewayService } from "../src/gen/ollama/gateway/v1/gateway_pb.js";
 import { InferenceService } from "../src/gen/ollama/gateway/v1/inference_pb.js";
 import { startSimulator } from "../src/simulator/simulator.js";
 import { IPC_SLOTS_LOCAL_MSG } from "../src/routing/ipc-slot-gate.js";
-import { spawnGateway } from "./helpers/gateway-process.js";
+import { spawnGateway, workerPids } from "./helpers/gateway-process.js";
+import { eventually as eventuallyWithin } from "./helpers/hostile-clients.js";
 import type { GatewayProcess } from "./helpers/gateway-process.js";
 
 const MODEL = "llama3.2:latest";
 
-/** Polls `cond` until it holds; fails after `ms` (generous: the machine may be loaded). */
-async function eventually(cond: () => boolean | Promise<boolean>, what: string, ms = 30_000): Promise<void> {
-  const until = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
-function workerPids(g: GatewayProcess): number[] {
-  return g
-    .lines()
-    .filter((l) => l["msg"] === "gateway listening")
-    .map((l) => Number(l["pid"]));
-}
+/** Polls until `cond` holds; generous, the machine may be loaded. */
+const eventually = (cond: () => boolean | Promise<boolean>, what: string, ms = 30_000): Promise<void> =>
+  eventuallyWithin(cond, what, ms);
 
 /** How many times a worker fell back to counting slots alone (the primary did not answer in time). */
 function fallbacks(g: GatewayProcess): number {

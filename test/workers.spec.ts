@@ -6,27 +6,10 @@ import { createServer } from "node:net";
 import type { AddressInfo } from "node:net";
 import { InferenceService } from "../src/gen/ollama/gateway/v1/inference_pb.js";
 import { startSimulator } from "../src/simulator/simulator.js";
-import { spawnGateway } from "./helpers/gateway-process.js";
-import type { GatewayProcess } from "./helpers/gateway-process.js";
+import { spawnGateway, workerPids } from "./helpers/gateway-process.js";
+import { eventually } from "./helpers/hostile-clients.js";
 
 const MODEL = "llama3.2:latest";
-
-/** Polls `cond` until it holds; fails after `ms` (generous: the machine may be loaded). */
-async function eventually(cond: () => boolean, what: string, ms = 20_000): Promise<void> {
-  const until = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
-/** The pids of the workers that have listened so far, from their "gateway listening" lines. */
-function workerPids(g: GatewayProcess): number[] {
-  return g
-    .lines()
-    .filter((l) => l["msg"] === "gateway listening")
-    .map((l) => Number(l["pid"]));
-}
 
 /** A port free right now (the restarted workers must listen where the first ones did; PORT=0 would pick another). */
 function freePort(): Promise<number> {

@@ -85,16 +85,15 @@ export function choosePlacement(
   options: RebalanceOptions = { rebalance: true },
 ): Placement | undefined {
   const usable = usableNodes(view, req);
-  // Two short passes, few allocations (this runs for every call): a drained node wins at once; nodes drained for another
-  // model take no new work; the open nodes where the model is loaded with a free slot win next,
-  // unless none is free and one may be losing the model to a load in flight (wait for /api/ps).
+  // One pass, few allocations (this runs for every call): a drained node wins at once (nothing
+  // else returns inside the loop, so it wins over every node before it too); nodes drained for
+  // another model take no new work; the open nodes where the model is loaded with a free slot win
+  // next, unless none is free and one may be losing the model to a load in flight (wait for /api/ps).
   const open: NodeView[] = [];
   let loadedFree: NodeView[] | undefined;
   let unsure = false;
   for (const s of usable) {
     if (s.drainingFor === req.model && inFlightOn(s) === 0) return { node: s.name, rule: "drained" };
-  }
-  for (const s of usable) {
     if (s.drainingFor !== undefined && s.drainingFor !== req.model) continue;
     open.push(s);
     const m = s.models.get(req.model);

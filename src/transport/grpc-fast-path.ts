@@ -244,7 +244,8 @@ function serve(
     if (!stream.destroyed && !stream.closed) {
       // As connect-node's gRPC handler: the response trailers (the hooks' and the handler's),
       // the error's metadata appended, then the status.
-      trailers = outgoing(setTrailerStatus(ctx.responseTrailer, error));
+      setTrailerStatus(ctx.responseTrailer, error);
+      trailers = ctx.responseTrailer.outgoing();
       if (!responded) {
         // Trailers-only: status in the one HEADERS frame, as gRPC allows for a call with no messages.
         stream.respond(
@@ -307,7 +308,9 @@ interface CallContext extends HandlerContext, Call {
   /** Ends the call's signal (deadline timer and shutdown listener freed); the first reason wins. */
   abort(reason: unknown): void;
   /** The response headers if anyone wrote some (none: no empty Headers made just to be copied). */
-  readonly header: Headers | undefined;
+  readonly header: LiteHeaders | undefined;
+  /** The response trailers, as the handler and the hooks wrote them (made on first use). */
+  readonly responseTrailer: LiteHeaders;
 }
 
 /**
@@ -422,14 +425,8 @@ function readRequest(
 
 const NO_HEADERS: OutgoingHttpHeaders = Object.freeze({});
 
-function outgoing(headers: Headers | undefined): OutgoingHttpHeaders {
-  if (headers === undefined) return NO_HEADERS;
-  if (headers instanceof LiteHeaders) return headers.outgoing();
-  const out: OutgoingHttpHeaders = {};
-  headers.forEach((value, name) => {
-    out[name] = value;
-  });
-  return out;
+function outgoing(headers: LiteHeaders | undefined): OutgoingHttpHeaders {
+  return headers === undefined ? NO_HEADERS : headers.outgoing();
 }
 
 function single(v: string | string[] | undefined): string | undefined {

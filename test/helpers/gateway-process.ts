@@ -113,3 +113,11 @@ export async function spawnGateway(
     clearTimeout(timer);
   }
 }
+
+/** The pids of the workers (WORKERS > 1) that have listened so far, from their "gateway listening" lines. */
+export function workerPids(g: GatewayProcess): number[] {
+  return g
+    .lines()
+    .filter((l) => l["msg"] === "gateway listening")
+    .map((l) => Number(l["pid"]));
+}
