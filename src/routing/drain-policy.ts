@@ -4,7 +4,7 @@
  * scheduler keeps the drains and acts on these answers.
  */
 import type { FleetView, ModelLoad, NodeView, PlacementRequest } from "./policy-snapshot.js";
-import { headWaitMs, isWaiting, loadedElsewhere, roomFor, usableNodes, weightedLoad } from "./policy-snapshot.js";
+import { headWaitMs, isUsable, isWaiting, loadedElsewhere, roomFor, weightedLoad } from "./policy-snapshot.js";
 
 /** Assumed model load time before one was measured: seconds, as for a 3–8 B model. */
 export const DEFAULT_LOAD_MS = 3_000;
@@ -82,13 +82,16 @@ export function chooseDrainVictim(
   options: RebalanceOptions = { rebalance: true },
 ): string | undefined {
   if (!options.rebalance) return undefined;
-  if (view.nodes.some((s) => s.drainingFor === req.model)) return undefined;
-  const usable = usableNodes(view, req);
-  const starving = !usable.some((s) => s.models.has(req.model));
+  // Asked each time a request must wait: the common answers come from one pass that allocates nothing.
+  let starving = true;
+  for (const s of view.nodes) {
+    if (s.drainingFor === req.model) return undefined;
+    if (starving && isUsable(s, req) && s.models.has(req.model)) starving = false;
+  }
   if (!starving && !worthALoad(view, req.model)) return undefined;
   let best: { node: NodeView; cost: number; busy: number } | undefined;
-  for (const s of usable) {
-    if (s.drainingFor !== undefined || s.models.has(req.model)) continue;
+  for (const s of view.nodes) {
+    if (!isUsable(s, req) || s.drainingFor !== undefined || s.models.has(req.model)) continue;
     // Room: chosen directly, never drained.
     if (roomFor(view, s, req.model, req.sizeBytes) !== undefined) continue;
     const cost = drainCost(view, s, req.model, starving);

@@ -9,6 +9,7 @@ import type { FleetView, NodeView, PlacementRequest } from "./policy-snapshot.js
 import {
   evictionsOn,
   inFlightOn,
+  isUsable,
   isWaiting,
   mayServe,
   roomFor,
@@ -84,34 +85,46 @@ export function choosePlacement(
   req: PlacementRequest,
   options: RebalanceOptions = { rebalance: true },
 ): Placement | undefined {
-  const usable = usableNodes(view, req);
-  // One pass, few allocations (this runs for every call): a drained node wins at once (nothing
-  // else returns inside the loop, so it wins over every node before it too); nodes drained for
-  // another model take no new work; the open nodes where the model is loaded with a free slot win
+  // One pass without allocating (this runs several times per call): a drained node wins at once
+  // (nothing else returns inside the loop, so it wins over every node before it too); nodes
+  // drained for another model take no new work; among the open nodes where the model is loaded
+  // with a free slot, the session's node, else the least weighted load (the earlier on ties) wins
   // next, unless none is free and one may be losing the model to a load in flight (wait for /api/ps).
-  const open: NodeView[] = [];
-  let loadedFree: NodeView[] | undefined;
+  let preferred: NodeView | undefined;
+  let best: NodeView | undefined;
+  let bestLoad = Number.POSITIVE_INFINITY;
   let unsure = false;
-  for (const s of usable) {
+  let someNotLoaded = false;
+  for (const s of view.nodes) {
+    if (!isUsable(s, req)) continue;
     if (s.drainingFor === req.model && inFlightOn(s) === 0) return { node: s.name, rule: "drained" };
     if (s.drainingFor !== undefined && s.drainingFor !== req.model) continue;
-    open.push(s);
     const m = s.models.get(req.model);
-    if (m === undefined) continue;
+    if (m === undefined) {
+      if (s.drainingFor === undefined && s.loading === undefined) someNotLoaded = true;
+      continue;
+    }
     if (!mayServe(s, req.model)) unsure = true;
-    else if (m.inFlight < slotsFor(s, req.embeddingOnly, req.model)) (loadedFree ??= []).push(s);
+    else if (m.inFlight < slotsFor(s, req.embeddingOnly, req.model)) {
+      if (preferred === undefined && s.name === req.affinityNode) preferred = s;
+      const load = weightedLoad(s);
+      if (load < bestLoad) {
+        best = s;
+        bestLoad = load;
+      }
+    }
   }
+  if (best !== undefined) return { node: (preferred ?? best).name, rule: "loaded" };
+  // Every rule below places on a node without the model: none, nothing to place.
+  if (unsure || !someNotLoaded) return undefined;
   const chosen = (list: readonly NodeView[], rule: PlacementRule): Placement | undefined => {
     const s = pick(list, req.affinityNode);
     return s === undefined ? undefined : { node: s.name, rule };
   };
-  if (loadedFree !== undefined) return chosen(loadedFree, "loaded");
-  if (unsure) return undefined;
-  const notLoaded = open.filter(
+  const usable = usableNodes(view, req);
+  const notLoaded = usable.filter(
     (s) => !s.models.has(req.model) && s.drainingFor === undefined && s.loading === undefined,
   );
-  // Every rule below places on a node without the model: none, nothing to place.
-  if (notLoaded.length === 0) return undefined;
   const room = notLoaded.map((s) => ({ s, how: roomFor(view, s, req.model, req.sizeBytes) }));
   const sure = room.filter((r) => r.how === "sure").map((r) => r.s);
   const guess = room.filter((r) => r.how === "guess").map((r) => r.s);

@@ -56,12 +56,22 @@ export interface QueueView {
   readonly headPriority: number;
 }
 
+/** The queues as the policies read them: one model's queue at a time. */
+export interface QueueLookup {
+  /** The model's queue, or undefined when nobody waits for it. */
+  get(model: string): QueueView | undefined;
+}
+
 /** Everything the policies read: nodes, queues, learned times and the clock, frozen by the caller. */
 export interface FleetView {
   /** Every node of the fleet, in configuration order (ties go to the earlier node). */
   readonly nodes: readonly NodeView[];
-  /** Queues by canonical model name; a model absent here has nobody waiting. */
-  readonly queues: ReadonlyMap<string, QueueView>;
+  /**
+   * Queues by canonical model name; a model absent here has nobody waiting. Only looked up by
+   * model (a `Map` fits), so the scheduler can answer lookups from its live queues instead of
+   * copying every queue into each view.
+   */
+  readonly queues: QueueLookup;
   /** Per model: how long a request holds its slot, loads excluded (smoothed, ms). */
   readonly serviceMs: ReadonlyMap<string, number>;
   /** Per model: how long a node takes to load it (smoothed `load_duration`, ms). */
@@ -182,7 +192,12 @@ export function loadedElsewhere(view: FleetView, model: string, except: NodeView
   return view.nodes.some((o) => o !== except && o.healthy && o.models.has(model));
 }
 
-/** The nodes a request may use at all: installed there, healthy, not excluded. */
+/** True when a request may use the node at all: installed there, healthy, not excluded. */
+export function isUsable(node: NodeView, req: PlacementRequest): boolean {
+  return req.candidates.has(node.name) && !req.exclude?.has(node.name) && node.healthy;
+}
+
+/** The nodes a request may use at all (`isUsable`). */
 export function usableNodes(view: FleetView, req: PlacementRequest): NodeView[] {
-  return view.nodes.filter((s) => req.candidates.has(s.name) && !req.exclude?.has(s.name) && s.healthy);
+  return view.nodes.filter((s) => isUsable(s, req));
 }

@@ -20,7 +20,7 @@ import { chooseDrainVictim, obsoleteDrains } from "./drain-policy.js";
 import type { FleetMetadata } from "./fleet-metadata.js";
 import type { FleetState, NodeState } from "./fleet-state.js";
 import { choosePlacement } from "./placement-policy.js";
-import type { FleetView, PlacementRequest, QueueView } from "./policy-snapshot.js";
+import type { FleetView, NodeView, PlacementRequest } from "./policy-snapshot.js";
 import { compareHeads, queueInsertIndex } from "./queue-order-policy.js";
 import type { OllamaTimings } from "./slot-learning.js";
 import type { SlotRank } from "./slot-table.js";
@@ -329,34 +329,57 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     if (changed) drainsChanged();
   }
 
-  /** The policies' picture of the fleet right now (the models maps are shared, read-only, not copied). */
+  /**
+   * The policies' picture of the fleet, rebuilt in place for each decision: one object per node
+   * refreshed field by field, queues answered from the live queues. Policies read a view
+   * synchronously and keep nothing of it, and views are taken several times per call, so they
+   * must not allocate (docs/architecture.md, "Cost per call"). The models maps are shared,
+   * read-only, not copied.
+   */
+  const nodeViews: { -readonly [K in keyof NodeView]: NodeView[K] }[] = fleet.nodes.map((s) => ({
+    name: s.node.name,
+    healthy: true,
+    weight: s.config.weight,
+    maxLoadedModels: s.config.maxLoadedModels,
+    parallel: s.config.parallel,
+    capacity: s.capacity,
+    loading: undefined,
+    slotLimits: undefined,
+    models: s.models,
+    drainingFor: undefined,
+  }));
+  const shared: { -readonly [K in keyof FleetView]: FleetView[K] } = {
+    now: 0,
+    nodes: nodeViews,
+    queues: {
+      get(model) {
+        const q = queues.get(model);
+        const head = q?.[0];
+        if (head === undefined) return undefined;
+        return { depth: q!.length, headWaitMs: shared.now - head.enqueuedAt, headPriority: head.priority };
+      },
+    },
+    serviceMs,
+    loadMs,
+  };
+
   function view(): FleetView {
-    const now = Date.now();
-    const queueViews = new Map<string, QueueView>();
-    for (const [model, q] of queues) {
-      const head = q[0];
-      if (head !== undefined) {
-        queueViews.set(model, { depth: q.length, headWaitMs: now - head.enqueuedAt, headPriority: head.priority });
-      }
+    shared.now = Date.now();
+    const states = fleet.nodes;
+    for (let i = 0; i < states.length; i++) {
+      const s = states[i]!;
+      const v = nodeViews[i]!;
+      v.healthy = health.isHealthy(s.node.name);
+      v.weight = s.config.weight;
+      v.maxLoadedModels = s.config.maxLoadedModels;
+      v.parallel = s.config.parallel;
+      v.capacity = s.capacity;
+      v.loading = s.loading?.model;
+      v.slotLimits = s.slotLimits.size > 0 ? s.slotLimits : undefined;
+      v.models = s.models;
+      v.drainingFor = draining.size === 0 ? undefined : draining.get(s.node.name);
     }
-    return {
-      now,
-      nodes: fleet.nodes.map((s) => ({
-        name: s.node.name,
-        healthy: health.isHealthy(s.node.name),
-        weight: s.config.weight,
-        maxLoadedModels: s.config.maxLoadedModels,
-        parallel: s.config.parallel,
-        capacity: s.capacity,
-        loading: s.loading?.model,
-        slotLimits: s.slotLimits.size > 0 ? s.slotLimits : undefined,
-        models: s.models,
-        drainingFor: draining.get(s.node.name),
-      })),
-      queues: queueViews,
-      serviceMs,
-      loadMs,
-    };
+    return shared;
   }
 
   function placementRequest(w: Waiter): PlacementRequest {
@@ -634,15 +657,17 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       progress = false;
       const now = Date.now();
       let nextUntil = Number.POSITIVE_INFINITY;
-      const heads = [...queues.values()]
-        .map((q) => q[0])
-        .filter((w): w is Waiter => {
-          if (w === undefined || placing.has(w.model)) return false;
-          if (!backingOff(w.model, now)) return true;
+      const heads: Waiter[] = [];
+      for (const q of queues.values()) {
+        const w = q[0];
+        if (w === undefined || placing.has(w.model)) continue;
+        if (gateBackoff.size > 0 && backingOff(w.model, now)) {
           nextUntil = Math.min(nextUntil, gateBackoff.get(w.model)!.until);
-          return false;
-        })
-        .sort(compareHeads);
+          continue;
+        }
+        heads.push(w);
+      }
+      if (heads.length > 1) heads.sort(compareHeads);
       // A head still backing off gets a wake-up at its end: a timer that fired a millisecond
       // early by Date.now (timers run on another clock) must not leave it queued for good.
       if (nextUntil !== Number.POSITIVE_INFINITY) wakeIn(Math.max(1, nextUntil - now));

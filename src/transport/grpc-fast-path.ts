@@ -23,6 +23,8 @@ import { callValues } from "../pipeline/call.js";
 import type { Call } from "../pipeline/call.js";
 import type { CallEnd, Pipeline } from "../pipeline/pipeline.js";
 import { FRAME_PREFIX_BYTES, frame, frameMessageBytes, singleMessage } from "./grpc-frame.js";
+import { createLiveCalls } from "./live-calls.js";
+import type { LiveCall, LiveCalls } from "./live-calls.js";
 import { createRequestBodyWaits } from "./request-body-waits.js";
 import type { BodyWait, RequestBodyWaits } from "./request-body-waits.js";
 import { MAX_TIMER_MS } from "./deadline-header.js";
@@ -141,6 +143,7 @@ const CONTENT_TYPE = "application/grpc+proto";
 export function createGrpcFastPath(options: GrpcFastPathOptions): GrpcFastPath {
   const routes = new Map(options.routes.map((r) => [`/${r.method.parent.typeName}/${r.method.name}`, r]));
   const bodies = options.bodies ?? createRequestBodyWaits();
+  const live = createLiveCalls(options.shutdownSignal);
   const maxDeadlineMs = Math.min(options.maxDeadlineMs ?? MAX_TIMER_MS, MAX_TIMER_MS);
   return {
     handle(stream, headers) {
@@ -150,7 +153,7 @@ export function createGrpcFastPath(options: GrpcFastPathOptions): GrpcFastPath {
       if (type !== "application/grpc" && type !== CONTENT_TYPE) return false;
       const encoding = headers["grpc-encoding"];
       if (encoding !== undefined && encoding !== "identity") return false;
-      serve(stream, headers, route, options, bodies, maxDeadlineMs);
+      serve(stream, headers, route, options, bodies, live, maxDeadlineMs);
       return true;
     },
   };
@@ -162,6 +165,7 @@ function serve(
   route: FastRoute,
   options: GrpcFastPathOptions,
   bodies: RequestBodyWaits,
+  live: LiveCalls,
   maxDeadlineMs: number,
 ): void {
   const timeout = parseTimeout(single(headers["grpc-timeout"]) ?? null, Number.MAX_SAFE_INTEGER);
@@ -171,7 +175,7 @@ function serve(
     route.method,
     headers,
     timeout.timeoutMs === undefined ? undefined : Math.min(timeout.timeoutMs, maxDeadlineMs),
-    options.shutdownSignal,
+    live,
     socket,
   );
   const canceled = clientCancelled;
@@ -321,20 +325,20 @@ function callContext(
   method: DescMethod,
   headers: IncomingHttpHeaders,
   timeoutMs: number | undefined,
-  shutdownSignal: AbortSignal,
+  live: LiveCalls,
   socket: Socket | undefined,
 ): CallContext {
   const controller = new AbortController();
   const deadline = timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
   let timer: ReturnType<typeof setTimeout> | undefined;
-  const onShutdown = (): void => abort(shutdownSignal.reason);
+  let entry: LiveCall | undefined;
   function abort(reason: unknown): void {
     clearTimeout(timer);
-    shutdownSignal.removeEventListener("abort", onShutdown);
+    if (entry !== undefined) live.remove(entry);
     if (!controller.signal.aborted) controller.abort(reason);
   }
-  if (shutdownSignal.aborted) abort(shutdownSignal.reason);
-  else shutdownSignal.addEventListener("abort", onShutdown);
+  // Aborted at once when shutdown has begun; else by the one shutdown listener (`live-calls.ts`).
+  entry = live.add(abort);
   if (timeoutMs !== undefined) {
     const expire = (): void => abort(deadlineExceeded());
     if (timeoutMs <= 0) expire();
