@@ -214,12 +214,21 @@ export function createEmbedBatcher(options: EmbedBatcherOptions): EmbedBatcher {
  * that left no longer count; a lone call gets exactly its own priority and deadline.
  */
 export function batchUrgency(members: readonly { signal: AbortSignal; urgency: Urgency }[]): Urgency {
-  const current = (): readonly { urgency: Urgency }[] => {
-    const waiting = members.filter((m) => !m.signal.aborted);
-    return waiting.length > 0 ? waiting : members;
+  // A lone call (the common case) is exactly its own urgency: nothing to combine.
+  if (members.length === 1) return members[0]!.urgency;
+  // Loops, not filter/map/spread: asked on every admission try of every batch.
+  const most = (of: (u: Urgency) => number): number => {
+    let waiting = Number.NEGATIVE_INFINITY;
+    let all = Number.NEGATIVE_INFINITY;
+    for (const m of members) {
+      const v = of(m.urgency);
+      if (v > all) all = v;
+      if (!m.signal.aborted && v > waiting) waiting = v;
+    }
+    return waiting === Number.NEGATIVE_INFINITY ? all : waiting;
   };
   return {
-    priority: () => Math.max(...current().map((m) => m.urgency.priority())),
-    remainingMs: () => Math.max(...current().map((m) => m.urgency.remainingMs())),
+    priority: () => most((u) => u.priority()),
+    remainingMs: () => most((u) => u.remainingMs()),
   };
 }
