@@ -198,10 +198,9 @@ function serve(
 
   const respond = (): void => {
     responded = true;
-    stream.respond(
-      { ":status": 200, "content-type": CONTENT_TYPE, ...outgoing(ctx.header) },
-      { waitForTrailers: true },
-    );
+    stream.respond(responseHeaders(ctx.header, { ":status": 200, "content-type": CONTENT_TYPE }), {
+      waitForTrailers: true,
+    });
     stream.once("wantTrailers", () => stream.sendTrailers(trailers));
   };
   // Messages written but not yet taken by HTTP/2 (flow control, a full socket). `send` answers
@@ -253,7 +252,7 @@ function serve(
       if (!responded) {
         // Trailers-only: status in the one HEADERS frame, as gRPC allows for a call with no messages.
         stream.respond(
-          { ":status": 200, "content-type": CONTENT_TYPE, ...outgoing(ctx.header), ...trailers },
+          { ...responseHeaders(ctx.header, { ":status": 200, "content-type": CONTENT_TYPE }), ...trailers },
           { endStream: true },
         );
         // A request we stopped reading (too large, refused) must not keep the stream open.
@@ -427,10 +426,9 @@ function readRequest(
   });
 }
 
-const NO_HEADERS: OutgoingHttpHeaders = Object.freeze({});
-
-function outgoing(headers: LiteHeaders | undefined): OutgoingHttpHeaders {
-  return headers === undefined ? NO_HEADERS : headers.outgoing();
+/** `base` with the handler's and hooks' response headers added (written into `base`: one object per response). */
+function responseHeaders(headers: LiteHeaders | undefined, base: OutgoingHttpHeaders): OutgoingHttpHeaders {
+  return headers === undefined ? base : headers.outgoing(base);
 }
 
 function single(v: string | string[] | undefined): string | undefined {

@@ -83,10 +83,9 @@ export class LiteHeaders implements Headers {
     return this.entries();
   }
 
-  /** The headers as node:http2 takes them (HTTP/2 does not care about order, so no sorting). */
-  outgoing(): OutgoingHttpHeaders {
+  /** The headers as node:http2 takes them, written into `out` (HTTP/2 does not care about order, so no sorting). */
+  outgoing(out: OutgoingHttpHeaders = {}): OutgoingHttpHeaders {
     this.own();
-    const out: OutgoingHttpHeaders = {};
     const names = this.names!;
     for (let i = 0; i < names.length; i++) out[names[i]!] = this.vals![i];
     return out;
