@@ -44,6 +44,7 @@ import { createModelService } from "./services/model-service.js";
 import { createConnectHandler } from "./transport/connect-handler.js";
 import { listenDualProtocol } from "./transport/dual-protocol-server.js";
 import { createRequestBodyWaits } from "./transport/request-body-waits.js";
+import { sessionPeer } from "./transport/session-peer.js";
 import { createGrpcFastPath, serverStreamingRoute, unaryRoute } from "./transport/grpc-fast-path.js";
 import { createHealthService } from "./transport/health-service.js";
 import type { HealthService } from "./transport/health-service.js";
@@ -365,9 +366,12 @@ export async function startGateway(config: GatewayConfig, log: Logger, options: 
     // (the benchmark profile showed zlib at ~8% of the gateway's CPU).
     compressMinBytes: Number.MAX_SAFE_INTEGER,
     shutdownSignal: shutdown.signal,
-    // The TLS socket of an HTTP/2 request is its session's (`req.socket` is a proxy there).
-    contextValues: (req) =>
-      callValues(req.socket.remoteAddress, tlsSocketOf("stream" in req ? req.stream.session?.socket : req.socket)),
+    // An HTTP/2 request's peer is its session's, read once per connection (`session-peer.ts`).
+    contextValues: (req) => {
+      if (!("stream" in req)) return callValues(req.socket.remoteAddress, tlsSocketOf(req.socket));
+      const peer = sessionPeer(req.stream.session);
+      return callValues(peer.address, peer.tls);
+    },
   });
   // The hot calls, through the same pipeline, without connect-node's per-call machinery.
   const fastPath = config.grpcFastPath

@@ -1,5 +1,4 @@
 import { constants as h2constants } from "node:http2";
-import type { Socket } from "node:net";
 import type { IncomingHttpHeaders, OutgoingHttpHeaders, ServerHttp2Stream } from "node:http2";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type {
@@ -17,7 +16,6 @@ import { toConnectError } from "../errors/to-connect-error.js";
 import type { MessageSink } from "../services/message-sink.js";
 import { callEnded, clientCancelled, deadlineExceeded } from "../errors/domain-errors.js";
 import { kRpcInfo } from "../observability/rpc-info.js";
-import { tlsSocketOf } from "../auth/client-certificate.js";
 import { LiteHeaders } from "./lite-headers.js";
 import { callValues } from "../pipeline/call.js";
 import type { Call } from "../pipeline/call.js";
@@ -26,6 +24,8 @@ import { FRAME_PREFIX_BYTES, frame, frameMessageBytes, singleMessage } from "./g
 import { createLiveCalls } from "./live-calls.js";
 import type { LiveCall, LiveCalls } from "./live-calls.js";
 import { createRequestBodyWaits } from "./request-body-waits.js";
+import { sessionPeer } from "./session-peer.js";
+import type { SessionPeer } from "./session-peer.js";
 import type { BodyWait, RequestBodyWaits } from "./request-body-waits.js";
 import { MAX_TIMER_MS } from "./deadline-header.js";
 
@@ -169,14 +169,14 @@ function serve(
   maxDeadlineMs: number,
 ): void {
   const timeout = parseTimeout(single(headers["grpc-timeout"]) ?? null, Number.MAX_SAFE_INTEGER);
-  const socket = stream.session?.socket;
+  const peer = sessionPeer(stream.session);
   // The deadline runs from now (the headers), body included; a longer one is capped, never overflowing a timer.
   const ctx = callContext(
     route.method,
     headers,
     timeout.timeoutMs === undefined ? undefined : Math.min(timeout.timeoutMs, maxDeadlineMs),
     live,
-    socket,
+    peer,
   );
   const canceled = clientCancelled;
 
@@ -325,7 +325,7 @@ function callContext(
   headers: IncomingHttpHeaders,
   timeoutMs: number | undefined,
   live: LiveCalls,
-  socket: Socket | undefined,
+  peer: SessionPeer,
 ): CallContext {
   const controller = new AbortController();
   const deadline = timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
@@ -345,7 +345,7 @@ function callContext(
   }
   let responseHeader: LiteHeaders | undefined;
   let responseTrailer: LiteHeaders | undefined;
-  const values = callValues(socket?.remoteAddress, tlsSocketOf(socket));
+  const values = callValues(peer.address, peer.tls);
   return {
     method,
     service: method.parent,
