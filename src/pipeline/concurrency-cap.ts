@@ -21,7 +21,6 @@ export interface ConcurrencyCap extends CallHook {
  */
 export function concurrencyCap(max: number): ConcurrencyCap {
   let active = 0;
-  const counted = new WeakSet<Call>();
   return {
     get active() {
       return active;
@@ -31,15 +30,30 @@ export function concurrencyCap(max: number): ConcurrencyCap {
       if (active >= max) throw gatewayOverloaded(max);
       // The pipeline runs each call's end once: released only if admitted.
       const release: CallEnd = () => {
-        if (counted.delete(call)) active--;
+        const c = call as Counted;
+        if (c[kCounted] === true) {
+          c[kCounted] = false;
+          active--;
+        }
       };
       return release;
     },
     admit(call) {
-      if (exemptionsOf(call.method.parent.typeName).cap || counted.has(call)) return;
+      const c = call as Counted;
+      if (c[kCounted] !== undefined || exemptionsOf(call.method.parent.typeName).cap) return;
       if (active >= max) throw gatewayOverloaded(max);
-      counted.add(call);
+      c[kCounted] = true;
       active++;
     },
   };
 }
+
+/**
+ * Marks a call the cap counted (true) or released (false), on the call itself: a `WeakSet` of
+ * calls, added to and deleted from once per call, is the churn V8 pays for in promoted garbage
+ * (docs/architecture.md, "Cost per call").
+ */
+const kCounted = Symbol("counted by the concurrency cap");
+
+/** A call as the cap marks it. */
+type Counted = Call & { [kCounted]?: boolean };
