@@ -101,12 +101,20 @@ export function observeSlots(s: SlotLearning, sample: SlotSample): { next: SlotL
   if (sample.peak < 2 || s.slots <= 1) return { next: s, lowered: false };
   const waited = waitedForSlot(sample.timings);
   if (waited === undefined) return { next: s, lowered: false };
+  // The common case, once per request: no wait in a full window of no waits. Only waited entries
+  // are ever read (evidence), so the window is the same after it: nothing to copy.
+  if (!waited && s.recent.length === SLOT_WINDOW && !anyWaited(s.recent)) return { next: s, lowered: false };
   const recent = [...s.recent, { waited, bound: Math.max(1, sample.peak - 1) }].slice(-SLOT_WINDOW);
   const waits = s.waits + (waited ? 1 : 0);
   const evidence = recent.filter((r) => r.waited && r.bound < s.slots);
   if (evidence.length < SLOT_EVIDENCE) return { next: { ...s, recent, waits }, lowered: false };
   const slots = Math.max(1, ...evidence.map((r) => r.bound));
   return { next: { ...s, slots, recent: [], waits, loweredAt: sample.at }, lowered: true };
+}
+
+function anyWaited(recent: readonly Recent[]): boolean {
+  for (const r of recent) if (r.waited) return true;
+  return false;
 }
 
 /** The timings in a final Ollama chunk (`*_duration` in ns), in ms. */
