@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import * as crypto from "node:crypto";
 
 /**
  * Remembers which node served a session (or a conversation prefix) so the
@@ -45,5 +45,14 @@ const PREFIX_BYTES = 512;
 export function affinityKey(model: string, sessionKey: string | undefined, prefix: string): string | undefined {
   if (sessionKey) return `s:${model}:${sessionKey.slice(0, 256)}`;
   if (prefix === "") return undefined;
-  return `p:${model}:${createHash("sha1").update(prefix.slice(0, PREFIX_BYTES)).digest("base64url")}`;
+  return `p:${model}:${sha1(prefix.slice(0, PREFIX_BYTES))}`;
 }
+
+/**
+ * SHA-1, base64url. Node's one-shot `crypto.hash` (20.12+) where it exists: no Hash object per
+ * call, and this runs for every Generate and Chat; `createHash` on older Node 20 (same digest).
+ */
+const sha1: (text: string) => string =
+  typeof crypto.hash === "function"
+    ? (text) => crypto.hash("sha1", text, "base64url")
+    : (text) => crypto.createHash("sha1").update(text).digest("base64url");
