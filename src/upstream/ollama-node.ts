@@ -61,7 +61,7 @@ export interface OllamaNode {
 export interface UpstreamObserver {
   /**
    * A request to `node` is about to go out under `signal` (a call's, or derived from one: see
-   * `originOf`); the returned exchange (if any) follows it.
+   * `watchedOrigin`); the returned exchange (if any) follows it.
    */
   start(
     node: string,
