@@ -190,10 +190,28 @@ function anyValue(w: ProtoWriter, v: AttributeValue): void {
   }
 }
 
+/**
+ * The encoded `key` field of attribute names seen so far: the gateway's own, a few dozen, so a
+ * span copies each key's bytes rather than encoding it again. Bounded all the same.
+ */
+const KEYS = new Map<string, Buffer>();
+const MAX_KEYS = 256;
+
+function key(w: ProtoWriter, name: string): void {
+  let bytes = KEYS.get(name);
+  if (bytes === undefined) {
+    const k = new ProtoWriter(name.length * 3 + 8);
+    k.string(1, name);
+    bytes = Buffer.from(k.buf.subarray(0, k.pos));
+    if (KEYS.size < MAX_KEYS) KEYS.set(name, bytes);
+  }
+  w.bytes(bytes);
+}
+
 /** One KeyValue as field `field`. */
-function keyValue(w: ProtoWriter, field: number, key: string, value: AttributeValue): void {
+function keyValue(w: ProtoWriter, field: number, name: string, value: AttributeValue): void {
   const kv = w.open(field);
-  w.string(1, key);
+  key(w, name);
   const v = w.open(2);
   anyValue(w, value);
   w.close(v);
