@@ -65,7 +65,7 @@ export interface Attempt {
  * What the failover reports as a call goes, for metrics and traces (README, "Operating it"). Each
  * method is called synchronously from the call's own async flow, must return quickly and never
  * throw. Nothing is reported for a call its caller gave up on (cancelled, deadline passed).
- * `req` is the call's request (its model, and its signal: `originOf(req.signal)` is the call's).
+ * `req` is the call's request (its model, and its signal: `watcherOf(req.signal)` finds the call's).
  */
 export interface FailoverObserver {
   /**

@@ -61,7 +61,7 @@ export interface OllamaNode {
 export interface UpstreamObserver {
   /**
    * A request to `node` is about to go out under `signal` (a call's, or derived from one: see
-   * `originOf`); the returned exchange (if any) follows it.
+   * `watcherOf`); the returned exchange (if any) follows it.
    */
   start(
     node: string,
@@ -204,66 +204,70 @@ const JSON_HEADERS: Readonly<Record<string, string>> = Object.freeze({ "content-
 
 /**
  * `reader` with `exchange` told about its final chunk and its end (whichever of the end of the
- * body, a failure or `close()` comes first). Only observed requests pay for it.
+ * body, a failure or `close()` comes first). Only observed requests pay for it: one object per
+ * stream, its methods shared (no closure per stream, nor per pump unless `ended` is wanted).
  */
 function observedStream(reader: NdjsonStream, exchange: UpstreamExchange): NdjsonStream {
-  const { answered, ended } = exchange;
-  let over = false;
-  const end = (error: unknown): void => {
-    if (over) return;
-    over = true;
-    ended?.(error);
-  };
-  const look = (batch: Record<string, unknown>[]): void => {
-    if (answered !== undefined) for (const chunk of batch) if (chunk["done"] === true) answered(chunk);
-  };
-  if (ended === undefined) {
-    // Only the final chunk is wanted: no promise of our own per stream.
-    return {
-      async next() {
-        const batch = await reader.next();
-        if (batch !== undefined) look(batch);
-        return batch;
-      },
-      pump: (onBatch) =>
-        reader.pump((batch) => {
-          look(batch);
-          return onBatch(batch);
-        }),
-      close: () => reader.close(),
-    };
+  return new ObservedStream(reader, exchange.answered, exchange.ended);
+}
+
+class ObservedStream implements NdjsonStream {
+  #over = false;
+
+  constructor(
+    private readonly reader: NdjsonStream,
+    private readonly answered: ((final: Record<string, unknown>) => void) | undefined,
+    private readonly ended: ((error: unknown) => void) | undefined,
+  ) {}
+
+  #end(error: unknown): void {
+    if (this.#over) return;
+    this.#over = true;
+    this.ended?.(error);
   }
-  return {
-    async next() {
-      try {
-        const batch = await reader.next();
-        if (batch === undefined) end(undefined);
-        else look(batch);
-        return batch;
-      } catch (e) {
-        end(e);
+
+  #look(batch: Record<string, unknown>[]): void {
+    const answered = this.answered;
+    if (answered !== undefined) for (const chunk of batch) if (chunk["done"] === true) answered(chunk);
+  }
+
+  async next(): Promise<Record<string, unknown>[] | undefined> {
+    if (this.ended === undefined) {
+      // Only the final chunk is wanted: no promise of our own beyond this one.
+      const batch = await this.reader.next();
+      if (batch !== undefined) this.#look(batch);
+      return batch;
+    }
+    try {
+      const batch = await this.reader.next();
+      if (batch === undefined) this.#end(undefined);
+      else this.#look(batch);
+      return batch;
+    } catch (e) {
+      this.#end(e);
+      throw e;
+    }
+  }
+
+  pump(onBatch: (batch: Record<string, unknown>[]) => boolean | Promise<void>): Promise<void> {
+    const pumped = this.reader.pump((batch) => {
+      this.#look(batch);
+      return onBatch(batch);
+    });
+    if (this.ended === undefined) return pumped;
+    return pumped.then(
+      () => this.#end(undefined),
+      (e: unknown) => {
+        this.#end(e);
         throw e;
-      }
-    },
-    pump(onBatch) {
-      return reader
-        .pump((batch) => {
-          look(batch);
-          return onBatch(batch);
-        })
-        .then(
-          () => end(undefined),
-          (e: unknown) => {
-            end(e);
-            throw e;
-          },
-        );
-    },
-    close() {
-      reader.close();
-      end(undefined);
-    },
-  };
+      },
+    );
+  }
+
+  close(): void {
+    this.reader.close();
+    if (this.ended !== undefined) this.#end(undefined);
+  }
 }
 
 /** Reads a body as UTF-8 up to `limit` bytes; destroys it and throws past that. */

@@ -1,7 +1,7 @@
 import { Agent as HttpAgent, request as httpRequest } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import type { OtlpProtocol } from "../../config/observability-config.js";
-import { encodeJson, encodeProtobuf } from "./otlp-encoding.js";
+import { encodeJson, SpanBatch } from "./otlp-encoding.js";
 import type { ExportHeader } from "./otlp-encoding.js";
 import type { RecordedSpan } from "./span.js";
 
@@ -47,7 +47,7 @@ export interface SpanExporterOptions extends ExportHeader {
 
 /** A running exporter. */
 export interface SpanExporter {
-  /** Queues an ended span. */
+  /** Queues an ended span (protobuf: encodes it at once; the span object is not kept). */
   add(span: RecordedSpan): void;
   /** Exports everything queued so far and resolves when done (failures are logged, not thrown). */
   forceFlush(): Promise<void>;
@@ -63,7 +63,11 @@ export function createSpanExporter(o: SpanExporterOptions): SpanExporter {
     ? new HttpsAgent({ keepAlive: true, maxSockets: 2 })
     : new HttpAgent({ keepAlive: true, maxSockets: 2 });
   const contentType = o.protocol === "http/json" ? "application/json" : "application/x-protobuf";
+  /** Protobuf: the spans waiting, encoded as they ended. */
+  const encoded = o.protocol === "http/json" ? undefined : new SpanBatch(o);
+  /** JSON: the spans waiting. */
   let queue: RecordedSpan[] = [];
+  const waiting = (): number => (encoded === undefined ? queue.length : encoded.size);
   let timer: NodeJS.Timeout | undefined;
   /** The exports in order: each starts when the one before it ended. */
   let chain: Promise<void> = Promise.resolve();
@@ -97,8 +101,7 @@ export function createSpanExporter(o: SpanExporterOptions): SpanExporter {
     });
   }
 
-  async function send(batch: RecordedSpan[]): Promise<void> {
-    const body = o.protocol === "http/json" ? encodeJson(o, batch) : encodeProtobuf(o, batch);
+  async function send(body: Uint8Array | string, spans: number): Promise<void> {
     lastError = undefined;
     const status = await post(body);
     if (status >= 200 && status < 300) {
@@ -106,18 +109,27 @@ export function createSpanExporter(o: SpanExporterOptions): SpanExporter {
       failing = false;
       return;
     }
-    if (!failing) o.log.warn({ spans: batch.length, status, err: lastError }, TRACE_EXPORT_FAILED_MSG);
+    if (!failing) o.log.warn({ spans, status, err: lastError }, TRACE_EXPORT_FAILED_MSG);
     failing = true;
   }
 
-  /** Moves everything queued into export requests, in order. */
+  /** Moves everything waiting into export requests, in order. */
   function flushQueued(): Promise<void> {
     if (timer !== undefined) clearTimeout(timer);
     timer = undefined;
+    if (encoded !== undefined) {
+      // Never more than a batch waits: `add` sends a full one at once.
+      if (encoded.size > 0) {
+        const spans = encoded.size;
+        const body = encoded.finish();
+        chain = chain.then(() => send(body, spans));
+      }
+      return chain;
+    }
     while (queue.length > 0) {
       const batch = queue.length <= o.maxExportBatchSize ? queue : queue.slice(0, o.maxExportBatchSize);
       queue = queue.length <= o.maxExportBatchSize ? [] : queue.slice(o.maxExportBatchSize);
-      chain = chain.then(() => send(batch));
+      chain = chain.then(() => send(encodeJson(o, batch), batch.length));
     }
     return chain;
   }
@@ -125,14 +137,15 @@ export function createSpanExporter(o: SpanExporterOptions): SpanExporter {
   return {
     add(span) {
       if (stopped) return;
-      if (queue.length >= o.maxQueueSize) {
+      if (waiting() >= o.maxQueueSize) {
         if (!dropping) o.log.warn({ maxQueueSize: o.maxQueueSize }, TRACE_QUEUE_FULL_MSG);
         dropping = true;
         return;
       }
       dropping = false;
-      queue.push(span);
-      if (queue.length >= o.maxExportBatchSize) void flushQueued();
+      if (encoded !== undefined) encoded.add(span);
+      else queue.push(span);
+      if (waiting() >= o.maxExportBatchSize) void flushQueued();
       else if (timer === undefined) {
         timer = setTimeout(() => void flushQueued(), o.scheduleDelayMs);
         timer.unref();

@@ -26,10 +26,17 @@ export function fromPerformance(instant: number): number {
   return performance.timeOrigin + instant;
 }
 
-/** A recorded span; `end` hands it to the exporter, once. */
+/**
+ * A recorded span; `end` hands it to the exporter, once (which encodes it at once: a span is
+ * garbage as soon as it ended, never held until its batch leaves).
+ */
 export class RecordedSpan {
   readonly spanId = newSpanId();
-  readonly attributes = new Map<string, AttributeValue>();
+  /**
+   * The attributes in the order first set, flat: key, value, key, value... (one array, where a
+   * Map per span was a hash table per span).
+   */
+  readonly attributes: AttributeValue[] = [];
   events: { name: string; timeMs: number }[] | undefined;
   status: number = StatusCode.UNSET;
   statusMessage = "";
@@ -53,9 +60,16 @@ export class RecordedSpan {
     return { traceId: this.traceId, spanId: this.spanId, sampled: true, traceState: this.traceState };
   }
 
-  /** Sets (or replaces) an attribute. */
+  /** Sets (or replaces, in place) an attribute. */
   set(key: string, value: AttributeValue): this {
-    this.attributes.set(key, value);
+    const a = this.attributes;
+    for (let i = 0; i < a.length; i += 2) {
+      if (a[i] === key) {
+        a[i + 1] = value;
+        return this;
+      }
+    }
+    a.push(key, value);
     return this;
   }
 

@@ -65,10 +65,10 @@ function randomHex(bytes: number): string {
       randomFillSync(pool);
       used = 0;
     }
-    const hex = pool.toString("hex", used, used + bytes);
+    const start = used;
     used += bytes;
     // An all-zero id is invalid: draw again (once in 2^64 at worst).
-    if (!/^0+$/.test(hex)) return hex;
+    for (let i = start; i < used; i++) if (pool[i] !== 0) return pool.toString("hex", start, used);
   }
 }
 

@@ -9,7 +9,7 @@ import type { EmbeddingCache } from "../../services/embedding-cache.js";
 import type { FailoverObserver } from "../../services/failover.js";
 import { isUpstreamError } from "../../upstream/upstream-error.js";
 import type { UpstreamExchange, UpstreamObserver } from "../../upstream/ollama-node.js";
-import { originOf, recordSignalLineage } from "../../util/signal-lineage.js";
+import { watcherOf, watchSignal } from "../../util/signal-lineage.js";
 import type { RpcInfo } from "../rpc-info.js";
 import { codeLabel } from "./code-label.js";
 import { sampleCall } from "./sampling.js";
@@ -54,7 +54,7 @@ export interface TracedCall {
   readonly values: ContextValues;
   /** Streams also report the messages sent. */
   readonly streaming: boolean;
-  /** The call's signal: the layers below find the call's trace by it (`originOf`). */
+  /** The call's signal: the layers below find the call's trace by it (`watcherOf`). */
   readonly signal: AbortSignal;
 }
 
@@ -80,7 +80,7 @@ export interface GatewayTracingOptions {
  *
  * Hand-instrumented rather than on the OpenTelemetry SDK (README, "Tracing", has the measurements):
  * spans are plain records encoded straight into OTLP, and the layers below find a call's span
- * from the AbortSignal they were handed (`originOf`), not through AsyncLocalStorage, whose hooks
+ * from the AbortSignal they were handed (`watcherOf`), not through AsyncLocalStorage, whose hooks
  * would tax every promise of every call. A call the sampler drops costs no span object at all; a
  * trace context it came with still travels to Ollama, not sampled, as W3C asks.
  */
@@ -100,9 +100,11 @@ export interface GatewayTracing {
 }
 
 /** A call's trace: its server span when sampled; else the context it came with, passed on as is. */
-interface CallTrace {
-  span: RecordedSpan | undefined;
-  remote: SpanContext | undefined;
+class CallTrace {
+  constructor(
+    readonly span: RecordedSpan | undefined,
+    readonly remote: SpanContext | undefined,
+  ) {}
 }
 
 /** The GenAI operation of each inference method (OpenTelemetry GenAI semantic conventions). */
@@ -149,7 +151,6 @@ function upstreamErrorType(e: unknown): string {
 
 /** Builds tracing: the exporter, and the hook and observers that record spans into it. */
 export function createGatewayTracing(options: GatewayTracingOptions): GatewayTracing {
-  recordSignalLineage();
   const { config } = options;
   const exporter = createSpanExporter({
     url: config.endpoint!,
@@ -172,8 +173,11 @@ export function createGatewayTracing(options: GatewayTracingOptions): GatewayTra
     scope: { name: "ollama-grpc-gateway", version: options.version },
   });
   const record = (span: RecordedSpan): void => exporter.add(span);
-  const calls = new WeakMap<AbortSignal, CallTrace>();
-  const traceOf = (signal: AbortSignal): CallTrace | undefined => calls.get(originOf(signal));
+  /** A call's trace from a signal its work runs under; one failed lookup for a call not followed. */
+  const traceOf = (signal: AbortSignal): CallTrace | undefined => {
+    const trace = watcherOf(signal);
+    return trace instanceof CallTrace ? trace : undefined;
+  };
   const addresses = new Map(
     options.nodes.map((n) => {
       const url = new URL(n.url);
@@ -292,7 +296,7 @@ export function createGatewayTracing(options: GatewayTracingOptions): GatewayTra
       const remote = header === null ? undefined : parseTraceparent(header, call.requestHeader.get("tracestate"));
       if (!sampleCall(config.sampler, config.samplerRatio, remote)) {
         if (remote !== undefined) {
-          calls.set(call.signal, { span: undefined, remote });
+          watchSignal(call.signal, new CallTrace(undefined, remote));
           call.info.traceId = remote.traceId;
         }
         return undefined;
@@ -321,7 +325,7 @@ export function createGatewayTracing(options: GatewayTracingOptions): GatewayTra
           .set("gen_ai.provider.name", "ollama")
           .set("gen_ai.system", "ollama");
       }
-      calls.set(call.signal, { span, remote });
+      watchSignal(call.signal, new CallTrace(span, remote));
       call.info.traceId = span.traceId;
       return (error) => endServerSpan(span, call, error);
     },
