@@ -3,6 +3,7 @@
 // on runner-option changes, keep-alive semantics, and prompt cancellation on disconnect.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { Client } from "undici";
 import { SERVER_BUSY_MESSAGE, startSimulator, type SimulatorOptions } from "../src/simulator/index.js";
 import type { Simulator } from "../src/simulator/index.js";
 import { delay, eventually, json, ndjson, post, send, streamLines } from "./helpers/sim-http.js";
@@ -351,6 +352,41 @@ describe("the simulator's scheduler", () => {
           }),
         );
         assert.equal(next.at(-1)?.done, true, "the freed slot serves the next request");
+      }));
+
+    it("frees a disconnected client's slot before a request that arrives in the same turn on another connection", () =>
+      withSim({ tokenMs: 10, numParallel: 8 }, async (sim) => {
+        // Go's net/http cancels a request's context as soon as its connection reads EOF or a reset,
+        // so a gateway that cancels one request and at once sends the next never has both counted.
+        const body = (prompt: string, n: number) =>
+          JSON.stringify({ model: "llama3.2", prompt, options: { num_predict: n } });
+        const held = new Client(sim.url);
+        const next = new Client(sim.url);
+        try {
+          await (await next.request({ path: "/api/generate", method: "POST", body: body("warm", 1) })).body.text();
+          for (let i = 0; i < 3; i++) {
+            const controller = new AbortController();
+            const long = await held.request({
+              path: "/api/generate",
+              method: "POST",
+              body: body("long", 100_000),
+              signal: controller.signal,
+            });
+            const lines = long.body[Symbol.asyncIterator]();
+            await lines.next();
+            controller.abort();
+            const short = next.request({ path: "/api/generate", method: "POST", body: body("next", 2) });
+            // Both the disconnect and the next request are now in the simulator's sockets, to be read in one turn.
+            const until = performance.now() + 30;
+            while (performance.now() < until);
+            await (await short).body.text();
+            await lines.next().catch(() => undefined);
+          }
+          assert.equal(sim.stats.maxInFlight["llama3.2:latest"], 1, "never two requests counted at once");
+          assert.equal(sim.stats.disconnects, 3);
+        } finally {
+          await Promise.allSettled([held.close(), next.close()]);
+        }
       }));
 
     it("drops a request that disconnects while waiting for a slot", () =>

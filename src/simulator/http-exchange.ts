@@ -137,13 +137,25 @@ export function createExchange(req: IncomingMessage, res: ServerResponse, path: 
     },
   };
 
-  res.on("close", () => {
-    if (res.writableFinished) return;
+  // The client is gone the moment its socket reads EOF or a reset, as Go's net/http sees it (a
+  // background read cancels the request's context) — not when node:http closes the socket later,
+  // after poll events already due: a request arriving on another connection in the same turn
+  // would otherwise find the abandoned one still holding its slot.
+  const socket = req.socket;
+  const gone = (): void => {
+    if (res.writableFinished || controller.signal.aborted) return;
     if (!dropped && !deps.closing() && deps.observed) {
       deps.stats.disconnects++;
       deps.events.emit("disconnect", { path, model: ex.model, at: performance.now(), tokens: ex.tokens });
     }
     controller.abort();
+  };
+  socket.on("end", gone);
+  socket.on("error", gone);
+  res.on("close", () => {
+    socket.off("end", gone);
+    socket.off("error", gone);
+    gone();
   });
 
   return ex;
