@@ -336,18 +336,22 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
    * must not allocate (docs/architecture.md, "Cost per call"). The models maps are shared,
    * read-only, not copied.
    */
-  const nodeViews: { -readonly [K in keyof NodeView]: NodeView[K] }[] = fleet.nodes.map((s) => ({
-    name: s.node.name,
-    healthy: true,
-    weight: s.config.weight,
-    maxLoadedModels: s.config.maxLoadedModels,
-    parallel: s.config.parallel,
-    capacity: s.capacity,
-    loading: undefined,
-    slotLimits: undefined,
-    models: s.models,
-    drainingFor: undefined,
-  }));
+  type MutableNodeView = { -readonly [K in keyof NodeView]: NodeView[K] };
+  /** Copies what the policies read of node `s` into its view `v`. */
+  const refresh = (v: MutableNodeView, s: NodeState): MutableNodeView => {
+    v.name = s.node.name;
+    v.healthy = health.isHealthy(s.node.name);
+    v.weight = s.config.weight;
+    v.maxLoadedModels = s.config.maxLoadedModels;
+    v.parallel = s.config.parallel;
+    v.capacity = s.capacity;
+    v.loading = s.loading?.model;
+    v.slotLimits = s.slotLimits.size > 0 ? s.slotLimits : undefined;
+    v.models = s.models;
+    v.drainingFor = draining.size === 0 ? undefined : draining.get(s.node.name);
+    return v;
+  };
+  const nodeViews: MutableNodeView[] = fleet.nodes.map((s) => refresh({} as MutableNodeView, s));
   const shared: { -readonly [K in keyof FleetView]: FleetView[K] } = {
     now: 0,
     nodes: nodeViews,
@@ -366,19 +370,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   function view(): FleetView {
     shared.now = Date.now();
     const states = fleet.nodes;
-    for (let i = 0; i < states.length; i++) {
-      const s = states[i]!;
-      const v = nodeViews[i]!;
-      v.healthy = health.isHealthy(s.node.name);
-      v.weight = s.config.weight;
-      v.maxLoadedModels = s.config.maxLoadedModels;
-      v.parallel = s.config.parallel;
-      v.capacity = s.capacity;
-      v.loading = s.loading?.model;
-      v.slotLimits = s.slotLimits.size > 0 ? s.slotLimits : undefined;
-      v.models = s.models;
-      v.drainingFor = draining.size === 0 ? undefined : draining.get(s.node.name);
-    }
+    for (let i = 0; i < states.length; i++) refresh(nodeViews[i]!, states[i]!);
     return shared;
   }
 

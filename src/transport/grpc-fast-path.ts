@@ -248,16 +248,16 @@ function serve(
       // As connect-node's gRPC handler: the response trailers (the hooks' and the handler's),
       // the error's metadata appended, then the status.
       setTrailerStatus(ctx.responseTrailer, error);
-      trailers = ctx.responseTrailer.outgoing();
       if (!responded) {
         // Trailers-only: status in the one HEADERS frame, as gRPC allows for a call with no messages.
         stream.respond(
-          { ...responseHeaders(ctx.header, { ":status": 200, "content-type": CONTENT_TYPE }), ...trailers },
+          ctx.responseTrailer.outgoing(responseHeaders(ctx.header, { ":status": 200, "content-type": CONTENT_TYPE })),
           { endStream: true },
         );
         // A request we stopped reading (too large, refused) must not keep the stream open.
         if (!requestRead) stream.close(h2constants.NGHTTP2_NO_ERROR);
       } else {
+        trailers = ctx.responseTrailer.outgoing();
         stream.end();
       }
     }

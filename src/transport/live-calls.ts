@@ -51,13 +51,11 @@ export function createLiveCalls(shutdown: AbortSignal): LiveCalls {
   );
   return {
     add(abort) {
-      const c: LiveCall = { abort, prev: undefined, next: head };
       if (shutdown.aborted) {
-        c.next = undefined;
-        c.abort = undefined;
         abort(shutdown.reason);
-        return c;
+        return { abort: undefined, prev: undefined, next: undefined };
       }
+      const c: LiveCall = { abort, prev: undefined, next: head };
       if (head !== undefined) head.prev = c;
       head = c;
       size++;

@@ -153,7 +153,7 @@ export function createOllamaNode(
     const reader = readNdjson(res.body, options.maxLineBytes, name);
     return exchange?.answered === undefined && exchange?.ended === undefined
       ? reader
-      : observedStream(reader, exchange);
+      : new ObservedStream(reader, exchange.answered, exchange.ended);
   }
 
   return {
@@ -203,14 +203,11 @@ export function createOllamaNode(
 const JSON_HEADERS: Readonly<Record<string, string>> = Object.freeze({ "content-type": "application/json" });
 
 /**
- * `reader` with `exchange` told about its final chunk and its end (whichever of the end of the
- * body, a failure or `close()` comes first). Only observed requests pay for it: one object per
- * stream, its methods shared (no closure per stream, nor per pump unless `ended` is wanted).
+ * A reader with its exchange told about its final chunk (`answered`) and its end (`ended`:
+ * whichever of the end of the body, a failure or `close()` comes first). Only observed requests
+ * pay for it: one object per stream, its methods shared (no closure per stream, nor per pump
+ * unless `ended` is wanted).
  */
-function observedStream(reader: NdjsonStream, exchange: UpstreamExchange): NdjsonStream {
-  return new ObservedStream(reader, exchange.answered, exchange.ended);
-}
-
 class ObservedStream implements NdjsonStream {
   #over = false;
 

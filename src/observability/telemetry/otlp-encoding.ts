@@ -37,6 +37,16 @@ function nibble(hex: string, i: number): number {
   return c <= 0x39 ? c - 0x30 : c - 0x57;
 }
 
+/** Writes non-negative `n` (up to 2^53) as a varint at `p`; returns the position after it. */
+function putVarint(buf: Buffer, p: number, n: number): number {
+  while (n >= 0x80) {
+    buf[p++] = (n % 0x80) | 0x80;
+    n = Math.floor(n / 0x80);
+  }
+  buf[p++] = n;
+  return p;
+}
+
 /** A growing byte buffer with the protobuf writes spans need. */
 class ProtoWriter {
   buf: Buffer;
@@ -68,11 +78,7 @@ class ProtoWriter {
       this.buf[this.pos++] = Number(v);
       return;
     }
-    while (n >= 0x80) {
-      this.buf[this.pos++] = (n % 0x80) | 0x80;
-      n = Math.floor(n / 0x80);
-    }
-    this.buf[this.pos++] = n;
+    this.pos = putVarint(this.buf, this.pos, n);
   }
 
   tag(field: number, wire: number): void {
@@ -98,13 +104,7 @@ class ProtoWriter {
     this.room(extra);
     this.buf.copyWithin(at + 1 + extra, at + 1, this.pos);
     this.pos += extra;
-    let v = n;
-    let p = at;
-    while (v >= 0x80) {
-      this.buf[p++] = (v % 0x80) | 0x80;
-      v = Math.floor(v / 0x80);
-    }
-    this.buf[p] = v;
+    putVarint(this.buf, at, n);
   }
 
   string(field: number, s: string): void {
