@@ -101,6 +101,18 @@ describe("memory-only cache (no redisUrl)", () => {
     }
   });
 
+  it("peeks at the memory tier at once, counting a hit, and says nothing of a miss", async () => {
+    const cache = createCache({ log: captureLogs().log });
+    try {
+      await cache.set("tags:n1", buf("[1]"), 60_000);
+      assert.equal(cache.peek("tags:n1")?.toString(), "[1]");
+      assert.equal(cache.peek("tags:n2"), undefined);
+      assert.deepEqual(cache.stats().kinds["tags"], { hits: 1, memoryHits: 1, misses: 0, errors: 0 });
+    } finally {
+      await cache.close();
+    }
+  });
+
   it("does not store a value larger than maxValueBytes and drops the older value under that key", async () => {
     const cache = createCache({ log: captureLogs().log, maxValueBytes: 10 });
     try {

@@ -69,7 +69,12 @@ function metadataFor(
   });
   const unused = (): Promise<never> => Promise.reject(new Error("not used by the scheduler"));
   return {
-    locate: (model) => Promise.resolve({ located: nodes.map((node) => ({ node, tag: tag(model) })), unavailable: [] }),
+    locate: (model) =>
+      Promise.resolve({
+        located: nodes.map((node) => ({ node, tag: tag(model) })),
+        names: new Set(nodes.map((n) => n.name)),
+        unavailable: [],
+      }),
     ps: (node, _signal, fresh = false) => Promise.resolve(ps(node.name, fresh)),
     tags: unused,
     show: unused,

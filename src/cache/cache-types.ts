@@ -104,6 +104,12 @@ export interface Cache {
   healthy(): boolean;
   /** The value, or undefined on a miss. The Buffer may be shared with the cache: do not mutate it. */
   get(key: string, signal?: AbortSignal): Promise<Buffer | undefined>;
+  /**
+   * The memory tier's value, at once (counted as a hit when there is one); undefined says only
+   * that this replica's memory has none, not that Redis has none. For per-call readers that can
+   * skip a promise and a batch when the answer is at hand, and ask `get` otherwise.
+   */
+  peek(key: string): Buffer | undefined;
   /** Like get for many keys (fetched from Redis in one pipelined batch); order preserved. */
   getMany(keys: readonly string[], signal?: AbortSignal): Promise<(Buffer | undefined)[]>;
   /** Stores in both tiers with a TTL (ms, > 0). The value is copied. */

@@ -297,6 +297,12 @@ export function createCache(options: CacheOptions): Cache {
       const [value] = await getMany([key], signal);
       return value;
     },
+    peek(key) {
+      const hit = memory.get(key);
+      if (hit === undefined) return undefined;
+      counters.hit(key, true);
+      return hit.value;
+    },
     getMany,
     async set(key, value, ttlMs, signal) {
       await writeAll([{ key, value, ttlMs }], signal);

@@ -37,12 +37,14 @@ export interface LocateOptions {
   recent?: boolean;
 }
 
-/** Where a model is installed. */
+/** Where a model is installed. Shared between the calls that asked: read it, never change it. */
 export interface Located {
   /** Each node that has it, with its tag entry there. */
-  located: { node: OllamaNode; tag: OllamaTag }[];
+  readonly located: readonly { readonly node: OllamaNode; readonly tag: OllamaTag }[];
+  /** The names of the nodes in `located`. */
+  readonly names: ReadonlySet<string>;
   /** Nodes that could not be asked. */
-  unavailable: string[];
+  readonly unavailable: readonly string[];
 }
 
 /**
@@ -74,6 +76,9 @@ export interface FleetMetadata {
    */
   invalidate(node: string, kinds: readonly ("tags" | "ps")[], signal?: AbortSignal): Promise<void>;
 }
+
+/** Most models whose located answer is remembered (`locatedInMemory`); past it, all are forgotten. */
+const MAX_LOCATED = 1_024;
 
 /** Creates the metadata view over these nodes. */
 export function createFleetMetadata(nodes: readonly OllamaNode[], cache: Cache, ttl: MetadataTtls): FleetMetadata {
@@ -174,6 +179,42 @@ export function createFleetMetadata(nodes: readonly OllamaNode[], cache: Cache, 
     return usable() ?? self.tags(node, signal, true);
   }
 
+  /**
+   * Per model: the last answer found in every node's cached tags, and those cache entries (the
+   * memory tier hands out the same Buffer until an entry changes). Every call locates its model
+   * (docs/architecture.md, "Cost per call"): while no node's entry changed, the answer is the same
+   * object, found without a promise per node. Bounded: only models some node has, and at most
+   * `MAX_LOCATED` of them.
+   */
+  const locatedByModel = new Map<string, { from: (Buffer | undefined)[]; answer: Located }>();
+  const entries: (Buffer | undefined)[] = new Array<Buffer | undefined>(nodes.length);
+  function locatedInMemory(wanted: string): Located | undefined {
+    for (let i = 0; i < nodes.length; i++) {
+      const entry = cache.peek(`tags:${nodes[i]!.name}`);
+      if (entry === undefined) return undefined;
+      entries[i] = entry;
+    }
+    const known = locatedByModel.get(wanted);
+    if (known !== undefined && known.from.every((e, i) => e === entries[i])) return known.answer;
+    const located: Located["located"][number][] = [];
+    for (let i = 0; i < nodes.length; i++) {
+      const entry = entries[i]!;
+      let tags = parsed.get(entry) as OllamaTag[] | undefined;
+      if (tags === undefined) {
+        tags = JSON.parse(entry.toString("utf8")) as OllamaTag[];
+        parsed.set(entry, tags);
+      }
+      const tag = byCanonicalName(tags).get(wanted);
+      if (tag) located.push({ node: nodes[i]!, tag });
+    }
+    // Not there: the caller asks the nodes afresh (a model installed a moment ago).
+    if (located.length === 0) return undefined;
+    const answer: Located = { located, names: new Set(located.map((l) => l.node.name)), unavailable: [] };
+    if (locatedByModel.size >= MAX_LOCATED) locatedByModel.clear();
+    locatedByModel.set(wanted, { from: [...entries], answer });
+    return answer;
+  }
+
   const self: FleetMetadata = {
     tags: (node, signal, fresh = false) => cached(`tags:${node.name}`, ttl.tagsMs, signal, fresh, fetchTags(node)),
     ps: (node, signal, fresh = false) =>
@@ -186,6 +227,10 @@ export function createFleetMetadata(nodes: readonly OllamaNode[], cache: Cache, 
       ),
     async locate(model, signal, options = {}) {
       const wanted = canonicalModelName(model);
+      if (options.recent !== true) {
+        const known = locatedInMemory(wanted);
+        if (known !== undefined) return known;
+      }
       const look = async (fresh: boolean): Promise<Located> => {
         // Filled by node index, so the answer keeps the configuration order.
         const found: (Located["located"][number] | undefined)[] = new Array<undefined>(nodes.length);
@@ -205,7 +250,8 @@ export function createFleetMetadata(nodes: readonly OllamaNode[], cache: Cache, 
             }
           }),
         );
-        return { located: found.filter((l) => l !== undefined), unavailable };
+        const located = found.filter((l) => l !== undefined);
+        return { located, names: new Set(located.map((l) => l.node.name)), unavailable };
       };
       const first = await look(false);
       return first.located.length > 0 ? first : look(true);

@@ -730,7 +730,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         }
         throw modelNotFound(req.model);
       }
-      const candidates = new Set(where.located.map((l) => l.node.name));
+      const candidates = where.names;
       const caps = where.located[0]!.tag.capabilities;
       const fileBytes = where.located[0]!.tag.size > 0 ? where.located[0]!.tag.size : undefined;
       const embeddingOnly = caps.includes("embedding") && !caps.includes("completion");
