@@ -76,7 +76,11 @@ describe("locating a model in the fleet", () => {
       assert.equal(again, cached, "the same object: nothing rebuilt per call");
       assert.deepEqual(names(again), ["a", "b"]);
       assert.deepEqual([a.asked, b.asked], [1, 1]);
-      assert.equal(cache.stats().kinds["tags"]?.memoryHits, 4, "after the first call, each node's entry read from memory once per call");
+      assert.equal(
+        cache.stats().kinds["tags"]?.memoryHits,
+        4,
+        "after the first call, each node's entry read from memory once per call",
+      );
     });
   });
 

@@ -80,6 +80,12 @@ export interface FleetMetadata {
 /** Most models whose located answer is remembered (`locatedInMemory`); past it, all are forgotten. */
 const MAX_LOCATED = 1_024;
 
+/** True when both lists hold the very same cache entries, in order. */
+function sameEntries(a: readonly (Buffer | undefined)[], b: readonly (Buffer | undefined)[]): boolean {
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 /** Creates the metadata view over these nodes. */
 export function createFleetMetadata(nodes: readonly OllamaNode[], cache: Cache, ttl: MetadataTtls): FleetMetadata {
   const flight = createSingleFlight();
@@ -195,7 +201,7 @@ export function createFleetMetadata(nodes: readonly OllamaNode[], cache: Cache, 
       entries[i] = entry;
     }
     const known = locatedByModel.get(wanted);
-    if (known !== undefined && known.from.every((e, i) => e === entries[i])) return known.answer;
+    if (known !== undefined && sameEntries(known.from, entries)) return known.answer;
     const located: Located["located"][number][] = [];
     for (let i = 0; i < nodes.length; i++) {
       const entry = entries[i]!;
