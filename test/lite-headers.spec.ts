@@ -39,6 +39,21 @@ describe("LiteHeaders, the fast path's Headers", () => {
     },
     { name: "values are trimmed", ops: [["set", "x-a", "  spaced\t"]] },
     {
+      name: "a value trimmed at one end only",
+      ops: [
+        ["set", "x-a", "\r\nlead"],
+        ["append", "x-b", "trail\n"],
+      ],
+    },
+    { name: "a value of whitespace only becomes empty", ops: [["set", "x-a", " \t "]] },
+    {
+      name: "inner spaces stay",
+      ops: [
+        ["set", "x-a", "a b\tc"],
+        ["set", "x-b", ""],
+      ],
+    },
+    {
       name: "delete removes",
       ops: [
         ["set", "x-a", "1"],
@@ -82,6 +97,9 @@ describe("LiteHeaders, the fast path's Headers", () => {
       () => new LiteHeaders().set("", "v"),
       () => new LiteHeaders().set("x-a", "line\r\nbreak"),
       () => new LiteHeaders().append("x-a", "nul\0"),
+      () => new LiteHeaders().set("x-a", "inner\rreturn"),
+      () => new LiteHeaders().set("x-a", " spaced\nand broken "),
+      () => new LiteHeaders().set("x-a", "\0"),
     ]) {
       assert.throws(bad, TypeError);
     }

@@ -550,7 +550,6 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
           peers[i] = peers[peers.length - 1]!;
           peers.pop();
         }
-        if (peers.length === 0) running.delete(key);
         onRelease();
         const learned = learnTimes(
           { serviceMs: serviceMs.get(w.model), loadMs: loadMs.get(w.model) },

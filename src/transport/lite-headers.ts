@@ -140,9 +140,21 @@ function checkedName(name: string): string {
   return name.toLowerCase();
 }
 
+/** HTTP whitespace, which `Headers` trims from values. */
+const isHttpSpace = (c: number): boolean => c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d;
+
 function checkedValue(value: string): string {
-  // `Headers` trims HTTP whitespace and refuses NUL, CR and LF.
-  const v = String(value).replace(/^[\t\n\r ]+|[\t\n\r ]+$/g, "");
-  if (/[\0\r\n]/.test(v)) throw new TypeError("invalid header value");
-  return v;
+  // `Headers` trims HTTP whitespace and refuses NUL, CR and LF. Nearly every value (ids, model
+  // names) has nothing to trim: one scan, no regular expression, no new string.
+  const v = String(value);
+  if (v.length === 0 || (!isHttpSpace(v.charCodeAt(0)) && !isHttpSpace(v.charCodeAt(v.length - 1)))) {
+    for (let i = 0; i < v.length; i++) {
+      const c = v.charCodeAt(i);
+      if (c === 0 || c === 0x0a || c === 0x0d) throw new TypeError("invalid header value");
+    }
+    return v;
+  }
+  const trimmed = v.replace(/^[\t\n\r ]+|[\t\n\r ]+$/g, "");
+  if (/[\0\r\n]/.test(trimmed)) throw new TypeError("invalid header value");
+  return trimmed;
 }
