@@ -7,19 +7,14 @@ import { SpanBatch, encodeProtobuf, toUnixNanos } from "../src/observability/tel
 import { RecordedSpan } from "../src/observability/telemetry/span.js";
 import type { AttributeValue } from "../src/observability/telemetry/span.js";
 import { newTraceId } from "../src/observability/telemetry/trace-context.js";
+import { createRng } from "../src/simulator/prng.js";
 import { decodeTraceExport } from "./helpers/otlp-receiver.js";
 import type { ReceivedSpan } from "./helpers/otlp-receiver.js";
 
-/** A seeded PRNG (mulberry32), so a failure repeats. */
+/** A seeded random source (the simulator's), so a failure repeats. */
 function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
-  };
+  const rng = createRng("otlp-encoding", seed);
+  return () => rng.next();
 }
 
 const header = {
