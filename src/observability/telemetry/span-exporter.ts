@@ -8,9 +8,12 @@ import type { RecordedSpan } from "./span.js";
 /**
  * Ended spans to an OTLP/HTTP collector in batches, as OpenTelemetry's batch span processor does
  * (OTEL_BSP_*): a span waits at most `scheduleDelayMs`, a full batch goes at once, one export at
- * a time, and past `maxQueueSize` waiting spans new ones are dropped (counted, logged once per
- * streak) rather than held in memory. A failed export is dropped and logged once per streak of
- * failures; nothing here ever throws into a call.
+ * a time, and past `maxQueueSize` spans held (waiting for a batch, or in exports not yet done)
+ * new ones are dropped (logged once per streak) rather than held in memory, however slow the
+ * collector. An export the collector may take later (OTLP/HTTP's retryable answers: 429, 502,
+ * 503, 504, or no answer) is tried again after a pause, as its `Retry-After` asks or 1 s then 2 s,
+ * within `exportTimeoutMs`; one that still fails, or is refused, is dropped and logged once per
+ * streak of failures. Nothing here ever throws into a call.
  */
 
 /** Where export trouble is reported; a pino logger fits. */
@@ -36,6 +39,10 @@ export interface SpanExporterOptions extends ExportHeader {
   protocol: OtlpProtocol;
   /** Bound of one export request, ms. */
   timeoutMs: number;
+  /** Bound of one export, its retries included, ms (OTEL_BSP_EXPORT_TIMEOUT). @default 30000 */
+  exportTimeoutMs?: number;
+  /** The first pause before a retry, ms; doubled for the next. @default 1000 */
+  retryBaseMs?: number;
   /** Longest a span waits before it is exported, ms. */
   scheduleDelayMs: number;
   /** Spans held for export at most. */
@@ -51,8 +58,43 @@ export interface SpanExporter {
   add(span: RecordedSpan): void;
   /** Exports everything queued so far and resolves when done (failures are logged, not thrown). */
   forceFlush(): Promise<void>;
-  /** Exports what is left, then drops any later span and closes its connections. */
+  /** Exports what is left (once each, no retries), then drops any later span and closes its connections. */
   shutdown(): Promise<void>;
+  /** Spans held: waiting for their batch, and in exports not done yet (at most `maxQueueSize`). */
+  readonly held: number;
+}
+
+/** The collector's answers worth a retry (OTLP/HTTP); 0 stands for no answer at all. */
+const RETRYABLE = new Set([0, 429, 502, 503, 504]);
+/** Tries of one export at most, the first included. */
+const MAX_TRIES = 3;
+/** Longest pause a `Retry-After` may ask for, ms. */
+const MAX_RETRY_AFTER_MS = 30_000;
+
+/** A pause that does not keep the process alive, cut short (rejected) when `signal` aborts. */
+function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return reject(signal.reason as Error);
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      reject(signal.reason as Error);
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    timer.unref();
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+/** The pause a `Retry-After` header asks for (seconds, or an HTTP date), ms; undefined when none or unreadable. */
+export function retryAfterMs(header: string | undefined, now = Date.now()): number | undefined {
+  if (header === undefined || header.trim() === "") return undefined;
+  const seconds = Number(header);
+  const ms = Number.isFinite(seconds) ? seconds * 1000 : Date.parse(header) - now;
+  if (!Number.isFinite(ms)) return undefined;
+  return Math.min(Math.max(0, ms), MAX_RETRY_AFTER_MS);
 }
 
 /** Creates the exporter. */
@@ -67,7 +109,14 @@ export function createSpanExporter(o: SpanExporterOptions): SpanExporter {
   const encoded = o.protocol === "http/json" ? undefined : new SpanBatch(o);
   /** JSON: the spans waiting. */
   let queue: RecordedSpan[] = [];
-  const waiting = (): number => (encoded === undefined ? queue.length : encoded.size);
+  /** Spans waiting for their batch. */
+  const open = (): number => (encoded === undefined ? queue.length : encoded.size);
+  /** Spans in export requests queued or under way. */
+  let exporting = 0;
+  const exportTimeoutMs = o.exportTimeoutMs ?? 30_000;
+  const retryBaseMs = o.retryBaseMs ?? 1_000;
+  /** Aborted by `shutdown`: no more pauses for retries. */
+  const stopping = new AbortController();
   let timer: NodeJS.Timeout | undefined;
   /** The exports in order: each starts when the one before it ended. */
   let chain: Promise<void> = Promise.resolve();
@@ -76,7 +125,7 @@ export function createSpanExporter(o: SpanExporterOptions): SpanExporter {
   let stopped = false;
   let lastError: string | undefined;
 
-  function post(body: Uint8Array | string): Promise<number> {
+  function post(body: Uint8Array | string): Promise<{ status: number; retryAfter: string | undefined }> {
     return new Promise((resolve) => {
       const req = (https ? httpsRequest : httpRequest)(
         url,
@@ -88,26 +137,42 @@ export function createSpanExporter(o: SpanExporterOptions): SpanExporter {
         },
         (res) => {
           res.resume();
-          res.on("end", () => resolve(res.statusCode ?? 0));
-          res.on("error", () => resolve(0));
+          const retryAfter = res.headers["retry-after"];
+          res.on("end", () => resolve({ status: res.statusCode ?? 0, retryAfter }));
+          res.on("error", () => resolve({ status: 0, retryAfter: undefined }));
         },
       );
       req.on("timeout", () => req.destroy(new Error(`no answer within ${o.timeoutMs} ms`)));
       req.on("error", (e) => {
         lastError = e.message;
-        resolve(0);
+        resolve({ status: 0, retryAfter: undefined });
       });
       req.end(body);
     });
   }
 
   async function send(body: Uint8Array | string, spans: number): Promise<void> {
-    lastError = undefined;
-    const status = await post(body);
-    if (status >= 200 && status < 300) {
-      if (failing) o.log.info({}, TRACE_EXPORT_RECOVERED_MSG);
-      failing = false;
-      return;
+    const until = Date.now() + exportTimeoutMs;
+    let status = 0;
+    try {
+      for (let tries = 1; ; tries++) {
+        lastError = undefined;
+        const answer = await post(body);
+        status = answer.status;
+        if (status >= 200 && status < 300) {
+          if (failing) o.log.info({}, TRACE_EXPORT_RECOVERED_MSG);
+          failing = false;
+          return;
+        }
+        if (tries >= MAX_TRIES || !RETRYABLE.has(status) || stopping.signal.aborted) break;
+        const wait = retryAfterMs(answer.retryAfter) ?? retryBaseMs * 2 ** (tries - 1);
+        if (Date.now() + wait >= until) break;
+        await pause(wait, stopping.signal);
+      }
+    } catch {
+      // shutdown cut the pause short: this batch is dropped
+    } finally {
+      exporting -= spans;
     }
     if (!failing) o.log.warn({ spans, status, err: lastError }, TRACE_EXPORT_FAILED_MSG);
     failing = true;
@@ -122,6 +187,7 @@ export function createSpanExporter(o: SpanExporterOptions): SpanExporter {
       if (encoded.size > 0) {
         const spans = encoded.size;
         const body = encoded.finish();
+        exporting += spans;
         chain = chain.then(() => send(body, spans));
       }
       return chain;
@@ -129,6 +195,7 @@ export function createSpanExporter(o: SpanExporterOptions): SpanExporter {
     while (queue.length > 0) {
       const batch = queue.length <= o.maxExportBatchSize ? queue : queue.slice(0, o.maxExportBatchSize);
       queue = queue.length <= o.maxExportBatchSize ? [] : queue.slice(o.maxExportBatchSize);
+      exporting += batch.length;
       chain = chain.then(() => send(encodeJson(o, batch), batch.length));
     }
     return chain;
@@ -137,7 +204,7 @@ export function createSpanExporter(o: SpanExporterOptions): SpanExporter {
   return {
     add(span) {
       if (stopped) return;
-      if (waiting() >= o.maxQueueSize) {
+      if (open() + exporting >= o.maxQueueSize) {
         if (!dropping) o.log.warn({ maxQueueSize: o.maxQueueSize }, TRACE_QUEUE_FULL_MSG);
         dropping = true;
         return;
@@ -145,7 +212,7 @@ export function createSpanExporter(o: SpanExporterOptions): SpanExporter {
       dropping = false;
       if (encoded !== undefined) encoded.add(span);
       else queue.push(span);
-      if (waiting() >= o.maxExportBatchSize) void flushQueued();
+      if (open() >= o.maxExportBatchSize) void flushQueued();
       else if (timer === undefined) {
         timer = setTimeout(() => void flushQueued(), o.scheduleDelayMs);
         timer.unref();
@@ -153,9 +220,13 @@ export function createSpanExporter(o: SpanExporterOptions): SpanExporter {
     },
     forceFlush: () => flushQueued(),
     async shutdown() {
+      stopping.abort();
       await flushQueued();
       stopped = true;
       agent.destroy();
+    },
+    get held() {
+      return open() + exporting;
     },
   };
 }

@@ -157,6 +157,7 @@ export function createGatewayTracing(options: GatewayTracingOptions): GatewayTra
     headers: config.headers,
     protocol: config.protocol,
     timeoutMs: Math.min(config.timeoutMs, config.exportTimeoutMs),
+    exportTimeoutMs: config.exportTimeoutMs,
     scheduleDelayMs: config.scheduleDelayMs,
     maxQueueSize: config.maxQueueSize,
     maxExportBatchSize: config.maxExportBatchSize,
