@@ -35,6 +35,8 @@ const ALIASES = {
   chat: { targets: { "llama3.2": 90, qwen3: 10 }, fallbacks: ["llama3.2:1b"] },
   canary: { targets: { "nonexistent:7b": 1, qwen3: 3 } },
   ghost: { targets: { "nonexistent:1b": 1 }, fallbacks: ["qwen3"] },
+  // Named like a model installed on n0: the alias takes precedence.
+  "all-minilm": { targets: { qwen3: 1 } },
 };
 
 describe("ListModels and GetModel on model aliases", () => {
@@ -128,6 +130,17 @@ describe("ListModels and GetModel on model aliases", () => {
         assert.equal(target.name, "llama3.2:latest");
       });
 
+      it("lists an alias named like an installed model once, as the alias, since calls by that name use the alias", async () => {
+        const listed = (await models.listModels({}, as(keys.all))).models;
+        const named = listed.filter((m) => m.name === "all-minilm" || m.name === "all-minilm:latest");
+        assert.deepEqual(
+          named.map((m) => [m.name, m.alias?.describedModel]),
+          [["all-minilm", "qwen3"]],
+        );
+        const got = await models.getModel({ model: "all-minilm" }, as(keys.all));
+        assert.equal(got.alias?.describedModel, "qwen3", "GetModel describes the alias too");
+      });
+
       it("GetModel finds an alias under any spelling of its name (chat is chat:latest)", async () => {
         const got = await models.getModel({ model: "chat:latest" }, as(keys.all));
         assert.equal(got.name, "chat");
@@ -186,7 +199,7 @@ describe("ListModels and GetModel on model aliases", () => {
     const models = createClient(ModelService, TRANSPORTS[0]!.make(gw.url));
     const before = reloads();
     await file.write({
-      aliases: { ...ALIASES, chat: { targets: { qwen3: 1, "llama3.2": 1 }, fallbacks: [] }, fresh: "all-minilm" },
+      aliases: { ...ALIASES, chat: { targets: { qwen3: 1, "llama3.2": 1 }, fallbacks: [] }, fresh: "llama3.2:1b" },
       principals,
     });
     assert.ok(await eventually(() => reloads() > before, 10_000), "the change was applied");
@@ -194,15 +207,15 @@ describe("ListModels and GetModel on model aliases", () => {
     const expected = { targets: ["qwen3=1", "llama3.2=1"], fallbacks: [], described: "qwen3" };
     assert.deepEqual(plain(listed.find((m) => m.name === "chat")?.alias), expected);
     assert.deepEqual(plain(listed.find((m) => m.name === "fresh")?.alias), {
-      targets: ["all-minilm=1"],
+      targets: ["llama3.2:1b=1"],
       fallbacks: [],
-      described: "all-minilm",
+      described: "llama3.2:1b",
     });
     const got = await models.getModel({ model: "chat" }, as(keys.all));
     assert.deepEqual(plain(got.alias), expected);
     const family = (name: string) => listed.find((m) => m.name === name)?.details?.family;
     assert.notEqual(family("qwen3:latest"), family("llama3.2:latest"), "the two targets can be told apart");
     assert.equal(got.details?.family, family("qwen3:latest"), "now described by its new first target");
-    assert.equal((await models.getModel({ model: "fresh" }, as(keys.all))).alias?.describedModel, "all-minilm");
+    assert.equal((await models.getModel({ model: "fresh" }, as(keys.all))).alias?.describedModel, "llama3.2:1b");
   });
 });

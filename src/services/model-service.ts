@@ -149,7 +149,13 @@ export function createModelService(deps: ModelServiceDeps): ServiceImpl<typeof M
       // targets and fallbacks that could serve the caller, as a call would use them.
       const visible = modelFilter(ctx.values);
       const installed = [...merged.values()];
-      for (const alias of deps.aliases?.().values() ?? []) {
+      const aliases = deps.aliases?.();
+      if (aliases !== undefined && aliases.size > 0) {
+        // An alias takes precedence over an installed model of its name (README, "Model aliases"):
+        // that model cannot be called by the name, so only the alias is listed under it.
+        for (const [key, m] of merged) if (aliases.has(canonicalModelName(m.name!))) merged.delete(key);
+      }
+      for (const alias of aliases?.values() ?? []) {
         const usable = usableAlias(alias, visible ?? (() => true));
         const entry = aliasUsable(usable) ? aliasEntry(usable, installed) : undefined;
         if (entry !== undefined) merged.set(`alias|${canonicalModelName(alias.name)}`, entry);
