@@ -6,7 +6,7 @@ import { describe, it } from "node:test";
 import { SpanBatch, encodeProtobuf, toUnixNanos } from "../src/observability/telemetry/otlp-encoding.js";
 import { RecordedSpan } from "../src/observability/telemetry/span.js";
 import type { AttributeValue } from "../src/observability/telemetry/span.js";
-import { newTraceId } from "../src/observability/telemetry/trace-context.js";
+import { newSpanId, newTraceId } from "../src/observability/telemetry/trace-context.js";
 import { createRng } from "../src/simulator/prng.js";
 import { decodeTraceExport } from "./helpers/otlp-receiver.js";
 import type { ReceivedSpan } from "./helpers/otlp-receiver.js";
@@ -50,7 +50,7 @@ function randomSpan(rnd: () => number): RecordedSpan {
   const start = rnd() * 7.3e12;
   const s = new RecordedSpan(
     newTraceId(),
-    rnd() < 0.3 ? "" : new RecordedSpan(newTraceId(), "", "", "p", 1, 0, () => undefined).spanId,
+    rnd() < 0.3 ? "" : newSpanId(),
     rnd() < 0.5 ? "" : `vendor=${text(rnd)}`,
     text(rnd) || "span",
     1 + Math.floor(rnd() * 3),
@@ -64,6 +64,11 @@ function randomSpan(rnd: () => number): RecordedSpan {
       name: text(rnd),
       timeMs: start + rnd() * 1e4,
     }));
+  if (rnd() < 0.3) {
+    for (let i = 0; i < 1 + Math.floor(rnd() * 3); i++) {
+      s.link({ traceId: newTraceId(), spanId: newSpanId(), sampled: true, traceState: rnd() < 0.5 ? "" : "k=v" });
+    }
+  }
   if (rnd() < 0.5) {
     s.status = 1 + Math.floor(rnd() * 2);
     if (rnd() < 0.5) s.statusMessage = text(rnd);
@@ -90,6 +95,7 @@ function expected(s: RecordedSpan): Omit<ReceivedSpan, "resource" | "scope"> {
     endNs: toUnixNanos(s.endMs),
     attributes: attributes as ReceivedSpan["attributes"],
     events: (s.events ?? []).map((e) => ({ name: e.name, timeNs: toUnixNanos(e.timeMs) })),
+    links: (s.links ?? []).map((l) => ({ traceId: l.traceId, spanId: l.spanId, traceState: l.traceState })),
     status: { code: s.status, message: s.statusMessage },
   };
 }

@@ -621,6 +621,62 @@ describe("OTLP/JSON export (OTEL_EXPORTER_OTLP_PROTOCOL=http/json)", () => {
   });
 });
 
+describe("an Embed batch in traces", () => {
+  it("is one upstream span under the first traced call, linked both ways with the other calls it serves", async () => {
+    const sim = await startSimulator({ firstTokenMs: 300 });
+    const rx = await startOtlpReceiver();
+    const gw = await startTestGateway({
+      OLLAMA_URL: sim.url,
+      OTEL_EXPORTER_OTLP_ENDPOINT: rx.url,
+      OTEL_BSP_SCHEDULE_DELAY: "25",
+      EMBED_CACHE: "off",
+      // Long enough that the two calls below share one request to Ollama.
+      EMBED_BATCH_WINDOW_MS: "300",
+    });
+    try {
+      const client = createClient(InferenceService, TRANSPORTS[0]!.make(gw.url));
+      const calls = [clientContext(), clientContext(), clientContext(false)];
+      // A batch forms while a request for the same model is out: a lead call, slow at Ollama,
+      // goes alone; the three calls made while it runs share the next request.
+      const lead = client.embed({ model: "all-minilm", inputs: ["lead"] });
+      assert.ok(await eventually(() => sim.stats.inFlight["all-minilm:latest"] === 1, 10_000), "the lead is out");
+      const seen = recordRequests(sim);
+      await Promise.all([
+        lead,
+        ...calls.map((c, i) =>
+          client.embed({ model: "all-minilm", inputs: [`batched ${i}`] }, { headers: { traceparent: c.header } }),
+        ),
+      ]);
+      const requests = seen.filter((e) => e.path === "/api/embed").map((e) => JSON.parse(e.body!.toString()).input);
+      assert.deepEqual(requests, [["batched 0", "batched 1", "batched 2"]], "one request served the three calls");
+      const [a, b] = await Promise.all([traceOf(rx, calls[0]!.traceId, 0), traceOf(rx, calls[1]!.traceId, 0)]);
+      // (The lead, a root call, is traced too, in a trace of its own.)
+      const upstream = rx.spans.filter(
+        (s) => s.name === "POST /api/embed" && (s.traceId === calls[0]!.traceId || s.traceId === calls[1]!.traceId),
+      );
+      assert.equal(upstream.length, 1, "one upstream span for the one request");
+      const request = upstream[0]!;
+      const [owner, other] = request.parentSpanId === a.server.spanId ? [a, b] : [b, a];
+      assert.equal(request.parentSpanId, owner.server.spanId, "a child of one of the calls");
+      assert.deepEqual(
+        request.links.map((l) => [l.traceId, l.spanId]),
+        [[other.server.traceId, other.server.spanId]],
+        "linked to the other traced call, and not to the call not sampled",
+      );
+      assert.deepEqual(
+        other.server.links.map((l) => [l.traceId, l.spanId]),
+        [[request.traceId, request.spanId]],
+        "the other call links back to the request that served it",
+      );
+      assert.equal(rx.spans.filter((s) => s.traceId === calls[2]!.traceId).length, 0, "nothing for the unsampled call");
+    } finally {
+      await gw.close();
+      await sim.close();
+      await rx.close();
+    }
+  });
+});
+
 describe("trace export trouble", () => {
   it("is logged once when exports start failing and once when they work again", async () => {
     let status = 400;

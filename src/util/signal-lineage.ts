@@ -8,6 +8,8 @@
  * watches costs one failed lookup when its signal is derived (docs/architecture.md, "Cost per call").
  */
 const watchers = new WeakMap<AbortSignal, object>();
+/** Signals that serve several watched calls at once (an Embed batch): every watcher, in order. */
+const batches = new WeakMap<AbortSignal, readonly object[]>();
 
 /** Follows `signal`, a call's own, for `watcher` (what the observer keeps for the call). */
 export function watchSignal(signal: AbortSignal, watcher: object): void {
@@ -17,7 +19,30 @@ export function watchSignal(signal: AbortSignal, watcher: object): void {
 /** Records that `derived` was made from `origin` (it aborts when `origin` does, and maybe sooner). */
 export function deriveSignal(derived: AbortSignal, origin: AbortSignal): void {
   const watcher = watchers.get(origin);
-  if (watcher !== undefined && derived !== origin) watchers.set(derived, watcher);
+  if (watcher === undefined || derived === origin) return;
+  watchers.set(derived, watcher);
+  const batch = batches.get(origin);
+  if (batch !== undefined) batches.set(derived, batch);
+}
+
+/**
+ * Records that `derived` serves the calls of all `origins` at once (an Embed batch's request):
+ * the first watched call's watcher is its watcher (`watcherOf`), and `watchersOf` gives them all.
+ */
+export function deriveSignalFromAll(derived: AbortSignal, origins: readonly AbortSignal[]): void {
+  let all: object[] | undefined;
+  for (const origin of origins) {
+    const watcher = watchers.get(origin);
+    if (watcher !== undefined && !all?.includes(watcher)) (all ??= []).push(watcher);
+  }
+  if (all === undefined) return;
+  watchers.set(derived, all[0]!);
+  if (all.length > 1) batches.set(derived, all);
+}
+
+/** Every watcher of the calls `signal` serves at once, when it serves several (see `deriveSignalFromAll`). */
+export function watchersOf(signal: AbortSignal): readonly object[] | undefined {
+  return batches.get(signal);
 }
 
 /** The watcher of the call `signal` is, or was derived from, the signal of; undefined when no watched call's. */

@@ -25,6 +25,8 @@ export interface ReceivedSpan {
   endNs: bigint;
   attributes: Record<string, AttributeValue>;
   events: { name: string; timeNs: bigint }[];
+  /** Span links: spans of other traces this one is tied to. */
+  links: { traceId: string; spanId: string; traceState: string }[];
   /** 0 unset, 1 ok, 2 error. */
   status: { code: number; message: string };
   resource: Record<string, AttributeValue>;
@@ -115,6 +117,7 @@ function span(bytes: Uint8Array, resource: Record<string, AttributeValue>, scope
     endNs: 0n,
     attributes: {},
     events: [],
+    links: [],
     status: { code: 0, message: "" },
     resource,
     scope,
@@ -157,6 +160,18 @@ function span(bytes: Uint8Array, resource: Record<string, AttributeValue>, scope
           return true;
         });
         s.events.push(event);
+        return true;
+      }
+      case 13: {
+        const link = { traceId: "", spanId: "", traceState: "" };
+        fields(r.bytes(), (g, _w2, r2) => {
+          if (g === 1) link.traceId = hex(r2.bytes());
+          else if (g === 2) link.spanId = hex(r2.bytes());
+          else if (g === 3) link.traceState = r2.string();
+          else return false;
+          return true;
+        });
+        s.links.push(link);
         return true;
       }
       case 15:
@@ -251,6 +266,7 @@ export function decodeTraceExportJson(body: string): ReceivedSpan[] {
           endTimeUnixNano: string;
           attributes?: { key: string; value: JsonValue }[];
           events?: { name: string; timeUnixNano: string }[];
+          links?: { traceId: string; spanId: string; traceState?: string }[];
           status?: { code?: number; message?: string };
         }[];
       }[];
@@ -269,6 +285,7 @@ export function decodeTraceExportJson(body: string): ReceivedSpan[] {
         endNs: BigInt(s.endTimeUnixNano),
         attributes: jsonAttributes(s.attributes),
         events: (s.events ?? []).map((e) => ({ name: e.name, timeNs: BigInt(e.timeUnixNano) })),
+        links: (s.links ?? []).map((l) => ({ traceId: l.traceId, spanId: l.spanId, traceState: l.traceState ?? "" })),
         status: { code: s.status?.code ?? 0, message: s.status?.message ?? "" },
         resource: jsonAttributes(rs.resource?.attributes),
         scope: { name: ss.scope?.name ?? "", version: ss.scope?.version ?? "" },

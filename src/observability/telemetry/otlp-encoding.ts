@@ -238,6 +238,13 @@ function span(w: ProtoWriter, s: RecordedSpan): void {
     w.string(2, e.name);
     w.close(event);
   }
+  for (const l of s.links ?? []) {
+    const link = w.open(13);
+    w.hex(1, l.traceId);
+    w.hex(2, l.spanId);
+    if (l.traceState !== "") w.string(3, l.traceState);
+    w.close(link);
+  }
   if (s.status !== 0) {
     const status = w.open(15);
     if (s.statusMessage !== "") w.string(2, s.statusMessage);
@@ -350,6 +357,11 @@ export function encodeJson(header: ExportHeader, spans: readonly RecordedSpan[])
               endTimeUnixNano: String(toUnixNanos(s.endMs)),
               attributes: jsonAttributes(attributeEntries(s)),
               events: (s.events ?? []).map((e) => ({ timeUnixNano: String(toUnixNanos(e.timeMs)), name: e.name })),
+              links: (s.links ?? []).map((l) => ({
+                traceId: l.traceId,
+                spanId: l.spanId,
+                ...(l.traceState === "" ? {} : { traceState: l.traceState }),
+              })),
               status: s.status === 0 ? {} : { code: s.status, message: s.statusMessage },
             })),
           },

@@ -38,6 +38,8 @@ export class RecordedSpan {
    */
   readonly attributes: AttributeValue[] = [];
   events: { name: string; timeMs: number }[] | undefined;
+  /** Spans of other traces this one is tied to (an Embed batch's request and the calls it serves). */
+  links: SpanContext[] | undefined;
   status: number = StatusCode.UNSET;
   statusMessage = "";
   endMs = 0;
@@ -71,6 +73,11 @@ export class RecordedSpan {
     }
     a.push(key, value);
     return this;
+  }
+
+  /** Links this span to `other` (OTLP span links: no parent, a relation across traces). */
+  link(other: SpanContext): void {
+    (this.links ??= []).push(other);
   }
 
   /** Adds a timed event. */

@@ -9,7 +9,7 @@ import type { EmbeddingCache } from "../../services/embedding-cache.js";
 import type { FailoverObserver } from "../../services/failover.js";
 import { isUpstreamError } from "../../upstream/upstream-error.js";
 import type { UpstreamExchange, UpstreamObserver } from "../../upstream/ollama-node.js";
-import { watcherOf, watchSignal } from "../../util/signal-lineage.js";
+import { watcherOf, watchersOf, watchSignal } from "../../util/signal-lineage.js";
 import type { RpcInfo } from "../rpc-info.js";
 import { codeLabel } from "./code-label.js";
 import { sampleCall } from "./sampling.js";
@@ -211,8 +211,19 @@ export function createGatewayTracing(options: GatewayTracingOptions): GatewayTra
 
   const upstream: UpstreamObserver = {
     start(node, method, path, body, signal) {
-      const trace = traceOf(signal);
+      let trace = traceOf(signal);
       if (trace === undefined) return undefined;
+      // An Embed batch's request serves several calls: it is a child of the first one traced,
+      // linked both ways with the others (their spans are still open, waiting for it).
+      const batch = watchersOf(signal);
+      if (batch !== undefined) {
+        for (const t of batch) {
+          if (t instanceof CallTrace && t.span !== undefined) {
+            trace = t;
+            break;
+          }
+        }
+      }
       const parent = trace.span;
       // Not sampled, with the caller's trace context: it travels on as it came.
       if (parent === undefined) return trace.remote === undefined ? undefined : { headers: traceHeaders(trace.remote) };
@@ -227,6 +238,13 @@ export function createGatewayTracing(options: GatewayTracingOptions): GatewayTra
       }
       const model = (body as { model?: unknown } | undefined)?.model;
       if (typeof model === "string") span.set("gen_ai.request.model", model);
+      if (batch !== undefined) {
+        for (const t of batch) {
+          if (t === trace || !(t instanceof CallTrace) || t.span === undefined) continue;
+          span.link(t.span.context);
+          t.span.link(span.context);
+        }
+      }
       const exchange: UpstreamExchange = {
         headers: traceHeaders(span.context),
         responded(status) {
