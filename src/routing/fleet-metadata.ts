@@ -103,6 +103,18 @@ export function createFleetMetadata(nodes: readonly OllamaNode[], cache: Cache, 
     for (const k of keys) generations.set(k, (generations.get(k) ?? 0) + 1);
   });
   const parsed = new WeakMap<Buffer, unknown>();
+  /**
+   * A cache entry's value. The memory tier hands out the same Buffer until the entry changes, so
+   * the parse is done once per entry, not once per request.
+   */
+  const parsedEntry = (entry: Buffer): unknown => {
+    let value = parsed.get(entry);
+    if (value === undefined) {
+      value = JSON.parse(entry.toString("utf8")) as unknown;
+      parsed.set(entry, value);
+    }
+    return value;
+  };
   // A node's tags by canonical name, built once per parsed answer (the same array is handed out
   // until the entry changes), not once per request.
   const indexes = new WeakMap<readonly OllamaTag[], Map<string, OllamaTag>>();
@@ -135,14 +147,7 @@ export function createFleetMetadata(nodes: readonly OllamaNode[], cache: Cache, 
     if (!fresh) {
       const hit = await cache.get(key, signal);
       if (hit !== undefined) {
-        // The memory tier hands out the same Buffer until the entry changes,
-        // so the parse is done once per entry, not once per request.
-        let value = parsed.get(hit);
-        if (value === undefined) {
-          value = JSON.parse(hit.toString("utf8")) as unknown;
-          parsed.set(hit, value);
-        }
-        return value as T;
+        return parsedEntry(hit) as T;
       }
     }
     const started = generation(key);
@@ -205,12 +210,7 @@ export function createFleetMetadata(nodes: readonly OllamaNode[], cache: Cache, 
     const located: Located["located"][number][] = [];
     for (let i = 0; i < nodes.length; i++) {
       const entry = entries[i]!;
-      let tags = parsed.get(entry) as OllamaTag[] | undefined;
-      if (tags === undefined) {
-        tags = JSON.parse(entry.toString("utf8")) as OllamaTag[];
-        parsed.set(entry, tags);
-      }
-      const tag = byCanonicalName(tags).get(wanted);
+      const tag = byCanonicalName(parsedEntry(entry) as OllamaTag[]).get(wanted);
       if (tag) located.push({ node: nodes[i]!, tag });
     }
     // Not there: the caller asks the nodes afresh (a model installed a moment ago).

@@ -1,4 +1,4 @@
-import { deriveSignal, deriveSignalFromAll } from "../util/signal-lineage.js";
+import { deriveSignalFromAll } from "../util/signal-lineage.js";
 import type { Urgency } from "./failover.js";
 import type { OllamaBody } from "./ollama-request.js";
 
@@ -117,12 +117,7 @@ export function createEmbedBatcher(options: EmbedBatcherOptions): EmbedBatcher {
     const controller = new AbortController();
     // The batch's upstream work counts as its first caller's (its spans go under that call).
     // Observers (tracing) find every call this request serves from its signal.
-    if (live.length === 1) deriveSignal(controller.signal, live[0]!.signal);
-    else
-      deriveSignalFromAll(
-        controller.signal,
-        live.map((m) => m.signal),
-      );
+    deriveSignalFromAll(controller.signal, live);
     let remaining = live.length;
     // A caller that leaves is answered at once; the others' request goes on without it.
     const listeners = live.map((m) => ({

@@ -26,13 +26,15 @@ export function deriveSignal(derived: AbortSignal, origin: AbortSignal): void {
 }
 
 /**
- * Records that `derived` serves the calls of all `origins` at once (an Embed batch's request):
+ * Records that `derived` serves the calls of all `members` at once (an Embed batch's request):
  * the first watched call's watcher is its watcher (`watcherOf`), and `watchersOf` gives them all.
+ * A lone member is `deriveSignal`.
  */
-export function deriveSignalFromAll(derived: AbortSignal, origins: readonly AbortSignal[]): void {
+export function deriveSignalFromAll(derived: AbortSignal, members: readonly { readonly signal: AbortSignal }[]): void {
+  if (members.length === 1) return deriveSignal(derived, members[0]!.signal);
   let all: object[] | undefined;
-  for (const origin of origins) {
-    const watcher = watchers.get(origin);
+  for (const { signal } of members) {
+    const watcher = watchers.get(signal);
     if (watcher !== undefined && !all?.includes(watcher)) (all ??= []).push(watcher);
   }
   if (all === undefined) return;

@@ -1,5 +1,8 @@
-/** Waits `ms`, or rejects with the signal's reason when it aborts first. */
-export function sleep(ms: number, signal: AbortSignal): Promise<void> {
+/**
+ * Waits `ms`, or rejects with the signal's reason when it aborts first. `unref`: the wait does not
+ * keep the process alive (for background work such as an export's retry). @default false
+ */
+export function sleep(ms: number, signal: AbortSignal, options: { unref?: boolean } = {}): Promise<void> {
   if (signal.aborted) return Promise.reject(signal.reason as Error);
   return new Promise((resolve, reject) => {
     const onAbort = (): void => {
@@ -10,6 +13,7 @@ export function sleep(ms: number, signal: AbortSignal): Promise<void> {
       signal.removeEventListener("abort", onAbort);
       resolve();
     }, ms);
+    if (options.unref === true) t.unref();
     signal.addEventListener("abort", onAbort, { once: true });
   });
 }

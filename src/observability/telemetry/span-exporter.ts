@@ -1,6 +1,7 @@
 import { Agent as HttpAgent, request as httpRequest } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import type { OtlpProtocol } from "../../config/observability-config.js";
+import { sleep } from "../../util/sleep.js";
 import { encodeJson, SpanBatch } from "./otlp-encoding.js";
 import type { ExportHeader } from "./otlp-encoding.js";
 import type { RecordedSpan } from "./span.js";
@@ -70,23 +71,6 @@ const RETRYABLE = new Set([0, 429, 502, 503, 504]);
 const MAX_TRIES = 3;
 /** Longest pause a `Retry-After` may ask for, ms. */
 const MAX_RETRY_AFTER_MS = 30_000;
-
-/** A pause that does not keep the process alive, cut short (rejected) when `signal` aborts. */
-function pause(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal.aborted) return reject(signal.reason as Error);
-    const onAbort = (): void => {
-      clearTimeout(timer);
-      reject(signal.reason as Error);
-    };
-    const timer = setTimeout(() => {
-      signal.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    timer.unref();
-    signal.addEventListener("abort", onAbort, { once: true });
-  });
-}
 
 /** The pause a `Retry-After` header asks for (seconds, or an HTTP date), ms; undefined when none or unreadable. */
 export function retryAfterMs(header: string | undefined, now = Date.now()): number | undefined {
@@ -167,7 +151,7 @@ export function createSpanExporter(o: SpanExporterOptions): SpanExporter {
         if (tries >= MAX_TRIES || !RETRYABLE.has(status) || stopping.signal.aborted) break;
         const wait = retryAfterMs(answer.retryAfter) ?? retryBaseMs * 2 ** (tries - 1);
         if (Date.now() + wait >= until) break;
-        await pause(wait, stopping.signal);
+        await sleep(wait, stopping.signal, { unref: true });
       }
     } catch {
       // shutdown cut the pause short: this batch is dropped
