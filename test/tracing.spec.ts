@@ -623,15 +623,15 @@ describe("OTLP/JSON export (OTEL_EXPORTER_OTLP_PROTOCOL=http/json)", () => {
 
 describe("an Embed batch in traces", () => {
   it("is one upstream span under the first traced call, linked both ways with the other calls it serves", async () => {
-    const sim = await startSimulator({ firstTokenMs: 300 });
+    const sim = await startSimulator({ firstTokenMs: 1_500 });
     const rx = await startOtlpReceiver();
     const gw = await startTestGateway({
       OLLAMA_URL: sim.url,
       OTEL_EXPORTER_OTLP_ENDPOINT: rx.url,
       OTEL_BSP_SCHEDULE_DELAY: "25",
       EMBED_CACHE: "off",
-      // Long enough that the two calls below share one request to Ollama.
-      EMBED_BATCH_WINDOW_MS: "300",
+      // Generous for a loaded machine: the three calls below reach the batcher while the lead is out (1.5 s) and the window is open.
+      EMBED_BATCH_WINDOW_MS: "1000",
     });
     try {
       const client = createClient(InferenceService, TRANSPORTS[0]!.make(gw.url));
