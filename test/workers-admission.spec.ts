@@ -2,19 +2,32 @@ import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { GatewayService } from "../src/gen/ollama/gateway/v1/gateway_pb.js";
 import { InferenceService } from "../src/gen/ollama/gateway/v1/inference_pb.js";
 import { startSimulator } from "../src/simulator/simulator.js";
 import { IPC_SLOTS_LOCAL_MSG } from "../src/routing/ipc-slot-gate.js";
-import { spawnGateway, workerPids } from "./helpers/gateway-process.js";
+import {
+  recentLog,
+  spawnGateway,
+  statusOnNewConnection,
+  withGatewayLog,
+  workerPids,
+} from "./helpers/gateway-process.js";
 import { eventually as eventuallyWithin } from "./helpers/hostile-clients.js";
 import type { GatewayProcess } from "./helpers/gateway-process.js";
 
 const MODEL = "llama3.2:latest";
 
-/** Polls until `cond` holds; generous, the machine may be loaded. */
-const eventually = (cond: () => boolean | Promise<boolean>, what: string, ms = 30_000): Promise<void> =>
-  eventuallyWithin(cond, what, ms);
+/**
+ * Polls until `cond` holds; generous, the machine may be loaded. A failure says how many workers fell
+ * back to counting slots alone and what the gateway logged last.
+ */
+const eventually = (
+  g: GatewayProcess,
+  cond: () => boolean | Promise<boolean>,
+  what: string,
+  ms = 30_000,
+): Promise<void> =>
+  eventuallyWithin(cond, what, ms, () => `(fallbacks: ${fallbacks(g)}; gateway log tail:\n${recentLog(g)})`);
 
 /** How many times a worker fell back to counting slots alone (the primary did not answer in time). */
 function fallbacks(g: GatewayProcess): number {
@@ -31,7 +44,7 @@ const transport = (url: string) => createGrpcTransport({ baseUrl: url });
 async function depthsPerWorker(url: string): Promise<Map<string, number>> {
   const seen = new Map<string, number>();
   for (let i = 0; i < 20 && seen.size < 2; i++) {
-    const s = await createClient(GatewayService, transport(url)).getStatus({});
+    const s = await statusOnNewConnection(url);
     const id = `${s.startedAt?.seconds}.${s.startedAt?.nanos}`;
     if (!seen.has(id)) seen.set(id, s.queues.find((q) => q.model === MODEL)?.depth ?? 0);
   }
@@ -44,11 +57,12 @@ const total = (m: Map<string, number>): number => [...m.values()].reduce((a, b) 
  * Starts calls with `start` one at a time, each once the previous one waits, until at least `min`
  * wait and both workers have some waiting (node:cluster picks the worker of each connection).
  */
-async function waitAtBoth<T>(url: string, min: number, start: (i: number) => T): Promise<T[]> {
+async function waitAtBoth<T>(g: GatewayProcess, min: number, start: (i: number) => T): Promise<T[]> {
+  const url = g.url;
   const calls: T[] = [];
   for (let i = 0; i < 30; i++) {
     calls.push(start(i));
-    await eventually(async () => total(await depthsPerWorker(url)) === calls.length, `call ${i} to wait`);
+    await eventually(g, async () => total(await depthsPerWorker(url)) === calls.length, `call ${i} to wait`);
     const d = await depthsPerWorker(url);
     if (calls.length >= min && d.size === 2 && [...d.values()].every((n) => n > 0)) return calls;
   }
@@ -71,10 +85,10 @@ function generate(url: string, prompt: string, opts: { priority?: number; numPre
 }
 
 /** A call holding the node's only slot until `release()` cancels it. */
-async function holdSlot(url: string, sim: { stats: { inFlight: Record<string, number> } }) {
+async function holdSlot(g: GatewayProcess, sim: { stats: { inFlight: Record<string, number> } }) {
   const ac = new AbortController();
-  const held = generate(url, "hold", { numPredict: 100_000, signal: ac.signal }).done.catch(() => undefined);
-  await eventually(() => (sim.stats.inFlight[MODEL] ?? 0) === 1, "the long call to hold the slot");
+  const held = generate(g.url, "hold", { numPredict: 100_000, signal: ac.signal }).done.catch(() => undefined);
+  await eventually(g, () => (sim.stats.inFlight[MODEL] ?? 0) === 1, "the long call to hold the slot");
   return {
     async release() {
       ac.abort();
@@ -90,13 +104,14 @@ describe("one admission order across the workers (WORKERS=2, no Redis)", { timeo
     const sim = await startSimulator({ tokenMs: 10, numParallel: 8 });
     const g = await spawnGateway({ OLLAMA_URL: sim.url, OLLAMA_NUM_PARALLEL: "1", WORKERS: "2" });
     try {
-      await eventually(() => workerPids(g).length === 2, "both workers");
-      const status = await createClient(GatewayService, transport(g.url)).getStatus({});
+      await eventually(g, () => workerPids(g).length === 2, "both workers");
+      const status = await statusOnNewConnection(g.url);
       assert.equal(status.slotsShared, true, "GetStatus says the slots are shared (through the primary)");
-      const holder = await holdSlot(g.url, sim);
-      const lows = await waitAtBoth(g.url, 6, (i) => generate(g.url, `low${i}`, { priority: 0 }));
+      const holder = await holdSlot(g, sim);
+      const lows = await waitAtBoth(g, 6, (i) => generate(g.url, `low${i}`, { priority: 0 }));
       const high = generate(g.url, "high", { priority: 10 });
       await eventually(
+        g,
         async () => total(await depthsPerWorker(g.url)) === lows.length + 1,
         "the high-priority call to wait",
       );
@@ -113,6 +128,8 @@ describe("one admission order across the workers (WORKERS=2, no Redis)", { timeo
         1,
         `the node never had two requests at once (workers that fell back to counting alone: ${fallbacks(g)})`,
       );
+    } catch (e) {
+      throw withGatewayLog(e, g);
     } finally {
       await g.stop();
       await sim.close();
@@ -123,11 +140,11 @@ describe("one admission order across the workers (WORKERS=2, no Redis)", { timeo
     const sim = await startSimulator({ tokenMs: 10, numParallel: 8 });
     const g = await spawnGateway({ OLLAMA_URL: sim.url, OLLAMA_NUM_PARALLEL: "1", WORKERS: "2" });
     try {
-      await eventually(() => workerPids(g).length === 2, "both workers");
-      const holder = await holdSlot(g.url, sim);
+      await eventually(g, () => workerPids(g).length === 2, "both workers");
+      const holder = await holdSlot(g, sim);
       // One waiting call at each worker, both cancelled: their waiters stay in the primary.
       const cancels: AbortController[] = [];
-      const waiting = await waitAtBoth(g.url, 2, (i) => {
+      const waiting = await waitAtBoth(g, 2, (i) => {
         const ac = new AbortController();
         cancels.push(ac);
         return generate(g.url, `gone${i}`, { signal: ac.signal }).done.then(
@@ -145,6 +162,8 @@ describe("one admission order across the workers (WORKERS=2, no Redis)", { timeo
         "every call after the cancelled ones is served",
       );
       assert.equal(sim.stats.maxInFlight[MODEL], 1);
+    } catch (e) {
+      throw withGatewayLog(e, g);
     } finally {
       await g.stop();
       await sim.close();
@@ -155,17 +174,17 @@ describe("one admission order across the workers (WORKERS=2, no Redis)", { timeo
     const sim = await startSimulator({ tokenMs: 10, numParallel: 8 });
     const g = await spawnGateway({ OLLAMA_URL: sim.url, OLLAMA_NUM_PARALLEL: "1", WORKERS: "2" });
     try {
-      await eventually(() => workerPids(g).length === 2, "both workers");
+      await eventually(g, () => workerPids(g).length === 2, "both workers");
       const [victim] = workerPids(g);
-      const holder = await holdSlot(g.url, sim);
-      const calls = await waitAtBoth(g.url, 4, (i) =>
+      const holder = await holdSlot(g, sim);
+      const calls = await waitAtBoth(g, 4, (i) =>
         generate(g.url, `w${i}`, {}).done.then(
           () => "served",
           () => "failed",
         ),
       );
       process.kill(victim!, "SIGKILL");
-      await eventually(() => workerPids(g).length === 3, "the primary to restart the killed worker");
+      await eventually(g, () => workerPids(g).length === 3, "the primary to restart the killed worker");
       await holder.release();
       const outcomes = await Promise.all(calls);
       assert.ok(outcomes.includes("served"), "the surviving worker's waiting calls are served");
@@ -174,6 +193,8 @@ describe("one admission order across the workers (WORKERS=2, no Redis)", { timeo
       assert.ok(after.every((t) => t !== undefined));
       // (No peak check here: when the killed worker held the slot, the primary frees it at the
       // exit, possibly before the node noticed the dropped request.)
+    } catch (e) {
+      throw withGatewayLog(e, g);
     } finally {
       await g.stop();
       await sim.close();

@@ -24,14 +24,14 @@ import type { SlotLearning } from "../src/routing/slot-learning.js";
 import type { OllamaNode } from "../src/upstream/ollama-node.js";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { GatewayService } from "../src/gen/ollama/gateway/v1/gateway_pb.js";
 import type { GetStatusResponse } from "../src/gen/ollama/gateway/v1/gateway_pb.js";
 import { InferenceService } from "../src/gen/ollama/gateway/v1/inference_pb.js";
 import { ThinkMode } from "../src/gen/ollama/gateway/v1/types_pb.js";
 import { SLOTS_LOWERED_MSG } from "../src/routing/scheduler.js";
 import { startSimulator } from "../src/simulator/simulator.js";
-import { spawnGateway } from "./helpers/gateway-process.js";
+import { recentLog, spawnGateway, statusOnNewConnection, withGatewayLog } from "./helpers/gateway-process.js";
 import type { GatewayProcess } from "./helpers/gateway-process.js";
+import { eventually as eventuallyWithin } from "./helpers/hostile-clients.js";
 
 const MODEL = "llama3.2:latest";
 
@@ -257,20 +257,15 @@ describe("the workers' shared learning over IPC", () => {
 async function statusPerWorker(url: string) {
   const seen = new Map<string, GetStatusResponse>();
   for (let i = 0; i < 20 && seen.size < 2; i++) {
-    const s = await createClient(GatewayService, createGrpcTransport({ baseUrl: url })).getStatus({});
+    const s = await statusOnNewConnection(url);
     seen.set(`${s.startedAt?.seconds}.${s.startedAt?.nanos}`, s);
   }
   return [...seen.values()];
 }
 
-/** Polls `cond` until it holds; fails after `ms` (generous: the machine may be loaded). */
-async function eventually(cond: () => Promise<boolean>, what: string, ms = 60_000): Promise<void> {
-  const until = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+/** Polls `cond` until it holds; fails after `ms` (generous: the machine may be loaded), with the gateway's last log lines. */
+const eventually = (g: GatewayProcess, cond: () => Promise<boolean>, what: string, ms = 60_000): Promise<void> =>
+  eventuallyWithin(cond, what, ms, () => `(gateway log tail:\n${recentLog(g)})`);
 
 const listening = (g: GatewayProcess) => g.lines().filter((l) => l["msg"] === "gateway listening").length;
 
@@ -281,7 +276,7 @@ describe("what one worker learns reaches the other (WORKERS=2, no Redis)", { tim
     const sim = await startSimulator({ numParallel: 1, tokenMs: 10 });
     const g = await spawnGateway({ OLLAMA_URL: sim.url, OLLAMA_NUM_PARALLEL: "4", WORKERS: "2" });
     try {
-      await eventually(async () => listening(g) === 2, "both workers");
+      await eventually(g, async () => listening(g) === 2, "both workers");
       const one = createClient(InferenceService, createGrpcTransport({ baseUrl: g.url }));
       const lowered = () => g.lines().some((l) => l["msg"] === SLOTS_LOWERED_MSG);
       for (let i = 0; i < 12 && !lowered(); i++) {
@@ -297,18 +292,24 @@ describe("what one worker learns reaches the other (WORKERS=2, no Redis)", { tim
       }
       assert.ok(lowered(), "the worker serving the calls lowered the node's slots");
       let last: GetStatusResponse[] = [];
-      await eventually(async () => {
-        last = await statusPerWorker(g.url);
-        return (
-          last.length === 2 &&
-          last.every((s) => (s.nodes[0]?.loweredSlots.find((l) => l.model === MODEL)?.slots ?? 4) < 4)
-        );
-      }, "both workers to show the lowered slots");
+      await eventually(
+        g,
+        async () => {
+          last = await statusPerWorker(g.url);
+          return (
+            last.length === 2 &&
+            last.every((s) => (s.nodes[0]?.loweredSlots.find((l) => l.model === MODEL)?.slots ?? 4) < 4)
+          );
+        },
+        "both workers to show the lowered slots",
+      );
       const applied = g.lines().find((l) => l["msg"] === WORKER_LEARNING_MSG);
       assert.ok(applied, "the idle worker applied the other's learning");
       assert.equal(g.lines().filter((l) => l["msg"] === SLOTS_LOWERED_MSG).length, 1, "learned by one worker only");
       const [a, b] = last.map((s) => s.nodes[0]?.loweredSlots.find((l) => l.model === MODEL)?.slots);
       assert.equal(a, b, "both use the same slots");
+    } catch (e) {
+      throw withGatewayLog(e, g);
     } finally {
       await g.stop();
       await sim.close();
@@ -325,7 +326,7 @@ describe("what one worker learns reaches the other (WORKERS=2, no Redis)", { tim
       WORKERS: "2",
     });
     try {
-      await eventually(async () => listening(g) === 2, "both workers");
+      await eventually(g, async () => listening(g) === 2, "both workers");
       const one = createClient(InferenceService, createGrpcTransport({ baseUrl: g.url }));
       const call = async (model: string, prompt: string) => {
         for await (const _m of one.generate(
@@ -343,14 +344,20 @@ describe("what one worker learns reaches the other (WORKERS=2, no Redis)", { tim
         if (last.some(evicted)) break;
       }
       assert.ok(last.some(evicted), "the worker serving the calls saw an eviction");
-      await eventually(async () => {
-        last = await statusPerWorker(g.url);
-        return last.length === 2 && last.every((s) => evicted(s) === true);
-      }, "both workers to show the eviction");
+      await eventually(
+        g,
+        async () => {
+          last = await statusPerWorker(g.url);
+          return last.length === 2 && last.every((s) => evicted(s) === true);
+        },
+        "both workers to show the eviction",
+      );
       const [a, b] = last.map((s) => s.nodes[0]!.capacity!);
       assert.equal(a!.overflowBytes, b!.overflowBytes, "the same upper bound");
       assert.ok(a!.overflowBytes > 0n);
       assert.ok(g.lines().some((l) => l["msg"] === WORKER_LEARNING_MSG));
+    } catch (e) {
+      throw withGatewayLog(e, g);
     } finally {
       await g.stop();
       await sim.close();

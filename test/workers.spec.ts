@@ -6,7 +6,7 @@ import { createServer } from "node:net";
 import type { AddressInfo } from "node:net";
 import { InferenceService } from "../src/gen/ollama/gateway/v1/inference_pb.js";
 import { startSimulator } from "../src/simulator/simulator.js";
-import { spawnGateway, workerPids } from "./helpers/gateway-process.js";
+import { spawnGateway, withGatewayLog, workerPids } from "./helpers/gateway-process.js";
 import { eventually } from "./helpers/hostile-clients.js";
 
 const MODEL = "llama3.2:latest";
@@ -51,6 +51,8 @@ describe("the workers of one gateway (WORKERS=2, no Redis)", { timeout: 90_000 }
       assert.equal(failures, 0, "every stream succeeds");
       assert.equal(sim.stats.completed, 12);
       assert.equal(sim.stats.maxInFlight[MODEL], 1, "the node never had two requests at once");
+    } catch (e) {
+      throw withGatewayLog(e, g);
     } finally {
       await g.stop();
       await sim.close();
@@ -90,6 +92,8 @@ describe("the workers of one gateway (WORKERS=2, no Redis)", { timeout: 90_000 }
         if (m.done) done++;
       assert.equal(done, 1, "the call after the crash is served to the end");
       assert.ok(g.lines().some((l) => l["msg"] === "freed the slots of a worker that exited"));
+    } catch (e) {
+      throw withGatewayLog(e, g);
     } finally {
       await g.stop();
       await sim.close();
@@ -127,6 +131,8 @@ describe("the workers of one gateway (WORKERS=2, no Redis)", { timeout: 90_000 }
       const applied = g.lines().find((l) => l["msg"] === "node health verdict from another worker applied");
       assert.equal(applied?.["verdict"], "down");
       assert.equal(applied?.["circuit"], "open");
+    } catch (e) {
+      throw withGatewayLog(e, g);
     } finally {
       await g.stop();
       await sim.close();

@@ -1,6 +1,10 @@
 import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { GatewayService } from "../../src/gen/ollama/gateway/v1/gateway_pb.js";
+import type { GetStatusResponse } from "../../src/gen/ollama/gateway/v1/gateway_pb.js";
 
 /** A gateway running as its own OS process (`node --import tsx src/main.ts`), as in production. */
 export interface GatewayProcess {
@@ -120,4 +124,38 @@ export function workerPids(g: GatewayProcess): number[] {
     .lines()
     .filter((l) => l["msg"] === "gateway listening")
     .map((l) => Number(l["pid"]));
+}
+
+/**
+ * One GetStatus on a connection of its own, closed once answered, within `timeoutMs`. node:cluster
+ * hands each new connection to a worker in turn, so this is how a test asks every worker; closing
+ * the connection keeps a test that polls from piling up thousands of idle ones on a slow machine,
+ * and the deadline turns a worker that does not answer into a failure instead of a hang.
+ */
+export async function statusOnNewConnection(url: string, timeoutMs = 10_000): Promise<GetStatusResponse> {
+  const sessionManager = new Http2SessionManager(url);
+  try {
+    return await createClient(GatewayService, createGrpcTransport({ baseUrl: url, sessionManager })).getStatus(
+      {},
+      { timeoutMs },
+    );
+  } finally {
+    sessionManager.abort();
+  }
+}
+
+/** The gateway's last `n` log lines, a few fields each: what a failing multi-process test prints to say why. */
+export function recentLog(g: GatewayProcess, n = 20): string {
+  const fields = ["pid", "level", "msg", "code", "reason", "model", "node", "err"];
+  return g
+    .lines()
+    .slice(-n)
+    .map((l) => JSON.stringify(Object.fromEntries(fields.filter((f) => f in l).map((f) => [f, l[f]]))))
+    .join("\n");
+}
+
+/** `e` with the gateway's last log lines added to its message: a failing multi-process test says what the gateway saw. */
+export function withGatewayLog(e: unknown, g: GatewayProcess): unknown {
+  if (e instanceof Error) e.message += `\ngateway log tail:\n${recentLog(g, 30)}`;
+  return e;
 }
