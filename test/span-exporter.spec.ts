@@ -131,9 +131,17 @@ describe("the span exporter", () => {
       exporter.add(span("after"));
       assert.equal(exporter.held, 1, "room again once the collector answered");
     } finally {
-      for (const answer of hung.splice(0)) answer();
-      await exporter.shutdown();
-      await new Promise((r) => server.close(r));
+      // Shutdown exports what is still held (the "after" span): keep answering until it is done.
+      const answering = setInterval(() => {
+        for (const answer of hung.splice(0)) answer();
+      }, 5);
+      try {
+        await exporter.shutdown();
+      } finally {
+        clearInterval(answering);
+        server.closeAllConnections();
+        await new Promise((r) => server.close(r));
+      }
     }
   });
 
@@ -152,6 +160,57 @@ describe("the span exporter", () => {
       assert.deepEqual(log.messages, [TRACE_EXPORT_FAILED_MSG]);
     } finally {
       await rx.close();
+    }
+  });
+
+  it("takes an export answered 200 with an endless body, reading only the first 64 KiB of it", async () => {
+    let sent = 0;
+    const server = createServer((req, res) => {
+      req.resume();
+      req.on("end", () => {
+        res.writeHead(200, { "content-type": "application/x-protobuf" });
+        const block = Buffer.alloc(16 * 1024);
+        const pump = (): void => {
+          while (!res.destroyed && sent < 64 * 1024 * 1024 && res.write(block)) sent += block.length;
+          if (!res.destroyed && sent < 64 * 1024 * 1024) res.once("drain", pump);
+        };
+        pump();
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const log = memoryLog();
+    const exporter = createSpanExporter(options(url, log));
+    try {
+      exporter.add(span("kept"));
+      await exporter.forceFlush();
+      assert.deepEqual(log.messages, [], "a 200 is a success, whatever follows it");
+      assert.equal(exporter.held, 0);
+      assert.ok(sent < 8 * 1024 * 1024, `the exporter stopped reading early (the collector wrote ${sent} bytes)`);
+    } finally {
+      await exporter.shutdown();
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    }
+  });
+
+  it("gives up on a collector that takes the request and never answers, after timeoutMs, logging once", async () => {
+    const server = createServer((req) => req.resume());
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const log = memoryLog();
+    const exporter = createSpanExporter(options(url, log, { timeoutMs: 200, exportTimeoutMs: 200 }));
+    try {
+      exporter.add(span("lost"));
+      const started = performance.now();
+      await exporter.forceFlush();
+      assert.ok(performance.now() - started >= 150, "it waited for the answer first");
+      assert.deepEqual(log.messages, [TRACE_EXPORT_FAILED_MSG]);
+      assert.equal(exporter.held, 0, "nothing is held for the silent collector");
+    } finally {
+      await exporter.shutdown();
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
     }
   });
 
