@@ -268,6 +268,7 @@ const eventually = (g: GatewayProcess, cond: () => Promise<boolean>, what: strin
   eventuallyWithin(cond, what, ms, () => `(gateway log tail:\n${recentLog(g)})`);
 
 const listening = (g: GatewayProcess) => g.lines().filter((l) => l["msg"] === "gateway listening").length;
+const learned = (g: GatewayProcess) => g.lines().some((l) => l["msg"] === WORKER_LEARNING_MSG);
 
 // Real workers (WORKERS=2, no Redis). All traffic goes over ONE HTTP/2 connection, which node:cluster
 // gives to one worker: the other serves nothing, so whatever it knows it learned from the first.
@@ -303,8 +304,8 @@ describe("what one worker learns reaches the other (WORKERS=2, no Redis)", { tim
         },
         "both workers to show the lowered slots",
       );
-      const applied = g.lines().find((l) => l["msg"] === WORKER_LEARNING_MSG);
-      assert.ok(applied, "the idle worker applied the other's learning");
+      // Log lines are written in batches (up to 200 ms late): wait for the line rather than race it.
+      await eventually(g, async () => learned(g), "the idle worker to log that it applied the other's learning");
       assert.equal(g.lines().filter((l) => l["msg"] === SLOTS_LOWERED_MSG).length, 1, "learned by one worker only");
       const [a, b] = last.map((s) => s.nodes[0]?.loweredSlots.find((l) => l.model === MODEL)?.slots);
       assert.equal(a, b, "both use the same slots");
@@ -355,7 +356,7 @@ describe("what one worker learns reaches the other (WORKERS=2, no Redis)", { tim
       const [a, b] = last.map((s) => s.nodes[0]!.capacity!);
       assert.equal(a!.overflowBytes, b!.overflowBytes, "the same upper bound");
       assert.ok(a!.overflowBytes > 0n);
-      assert.ok(g.lines().some((l) => l["msg"] === WORKER_LEARNING_MSG));
+      await eventually(g, async () => learned(g), "the idle worker to log that it applied the other's learning");
     } catch (e) {
       throw withGatewayLog(e, g);
     } finally {

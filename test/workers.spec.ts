@@ -91,7 +91,11 @@ describe("the workers of one gateway (WORKERS=2, no Redis)", { timeout: 90_000 }
       ))
         if (m.done) done++;
       assert.equal(done, 1, "the call after the crash is served to the end");
-      assert.ok(g.lines().some((l) => l["msg"] === "freed the slots of a worker that exited"));
+      // The primary's log lines are written in batches (up to 200 ms late): wait for the line.
+      await eventually(
+        () => g.lines().some((l) => l["msg"] === "freed the slots of a worker that exited"),
+        "the primary to log that it freed the dead worker's slots",
+      );
     } catch (e) {
       throw withGatewayLog(e, g);
     } finally {

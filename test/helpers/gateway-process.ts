@@ -156,6 +156,11 @@ export function recentLog(g: GatewayProcess, n = 20): string {
 
 /** `e` with the gateway's last log lines added to its message: a failing multi-process test says what the gateway saw. */
 export function withGatewayLog(e: unknown, g: GatewayProcess): unknown {
-  if (e instanceof Error) e.message += `\ngateway log tail:\n${recentLog(g, 30)}`;
+  if (e instanceof Error) {
+    const tail = `\ngateway log tail:\n${recentLog(g, 30)}`;
+    e.message += tail;
+    // The test runner prints the stack, captured with the message as it was: add the tail there too.
+    if (e.stack !== undefined) e.stack += tail;
+  }
   return e;
 }
