@@ -102,6 +102,9 @@ function perRequestUs(seconds: number | undefined, s: RunSummary): number {
   return round(((seconds ?? NaN) * 1e6) / Math.max(1, s.requests));
 }
 
+/** Calls of each kind every gateway of scenario (a) serves before its rows are measured. */
+const GATEWAY_WARMUP = 5_000;
+
 /** (a) Generate 1 token and Embed 1 input at concurrency 1, 16, 64 (smoke: 1, 16). */
 export async function scenarioA(ctx: BenchContext): Promise<LatencyRow[]> {
   const smoke = ctx.opts.smoke;
@@ -111,6 +114,24 @@ export async function scenarioA(ctx: BenchContext): Promise<LatencyRow[]> {
   const others = await ctx.comparisonGateways();
   const rows: LatencyRow[] = [];
   try {
+    // Each gateway first serves GATEWAY_WARMUP calls of each kind, so that the rows measure calls, not
+    // V8 compiling the gateway's code (on its background threads, counted in the process's CPU): the
+    // first row would otherwise carry the compiles, and a gateway with more code (telemetry on) more of them.
+    if (!smoke) {
+      for (const p of [gw, ...others.map((o) => o.gw)]) {
+        for (const mix of ["generate", "embed"] as const) {
+          await ctx.pool.run([
+            job(ctx, p, "gateway", {
+              mix,
+              concurrency: 16,
+              numPredict: 1,
+              requests: GATEWAY_WARMUP,
+              label: `${mix} warm-up`,
+            }),
+          ]);
+        }
+      }
+    }
     for (const kind of ["generate", "embed"] as const) {
       for (const concurrency of smoke ? [1, 16] : [1, 16, 64]) {
         const fields = {
