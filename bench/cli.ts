@@ -46,6 +46,11 @@ export interface BenchOptions {
    * none): what a setting costs per call.
    */
   compareEnv: Record<string, string>[];
+  /**
+   * Rounds of the comparison in scenario (a) (`--compare-rounds`, default 4): each measures every
+   * gateway once, alternating the order; the ratio reported is the median of the rounds' ratios.
+   */
+  compareRounds: number;
   /** Where reports and gateway logs go. */
   outDir: string;
   /** The arguments as given, for the report. */
@@ -85,13 +90,15 @@ simulator over HTTP). Writes bench-results/bench-<time>.{md,json}.
                           extra setting for every gateway, repeatable
                           (e.g. GRPC_FAST_PATH=off)
   --before-rev REV        also build the gateway of commit REV and measure it in
-                          scenario a beside this one (order A B B A per row, CPU per
-                          call pooled): a before/after comparison in one run
+                          scenario a beside this one (alternating rounds, see
+                          --compare-rounds): a before/after comparison in one run
   --compare-env "NAME=value ..."
                           like --before-rev, but the other gateway is this checkout
                           with these settings (space-separated); repeatable, one
                           gateway each, e.g. --compare-env METRICS_PORT=0: what a
                           feature costs per call
+  --compare-rounds N      rounds of that comparison per row, the order alternating
+                          (A B ... B A B ...), the median ratio reported (default 4)
   --out DIR               output directory (default bench-results)
   -h, --help              this text
 `;
@@ -125,6 +132,7 @@ export function parseBenchArgs(argv: string[]): BenchOptions | undefined {
       "gateway-env": { type: "string", multiple: true },
       "before-rev": { type: "string" },
       "compare-env": { type: "string", multiple: true },
+      "compare-rounds": { type: "string" },
       out: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
@@ -192,6 +200,7 @@ export function parseBenchArgs(argv: string[]): BenchOptions | undefined {
     gatewayEnv,
     beforeRev: values["before-rev"],
     compareEnv,
+    compareRounds: int("compare-rounds", values["compare-rounds"], smoke ? 2 : 4, 2, 20),
     outDir: values.out ?? "bench-results",
     argv,
   };

@@ -266,19 +266,20 @@ export function renderMarkdown(
       L.push(
         "### (a) before and after (`--before-rev` / `--compare-env`)",
         "",
-        "The same rows against other gateways, each run twice close to the gateway above in the order " +
-          "A B C ... C B A (A = the gateway above); CPU per request pooled over the two runs of each " +
-          "(latency from the first run of each).",
+        `The same rows against other gateways, in ${compared[0]?.rounds ?? 0} rounds that each measure every gateway once, ` +
+          "in the order A B C ... then C B A ... (A = the gateway above, measured again), so each variant runs " +
+          "next to A. after ÷ before is the median of the rounds' ratios (the lowest and highest round beside " +
+          "it); CPU per request is pooled over the rounds, latency the median of the rounds.",
         "",
         ...compared.map((c, i) => `- (${i + 1}) before: ${c.labels.before}; after: ${c.labels.after}`),
         "",
-        "| kind | c | | gateway CPU µs/req before / after | after ÷ before | p50 ms before / after | p99 ms before / after | errors |",
-        "|---|---|---|---|---|---|---|---|",
+        "| kind | c | | gateway CPU µs/req before / after | after ÷ before (median) | rounds lowest – highest | p50 ms before / after | p99 ms before / after | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
       );
       for (const x of r.a) {
         for (const [i, b] of (x.comparisons ?? []).entries()) {
           L.push(
-            `| ${x.kind} | ${x.concurrency} | (${i + 1}) | ${b.cpuUsPerRequest.before} / ${b.cpuUsPerRequest.after} | ${b.cpuRatio} | ` +
+            `| ${x.kind} | ${x.concurrency} | (${i + 1}) | ${b.cpuUsPerRequest.before} / ${b.cpuUsPerRequest.after} | ${b.cpuRatio} | ${b.cpuRatioRange[0]} – ${b.cpuRatioRange[1]} | ` +
               `${b.p50Ms.before} / ${b.p50Ms.after} | ${b.p99Ms.before} / ${b.p99Ms.after} | ${b.errors} |`,
           );
         }

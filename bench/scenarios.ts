@@ -79,15 +79,19 @@ export interface BeforeComparison {
   labels: { before: string; after: string };
   /** Gateway CPU per request, µs: the earlier commit's and this checkout's. */
   cpuUsPerRequest: { before: number; after: number };
-  /** after / before (1.05 = 5 % more CPU per call than before). */
+  /** after / before, the median over the rounds of each round's ratio (1.05 = 5 % more CPU per call). */
   cpuRatio: number;
-  /** Latency of the first run of each, ms. */
+  /** The lowest and highest round's ratio: how far one round can be trusted. */
+  cpuRatioRange: [number, number];
+  /** Rounds measured (`--compare-rounds`). */
+  rounds: number;
+  /** Latency, the median over the rounds, ms. */
   p50Ms: { before: number; after: number };
-  /** Latency of the first run of each, ms. */
+  /** Latency, the median over the rounds, ms. */
   p99Ms: { before: number; after: number };
-  /** Failed requests in the extra runs (both gateways). */
+  /** Failed requests in the comparison runs (both gateways). */
   errors: number;
-  /** Requests timed, both runs of each. */
+  /** Requests timed, all rounds of each. */
   requests: { before: number; after: number };
 }
 
@@ -96,6 +100,18 @@ function pooledCpuUs(runs: readonly RunSummary[]): number {
   const cpu = runs.reduce((s, r) => s + (r.cpuSeconds.gateway ?? NaN), 0);
   const requests = runs.reduce((s, r) => s + r.requests, 0);
   return round((cpu * 1e6) / Math.max(1, requests));
+}
+
+/** CPU per request of one run, µs. */
+function cpuUs(r: RunSummary): number {
+  return ((r.cpuSeconds.gateway ?? NaN) * 1e6) / Math.max(1, r.requests);
+}
+
+/** The median of a non-empty list (the mean of the middle two for an even count). */
+function median(xs: readonly number[]): number {
+  const v = [...xs].sort((a, b) => a - b);
+  const m = v.length >> 1;
+  return v.length % 2 === 1 ? v[m]! : (v[m - 1]! + v[m]!) / 2;
 }
 
 function perRequestUs(seconds: number | undefined, s: RunSummary): number {
@@ -168,35 +184,56 @@ export async function scenarioA(ctx: BenchContext): Promise<LatencyRow[]> {
         });
         let comparisons: BeforeComparison[] | undefined;
         if (others.length > 0) {
-          const again = async (label: string, p: typeof gw) =>
+          // R rounds, each measuring every gateway once, in the order A B C ... then ... C B A (A = the
+          // gateway above), so that each variant is measured next to A and drift hits both alike. Each
+          // round pairs a variant with the A of that round; the ratio is the median over the rounds.
+          const rounds = ctx.opts.compareRounds;
+          // Each gateway gets twice a row's time in all, whatever the number of rounds.
+          const roundMs = Math.max(smoke ? 200 : 1000, Math.round((2 * fields.durationMs) / rounds));
+          const measureOnce = async (label: string, p: typeof gw) =>
             (
               await measure(ctx.pool, {
                 label,
-                jobs: [job(ctx, p, "gateway", fields)],
+                jobs: [job(ctx, p, "gateway", { ...fields, durationMs: roundMs })],
                 warmup,
                 warmupNumPredict: 1,
                 simPid: sim.pid,
                 gatewayPid: p.pid,
               })
             ).summary;
-          // A B C ... C B A, A being the gateway measured above.
-          const first: RunSummary[] = [];
-          for (const o of others) first.push(await again(`gateway ${o.role}`, o.gw));
-          const second: RunSummary[] = [];
-          for (const o of [...others].reverse()) second.unshift(await again(`gateway ${o.role}`, o.gw));
-          const a = [gateway.summary, await again("gateway", gw)];
+          const runsA: RunSummary[] = [];
+          const runsO: RunSummary[][] = others.map(() => []);
+          for (let r = 0; r < rounds; r++) {
+            const order: (number | "A")[] = ["A", ...others.map((_, i) => i)];
+            for (const g of r % 2 === 0 ? order : order.reverse()) {
+              if (g === "A") runsA.push(await measureOnce("gateway", gw));
+              else runsO[g]!.push(await measureOnce(`gateway ${others[g]!.role}`, others[g]!.gw));
+            }
+          }
           comparisons = others.map((o, i) => {
-            const b = [first[i]!, second[i]!];
-            const [bef, aft] = o.role === "before" ? [b, a] : [a, b];
+            const b = runsO[i]!;
+            const [bef, aft] = o.role === "before" ? [b, runsA] : [runsA, b];
+            const perRound = bef.map((x, k) => ratio(cpuUs(aft[k]!), cpuUs(x)));
             const cpu = { before: pooledCpuUs(bef), after: pooledCpuUs(aft) };
             return {
               labels: { before: o.before, after: o.after },
               cpuUsPerRequest: cpu,
-              cpuRatio: round(ratio(cpu.after, cpu.before)),
-              p50Ms: { before: bef[0]!.latencyMs.p50, after: aft[0]!.latencyMs.p50 },
-              p99Ms: { before: bef[0]!.latencyMs.p99, after: aft[0]!.latencyMs.p99 },
-              errors: b[0]!.errors + b[1]!.errors + a[1]!.errors,
-              requests: { before: bef[0]!.requests + bef[1]!.requests, after: aft[0]!.requests + aft[1]!.requests },
+              cpuRatio: round(median(perRound)),
+              cpuRatioRange: [round(Math.min(...perRound)), round(Math.max(...perRound))],
+              rounds,
+              p50Ms: {
+                before: round(median(bef.map((x) => x.latencyMs.p50))),
+                after: round(median(aft.map((x) => x.latencyMs.p50))),
+              },
+              p99Ms: {
+                before: round(median(bef.map((x) => x.latencyMs.p99))),
+                after: round(median(aft.map((x) => x.latencyMs.p99))),
+              },
+              errors: [...b, ...runsA].reduce((n, x) => n + x.errors, 0),
+              requests: {
+                before: bef.reduce((n, x) => n + x.requests, 0),
+                after: aft.reduce((n, x) => n + x.requests, 0),
+              },
             };
           });
         }
