@@ -11,7 +11,7 @@ import { nodeTree, readUsage } from "./proc-sampler.js";
 import type { ProcSample } from "./proc-sampler.js";
 import type { Started } from "./processes.js";
 import { simAdmin } from "./processes.js";
-import { ratio, round, slope, summarize } from "./stats.js";
+import { median, ratio, round, slope, summarize } from "./stats.js";
 
 const MB = 1e6;
 
@@ -100,18 +100,6 @@ function pooledCpuUs(runs: readonly RunSummary[]): number {
   const cpu = runs.reduce((s, r) => s + (r.cpuSeconds.gateway ?? NaN), 0);
   const requests = runs.reduce((s, r) => s + r.requests, 0);
   return round((cpu * 1e6) / Math.max(1, requests));
-}
-
-/** CPU per request of one run, µs. */
-function cpuUs(r: RunSummary): number {
-  return ((r.cpuSeconds.gateway ?? NaN) * 1e6) / Math.max(1, r.requests);
-}
-
-/** The median of a non-empty list (the mean of the middle two for an even count). */
-function median(xs: readonly number[]): number {
-  const v = [...xs].sort((a, b) => a - b);
-  const m = v.length >> 1;
-  return v.length % 2 === 1 ? v[m]! : (v[m - 1]! + v[m]!) / 2;
 }
 
 function perRequestUs(seconds: number | undefined, s: RunSummary): number {
@@ -213,7 +201,7 @@ export async function scenarioA(ctx: BenchContext): Promise<LatencyRow[]> {
           comparisons = others.map((o, i) => {
             const b = runsO[i]!;
             const [bef, aft] = o.role === "before" ? [b, runsA] : [runsA, b];
-            const perRound = bef.map((x, k) => ratio(cpuUs(aft[k]!), cpuUs(x)));
+            const perRound = bef.map((x, k) => ratio(pooledCpuUs([aft[k]!]), pooledCpuUs([x])));
             const cpu = { before: pooledCpuUs(bef), after: pooledCpuUs(aft) };
             return {
               labels: { before: o.before, after: o.after },

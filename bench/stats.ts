@@ -23,6 +23,14 @@ export function summarize(samples: readonly number[]): LatencySummary {
   return { n: s.length, mean, p50: at(0.5), p90: at(0.9), p99: at(0.99), max: s.length ? s[s.length - 1]! : NaN };
 }
 
+/** The median of a list (the mean of the middle two for an even count; NaN when empty). */
+export function median(xs: readonly number[]): number {
+  const v = [...xs].sort((a, b) => a - b);
+  const m = v.length >> 1;
+  if (v.length === 0) return NaN;
+  return v.length % 2 === 1 ? v[m]! : (v[m - 1]! + v[m]!) / 2;
+}
+
 /** Rounds for reports: 3 decimals below 10, 1 decimal above. */
 export function round(x: number): number {
   if (!Number.isFinite(x)) return x;

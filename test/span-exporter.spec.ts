@@ -2,6 +2,7 @@
 // says a retry may succeed, dropped where it says not, and never holding more than its queue bound.
 import assert from "node:assert/strict";
 import { createServer } from "node:http";
+import type { RequestListener } from "node:http";
 import type { AddressInfo } from "node:net";
 import { describe, it } from "node:test";
 import {
@@ -42,6 +43,19 @@ function span(name: string): RecordedSpan {
   const s = new RecordedSpan(newTraceId(), "", "", name, 1, Date.now(), () => undefined);
   s.endMs = s.startMs + 1;
   return s;
+}
+
+/** A collector whose every request `handle` answers (or does not), on a free loopback port. */
+async function rawCollector(handle: RequestListener): Promise<{ url: string; close(): Promise<void> }> {
+  const server = createServer(handle);
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    async close() {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    },
+  };
 }
 
 describe("the span exporter", () => {
@@ -103,15 +117,13 @@ describe("the span exporter", () => {
   it("holds at most maxQueueSize spans while the collector hangs, then exports what it held", async () => {
     const hung: (() => void)[] = [];
     let received = 0;
-    const server = createServer((req, res) => {
+    const { url, close } = await rawCollector((req, res) => {
       req.resume();
       req.on("end", () => {
         received++;
         hung.push(() => res.writeHead(200).end());
       });
     });
-    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
     const log = memoryLog();
     const exporter = createSpanExporter(
       options(url, log, { maxQueueSize: 25, maxExportBatchSize: 5, timeoutMs: 30_000 }),
@@ -139,8 +151,7 @@ describe("the span exporter", () => {
         await exporter.shutdown();
       } finally {
         clearInterval(answering);
-        server.closeAllConnections();
-        await new Promise((r) => server.close(r));
+        await close();
       }
     }
   });
@@ -165,7 +176,7 @@ describe("the span exporter", () => {
 
   it("takes an export answered 200 with an endless body, reading only the first 64 KiB of it", async () => {
     let sent = 0;
-    const server = createServer((req, res) => {
+    const { url, close } = await rawCollector((req, res) => {
       req.resume();
       req.on("end", () => {
         res.writeHead(200, { "content-type": "application/x-protobuf" });
@@ -177,8 +188,6 @@ describe("the span exporter", () => {
         pump();
       });
     });
-    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
     const log = memoryLog();
     const exporter = createSpanExporter(options(url, log));
     try {
@@ -189,15 +198,12 @@ describe("the span exporter", () => {
       assert.ok(sent < 8 * 1024 * 1024, `the exporter stopped reading early (the collector wrote ${sent} bytes)`);
     } finally {
       await exporter.shutdown();
-      server.closeAllConnections();
-      await new Promise((r) => server.close(r));
+      await close();
     }
   });
 
   it("gives up on a collector that takes the request and never answers, after timeoutMs, logging once", async () => {
-    const server = createServer((req) => req.resume());
-    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const { url, close } = await rawCollector((req) => req.resume());
     const log = memoryLog();
     const exporter = createSpanExporter(options(url, log, { timeoutMs: 200, exportTimeoutMs: 200 }));
     try {
@@ -209,8 +215,7 @@ describe("the span exporter", () => {
       assert.equal(exporter.held, 0, "nothing is held for the silent collector");
     } finally {
       await exporter.shutdown();
-      server.closeAllConnections();
-      await new Promise((r) => server.close(r));
+      await close();
     }
   });
 
